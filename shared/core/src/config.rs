@@ -1,0 +1,66 @@
+//! Configuration every service reads, from flags or the environment (ARCHITECTURE.md).
+
+use std::time::Duration;
+
+/// Settings shared by every Slipway process. Flatten into a service's own `clap::Parser`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// NATS server(s), comma-separated.
+    #[arg(
+        long,
+        env = "SLIPWAY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// A NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "SLIPWAY_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    #[arg(long, env = "SLIPWAY_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "SLIPWAY_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    #[arg(long, env = "SLIPWAY_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// An NKey seed (`SU…`).
+    #[arg(long, env = "SLIPWAY_NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
+    /// A CA certificate (PEM) to verify the server's TLS certificate with; enables TLS.
+    #[arg(long, env = "SLIPWAY_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Replicas of the streams and KV buckets provisioned at start-up (3 on a 3-node cluster).
+    #[arg(long, env = "SLIPWAY_JS_REPLICAS", default_value_t = 1)]
+    pub js_replicas: usize,
+    /// `sqlite://…` or `postgres://…`.
+    #[arg(
+        long,
+        env = "SLIPWAY_DATABASE_URL",
+        default_value = "sqlite://slipway.db"
+    )]
+    pub database_url: String,
+    /// `text` or `json`.
+    #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses a humantime duration (`30m`, `3s`, `250ms`) for clap.
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a second call (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

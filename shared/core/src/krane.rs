@@ -1,0 +1,39 @@
+//! The region-agent (Krane) protocol documents (API.md "Region agents").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// KV `slipway_desired` key for one deployment in one region.
+pub fn desired_deployment_key(region: &str, deployment_id: &str) -> String {
+    format!("deployment.{region}.{deployment_id}")
+}
+
+/// KV `slipway_instances` key for one deployment in one region.
+pub fn instances_key(deployment_id: &str, region: &str) -> String {
+    format!("{deployment_id}.{region}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// What an agent should run for one deployment in its region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredDeployment {
+    pub deployment_id: String,
+    pub workspace_id: String,
+    pub project_id: String,
+    pub environment_id: String,
+    pub image: String,
+    pub replicas: u32,
+    pub port: u32,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub desired: Desired,
+    /// Grows with every change, so an agent can ignore a stale document.
+    pub version: i64,
+}

@@ -1,0 +1,12 @@
+//! Slipway's domain model, shared by every service: the API error type, ids, the states of a
+//! deployment, configuration, lifecycle events and the region-agent (Krane) documents.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod krane;
+pub mod state;
+pub mod time;
+
+pub use error::{ApiError, ErrorCode};

@@ -1,0 +1,142 @@
+//! A thin layer over `async_nats::service`: typed endpoints whose handlers return
+//! `Result<Reply, ApiError>`, decoded and encoded per [`Encoding`], errors answered as API.md
+//! says (headers and body), requests handled concurrently, and a panic answered as a 500
+//! instead of leaving the caller waiting.
+
+use std::future::Future;
+
+use async_nats::{
+    service::{self, ServiceExt},
+    HeaderMap,
+};
+use futures::StreamExt;
+use slipway_core::ApiError;
+use slipway_proto::v1::{Error as ErrorBody, ErrorReply};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::codec::{ApiMessage, Encoding, CONTENT_TYPE};
+
+/// A decoded request and the subject it came on.
+#[derive(Debug)]
+pub struct Call<Req> {
+    pub subject: String,
+    pub request: Req,
+}
+
+impl<Req> Call<Req> {
+    /// The last subject token: the key of `…<verb>.<key>` endpoints.
+    pub fn key(&self) -> &str {
+        self.subject.rsplit('.').next().unwrap_or_default()
+    }
+}
+
+/// A running NATS micro service (`nats micro ls` shows it).
+pub struct Micro {
+    service: service::Service,
+}
+
+impl Micro {
+    pub async fn start(
+        client: &async_nats::Client,
+        name: &str,
+        version: &str,
+        description: &str,
+    ) -> Result<Self, async_nats::Error> {
+        let service = client
+            .service_builder()
+            .description(description)
+            .start(name, version)
+            .await?;
+        Ok(Self { service })
+    }
+
+    /// Serves `subject` (wildcards allowed) as endpoint `name`, in the default queue group.
+    pub async fn endpoint<Req, Rep, H, Fut>(
+        &self,
+        name: &str,
+        subject: &str,
+        handler: H,
+    ) -> Result<JoinHandle<()>, async_nats::Error>
+    where
+        Req: ApiMessage,
+        Rep: ApiMessage,
+        H: Fn(Call<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Rep, ApiError>> + Send + 'static,
+    {
+        let mut endpoint = self
+            .service
+            .endpoint_builder()
+            .name(name)
+            .add(subject.to_string())
+            .await?;
+        let name = name.to_string();
+        Ok(tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let handler = handler.clone();
+                let span = tracing::info_span!("request", endpoint = %name, subject = %request.message.subject);
+                tokio::spawn(serve(request, handler).instrument(span));
+            }
+        }))
+    }
+}
+
+async fn serve<Req, Rep, H, Fut>(request: service::Request, handler: H)
+where
+    Req: ApiMessage,
+    Rep: ApiMessage,
+    H: Fn(Call<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Rep, ApiError>> + Send + 'static,
+{
+    let encoding = Encoding::of(request.message.headers.as_ref());
+    let result = match encoding.decode::<Req>(&request.message.payload) {
+        Err(e) => Err(e),
+        Ok(req) => {
+            let call = Call {
+                subject: request.message.subject.to_string(),
+                request: req,
+            };
+            // A separate task, so a panic becomes a 500 reply rather than silence.
+            match tokio::spawn(handler(call).in_current_span()).await {
+                Ok(result) => result,
+                Err(join) => {
+                    tracing::error!(error = %join, "handler panicked");
+                    Err(ApiError::internal("internal error"))
+                }
+            }
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, encoding.content_type());
+    let body = match result {
+        Ok(reply) => encoding.encode(&reply),
+        Err(err) => {
+            if err.status() >= 500 {
+                tracing::warn!(code = %err.code, message = %err.message, "request failed");
+            } else {
+                tracing::debug!(code = %err.code, message = %err.message, "request refused");
+            }
+            headers.insert(
+                service::NATS_SERVICE_ERROR_CODE,
+                err.status().to_string().as_str(),
+            );
+            headers.insert(service::NATS_SERVICE_ERROR, err.message.as_str());
+            encoding.encode(&error_reply(&err))
+        }
+    };
+    // The body must carry the error too (API.md), which `respond(Err(..))` cannot do, so error
+    // replies go out as payloads with the error headers set by hand.
+    if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+        tracing::warn!(error = %e, "cannot send reply");
+    }
+}
+
+pub fn error_reply(err: &ApiError) -> ErrorReply {
+    ErrorReply {
+        error: Some(ErrorBody {
+            status: err.status().into(),
+            code: err.code.as_str().to_string(),
+            message: err.message.clone(),
+        }),
+    }
+}

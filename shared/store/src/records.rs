@@ -1,0 +1,196 @@
+//! The records of BEHAVIOUR.md "Records", as read from the store.
+
+use std::collections::BTreeMap;
+
+use sqlx::{any::AnyRow, Row};
+
+use crate::StoreError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub id: String,
+    pub workspace_id: String,
+    pub slug: String,
+    pub name: String,
+    pub default_branch: String,
+    pub live_deployment_id: Option<String>,
+    pub is_rolled_back: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    pub id: String,
+    pub workspace_id: String,
+    pub project_id: String,
+    pub slug: String,
+    /// region → replicas
+    pub regions: BTreeMap<String, u32>,
+    pub port: u32,
+    pub sentinel_config: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What a new deployment is made of; the rest (status, desired state, times) the store sets.
+#[derive(Debug, Clone, Default)]
+pub struct NewDeployment {
+    pub id: String,
+    pub environment_id: String,
+    pub image: String,
+    pub git_branch: String,
+    pub git_commit_sha: String,
+    pub git_commit_message: String,
+    pub git_commit_author_handle: String,
+    pub git_commit_author_avatar_url: String,
+    pub git_commit_timestamp_ms: Option<i64>,
+    pub key_auth_id: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: String,
+    pub workspace_id: String,
+    pub project_id: String,
+    pub environment_id: String,
+    pub environment_slug: String,
+    pub status: String,
+    pub desired_state: String,
+    pub desired_state_nonce: Option<String>,
+    pub image: String,
+    pub git_branch: String,
+    pub git_commit_sha: String,
+    pub git_commit_message: String,
+    pub git_commit_author_handle: String,
+    pub git_commit_author_avatar_url: String,
+    pub git_commit_timestamp_ms: Option<i64>,
+    pub key_auth_id: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub port: u32,
+    pub sentinel_config: String,
+    pub openapi_spec: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One (deployment, region) row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub deployment_id: String,
+    pub region: String,
+    pub replicas: u32,
+    /// `started` | `stopped`
+    pub desired_status: String,
+    pub version: i64,
+}
+
+pub(crate) fn workspace(row: &AnyRow) -> Result<Workspace, StoreError> {
+    Ok(Workspace {
+        id: row.try_get("id")?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub(crate) fn project(row: &AnyRow) -> Result<Project, StoreError> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        default_branch: row.try_get("default_branch")?,
+        live_deployment_id: row.try_get("live_deployment_id")?,
+        is_rolled_back: row.try_get::<i64, _>("is_rolled_back")? != 0,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub(crate) fn environment(
+    row: &AnyRow,
+    regions: BTreeMap<String, u32>,
+) -> Result<Environment, StoreError> {
+    Ok(Environment {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        project_id: row.try_get("project_id")?,
+        slug: row.try_get("slug")?,
+        regions,
+        port: u32_of(row, "port")?,
+        sentinel_config: row.try_get("sentinel_config")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+/// Columns of `deployments d JOIN environments e` that [`deployment`] reads.
+pub(crate) const DEPLOYMENT_COLUMNS: &str =
+    "d.id, d.workspace_id, d.project_id, d.environment_id, \
+    e.slug AS environment_slug, d.status, d.desired_state, d.desired_state_nonce, d.image, \
+    d.git_branch, d.git_commit_sha, d.git_commit_message, d.git_commit_author_handle, \
+    d.git_commit_author_avatar_url, d.git_commit_timestamp_ms, d.key_auth_id, d.command, d.env, \
+    d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.created_at_ms, d.updated_at_ms";
+
+pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
+    let command: String = row.try_get("command")?;
+    let env: String = row.try_get("env")?;
+    Ok(Deployment {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        project_id: row.try_get("project_id")?,
+        environment_id: row.try_get("environment_id")?,
+        environment_slug: row.try_get("environment_slug")?,
+        status: row.try_get("status")?,
+        desired_state: row.try_get("desired_state")?,
+        desired_state_nonce: row.try_get("desired_state_nonce")?,
+        image: row.try_get("image")?,
+        git_branch: row.try_get("git_branch")?,
+        git_commit_sha: row.try_get("git_commit_sha")?,
+        git_commit_message: row.try_get("git_commit_message")?,
+        git_commit_author_handle: row.try_get("git_commit_author_handle")?,
+        git_commit_author_avatar_url: row.try_get("git_commit_author_avatar_url")?,
+        git_commit_timestamp_ms: row.try_get("git_commit_timestamp_ms")?,
+        key_auth_id: row.try_get("key_auth_id")?,
+        command: serde_json::from_str(&command)
+            .map_err(|e| StoreError::Corrupt(format!("deployments.command: {e}")))?,
+        env: serde_json::from_str(&env)
+            .map_err(|e| StoreError::Corrupt(format!("deployments.env: {e}")))?,
+        port: u32_of(row, "port")?,
+        sentinel_config: row.try_get("sentinel_config")?,
+        openapi_spec: row.try_get("openapi_spec")?,
+        failure_reason: row.try_get("failure_reason")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub(crate) fn topology(row: &AnyRow) -> Result<Topology, StoreError> {
+    Ok(Topology {
+        deployment_id: row.try_get("deployment_id")?,
+        region: row.try_get("region")?,
+        replicas: u32_of(row, "replicas")?,
+        desired_status: row.try_get("desired_status")?,
+        version: row.try_get("version")?,
+    })
+}
+
+pub(crate) fn u32_of(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
+    let v: i64 = row.try_get(column)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} out of range")))
+}

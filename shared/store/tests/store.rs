@@ -1,0 +1,250 @@
+//! The same store tests on SQLite and on PostgreSQL (this machine's, or
+//! `SLIPWAY_TEST_POSTGRES_URL`): each test body runs once per backend.
+
+use std::collections::BTreeMap;
+
+use slipway_core::state::DesiredState;
+use slipway_store::{ApplyOutcome, NewDeployment, Store, StoreError};
+use slipway_testkit::TestDb;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() {
+                let db = slipway_testkit::TestDb::sqlite().unwrap();
+                super::$name(&db).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() {
+                let db = slipway_testkit::TestDb::postgres().await.unwrap();
+                super::$name(&db).await;
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    concurrent_migrations_all_succeed,
+    records_round_trip,
+    unique_slugs_conflict,
+    apply_desired_state_outcomes,
+    topology_upsert_is_idempotent,
+);
+
+struct Fixture {
+    store: Store,
+    project_id: String,
+    environment_id: String,
+}
+
+async fn fixture(db: &TestDb) -> Fixture {
+    let store = Store::open(&db.url).await.unwrap();
+    store
+        .create_workspace("ws_1", "acme", "Acme", 1)
+        .await
+        .unwrap();
+    store
+        .create_project("proj_1", "ws_1", "shop", "Shop", "main", 1)
+        .await
+        .unwrap();
+    let regions = BTreeMap::from([("eu".to_string(), 2), ("us".to_string(), 1)]);
+    store
+        .create_environment(
+            "env_1",
+            "proj_1",
+            "production",
+            &regions,
+            8080,
+            r#"{"a":1}"#,
+            1,
+        )
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        project_id: "proj_1".into(),
+        environment_id: "env_1".into(),
+    }
+}
+
+async fn deployment(f: &Fixture, id: &str) {
+    f.store
+        .insert_deployment(
+            &NewDeployment {
+                id: id.into(),
+                environment_id: f.environment_id.clone(),
+                image: "exec:true".into(),
+                command: vec!["a".into(), "b c".into()],
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    for region in ["eu", "us"] {
+        f.store.upsert_topology(id, region, 1, 10).await.unwrap();
+    }
+}
+
+/// Eight services starting at once on a fresh database each apply migrations; all succeed.
+async fn concurrent_migrations_all_succeed(db: &TestDb) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(
+            async move { Store::open(&url).await.map(|_| ()) },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let store = Store::open(&db.url).await.unwrap();
+    store.create_workspace("ws_x", "x", "X", 1).await.unwrap();
+}
+
+async fn records_round_trip(db: &TestDb) {
+    let f = fixture(db).await;
+    let env = f.store.environment(&f.environment_id).await.unwrap();
+    assert_eq!(
+        env.regions,
+        BTreeMap::from([("eu".into(), 2), ("us".into(), 1)])
+    );
+    assert_eq!(env.port, 8080);
+    assert_eq!(
+        f.store.environments(&f.project_id).await.unwrap(),
+        vec![env]
+    );
+
+    deployment(&f, "dep_1").await;
+    let d = f.store.deployment("dep_1").await.unwrap();
+    assert_eq!(d.status, "pending");
+    assert_eq!(d.desired_state, "running");
+    assert_eq!(d.environment_slug, "production");
+    assert_eq!(d.command, vec!["a".to_string(), "b c".to_string()]);
+    assert_eq!(d.sentinel_config, r#"{"a":1}"#);
+    assert_eq!(d.project_id, f.project_id);
+
+    let p = f.store.project(&f.project_id).await.unwrap();
+    assert_eq!((p.live_deployment_id, p.is_rolled_back), (None, false));
+    f.store
+        .set_live_deployment(&f.project_id, Some("dep_1"), 20)
+        .await
+        .unwrap();
+    let p = f.store.project(&f.project_id).await.unwrap();
+    assert_eq!(p.live_deployment_id.as_deref(), Some("dep_1"));
+
+    assert!(matches!(
+        f.store.deployment("dep_nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(f.store.delete_deployment("dep_1").await.unwrap());
+    assert!(f.store.find_deployment("dep_1").await.unwrap().is_none());
+    assert!(f.store.topology("dep_1").await.unwrap().is_empty());
+}
+
+async fn unique_slugs_conflict(db: &TestDb) {
+    let f = fixture(db).await;
+    let err = f
+        .store
+        .create_workspace("ws_2", "acme", "Again", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let err = f
+        .store
+        .create_project("proj_2", "ws_1", "shop", "Again", "main", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let err = f
+        .store
+        .create_project("proj_3", "ws_missing", "x", "X", "main", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn apply_desired_state_outcomes(db: &TestDb) {
+    let f = fixture(db).await;
+    deployment(&f, "dep_1").await;
+
+    let outcome = f
+        .store
+        .apply_desired_state("dep_1", DesiredState::Standby, "n1", 50)
+        .await
+        .unwrap();
+    let ApplyOutcome::Applied {
+        deployment,
+        previous,
+        topology,
+    } = outcome
+    else {
+        panic!("expected Applied, got {outcome:?}")
+    };
+    assert_eq!(previous, "running");
+    assert_eq!(deployment.desired_state, "standby");
+    assert_eq!(deployment.desired_state_nonce.as_deref(), Some("n1"));
+    assert!(topology
+        .iter()
+        .all(|t| t.desired_status == "stopped" && t.version == 2));
+
+    // The same nonce again (a redelivery) writes nothing.
+    let outcome = f
+        .store
+        .apply_desired_state("dep_1", DesiredState::Standby, "n1", 60)
+        .await
+        .unwrap();
+    let ApplyOutcome::AlreadyApplied {
+        deployment,
+        topology,
+    } = outcome
+    else {
+        panic!("expected AlreadyApplied, got {outcome:?}")
+    };
+    assert_eq!(deployment.updated_at_ms, 50);
+    assert!(topology.iter().all(|t| t.version == 2));
+
+    let outcome = f
+        .store
+        .apply_desired_state("dep_1", DesiredState::Running, "n2", 70)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ApplyOutcome::Applied { ref topology, .. } if topology.iter().all(|t| t.desired_status == "started" && t.version == 3))
+    );
+
+    // The live deployment is never changed.
+    f.store
+        .set_live_deployment(&f.project_id, Some("dep_1"), 80)
+        .await
+        .unwrap();
+    let outcome = f
+        .store
+        .apply_desired_state("dep_1", DesiredState::Standby, "n3", 90)
+        .await
+        .unwrap();
+    assert_eq!(outcome, ApplyOutcome::IsLive);
+    assert_eq!(
+        f.store.deployment("dep_1").await.unwrap().desired_state,
+        "running"
+    );
+
+    let outcome = f
+        .store
+        .apply_desired_state("dep_gone", DesiredState::Standby, "n4", 90)
+        .await
+        .unwrap();
+    assert_eq!(outcome, ApplyOutcome::NotFound);
+}
+
+async fn topology_upsert_is_idempotent(db: &TestDb) {
+    let f = fixture(db).await;
+    deployment(&f, "dep_1").await;
+    f.store.upsert_topology("dep_1", "eu", 3, 20).await.unwrap();
+    f.store.upsert_topology("dep_1", "eu", 3, 30).await.unwrap();
+    let rows = f.store.topology("dep_1").await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].replicas, 3);
+    assert_eq!(rows[0].version, 1);
+}

@@ -1,0 +1,12 @@
+//! Real parts for tests, benchmarks and `slipway dev`: nats-servers (single node or a 3-node
+//! cluster) on free ports with their own store directories, service processes that can be
+//! SIGKILLed, and throwaway SQLite / PostgreSQL databases. Everything stops when dropped.
+
+pub mod database;
+pub mod nats_server;
+pub mod ports;
+pub mod process;
+
+pub use database::TestDb;
+pub use nats_server::{NatsCluster, NatsServer};
+pub use process::ServiceProcess;

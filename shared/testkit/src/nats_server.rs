@@ -1,0 +1,199 @@
+//! nats-server processes (≥ 2.14, installed by `scripts/install-nats-server.sh`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::ports::free_port;
+
+/// The nats-server binary: `SLIPWAY_NATS_SERVER_BIN`, else the one the install script put in
+/// `.tools/bin`. Never whatever `nats-server` is on PATH, which may be too old.
+pub fn nats_server_bin() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("SLIPWAY_NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/nats-server");
+    if installed.exists() {
+        return Ok(installed);
+    }
+    bail!(
+        "nats-server not found at {}: run scripts/install-nats-server.sh (or set SLIPWAY_NATS_SERVER_BIN)",
+        installed.display()
+    )
+}
+
+/// One nats-server with JetStream. Killed when dropped; its store lives as long as it does.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    /// A single node on a free port.
+    pub async fn start() -> Result<Self> {
+        let store = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut server = Self {
+            child: None,
+            port,
+            args: vec![],
+            store,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill, then start again on the same port and store directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let bin = nats_server_bin()?;
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path())
+        .args(&self.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "nats-server on port {} exited at start: {status}",
+                        self.port
+                    );
+                }
+            }
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server on port {} not ready after {timeout:?}",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-node JetStream cluster on free ports.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub async fn start() -> Result<Self> {
+        let cluster_ports = [free_port()?, free_port()?, free_port()?];
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, cluster_port) in cluster_ports.iter().enumerate() {
+            let store = tempfile::tempdir()?;
+            let port = free_port()?;
+            nodes.push(NatsServer {
+                child: None,
+                port,
+                store,
+                args: vec![
+                    "--name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "slipway-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            });
+        }
+        // Start all before waiting: JetStream needs a quorum to answer.
+        for node in &mut nodes {
+            let bin = nats_server_bin()?;
+            let child = Command::new(&bin)
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &node.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(node.store.path())
+                .args(&node.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            node.child = Some(child);
+        }
+        for node in &mut nodes {
+            node.wait_ready(Duration::from_secs(30)).await?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Every node's URL, comma-separated (the form `SLIPWAY_NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

@@ -1,0 +1,116 @@
+//! Service processes under test: started from their binaries, logs forwarded to the test's
+//! output, readiness awaited on a log line, SIGKILLed on demand or when dropped.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub struct ServiceProcess {
+    child: Child,
+    name: String,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl ServiceProcess {
+    /// Starts `bin` with `env`; its stderr lines are kept and echoed with a `[name]` prefix.
+    pub fn spawn(
+        name: &str,
+        bin: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self> {
+        let mut cmd = Command::new(bin.as_ref());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("SLIPWAY_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.as_ref().display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = log.clone();
+        let prefix = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{prefix}] {line}");
+                let (lines, cv) = &*sink;
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
+                }
+                cv.notify_all();
+            }
+        });
+        Ok(Self {
+            child,
+            name: name.to_string(),
+            log,
+        })
+    }
+
+    /// Waits until a log line contains `needle` (blocking; call from `spawn_blocking` or
+    /// before the runtime is busy).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let (lines, cv) = &*self.log;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = lines
+            .lock()
+            .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
+        loop {
+            if guard.iter().any(|l| l.contains(needle)) {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                bail!(
+                    "{}: no log line containing {needle:?} within {timeout:?}",
+                    self.name
+                );
+            }
+            guard = cv
+                .wait_timeout(guard, deadline - now)
+                .map_err(|_| anyhow::anyhow!("log lock poisoned"))?
+                .0;
+        }
+    }
+
+    /// How many log lines contain `needle` so far.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .0
+            .lock()
+            .map(|l| l.iter().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no clean-up runs, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
