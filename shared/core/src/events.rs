@@ -25,6 +25,6 @@ pub struct Event<D: Serialize> {
 #[derive(Debug, Clone, Serialize)]
 pub struct DesiredStateChanged {
     pub desired_state: String,
-    pub previous_desired_state: String,
+    /// The schedule that caused it.
     pub nonce: String,
 }

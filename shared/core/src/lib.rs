@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod fault;
 pub mod ids;
 pub mod krane;
 pub mod state;

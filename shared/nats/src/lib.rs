@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod connect;
+pub mod krane;
 pub mod micro;
 pub mod provision;
 

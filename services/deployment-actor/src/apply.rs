@@ -1,0 +1,179 @@
+//! ChangeDesiredState: apply a transition whose time has come (fired, or `delay_ms = 0`).
+//!
+//! Exactly once, even across crashes: the DB transaction records the nonce it applied, so a
+//! redelivery after a crash skips the write and only finishes what follows it (desired state
+//! for agents, which never goes back a version; the event, deduplicated by a message id
+//! derived from the nonce; removal of the transition, by compare-and-set).
+
+use async_nats::HeaderMap;
+use slipway_core::{
+    events::{self, DesiredStateChanged, Event},
+    fault,
+    krane::{Desired, DesiredDeployment},
+    state::DesiredState,
+    time::now_ms,
+};
+use slipway_nats::krane::put_desired_deployment;
+use slipway_store::{ApplyOutcome, Deployment, StoreError, Topology};
+
+use crate::{transitions::TransitionError, Actor};
+
+/// What became of a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Written now.
+    Changed,
+    /// Written by an earlier delivery; the rest was completed.
+    Completed,
+    /// No stored transition, or a newer one: a cleared or superseded schedule.
+    Stale,
+    /// The deployment is its project's live deployment: refused, left untouched.
+    RefusedLive,
+    /// The deployment no longer exists.
+    Gone,
+}
+
+/// A failure worth retrying (the store or NATS is unavailable).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("{0}")]
+    Nats(String),
+}
+
+impl Actor {
+    #[tracing::instrument(skip(self), fields(deployment_id = %deployment_id, nonce = %nonce))]
+    pub async fn apply(&self, deployment_id: &str, nonce: &str) -> Result<Applied, ApplyError> {
+        let current = self.inner.transitions.get(deployment_id).await?;
+        let Some(transition) = current.transition.filter(|t| t.nonce == nonce) else {
+            tracing::debug!("stale or cleared transition: no-op");
+            return Ok(Applied::Stale);
+        };
+        let state: DesiredState = match transition.state.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                // Only validated states are ever stored; drop anything else rather than loop.
+                tracing::error!(state = %transition.state, error = %e, "stored transition has an unknown state; dropping it");
+                self.remove_transition(deployment_id, current.revision)
+                    .await?;
+                return Ok(Applied::Stale);
+            }
+        };
+
+        let outcome = self
+            .inner
+            .store
+            .apply_desired_state(deployment_id, state, nonce, now_ms())
+            .await?;
+        fault::point("actor.after_db_commit");
+        let applied = match outcome {
+            ApplyOutcome::NotFound => {
+                tracing::info!("deployment no longer exists: no-op");
+                Applied::Gone
+            }
+            ApplyOutcome::IsLive => {
+                tracing::warn!(state = %state, "refusing to change the project's live deployment");
+                Applied::RefusedLive
+            }
+            ApplyOutcome::Applied {
+                deployment,
+                topology,
+                ..
+            } => {
+                self.publish(&deployment, &topology, state, nonce).await?;
+                tracing::info!(state = %state, "desired state changed");
+                Applied::Changed
+            }
+            ApplyOutcome::AlreadyApplied {
+                deployment,
+                topology,
+            } => {
+                self.publish(&deployment, &topology, state, nonce).await?;
+                tracing::info!(state = %state, "desired state change completed after a redelivery");
+                Applied::Completed
+            }
+        };
+        fault::point("actor.before_transition_removed");
+        self.remove_transition(deployment_id, current.revision)
+            .await?;
+        Ok(applied)
+    }
+
+    /// Removes the applied transition unless a newer one was written meanwhile.
+    async fn remove_transition(
+        &self,
+        deployment_id: &str,
+        revision: u64,
+    ) -> Result<(), ApplyError> {
+        match self.inner.transitions.remove(deployment_id, revision).await {
+            Ok(()) | Err(TransitionError::Conflict) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the region agents and the event stream.
+    async fn publish(
+        &self,
+        deployment: &Deployment,
+        topology: &[Topology],
+        state: DesiredState,
+        nonce: &str,
+    ) -> Result<(), ApplyError> {
+        let desired = match state {
+            DesiredState::Running => Desired::Running,
+            DesiredState::Standby | DesiredState::Archived => Desired::Stopped,
+        };
+        for row in topology {
+            let doc = DesiredDeployment {
+                deployment_id: deployment.id.clone(),
+                workspace_id: deployment.workspace_id.clone(),
+                project_id: deployment.project_id.clone(),
+                environment_id: deployment.environment_id.clone(),
+                image: deployment.image.clone(),
+                replicas: row.replicas,
+                port: deployment.port,
+                command: deployment.command.clone(),
+                env: deployment.env.clone(),
+                desired,
+                version: row.version,
+            };
+            put_desired_deployment(&self.inner.desired, &row.region, &doc)
+                .await
+                .map_err(|e| ApplyError::Nats(e.to_string()))?;
+        }
+
+        let event = Event {
+            kind: "desired_state",
+            at_ms: now_ms(),
+            workspace_id: deployment.workspace_id.clone(),
+            project_id: deployment.project_id.clone(),
+            deployment_id: deployment.id.clone(),
+            environment_slug: deployment.environment_slug.clone(),
+            detail: DesiredStateChanged {
+                desired_state: state.as_str().to_string(),
+                nonce: nonce.to_string(),
+            },
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("desired_state.{}.{nonce}", deployment.id).as_str(),
+        );
+        let payload = serde_json::to_vec(&event).map_err(|e| ApplyError::Nats(e.to_string()))?;
+        self.inner
+            .js
+            .publish_with_headers(
+                events::subject(&deployment.project_id, &deployment.id, "desired_state"),
+                headers,
+                payload.into(),
+            )
+            .await
+            .map_err(|e| ApplyError::Nats(e.to_string()))?
+            .await
+            .map_err(|e| ApplyError::Nats(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The three request/reply endpoints of API.md "slipway-deployment".
+
+use slipway_core::{ids, state::DesiredState, time::now_ms, ApiError};
+use slipway_nats::{Call, Micro};
+use slipway_proto::v1::{
+    ClearScheduledStateChangesReply, ClearScheduledStateChangesRequest, GetStateReply,
+    GetStateRequest, PendingTransition, ScheduleDesiredStateChangeReply,
+    ScheduleDesiredStateChangeRequest,
+};
+
+use crate::{
+    apply::ApplyError,
+    timers::TimerError,
+    transitions::{Transition, TransitionError},
+    Actor, SERVICE_NAME,
+};
+
+/// The longest delay accepted: a year, which catches seconds sent as milliseconds' opposite.
+pub const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, async_nats::Error> {
+    let micro = Micro::start(
+        client,
+        SERVICE_NAME,
+        env!("CARGO_PKG_VERSION"),
+        "Deployment actor: schedules, cancels and applies desired-state changes, one actor per deployment id",
+    )
+    .await?;
+    let a = actor.clone();
+    micro
+        .endpoint(
+            "schedule_desired_state_change",
+            "slipway.deployment.v1.schedule_desired_state_change.*",
+            move |call| {
+                let a = a.clone();
+                async move { a.schedule(call).await }
+            },
+        )
+        .await?;
+    let a = actor.clone();
+    micro
+        .endpoint(
+            "clear_scheduled_state_changes",
+            "slipway.deployment.v1.clear_scheduled_state_changes.*",
+            move |call| {
+                let a = a.clone();
+                async move { a.clear(call).await }
+            },
+        )
+        .await?;
+    let a = actor;
+    micro
+        .endpoint(
+            "get_state",
+            "slipway.deployment.v1.get_state.*",
+            move |call| {
+                let a = a.clone();
+                async move { a.get_state(call).await }
+            },
+        )
+        .await?;
+    Ok(micro)
+}
+
+impl Actor {
+    /// The deployment named by the subject, which must exist.
+    async fn target(&self, key: &str) -> Result<String, ApiError> {
+        ids::validate(ids::DEPLOYMENT, "deployment_id", key)?;
+        if self.store().find_deployment(key).await?.is_none() {
+            return Err(ApiError::not_found(format!("deployment {key} not found")));
+        }
+        Ok(key.to_string())
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment_id = %call.key()))]
+    async fn schedule(
+        &self,
+        call: Call<ScheduleDesiredStateChangeRequest>,
+    ) -> Result<ScheduleDesiredStateChangeReply, ApiError> {
+        let req = &call.request;
+        let state: DesiredState = req.state.parse()?;
+        if req.delay_ms < 0 {
+            return Err(ApiError::invalid_argument(format!(
+                "delay_ms must not be negative (got {})",
+                req.delay_ms
+            )));
+        }
+        if req.delay_ms > MAX_DELAY_MS {
+            return Err(ApiError::invalid_argument(format!(
+                "delay_ms must be at most {MAX_DELAY_MS} (366 days; got {})",
+                req.delay_ms
+            )));
+        }
+        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(ApiError::invalid_argument(format!(
+                "idempotency_key must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+            )));
+        }
+        let deployment_id = self.target(call.key()).await?;
+        let key = req.idempotency_key.as_str();
+        let transitions = &self.inner.transitions;
+
+        if !key.is_empty() {
+            if let Some(first) = transitions
+                .remembered(&deployment_id, key)
+                .await
+                .map_err(transition_err)?
+            {
+                return Ok(reply(&first));
+            }
+        }
+        // Last writer wins: compare-and-set against the revision just read, retry on a race.
+        let transition = loop {
+            let current = transitions
+                .get(&deployment_id)
+                .await
+                .map_err(transition_err)?;
+            if let Some(t) = current
+                .transition
+                .as_ref()
+                .filter(|t| !key.is_empty() && t.idempotency_key == key)
+            {
+                break t.clone();
+            }
+            let candidate = Transition {
+                nonce: uuid::Uuid::now_v7().simple().to_string(),
+                state: state.as_str().to_string(),
+                fires_at_ms: now_ms() + req.delay_ms,
+                idempotency_key: key.to_string(),
+            };
+            match transitions
+                .put(&deployment_id, &candidate, current.revision)
+                .await
+            {
+                Ok(_) => break candidate,
+                Err(TransitionError::Conflict) => continue,
+                Err(e) => return Err(transition_err(e)),
+            }
+        };
+
+        if req.delay_ms == 0 {
+            self.apply(&deployment_id, &transition.nonce)
+                .await
+                .map_err(apply_err)?;
+        }
+        self.inner
+            .timers
+            .sync(&deployment_id, transitions)
+            .await
+            .map_err(timer_err)?;
+        if !key.is_empty() {
+            transitions
+                .remember(&deployment_id, &transition)
+                .await
+                .map_err(transition_err)?;
+        }
+        tracing::info!(nonce = %transition.nonce, state = %transition.state, fires_at_ms = transition.fires_at_ms, "scheduled");
+        Ok(reply(&transition))
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment_id = %call.key()))]
+    async fn clear(
+        &self,
+        call: Call<ClearScheduledStateChangesRequest>,
+    ) -> Result<ClearScheduledStateChangesReply, ApiError> {
+        let deployment_id = self.target(call.key()).await?;
+        let transitions = &self.inner.transitions;
+        let cleared = loop {
+            let current = transitions
+                .get(&deployment_id)
+                .await
+                .map_err(transition_err)?;
+            if current.transition.is_none() {
+                break false;
+            }
+            match transitions.remove(&deployment_id, current.revision).await {
+                Ok(()) => break true,
+                Err(TransitionError::Conflict) => continue,
+                Err(e) => return Err(transition_err(e)),
+            }
+        };
+        self.inner
+            .timers
+            .sync(&deployment_id, transitions)
+            .await
+            .map_err(timer_err)?;
+        tracing::info!(cleared, "cleared scheduled changes");
+        Ok(ClearScheduledStateChangesReply { cleared })
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment_id = %call.key()))]
+    async fn get_state(&self, call: Call<GetStateRequest>) -> Result<GetStateReply, ApiError> {
+        let key = call.key();
+        ids::validate(ids::DEPLOYMENT, "deployment_id", key)?;
+        let deployment = self.store().deployment(key).await?;
+        let current = self
+            .inner
+            .transitions
+            .get(key)
+            .await
+            .map_err(transition_err)?;
+        Ok(GetStateReply {
+            deployment_id: deployment.id,
+            desired_state: deployment.desired_state,
+            pending: current.transition.map(|t| PendingTransition {
+                nonce: t.nonce,
+                state: t.state,
+                fires_at_ms: t.fires_at_ms,
+            }),
+        })
+    }
+}
+
+fn reply(t: &Transition) -> ScheduleDesiredStateChangeReply {
+    ScheduleDesiredStateChangeReply {
+        nonce: t.nonce.clone(),
+        state: t.state.clone(),
+        fires_at_ms: t.fires_at_ms,
+    }
+}
+
+fn transition_err(e: TransitionError) -> ApiError {
+    tracing::warn!(error = %e, "transition store unavailable");
+    ApiError::unavailable(format!("transition store unavailable: {e}"))
+}
+
+fn timer_err(e: TimerError) -> ApiError {
+    tracing::warn!(error = %e, "timer stream unavailable");
+    ApiError::unavailable(format!("timer stream unavailable: {e}"))
+}
+
+fn apply_err(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Store(e) => e.into(),
+        other => {
+            tracing::warn!(error = %other, "cannot apply change");
+            ApiError::unavailable(format!("cannot apply change: {other}"))
+        }
+    }
+}

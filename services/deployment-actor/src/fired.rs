@@ -1,0 +1,81 @@
+//! The durable consumer of fired schedules (`slipway.timers.fired.deployment.>`), shared by
+//! every actor process: each fired message is applied by one of them, acked only once applied,
+//! and redelivered if its process dies first.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use slipway_nats::provision::{consumer_config, TIMERS};
+
+use crate::{timers::Fired, Actor};
+
+const CONSUMER: &str = "deployment-actor";
+
+/// Runs for ever: re-attaches to the consumer when the server goes away and comes back.
+pub async fn consume(actor: Actor, concurrency: usize) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attach(&actor).await {
+            Ok(messages) => {
+                backoff = Duration::from_millis(100);
+                messages
+                    .for_each_concurrent(concurrency, |msg| {
+                        let actor = actor.clone();
+                        async move {
+                            match msg {
+                                Ok(msg) => handle(&actor, msg).await,
+                                Err(e) => tracing::warn!(error = %e, "fired-change consumer error"),
+                            }
+                        }
+                    })
+                    .await;
+                tracing::warn!("fired-change consumer ended; re-attaching");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot attach to the fired-change consumer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn attach(actor: &Actor) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
+    let stream = actor.inner.js.get_stream(TIMERS).await?;
+    let consumer = stream
+        .get_or_create_consumer(CONSUMER, consumer_config(CONSUMER)?)
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+async fn handle(actor: &Actor, msg: jetstream::Message) {
+    let sequence = msg.info().map(|i| i.stream_sequence).ok();
+    let fired: Fired = match serde_json::from_slice(&msg.payload) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(subject = %msg.subject, error = %e, "malformed fired message; dropping it");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    match actor.apply(&fired.deployment_id, &fired.nonce).await {
+        Ok(outcome) => {
+            tracing::debug!(deployment_id = %fired.deployment_id, ?outcome, "fired change handled");
+            if let Err(e) = msg.double_ack().await {
+                // Not acked: it comes back, and the nonce check makes that harmless.
+                tracing::warn!(error = %e, "cannot ack fired message");
+                return;
+            }
+            if let Some(seq) = sequence {
+                actor.inner.timers.forget_fired(seq).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(deployment_id = %fired.deployment_id, error = %e, "cannot apply fired change; will retry");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `deployment-actor`: one virtual actor per deployment id (BEHAVIOUR.md "Deployment actor").
+//!
+//! An actor's state is its pending transition in KV `slipway_transitions`; every operation on
+//! it is a compare-and-set on that key's revision, so any number of actor processes can serve
+//! the same deployment and stay linearizable. The timer is a JetStream message schedule in
+//! `SLIPWAY_TIMERS`, which each operation converges on the KV (see [`timers::Timers::sync`]).
+//! A fired schedule is applied only if its nonce is still the stored one.
+
+pub mod apply;
+pub mod endpoints;
+pub mod fired;
+pub mod timers;
+pub mod transitions;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use slipway_core::config::CommonConfig;
+use slipway_nats::provision::{self, DESIRED, TRANSITIONS};
+use slipway_store::Store;
+
+pub const SERVICE_NAME: &str = "slipway-deployment";
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "deployment-actor",
+    version,
+    about = "Slipway deployment actor: scheduled desired-state changes"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// How many fired changes one process applies at once.
+    #[arg(long, env = "SLIPWAY_ACTOR_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long an idempotency key is remembered after its change fired or was cleared.
+    #[arg(long, env = "SLIPWAY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = slipway_core::config::parse_duration)]
+    pub idempotency_ttl: Duration,
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Actor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    js: jetstream::Context,
+    transitions: transitions::Transitions,
+    timers: timers::Timers,
+    desired: jetstream::kv::Store,
+}
+
+impl Actor {
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// Connects, provisions, migrates, then serves until the process is stopped.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = slipway_nats::connect(&config.common, "deployment-actor").await?;
+    let js = jetstream::new(client.clone());
+    provision::provision(&js, config.common.js_replicas).await?;
+    let store = Store::open(&config.common.database_url)
+        .await
+        .context("opening the database")?;
+
+    let actor = Actor {
+        inner: Arc::new(Inner {
+            store,
+            transitions: transitions::Transitions::new(
+                js.get_key_value(TRANSITIONS).await?,
+                config.idempotency_ttl,
+            ),
+            timers: timers::Timers::new(js.clone()).await?,
+            desired: js.get_key_value(DESIRED).await?,
+            js: js.clone(),
+        }),
+    };
+
+    let service = endpoints::serve(&client, actor.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
+    let consumer = tokio::spawn(fired::consume(actor.clone(), config.concurrency));
+    tracing::info!(service = SERVICE_NAME, "deployment-actor ready");
+
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = terminate() => tracing::info!("terminated; stopping"),
+        res = consumer => anyhow::bail!("fired-change consumer stopped: {res:?}"),
+    }
+    drop(service);
+    client.drain().await.ok();
+    Ok(())
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    if let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        sig.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}

@@ -1,0 +1,131 @@
+//! The JetStream side of an actor's timer: one schedule subject per deployment in
+//! `SLIPWAY_TIMERS` (`Nats-Schedule: @at …`), firing into the deployment's fired subject.
+//! A new message on the schedule subject replaces the schedule; a purge cancels it.
+
+use async_nats::{jetstream, HeaderMap};
+use serde::{Deserialize, Serialize};
+use slipway_core::time::to_system_time;
+use slipway_nats::provision::TIMERS;
+
+use crate::transitions::{Current, Transition, TransitionError, Transitions};
+
+pub fn schedule_subject(deployment_id: &str) -> String {
+    format!("slipway.timers.schedule.deployment.{deployment_id}")
+}
+
+pub fn fired_subject(deployment_id: &str) -> String {
+    format!("slipway.timers.fired.deployment.{deployment_id}")
+}
+
+/// The body of a schedule, delivered unchanged on the fired subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    pub deployment_id: String,
+    pub nonce: String,
+    pub state: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TimerError {
+    #[error("SLIPWAY_TIMERS: {0}")]
+    JetStream(async_nats::Error),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+}
+
+fn js_err(e: impl Into<async_nats::Error>) -> TimerError {
+    TimerError::JetStream(e.into())
+}
+
+#[derive(Clone)]
+pub struct Timers {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+}
+
+impl Timers {
+    pub async fn new(js: jetstream::Context) -> Result<Self, TimerError> {
+        let stream = js.get_stream(TIMERS).await.map_err(js_err)?;
+        Ok(Self { js, stream })
+    }
+
+    /// Writes (or replaces) the deployment's schedule for `t`.
+    async fn publish(&self, deployment_id: &str, t: &Transition) -> Result<(), TimerError> {
+        let at = humantime::format_rfc3339_millis(to_system_time(t.fires_at_ms));
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Schedule", format!("@at {at}").as_str());
+        headers.insert(
+            "Nats-Schedule-Target",
+            fired_subject(deployment_id).as_str(),
+        );
+        let body = serde_json::to_vec(&Fired {
+            deployment_id: deployment_id.to_string(),
+            nonce: t.nonce.clone(),
+            state: t.state.clone(),
+        })
+        .map_err(js_err)?;
+        self.js
+            .publish_with_headers(schedule_subject(deployment_id), headers, body.into())
+            .await
+            .map_err(js_err)?
+            .await
+            .map_err(js_err)?;
+        Ok(())
+    }
+
+    /// Removes the deployment's schedule, if any.
+    async fn cancel(&self, deployment_id: &str) -> Result<(), TimerError> {
+        self.stream
+            .purge()
+            .filter(schedule_subject(deployment_id))
+            .await
+            .map_err(js_err)?;
+        Ok(())
+    }
+
+    /// Brings the schedule in line with the stored transition. Concurrent operations can
+    /// finish their stream writes in another order than their KV writes, so after writing,
+    /// re-read the KV and repeat until what was written is what is stored: the last stream
+    /// write is then always checked against the latest transition, and the two agree once
+    /// the operations settle.
+    pub async fn sync(
+        &self,
+        deployment_id: &str,
+        transitions: &Transitions,
+    ) -> Result<(), TimerError> {
+        let mut current: Current = transitions.get(deployment_id).await?;
+        loop {
+            match &current.transition {
+                Some(t) => self.publish(deployment_id, t).await?,
+                None => self.cancel(deployment_id).await?,
+            }
+            let now = transitions.get(deployment_id).await?;
+            if now.nonce() == current.nonce() {
+                return Ok(());
+            }
+            current = now;
+        }
+    }
+
+    /// The schedule waiting in the stream, if any (what operators see with `nats stream get`).
+    pub async fn pending(&self, deployment_id: &str) -> Result<Option<Fired>, TimerError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&schedule_subject(deployment_id))
+            .await
+        {
+            Ok(msg) => Ok(serde_json::from_slice(&msg.payload).ok()),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    /// Drops a fired message once applied, so the stream keeps no finished work.
+    pub async fn forget_fired(&self, sequence: u64) {
+        if let Err(e) = self.stream.delete_message(sequence).await {
+            tracing::debug!(sequence, error = %e, "cannot delete fired message");
+        }
+    }
+}

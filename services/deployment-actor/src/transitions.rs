@@ -1,0 +1,166 @@
+//! The actor's state: the pending transition per deployment in KV `slipway_transitions`
+//! (MessagePack), read and written by compare-and-set on the key's revision; and the
+//! idempotency records that let a repeated schedule call return the first call's nonce.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub nonce: String,
+    pub state: String,
+    pub fires_at_ms: i64,
+    #[serde(default)]
+    pub idempotency_key: String,
+}
+
+/// What a key holds now, and the revision to compare-and-set against (0: never written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub transition: Option<Transition>,
+    pub revision: u64,
+}
+
+impl Current {
+    pub fn nonce(&self) -> Option<&str> {
+        self.transition.as_ref().map(|t| t.nonce.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// Someone else wrote first: re-read and try again.
+    #[error("the transition changed meanwhile")]
+    Conflict,
+    #[error("KV slipway_transitions: {0}")]
+    Kv(async_nats::Error),
+    #[error("corrupt transition for {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: rmp_serde::decode::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Transitions {
+    kv: kv::Store,
+    idempotency_ttl: Duration,
+}
+
+impl Transitions {
+    pub fn new(kv: kv::Store, idempotency_ttl: Duration) -> Self {
+        Self {
+            kv,
+            idempotency_ttl,
+        }
+    }
+
+    pub async fn get(&self, deployment_id: &str) -> Result<Current, TransitionError> {
+        let entry = self
+            .kv
+            .entry(deployment_id)
+            .await
+            .map_err(|e| TransitionError::Kv(e.into()))?;
+        Ok(match entry {
+            None => Current {
+                transition: None,
+                revision: 0,
+            },
+            Some(e) if e.operation != kv::Operation::Put => Current {
+                transition: None,
+                revision: e.revision,
+            },
+            Some(e) => Current {
+                transition: Some(decode(deployment_id, &e.value)?),
+                revision: e.revision,
+            },
+        })
+    }
+
+    /// Stores `transition` if the key is still at `revision`.
+    pub async fn put(
+        &self,
+        deployment_id: &str,
+        transition: &Transition,
+        revision: u64,
+    ) -> Result<u64, TransitionError> {
+        let value = rmp_serde::to_vec_named(transition)
+            .map_err(|e| TransitionError::Kv(e.into()))?
+            .into();
+        self.kv
+            .update(deployment_id, value, revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
+                _ => TransitionError::Kv(e.into()),
+            })
+    }
+
+    /// Removes the transition if the key is still at `revision`.
+    pub async fn remove(&self, deployment_id: &str, revision: u64) -> Result<(), TransitionError> {
+        self.kv
+            .delete_expect_revision(deployment_id, Some(revision))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
+                _ => TransitionError::Kv(e.into()),
+            })
+    }
+
+    /// The transition first scheduled with this idempotency key, if remembered.
+    pub async fn remembered(
+        &self,
+        deployment_id: &str,
+        key: &str,
+    ) -> Result<Option<Transition>, TransitionError> {
+        let k = idempotency_key(deployment_id, key);
+        match self
+            .kv
+            .get(k.as_str())
+            .await
+            .map_err(|e| TransitionError::Kv(e.into()))?
+        {
+            Some(v) if !v.is_empty() => Ok(Some(decode(&k, &v)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Remembers the transition an idempotency key produced; the first writer wins and the
+    /// record expires after the idempotency TTL.
+    pub async fn remember(
+        &self,
+        deployment_id: &str,
+        transition: &Transition,
+    ) -> Result<(), TransitionError> {
+        let k = idempotency_key(deployment_id, &transition.idempotency_key);
+        let value = rmp_serde::to_vec_named(transition)
+            .map_err(|e| TransitionError::Kv(e.into()))?
+            .into();
+        match self
+            .kv
+            .create_with_ttl(k.as_str(), value, self.idempotency_ttl)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(TransitionError::Kv(e.into())),
+        }
+    }
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<Transition, TransitionError> {
+    rmp_serde::from_slice(value).map_err(|source| TransitionError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// `<deployment_id>.idem.<hash>`: callers' keys may hold any character, KV keys may not.
+fn idempotency_key(deployment_id: &str, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{deployment_id}.idem.{hex}")
+}
