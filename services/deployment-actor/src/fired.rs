@@ -11,6 +11,8 @@ use slipway_nats::provision::{consumer_config, TIMERS};
 use crate::{timers::Fired, Actor};
 
 const CONSUMER: &str = "deployment-actor";
+/// Well inside the consumer's ack_wait (nats/consumers/SLIPWAY_TIMERS.deployment-actor.json).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs for ever: re-attaches to the consumer when the server goes away and comes back.
 pub async fn consume(actor: Actor, concurrency: usize) {
@@ -43,9 +45,8 @@ pub async fn consume(actor: Actor, concurrency: usize) {
 
 async fn attach(actor: &Actor) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
     let stream = actor.inner.js.get_stream(TIMERS).await?;
-    let consumer = stream
-        .get_or_create_consumer(CONSUMER, consumer_config(CONSUMER)?)
-        .await?;
+    // Create-or-update: the definition in nats/ is the truth, also after an upgrade.
+    let consumer = stream.create_consumer(consumer_config(CONSUMER)?).await?;
     Ok(consumer.messages().await?)
 }
 
@@ -59,7 +60,21 @@ async fn handle(actor: &Actor, msg: jetstream::Message) {
             return;
         }
     };
-    match actor.apply(&fired.deployment_id, &fired.nonce).await {
+    // Keep the message ours while applying (ack_wait is short so a dead actor's work returns
+    // quickly); the apply itself is idempotent should it be redelivered anyway.
+    let apply = actor.apply(&fired.deployment_id, &fired.nonce);
+    tokio::pin!(apply);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let result = loop {
+        tokio::select! {
+            result = &mut apply => break result,
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    match result {
         Ok(outcome) => {
             tracing::debug!(deployment_id = %fired.deployment_id, ?outcome, "fired change handled");
             if let Err(e) = msg.double_ack().await {

@@ -1,0 +1,95 @@
+//! Crashes: the actor SIGKILLed between scheduling and the due time, or aborted at the exact
+//! points of an apply (test-only fault points), and nats-server restarted on the same store.
+//! Every change is applied exactly once afterwards.
+
+mod common;
+
+use common::{Env, TIMEOUT};
+use slipway_core::krane::Desired;
+
+/// Exactly one event, the database written once, desired state published, nothing left.
+async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
+    env.wait_transition_gone(dep).await;
+    let events = env.events(project).await;
+    assert_eq!(events.len(), 1, "{dep}: {events:?}");
+    assert_eq!(events[0]["nonce"], nonce);
+    let d = env.store.deployment(dep).await.unwrap();
+    assert_eq!(d.desired_state, "standby");
+    let topology = env.store.topology(dep).await.unwrap();
+    assert!(
+        topology
+            .iter()
+            .all(|t| t.version == 2 && t.desired_status == "stopped"),
+        "{topology:?}"
+    );
+    assert_eq!(
+        env.desired_doc("eu", dep).await.unwrap().desired,
+        Desired::Stopped
+    );
+    assert!(env.get_state(dep).await.pending.is_none());
+}
+
+#[tokio::test]
+async fn actor_killed_before_the_due_time_and_nats_restarted_applies_every_change_once() {
+    let mut env = Env::start().await;
+    let mut scheduled = Vec::new();
+    for _ in 0..20 {
+        let (project, dep) = env.deployment().await;
+        let reply = env.schedule(&dep, 2500, "standby", "").await;
+        scheduled.push((project, dep, reply.nonce));
+    }
+    env.actors[0].kill();
+    env.nats.restart().await.unwrap();
+    // Schedules fire into the stream while no actor runs; the one started later applies them.
+    env.client = async_nats::connect(env.nats.url()).await.unwrap();
+    env.js = async_nats::jetstream::new(env.client.clone());
+    env.transitions = env.js.get_key_value("slipway_transitions").await.unwrap();
+    env.desired = env.js.get_key_value("slipway_desired").await.unwrap();
+    env.spawn_actor(&[]);
+
+    for (project, dep, nonce) in &scheduled {
+        assert_applied_once(&env, project, dep, nonce).await;
+    }
+}
+
+/// Crash at `point` while applying, restart nats-server, start a healthy actor.
+async fn crash_while_applying(point: &str) {
+    let mut env = Env::start().await;
+    env.actors[0].kill();
+    env.actors.clear();
+    let crashing = env.spawn_actor(&[("SLIPWAY_FAULT_POINT", point.to_string())]);
+    let (project, dep) = env.deployment().await;
+    let reply = env.schedule(&dep, 200, "standby", "").await;
+
+    let actor = &mut env.actors[crashing];
+    actor
+        .wait_for_log(&format!("fault point {point} reached"), TIMEOUT)
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while actor.is_running() {
+        assert!(std::time::Instant::now() < deadline, "actor did not abort");
+        std::thread::yield_now();
+    }
+
+    env.nats.restart().await.unwrap();
+    env.client = async_nats::connect(env.nats.url()).await.unwrap();
+    env.js = async_nats::jetstream::new(env.client.clone());
+    env.transitions = env.js.get_key_value("slipway_transitions").await.unwrap();
+    env.desired = env.js.get_key_value("slipway_desired").await.unwrap();
+    let healthy = env.spawn_actor(&[]);
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
+    assert_eq!(
+        env.actors[healthy].count_log("completed after a redelivery"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn actor_crashing_after_the_database_commit_completes_once_after_restart() {
+    crash_while_applying("actor.after_db_commit").await;
+}
+
+#[tokio::test]
+async fn actor_crashing_before_removing_the_transition_completes_once_after_restart() {
+    crash_while_applying("actor.before_transition_removed").await;
+}
