@@ -206,7 +206,7 @@ async fn json_and_protobuf_clients_both_work() {
     assert_eq!(typed.pending.unwrap().fires_at_ms, reply.fires_at_ms);
 
     // lowerCamelCase input is accepted too.
-    let camel = format!(r#"{{"delayMs": 0, "state": "standby", "idempotencyKey": "k"}}"#);
+    let camel = r#"{"delayMs": 0, "state": "standby", "idempotencyKey": "k"}"#;
     let r: ScheduleDesiredStateChangeReply =
         env.request(&schedule_subject(&dep), camel).await.unwrap();
     assert_eq!(r.state, "standby");

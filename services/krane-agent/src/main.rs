@@ -1,1 +1,6 @@
-fn main() {}
+//! `krane-agent` is built in issue 4; until then this binary says so instead of pretending to run.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("krane-agent: not implemented yet (see issue 4); only deployment-actor runs today");
+    std::process::ExitCode::from(2)
+}

@@ -30,14 +30,39 @@ pub fn nats_server_bin() -> Result<PathBuf> {
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
-    store: tempfile::TempDir,
+    store: Store,
     args: Vec<String>,
+}
+
+/// Where a server keeps its JetStream data: a temp dir for tests, a chosen one for `slipway dev`.
+enum Store {
+    Temp(tempfile::TempDir),
+    Dir(PathBuf),
+}
+
+impl Store {
+    fn path(&self) -> &Path {
+        match self {
+            Store::Temp(t) => t.path(),
+            Store::Dir(d) => d,
+        }
+    }
 }
 
 impl NatsServer {
     /// A single node on a free port.
     pub async fn start() -> Result<Self> {
-        let store = tempfile::tempdir()?;
+        Self::start_with(Store::Temp(tempfile::tempdir()?)).await
+    }
+
+    /// A single node on a free port keeping its data in `dir` (kept after it stops).
+    pub async fn start_in(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Self::start_with(Store::Dir(dir)).await
+    }
+
+    async fn start_with(store: Store) -> Result<Self> {
         let port = free_port()?;
         let mut server = Self {
             child: None,
@@ -143,7 +168,7 @@ impl NatsCluster {
             .join(",");
         let mut nodes = Vec::new();
         for (i, cluster_port) in cluster_ports.iter().enumerate() {
-            let store = tempfile::tempdir()?;
+            let store = Store::Temp(tempfile::tempdir()?);
             let port = free_port()?;
             nodes.push(NatsServer {
                 child: None,

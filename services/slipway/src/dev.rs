@@ -1,0 +1,134 @@
+//! `slipway dev`: nats-server (≥ 2.14, from `.tools/`) on a free port with its data in
+//! `<dir>/nats`, SQLite at `<dir>/slipway.db`, every service binary that exists so far, and a
+//! demo workspace / project / deployment.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use slipway_core::time::now_ms;
+use slipway_store::{NewDeployment, Store, StoreError};
+use slipway_testkit::{NatsServer, ServiceProcess};
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the control plane keeps its data between runs.
+    #[arg(long, default_value = ".slipway-dev")]
+    dir: PathBuf,
+    /// Standby delay for superseded production deployments (shorter than production's 30m).
+    #[arg(long, default_value = "30m")]
+    standby_delay: String,
+}
+
+/// The services, in start order. Those not built yet say so and are skipped.
+const SERVICES: &[(&str, &str)] = &[("deployment-actor", "deployment-actor ready")];
+const NOT_YET: &[&str] = &["routing", "deploy-orchestrator", "krane-agent"];
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    let nats = NatsServer::start_in(dir.join("nats"))
+        .await
+        .context("starting nats-server")?;
+    let database_url = format!("sqlite://{}", dir.join("slipway.db").display());
+    let store = Store::open(&database_url).await?;
+    let demo = seed(&store).await?;
+
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("no directory for the slipway binary")?
+        .to_path_buf();
+    let env = [
+        ("SLIPWAY_NATS_URL", nats.url()),
+        ("SLIPWAY_DATABASE_URL", database_url.clone()),
+        ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
+    ];
+    let mut running = Vec::new();
+    for (name, ready) in SERVICES {
+        let bin = bin_dir.join(name);
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build --workspace` first",
+            bin.display()
+        );
+        let process = ServiceProcess::spawn(name, &bin, &[], &env)?;
+        let started =
+            tokio::task::block_in_place(|| process.wait_for_log(ready, Duration::from_secs(60)));
+        started.with_context(|| format!("{name} did not start"))?;
+        running.push(process);
+    }
+
+    println!();
+    println!("Slipway dev control plane is up.");
+    println!("  NATS      {}", nats.url());
+    println!("  database  {database_url}");
+    println!(
+        "  services  {}",
+        SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+    );
+    println!("  not yet   {} (later issues)", NOT_YET.join(", "));
+    println!();
+    println!("Try it (nats CLI):");
+    println!("  export NATS_URL={}", nats.url());
+    println!("  nats micro ls");
+    println!(
+        "  nats req slipway.deployment.v1.schedule_desired_state_change.{demo} '{{\"delay_ms\":5000,\"state\":\"standby\"}}'"
+    );
+    println!("  nats req slipway.deployment.v1.get_state.{demo} '{{}}'");
+    println!("  nats sub 'slipway.events.>'");
+    println!();
+    println!("Ctrl-C stops everything; data stays in {}.", dir.display());
+
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping");
+    drop(running);
+    drop(nats);
+    Ok(())
+}
+
+/// A demo workspace, project, production environment and deployment; kept across runs.
+async fn seed(store: &Store) -> Result<String> {
+    let now = now_ms();
+    match store.create_workspace("ws_demo", "demo", "Demo", now).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match store
+        .create_project("proj_demo", "ws_demo", "demo-app", "Demo app", "main", now)
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let regions = BTreeMap::from([("local".to_string(), 1)]);
+    match store
+        .create_environment(
+            "env_demo_production",
+            "proj_demo",
+            "production",
+            &regions,
+            8080,
+            "{}",
+            now,
+        )
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = "dep_demo";
+    if store.find_deployment(id).await?.is_none() {
+        store
+            .insert_deployment(
+                &NewDeployment {
+                    id: id.into(),
+                    environment_id: "env_demo_production".into(),
+                    image: "exec:slipway demo-app --message hello".into(),
+                    ..Default::default()
+                },
+                now,
+            )
+            .await?;
+        store.upsert_topology(id, "local", 1, now).await?;
+    }
+    Ok(id.to_string())
+}

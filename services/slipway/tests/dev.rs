@@ -1,0 +1,60 @@
+//! `slipway dev` (the README's start command) brings up a control plane that answers.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+#[tokio::test]
+async fn slipway_dev_starts_a_control_plane_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Read the banner on a thread; the URL line comes before "Ctrl-C".
+    let banner = std::thread::spawn(move || {
+        let mut url = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(u) = line.trim().strip_prefix("NATS") {
+                url = Some(u.trim().to_string());
+            }
+            if line.starts_with("Ctrl-C") {
+                break;
+            }
+        }
+        url
+    });
+    let url = tokio::task::spawn_blocking(move || banner.join().unwrap())
+        .await
+        .unwrap();
+    let result = async {
+        let url = url.expect("slipway dev printed no NATS URL");
+        let client = async_nats::connect(url).await.unwrap();
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request("slipway.deployment.v1.get_state.dep_demo", "{}".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(reply["deployment_id"], "dep_demo");
+        assert_eq!(reply["desired_state"], "running");
+    }
+    .await;
+    // Ctrl-C, as a person would: slipway stops its services and nats-server and exits 0.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "slipway dev exited with {status}");
+    result
+}
