@@ -9,7 +9,6 @@ use slipway_proto::v1::{
 };
 
 use crate::{
-    apply::ApplyError,
     timers::TimerError,
     transitions::{Transition, TransitionError},
     Actor, SERVICE_NAME,
@@ -139,10 +138,13 @@ impl Actor {
             }
         };
 
+        slipway_core::fault::point("actor.after_transition_stored");
         if req.delay_ms == 0 {
-            self.apply(&deployment_id, &transition.nonce)
-                .await
-                .map_err(apply_err)?;
+            // Applied at once; should that fail, the sync below leaves a due timer behind, so
+            // the fired-change consumer retries it: the change is durable either way.
+            if let Err(e) = self.apply(&deployment_id, &transition.nonce).await {
+                tracing::warn!(error = %e, "cannot apply at once; the timer will retry it");
+            }
         }
         self.inner
             .timers
@@ -228,14 +230,4 @@ fn transition_err(e: TransitionError) -> ApiError {
 fn timer_err(e: TimerError) -> ApiError {
     tracing::warn!(error = %e, "timer stream unavailable");
     ApiError::unavailable(format!("timer stream unavailable: {e}"))
-}
-
-fn apply_err(e: ApplyError) -> ApiError {
-    match e {
-        ApplyError::Store(e) => e.into(),
-        other => {
-            tracing::warn!(error = %other, "cannot apply change");
-            ApiError::unavailable(format!("cannot apply change: {other}"))
-        }
-    }
 }

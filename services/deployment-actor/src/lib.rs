@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod endpoints;
 pub mod fired;
+pub mod reconcile;
 pub mod timers;
 pub mod transitions;
 
@@ -37,6 +38,9 @@ pub struct Config {
     /// How long an idempotency key is remembered after its change fired or was cleared.
     #[arg(long, env = "SLIPWAY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = slipway_core::config::parse_duration)]
     pub idempotency_ttl: Duration,
+    /// How often timers are reconciled with stored transitions (also once at start-up).
+    #[arg(long, env = "SLIPWAY_ACTOR_RECONCILE_EVERY", default_value = "5m", value_parser = slipway_core::config::parse_duration)]
+    pub reconcile_every: Duration,
 }
 
 /// Everything a handler needs; cheap to clone.
@@ -85,6 +89,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let consumer = tokio::spawn(fired::consume(actor.clone(), config.concurrency));
+    tokio::spawn(reconcile::run_periodically(
+        actor.clone(),
+        config.reconcile_every,
+    ));
     tracing::info!(service = SERVICE_NAME, "deployment-actor ready");
 
     tokio::select! {

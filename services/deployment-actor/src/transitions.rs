@@ -110,6 +110,11 @@ impl Transitions {
             })
     }
 
+    /// Every key in the bucket (transitions and idempotency records).
+    pub async fn keys(&self) -> Result<kv::Keys, async_nats::Error> {
+        Ok(self.kv.keys().await?)
+    }
+
     /// The transition first scheduled with this idempotency key, if remembered.
     pub async fn remembered(
         &self,

@@ -93,3 +93,46 @@ async fn actor_crashing_after_the_database_commit_completes_once_after_restart()
 async fn actor_crashing_before_removing_the_transition_completes_once_after_restart() {
     crash_while_applying("actor.before_transition_removed").await;
 }
+
+#[tokio::test]
+async fn actor_crashing_between_storing_a_transition_and_writing_its_timer_is_repaired_at_start_up()
+{
+    let mut env = Env::start().await;
+    env.actors[0].kill();
+    env.actors.clear();
+    let crashing = env.spawn_actor(&[(
+        "SLIPWAY_FAULT_POINT",
+        "actor.after_transition_stored".to_string(),
+    )]);
+    let (project, dep) = env.deployment().await;
+    // The call dies with the actor: the transition is stored, no timer written.
+    let request = env.client.request(
+        common::schedule_subject(&dep),
+        r#"{"delay_ms": 300, "state": "standby"}"#.into(),
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), request)
+            .await
+            .map_or(true, |r| r.is_err())
+    );
+    env.actors[crashing]
+        .wait_for_log("fault point actor.after_transition_stored reached", TIMEOUT)
+        .unwrap();
+    // No actor runs now: read the stored transition from the KV itself.
+    let raw = env
+        .transitions
+        .get(&dep)
+        .await
+        .unwrap()
+        .expect("transition stored before the crash");
+    let nonce = rmp_serde::from_slice::<deployment_actor::transitions::Transition>(&raw)
+        .unwrap()
+        .nonce;
+    assert!(env.schedule_in_stream(&dep).await.is_none());
+
+    let healthy = env.spawn_actor(&[]);
+    env.actors[healthy]
+        .wait_for_log("timers reconciled", TIMEOUT)
+        .unwrap();
+    assert_applied_once(&env, &project, &dep, &nonce).await;
+}

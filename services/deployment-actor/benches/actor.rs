@@ -1,0 +1,304 @@
+//! Deployment-actor benchmark, against a real nats-server, SQLite (or PostgreSQL with
+//! `SLIPWAY_BENCH_DATABASE=postgres`) and one release-built actor process:
+//!
+//! 1. schedule + clear round trips with 1, 16 and 64 concurrent clients (each on its own
+//!    deployment), beside a bare KV put round trip at the same concurrency (the floor);
+//! 2. 10,000 pending schedules falling due within 3 s: lateness (event seen − due time)
+//!    p50 / p99 / max, lost, applied twice.
+//!
+//! `cargo bench -p deployment-actor --bench actor` (after scripts/install-nats-server.sh).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use slipway_core::time::now_ms;
+use slipway_nats::provision;
+use slipway_store::Store;
+use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
+
+const ACTOR: &str = env!("CARGO_BIN_EXE_deployment-actor");
+const DUE: usize = 10_000;
+const DUE_WINDOW_MS: i64 = 3_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let nats = NatsServer::start().await?;
+    let db = match std::env::var("SLIPWAY_BENCH_DATABASE").as_deref() {
+        Ok("postgres") => TestDb::postgres().await?,
+        _ => TestDb::sqlite()?,
+    };
+    let store = Store::open(&db.url).await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client.clone());
+    provision::provision(&js, 1).await?;
+    let actor = ServiceProcess::spawn(
+        "actor",
+        ACTOR,
+        &[],
+        &[
+            ("SLIPWAY_NATS_URL", nats.url()),
+            ("SLIPWAY_DATABASE_URL", db.url.clone()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )?;
+    actor.wait_for_log("deployment-actor ready", Duration::from_secs(30))?;
+    println!("database: {}", db.url.split(':').next().unwrap_or("?"));
+
+    let ids = seed(&store, DUE).await?;
+    round_trips(&nats, &js, &ids).await?;
+    due_storm(&client, &store, &ids).await?;
+    drop(actor);
+    Ok(())
+}
+
+/// One workspace/project/preview environment and `n` deployments with one region each.
+async fn seed(store: &Store, n: usize) -> anyhow::Result<Vec<String>> {
+    store.create_workspace("ws_b", "bench", "Bench", 1).await?;
+    store
+        .create_project("proj_b", "ws_b", "bench", "Bench", "main", 1)
+        .await?;
+    let regions = [("local".to_string(), 1)].into_iter().collect();
+    store
+        .create_environment("env_b", "proj_b", "preview", &regions, 8080, "{}", 1)
+        .await?;
+    let ids: Vec<String> = (0..n).map(|i| format!("dep_bench{i:05}")).collect();
+    let mut tx = store.pool().begin().await?;
+    for id in &ids {
+        sqlx::query(
+            "INSERT INTO deployments (id, workspace_id, project_id, environment_id, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'ws_b', 'proj_b', 'env_b', 1, 1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deployment_topology (deployment_id, region, replicas, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'local', 1, 1, 1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+async fn round_trips(
+    nats: &NatsServer,
+    js: &jetstream::Context,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    let floor_kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "bench_floor".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    println!();
+    println!("schedule + clear round trips (each client on its own deployment), beside a KV put");
+    println!("clients | pairs/s | schedule p50 / p99 ms | clear p50 / p99 ms | kv put/s | kv put p50 / p99 ms");
+    for clients in [1usize, 16, 64] {
+        let run_for = Duration::from_secs(5);
+        // Actor: schedule then clear, repeatedly, per client.
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..clients {
+            let client = async_nats::connect(nats.url()).await?;
+            let dep = ids[c].clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut sched, mut clear) = (Vec::new(), Vec::new());
+                while start.elapsed() < run_for {
+                    let t = Instant::now();
+                    let r = client
+                        .request(
+                            format!("slipway.deployment.v1.schedule_desired_state_change.{dep}"),
+                            r#"{"delay_ms": 600000, "state": "standby"}"#.into(),
+                        )
+                        .await;
+                    assert!(r.is_ok_and(|m| m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Service-Error-Code"))
+                        .is_none()));
+                    sched.push(t.elapsed().as_secs_f64() * 1e3);
+                    let t = Instant::now();
+                    client
+                        .request(
+                            format!("slipway.deployment.v1.clear_scheduled_state_changes.{dep}"),
+                            "{}".into(),
+                        )
+                        .await
+                        .expect("clear");
+                    clear.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                (sched, clear)
+            }));
+        }
+        let (mut sched, mut clear) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (s, c) = t.await?;
+            sched.extend(s);
+            clear.extend(c);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let pairs = clear.len() as f64 / elapsed;
+
+        // Floor: bare KV put round trips at the same concurrency.
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..clients {
+            let kv = floor_kv.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while start.elapsed() < run_for {
+                    let t = Instant::now();
+                    kv.put(format!("k{c}"), "v".into()).await.expect("kv put");
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat
+            }));
+        }
+        let mut puts = Vec::new();
+        for t in tasks {
+            puts.extend(t.await?);
+        }
+        let put_rate = puts.len() as f64 / start.elapsed().as_secs_f64();
+        let (s50, s99, _) = summary(sched);
+        let (c50, c99, _) = summary(clear);
+        let (p50, p99, _) = summary(puts);
+        println!(
+            "{clients:7} | {pairs:7.0} | {s50:8.2} / {s99:6.2}      | {c50:6.2} / {c99:6.2}    | {put_rate:8.0} | {p50:6.2} / {p99:6.2}"
+        );
+    }
+    Ok(())
+}
+
+async fn due_storm(
+    client: &async_nats::Client,
+    store: &Store,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    let mut events = client
+        .subscribe("slipway.events.proj_b.*.desired_state")
+        .await?;
+    client.flush().await?;
+    // Schedule everything first, due in a 3 s window that opens after the last call.
+    let scheduling_budget_ms = 20_000;
+    let window_opens = now_ms() + scheduling_budget_ms;
+    let due: Arc<HashMap<String, i64>> = Arc::new(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                (
+                    id.clone(),
+                    window_opens + (i as i64 * DUE_WINDOW_MS) / ids.len() as i64,
+                )
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for id in ids {
+        let permit = sem.clone().acquire_owned().await?;
+        let client = client.clone();
+        let id = id.clone();
+        let fires_at = due[&id];
+        tasks.push(tokio::spawn(async move {
+            let body = format!(
+                r#"{{"delay_ms": {}, "state": "standby"}}"#,
+                fires_at - now_ms()
+            );
+            let r = client
+                .request(
+                    format!("slipway.deployment.v1.schedule_desired_state_change.{id}"),
+                    body.into(),
+                )
+                .await
+                .expect("schedule");
+            drop(permit);
+            let reply: serde_json::Value = serde_json::from_slice(&r.payload).expect("reply");
+            reply["fires_at_ms"]
+                .as_str()
+                .and_then(|s| s.parse::<i64>().ok())
+                .expect("fires_at_ms")
+        }));
+    }
+    let mut fires_at = HashMap::new();
+    for (id, t) in ids.iter().zip(tasks) {
+        fires_at.insert(id.clone(), t.await?);
+    }
+    let scheduling = started.elapsed();
+    anyhow::ensure!(
+        now_ms() < window_opens,
+        "scheduling took longer than its budget"
+    );
+    println!();
+    println!(
+        "{} schedules written in {:.1} s ({:.0}/s); due between +{:.1} s and +{:.1} s",
+        ids.len(),
+        scheduling.as_secs_f64(),
+        ids.len() as f64 / scheduling.as_secs_f64(),
+        (window_opens - now_ms()) as f64 / 1e3,
+        (window_opens + DUE_WINDOW_MS - now_ms()) as f64 / 1e3
+    );
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut lateness = Vec::new();
+    let give_up = window_opens + DUE_WINDOW_MS + 120_000;
+    while seen.len() < ids.len() && now_ms() < give_up {
+        let wait = Duration::from_millis((give_up - now_ms()).max(1) as u64);
+        let Ok(Some(msg)) = tokio::time::timeout(wait, events.next()).await else {
+            break;
+        };
+        let at = now_ms();
+        let event: serde_json::Value = serde_json::from_slice(&msg.payload)?;
+        let id = event["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let count = seen.entry(id.clone()).or_default();
+        *count += 1;
+        if *count == 1 {
+            lateness.push((at - fires_at[&id]) as f64);
+        }
+    }
+    // Applied twice: an extra event, or a topology version past 2.
+    let twice_events = seen.values().filter(|c| **c > 1).count();
+    let topology_versions: i64 =
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM deployment_topology WHERE version > 2")
+            .fetch_one(store.pool())
+            .await?;
+    let (p50, p99, max) = summary(lateness);
+    println!(
+        "{} due: lateness p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; lost {}; applied twice {} (events) / {} (db)",
+        ids.len(),
+        ids.len() - seen.len(),
+        twice_events,
+        topology_versions
+    );
+    Ok(())
+}
