@@ -125,9 +125,8 @@ async fn round_trips(
         // Actor: schedule then clear, repeatedly, per client.
         let mut tasks = Vec::new();
         let start = Instant::now();
-        for c in 0..clients {
+        for dep in ids.iter().take(clients).cloned() {
             let client = async_nats::connect(nats.url()).await?;
-            let dep = ids[c].clone();
             tasks.push(tokio::spawn(async move {
                 let (mut sched, mut clear) = (Vec::new(), Vec::new());
                 while start.elapsed() < run_for {

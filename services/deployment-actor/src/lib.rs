@@ -93,6 +93,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         actor.clone(),
         config.reconcile_every,
     ));
+    // The server has every subscription once a flush returns: only then are we reachable.
+    client.flush().await.context("flushing subscriptions")?;
     tracing::info!(service = SERVICE_NAME, "deployment-actor ready");
 
     tokio::select! {
