@@ -125,8 +125,9 @@ async fn round_trips(
         // Actor: schedule then clear, repeatedly, per client.
         let mut tasks = Vec::new();
         let start = Instant::now();
-        for dep in ids.iter().take(clients).cloned() {
+        for dep in ids.iter().take(clients) {
             let client = async_nats::connect(nats.url()).await?;
+            let dep = dep.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut sched, mut clear) = (Vec::new(), Vec::new());
                 while start.elapsed() < run_for {
