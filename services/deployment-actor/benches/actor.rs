@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         &[
             ("SLIPWAY_NATS_URL", nats.url()),
             ("SLIPWAY_DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn".into()),
+            ("RUST_LOG", "warn,slipway::ready=info".into()),
         ],
     )?;
     actor.wait_for_log("deployment-actor ready", Duration::from_secs(30))?;
@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
 
     let ids = seed(&store, DUE).await?;
     round_trips(&nats, &js, &ids).await?;
-    due_storm(&client, &store, &ids).await?;
+    let mut actor = Some(actor);
+    due_storm(&client, &store, &ids, &mut actor).await?;
     drop(actor);
     Ok(())
 }
@@ -200,6 +201,7 @@ async fn due_storm(
     client: &async_nats::Client,
     store: &Store,
     ids: &[String],
+    actor: &mut Option<ServiceProcess>,
 ) -> anyhow::Result<()> {
     let mut events = client
         .subscribe("slipway.events.proj_b.*.desired_state")
@@ -252,6 +254,10 @@ async fn due_storm(
         fires_at.insert(id.clone(), t.await?);
     }
     let scheduling = started.elapsed();
+    // SLIPWAY_BENCH_SCHEDULER_ONLY=1: stop the actor, to time the server's scheduler alone.
+    if std::env::var("SLIPWAY_BENCH_SCHEDULER_ONLY").is_ok() {
+        actor.take();
+    }
     anyhow::ensure!(
         now_ms() < window_opens,
         "scheduling took longer than its budget"
@@ -265,6 +271,43 @@ async fn due_storm(
         (window_opens - now_ms()) as f64 / 1e3,
         (window_opens + DUE_WINDOW_MS - now_ms()) as f64 / 1e3
     );
+
+    // When the server fired each schedule (its stream timestamp), to tell the scheduler's
+    // lateness from the actor's: an ordered consumer sees every fired message, acks nothing.
+    let timers = jetstream::new(client.clone())
+        .get_stream("SLIPWAY_TIMERS")
+        .await?;
+    let fired_watch = timers
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "slipway.timers.fired.deployment.>".into(),
+            ..Default::default()
+        })
+        .await?;
+    let fires = fires_at.clone();
+    let total = ids.len();
+    let fired_lateness = tokio::spawn(async move {
+        let mut lateness = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let Ok(mut messages) = fired_watch.messages().await else {
+            return lateness;
+        };
+        while seen.len() < total {
+            let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(150), messages.next()).await
+            else {
+                break;
+            };
+            let id = m.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let Ok(info) = m.info() else { continue };
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+            if seen.insert(id.clone()) {
+                if let Some(due) = fires.get(&id) {
+                    lateness.push((published_ms - due) as f64);
+                }
+            }
+        }
+        lateness
+    });
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut lateness = Vec::new();
@@ -292,6 +335,10 @@ async fn due_storm(
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM deployment_topology WHERE version > 2")
             .fetch_one(store.pool())
             .await?;
+    let (f50, f99, fmax) = summary(fired_lateness.await?);
+    println!(
+        "server fired the schedules: lateness p50 {f50:.0} ms, p99 {f99:.0} ms, max {fmax:.0} ms"
+    );
     let (p50, p99, max) = summary(lateness);
     println!(
         "{} due: lateness p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; lost {}; applied twice {} (events) / {} (db)",

@@ -51,7 +51,6 @@ async fn attach(actor: &Actor) -> Result<jetstream::consumer::pull::Stream, asyn
 }
 
 async fn handle(actor: &Actor, msg: jetstream::Message) {
-    let sequence = msg.info().map(|i| i.stream_sequence).ok();
     let fired: Fired = match serde_json::from_slice(&msg.payload) {
         Ok(f) => f,
         Err(e) => {
@@ -80,10 +79,6 @@ async fn handle(actor: &Actor, msg: jetstream::Message) {
             if let Err(e) = msg.double_ack().await {
                 // Not acked: it comes back, and the nonce check makes that harmless.
                 tracing::warn!(error = %e, "cannot ack fired message");
-                return;
-            }
-            if let Some(seq) = sequence {
-                actor.inner.timers.forget_fired(seq).await;
             }
         }
         Err(e) => {

@@ -95,7 +95,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     // The server has every subscription once a flush returns: only then are we reachable.
     client.flush().await.context("flushing subscriptions")?;
-    tracing::info!(service = SERVICE_NAME, "deployment-actor ready");
+    // Its own target, so `RUST_LOG=warn,slipway::ready=info` still shows it.
+    tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deployment-actor ready");
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
