@@ -39,12 +39,8 @@ async fn actor_killed_before_the_due_time_and_nats_restarted_applies_every_chang
         scheduled.push((project, dep, reply.nonce));
     }
     env.actors[0].kill();
-    env.nats.restart().await.unwrap();
-    // Schedules fire into the stream while no actor runs; the one started later applies them.
-    env.client = async_nats::connect(env.nats.url()).await.unwrap();
-    env.js = async_nats::jetstream::new(env.client.clone());
-    env.transitions = env.js.get_key_value("slipway_transitions").await.unwrap();
-    env.desired = env.js.get_key_value("slipway_desired").await.unwrap();
+    env.restart_nats().await;
+    // The schedules fire into the stream while no actor runs; the one started now applies them.
     env.spawn_actor(&[]);
 
     for (project, dep, nonce) in &scheduled {
@@ -71,11 +67,7 @@ async fn crash_while_applying(point: &str) {
         std::thread::yield_now();
     }
 
-    env.nats.restart().await.unwrap();
-    env.client = async_nats::connect(env.nats.url()).await.unwrap();
-    env.js = async_nats::jetstream::new(env.client.clone());
-    env.transitions = env.js.get_key_value("slipway_transitions").await.unwrap();
-    env.desired = env.js.get_key_value("slipway_desired").await.unwrap();
+    env.restart_nats().await;
     let healthy = env.spawn_actor(&[]);
     assert_applied_once(&env, &project, &dep, &reply.nonce).await;
     assert_eq!(

@@ -97,26 +97,31 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// Starts the process without waiting for it (a cluster starts every node first).
+    fn launch(&mut self) -> Result<()> {
         let bin = nats_server_bin()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(self.store.path())
-        .args(&self.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd
+        let child = Command::new(&bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20)).await
+        Ok(())
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -188,24 +193,7 @@ impl NatsCluster {
         }
         // Start all before waiting: JetStream needs a quorum to answer.
         for node in &mut nodes {
-            let bin = nats_server_bin()?;
-            let child = Command::new(&bin)
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &node.port.to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(node.store.path())
-                .args(&node.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {}", bin.display()))?;
-            node.child = Some(child);
+            node.launch()?;
         }
         for node in &mut nodes {
             node.wait_ready(Duration::from_secs(30)).await?;

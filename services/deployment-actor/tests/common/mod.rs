@@ -71,6 +71,15 @@ impl Env {
         }
     }
 
+    /// SIGKILLs nats-server and starts it again on the same port and store; reconnects.
+    pub async fn restart_nats(&mut self) {
+        self.nats.restart().await.unwrap();
+        self.client = async_nats::connect(self.nats.url()).await.unwrap();
+        self.js = jetstream::new(self.client.clone());
+        self.transitions = self.js.get_key_value(provision::TRANSITIONS).await.unwrap();
+        self.desired = self.js.get_key_value(provision::DESIRED).await.unwrap();
+    }
+
     /// Starts an actor process and waits until it serves.
     pub fn spawn_actor(&mut self, extra: &[(&str, String)]) -> usize {
         let mut env = vec![
