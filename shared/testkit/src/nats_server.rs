@@ -55,6 +55,33 @@ impl NatsServer {
         Self::start_with(Store::Temp(tempfile::tempdir()?)).await
     }
 
+    /// A single node with extra command-line arguments (`--user`, `--auth`, …).
+    pub async fn start_with_args(args: &[&str]) -> Result<Self> {
+        let mut server = Self {
+            child: None,
+            port: free_port()?,
+            store: Store::Temp(tempfile::tempdir()?),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// A single node reading `config` (nats-server configuration text) as its config file.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config)?;
+        let mut server = Self {
+            child: None,
+            port: free_port()?,
+            args: vec!["-c".into(), path.display().to_string()],
+            store: Store::Temp(dir),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
     /// A single node on a free port keeping its data in `dir` (kept after it stops).
     pub async fn start_in(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
@@ -124,6 +151,17 @@ impl NatsServer {
         Ok(())
     }
 
+    async fn greets(&self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut hello = [0u8; 4];
+        let read =
+            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut hello)).await;
+        matches!(read, Ok(Ok(_))) && &hello == b"INFO"
+    }
+
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -135,10 +173,21 @@ impl NatsServer {
                     );
                 }
             }
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return Ok(());
+            // Any server greets a new connection with INFO, whatever auth or TLS it wants.
+            if self.greets().await {
+                match async_nats::connect(self.url()).await {
+                    // Ready once JetStream answers (a cluster needs its meta leader first).
+                    Ok(client) => {
+                        if async_nats::jetstream::new(client)
+                            .query_account()
+                            .await
+                            .is_ok()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    // Up, but wants credentials or TLS this probe does not have.
+                    Err(_) => return Ok(()),
                 }
             }
             if Instant::now() > deadline {
