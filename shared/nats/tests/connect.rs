@@ -155,3 +155,41 @@ async fn tls_verified_against_a_ca() {
     .unwrap();
     assert_refused(&server.url(), &[("nats-tls-ca", &path("other.pem"))]).await;
 }
+
+/// A server that speaks just enough of the protocol to complete a handshake, claiming 2.9.25.
+async fn old_server() -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let info = format!(
+                    "INFO {{\"server_id\":\"old\",\"server_name\":\"old\",\"version\":\"2.9.25\",\"proto\":1,\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576}}\r\n"
+                );
+                write.write_all(info.as_bytes()).await.ok()?;
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") {
+                        write.write_all(b"PONG\r\n").await.ok()?;
+                    }
+                }
+                Some(())
+            });
+        }
+    });
+    format!("nats://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn an_old_server_is_refused_with_both_versions_named() {
+    let url = old_server().await;
+    let err = connect(&config(&url, &[]), "test").await.unwrap_err();
+    assert!(matches!(err, ConnectError::ServerTooOld { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("2.9.25") && message.contains("2.14.0"),
+        "{message}"
+    );
+}
