@@ -2,6 +2,7 @@
 //! deployment, configuration, lifecycle events and the region-agent (Krane) documents.
 
 pub mod config;
+pub mod domains;
 pub mod error;
 pub mod events;
 pub mod fault;

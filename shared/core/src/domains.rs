@@ -1,0 +1,311 @@
+//! Generated domains (BEHAVIOUR.md "Domains"): pure functions, no I/O.
+//!
+//! Every generated host is one DNS label under the apex: `<label>.<apex>`, the label
+//! lower-case `[a-z0-9-]`, at most 63 characters (longer ones are cut and end in `-` plus 6 hex
+//! characters of the SHA-256 of the full label, so distinct long names stay distinct).
+
+use sha2::{Digest, Sha256};
+
+pub const DEFAULT_APEX: &str = "slipway.localhost";
+pub const MAX_LABEL: usize = 63;
+
+/// Which routes follow a deployment (the route's `sticky`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sticky {
+    /// Per commit: belongs to one deployment for ever.
+    None,
+    /// Per branch: moves to the newest deployment of the branch.
+    Branch,
+    /// Per environment: moves to the newest deployment of the environment.
+    Environment,
+    /// The project's live domain (production only).
+    Live,
+}
+
+impl Sticky {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Branch => "branch",
+            Self::Environment => "environment",
+            Self::Live => "live",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "branch" => Self::Branch,
+            "environment" => Self::Environment,
+            "live" => Self::Live,
+            _ => return None,
+        })
+    }
+}
+
+/// What a deployment's domains are made of.
+#[derive(Debug, Clone, Default)]
+pub struct DomainInput<'a> {
+    pub apex: &'a str,
+    pub workspace_slug: &'a str,
+    pub project_slug: &'a str,
+    pub environment_slug: &'a str,
+    pub deployment_id: &'a str,
+    pub branch: &'a str,
+    pub commit_sha: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    pub fqdn: String,
+    pub sticky: Sticky,
+}
+
+/// The domains of a deployment, in the order per-commit, per-branch, per-environment, live.
+pub fn generate(input: &DomainInput<'_>) -> Vec<Domain> {
+    let DomainInput {
+        apex,
+        workspace_slug: ws,
+        project_slug: project,
+        environment_slug: env,
+        ..
+    } = *input;
+    let apex = apex.trim().trim_matches('.').to_ascii_lowercase();
+    let mut out = Vec::with_capacity(4);
+    let mut push = |label: String, sticky| {
+        out.push(Domain {
+            fqdn: format!("{}.{apex}", fit_label(&label)),
+            sticky,
+        })
+    };
+
+    let sha = input.commit_sha.trim().to_ascii_lowercase();
+    if !sha.is_empty() {
+        let sha7: String = sha.chars().take(7).collect();
+        push(
+            format!(
+                "{project}-git-{sha7}-{}-{ws}",
+                deployment_suffix(input.deployment_id)
+            ),
+            Sticky::None,
+        );
+    }
+    let branch = branch_slug(input.branch);
+    if !branch.is_empty() {
+        push(format!("{project}-git-{branch}-{ws}"), Sticky::Branch);
+    }
+    push(format!("{project}-{env}-{ws}"), Sticky::Environment);
+    if env == "production" {
+        push(format!("{project}-{ws}"), Sticky::Live);
+    }
+    out
+}
+
+/// The last 4 characters of the deployment id: deterministic, so a replay generates the same.
+pub fn deployment_suffix(deployment_id: &str) -> String {
+    let chars: Vec<char> = deployment_id.chars().collect();
+    chars[chars.len().saturating_sub(4)..]
+        .iter()
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Trim; every character that is neither `[a-zA-Z0-9]` nor whitespace becomes a space;
+/// collapse whitespace; spaces become `-`; lower-case. Empty when nothing is left.
+pub fn branch_slug(branch: &str) -> String {
+    branch
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { ' ' })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_ascii_lowercase()
+}
+
+/// Lower-cases a label and, past 63 characters, cuts it to end in `-` + 6 hex of its hash.
+pub fn fit_label(label: &str) -> String {
+    let label = label.to_ascii_lowercase();
+    if label.len() <= MAX_LABEL {
+        return label;
+    }
+    let digest = Sha256::digest(label.as_bytes());
+    let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    // Labels are ASCII here, so byte and character positions agree.
+    let keep = label[..MAX_LABEL - 7].trim_end_matches('-');
+    format!("{keep}-{hash}")
+}
+
+/// Whether a host is local (no sentinel config): `localhost`, `127.0.0.1`, `*.local`,
+/// `*.test`; the apex itself and its subdomains always count as non-local.
+pub fn is_local_host(host: &str, apex: &str) -> bool {
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let apex = apex.trim().trim_matches('.').to_ascii_lowercase();
+    if !apex.is_empty() && (host == apex || host.ends_with(&format!(".{apex}"))) {
+        return false;
+    }
+    host == "localhost"
+        || host == "127.0.0.1"
+        || host.ends_with(".local")
+        || host.ends_with(".test")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(env: &'a str, branch: &'a str, sha: &'a str) -> DomainInput<'a> {
+        DomainInput {
+            apex: DEFAULT_APEX,
+            workspace_slug: "acme",
+            project_slug: "shop",
+            environment_slug: env,
+            deployment_id: "dep_0193c6a1f0b27c3e9d1a2b3c4d5eAB12",
+            branch,
+            commit_sha: sha,
+        }
+    }
+
+    fn fqdns(domains: &[Domain]) -> Vec<(&str, Sticky)> {
+        domains
+            .iter()
+            .map(|d| (d.fqdn.as_str(), d.sticky))
+            .collect()
+    }
+
+    #[test]
+    fn every_kind_for_production() {
+        let d = generate(&input("production", "main", "8F3A2b19c0ffee"));
+        assert_eq!(
+            fqdns(&d),
+            vec![
+                ("shop-git-8f3a2b1-ab12-acme.slipway.localhost", Sticky::None),
+                ("shop-git-main-acme.slipway.localhost", Sticky::Branch),
+                (
+                    "shop-production-acme.slipway.localhost",
+                    Sticky::Environment
+                ),
+                ("shop-acme.slipway.localhost", Sticky::Live),
+            ]
+        );
+    }
+
+    #[test]
+    fn preview_has_no_live_domain_and_no_sha_means_no_commit_domain() {
+        let d = generate(&input("preview", "feature/login", ""));
+        assert_eq!(
+            fqdns(&d),
+            vec![
+                (
+                    "shop-git-feature-login-acme.slipway.localhost",
+                    Sticky::Branch
+                ),
+                ("shop-preview-acme.slipway.localhost", Sticky::Environment),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sha_shorter_than_7_is_used_whole() {
+        let d = generate(&input("preview", "", "abc"));
+        assert_eq!(d[0].fqdn, "shop-git-abc-ab12-acme.slipway.localhost");
+    }
+
+    #[test]
+    fn branch_slugs() {
+        let cases = [
+            ("main", "main"),
+            ("  Feature/Login-Page  ", "feature-login-page"),
+            ("fix__double--dash", "fix-double-dash"),
+            ("UPPER case\tTabs", "upper-case-tabs"),
+            ("héllo wörld", "h-llo-w-rld"),
+            ("日本語", ""),
+            ("!!!///---", ""),
+            ("", ""),
+            ("-leading-and-trailing-", "leading-and-trailing"),
+            ("release/v1.2.3", "release-v1-2-3"),
+        ];
+        for (branch, slug) in cases {
+            assert_eq!(branch_slug(branch), slug, "{branch:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_branch_slug_gets_no_branch_domain() {
+        for branch in ["", "   ", "日本語", "???"] {
+            let d = generate(&input("preview", branch, ""));
+            assert!(d.iter().all(|d| d.sticky != Sticky::Branch), "{branch:?}");
+        }
+    }
+
+    #[test]
+    fn long_labels_are_cut_to_63_with_a_hash() {
+        let long = "a-very-long-branch-name-that-keeps-going-and-going-past-any-sane-limit";
+        let d = generate(&input("preview", long, ""));
+        let label = d[0].fqdn.split('.').next().unwrap();
+        assert_eq!(label.len(), 63, "{label}");
+        let full = format!("shop-git-{long}-acme");
+        let hash: String = Sha256::digest(full.as_bytes())
+            .iter()
+            .take(3)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(label.ends_with(&format!("-{hash}")), "{label}");
+        assert!(label.starts_with("shop-git-a-very-long"));
+        // Two long names differing only past the cut stay distinct.
+        let other = generate(&input("preview", &format!("{long}-2"), ""));
+        assert_ne!(d[0].fqdn, other[0].fqdn);
+        // A cut that lands on '-' does not leave "--".
+        assert!(!fit_label(&format!("{}-{}", "x".repeat(55), "y".repeat(20))).contains("--"));
+        // Exactly 63 is kept as is.
+        assert_eq!(fit_label(&"b".repeat(63)), "b".repeat(63));
+    }
+
+    #[test]
+    fn the_deployment_suffix_is_deterministic() {
+        assert_eq!(deployment_suffix("dep_XYZ9"), "xyz9");
+        assert_eq!(deployment_suffix("ab"), "ab");
+        let a = generate(&input("preview", "", "abcdef1"));
+        let b = generate(&input("preview", "", "abcdef1"));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn local_hosts() {
+        let apex = "slipway.localhost";
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "shop.local",
+            "a.b.test",
+            "LOCALHOST.",
+        ] {
+            assert!(is_local_host(host, apex), "{host}");
+        }
+        for host in [
+            "shop-acme.slipway.localhost",
+            "slipway.localhost",
+            "example.com",
+            "localhost.example.com",
+        ] {
+            assert!(!is_local_host(host, apex), "{host}");
+        }
+        // The apex counts as non-local even when it would match a local rule.
+        assert!(!is_local_host("shop-acme.dev.test", "dev.test"));
+        assert!(is_local_host("other.test", "dev.test"));
+    }
+
+    #[test]
+    fn sticky_round_trips() {
+        for s in [
+            Sticky::None,
+            Sticky::Branch,
+            Sticky::Environment,
+            Sticky::Live,
+        ] {
+            assert_eq!(Sticky::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Sticky::parse("sometimes"), None);
+    }
+}
