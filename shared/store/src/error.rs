@@ -12,6 +12,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request contradicts what is stored (a route of another project, say).
+    #[error("{0}")]
+    Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
@@ -33,6 +36,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Invalid(m) => ApiError::invalid_argument(m),
             StoreError::Connect(_) | StoreError::Database(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("database unavailable; retry")

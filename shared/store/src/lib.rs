@@ -10,6 +10,7 @@ mod desired_state;
 mod error;
 mod projects;
 mod records;
+mod routes;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 pub use desired_state::ApplyOutcome;
 pub use error::StoreError;
 pub use records::*;
+pub use routes::NewRoute;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -194,3 +194,53 @@ pub(crate) fn u32_of(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
     let v: i64 = row.try_get(column)?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} out of range")))
 }
+
+/// A frontline route: one FQDN and the deployment that answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub id: String,
+    pub fqdn: String,
+    /// `none` | `branch` | `environment` | `live`
+    pub sticky: String,
+    pub project_id: String,
+    pub environment_id: String,
+    pub deployment_id: String,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An instance as reported by a region agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub deployment_id: String,
+    pub region: String,
+    pub address: String,
+    /// `pending` | `running` | `failed` | `inactive`
+    pub status: String,
+}
+
+pub(crate) fn route(row: &AnyRow) -> Result<Route, StoreError> {
+    Ok(Route {
+        id: row.try_get("id")?,
+        fqdn: row.try_get("fqdn")?,
+        sticky: row.try_get("sticky")?,
+        project_id: row.try_get("project_id")?,
+        environment_id: row.try_get("environment_id")?,
+        deployment_id: row.try_get("deployment_id")?,
+        version: row.try_get("version")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub(crate) fn instance(row: &AnyRow) -> Result<Instance, StoreError> {
+    Ok(Instance {
+        id: row.try_get("id")?,
+        deployment_id: row.try_get("deployment_id")?,
+        region: row.try_get("region")?,
+        address: row.try_get("address")?,
+        status: row.try_get("status")?,
+    })
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use slipway_core::state::DesiredState;
-use slipway_store::{ApplyOutcome, NewDeployment, Store, StoreError};
+use slipway_store::{ApplyOutcome, NewDeployment, NewRoute, Store, StoreError};
 use slipway_testkit::TestDb;
 
 macro_rules! on_both_backends {
@@ -30,6 +30,7 @@ on_both_backends!(
     unique_slugs_conflict,
     apply_desired_state_outcomes,
     topology_upsert_is_idempotent,
+    routes_are_created_once_and_move_all_or_nothing,
 );
 
 struct Fixture {
@@ -247,4 +248,115 @@ async fn topology_upsert_is_idempotent(db: &TestDb) {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].replicas, 3);
     assert_eq!(rows[0].version, 1);
+}
+
+async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
+    let f = fixture(db).await;
+    deployment(&f, "dep_1").await;
+    deployment(&f, "dep_2").await;
+    let wanted = vec![
+        NewRoute {
+            fqdn: "a.example".into(),
+            sticky: "environment".into(),
+        },
+        NewRoute {
+            fqdn: "b.example".into(),
+            sticky: "live".into(),
+        },
+    ];
+    let first = f
+        .store
+        .ensure_routes("proj_1", "env_1", "dep_1", &wanted, 5)
+        .await
+        .unwrap();
+    let again = f
+        .store
+        .ensure_routes("proj_1", "env_1", "dep_2", &wanted, 6)
+        .await
+        .unwrap();
+    assert_eq!(first, again, "existing routes are returned as they are");
+    assert!(first
+        .iter()
+        .all(|r| r.deployment_id == "dep_1" && r.version == 1));
+    let ids: Vec<String> = first.iter().map(|r| r.id.clone()).collect();
+
+    // One unknown id: nothing moves.
+    let mut with_bad = ids.clone();
+    with_bad.push("flr_missing".into());
+    let err = f
+        .store
+        .assign_routes("proj_1", "dep_2", &with_bad, 7)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(ref m) if m.contains("flr_missing")),
+        "{err}"
+    );
+    assert!(f
+        .store
+        .routes("proj_1", None)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.deployment_id == "dep_1"));
+
+    let moved = f
+        .store
+        .assign_routes("proj_1", "dep_2", &ids, 8)
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 2);
+    let stored = f.store.routes("proj_1", Some("env_1")).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|r| r.deployment_id == "dep_2" && r.version == 2),
+        "{stored:?}"
+    );
+    assert_eq!(f.store.routes_by_id(&ids).await.unwrap().len(), 2);
+    // Repeating the assignment moves nothing.
+    assert!(f
+        .store
+        .assign_routes("proj_1", "dep_2", &ids, 9)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Another project's route or deployment is refused.
+    f.store
+        .create_project("proj_2", "ws_1", "other", "Other", "main", 1)
+        .await
+        .unwrap();
+    let err = f
+        .store
+        .assign_routes("proj_2", "dep_2", &ids, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let err = f
+        .store
+        .ensure_routes("proj_2", "env_1", "dep_1", &wanted, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+
+    f.store
+        .record_instances(
+            "dep_2",
+            "eu",
+            &[("inst_1".into(), "127.0.0.1:9000".into(), "running".into())],
+            11,
+        )
+        .await
+        .unwrap();
+    f.store
+        .record_instances("dep_2", "eu", &[], 12)
+        .await
+        .unwrap();
+    assert!(f.store.instances("dep_2").await.unwrap().is_empty());
+    assert_eq!(
+        f.store.routes_page("", 1).await.unwrap()[0].fqdn,
+        "a.example"
+    );
+    assert_eq!(f.store.routes_page("a.example", 10).await.unwrap().len(), 1);
 }

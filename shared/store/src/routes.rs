@@ -1,0 +1,275 @@
+//! Frontline routes and the instances they send traffic to.
+
+use slipway_core::ids;
+use sqlx::Row;
+
+use crate::{records, Instance, Route, Store, StoreError};
+
+/// A route to create if its FQDN does not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoute {
+    pub fqdn: String,
+    pub sticky: String,
+}
+
+/// `$first, $first+1, …` for an IN list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Creates the routes whose FQDN is missing, pointing at `deployment_id`, and returns
+    /// every requested route (existing ones as they are). An FQDN held by another project is
+    /// a conflict and nothing is created.
+    pub async fn ensure_routes(
+        &self,
+        project_id: &str,
+        environment_id: &str,
+        deployment_id: &str,
+        routes: &[NewRoute],
+        now_ms: i64,
+    ) -> Result<Vec<Route>, StoreError> {
+        let deployment = self.deployment(deployment_id).await?;
+        if deployment.project_id != project_id || deployment.environment_id != environment_id {
+            return Err(StoreError::Invalid(format!(
+                "deployment {deployment_id} belongs to project {} / environment {}, not {project_id} / {environment_id}",
+                deployment.project_id, deployment.environment_id
+            )));
+        }
+        let mut tx = self.begin().await?;
+        for route in routes {
+            sqlx::query(
+                "INSERT INTO frontline_routes (id, fqdn, sticky, project_id, environment_id, deployment_id, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (fqdn) DO NOTHING",
+            )
+            .bind(ids::new(ids::ROUTE))
+            .bind(&route.fqdn)
+            .bind(&route.sticky)
+            .bind(project_id)
+            .bind(environment_id)
+            .bind(deployment_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut out = Vec::with_capacity(routes.len());
+        for route in routes {
+            let row = sqlx::query("SELECT * FROM frontline_routes WHERE fqdn = $1")
+                .bind(&route.fqdn)
+                .fetch_one(&mut *tx)
+                .await?;
+            let stored = records::route(&row)?;
+            if stored.project_id != project_id {
+                return Err(StoreError::Conflict(format!(
+                    "{} is already a route of project {}",
+                    route.fqdn, stored.project_id
+                )));
+            }
+            out.push(stored);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Points every route in `route_ids` at `deployment_id`, all or nothing, after checking
+    /// that the deployment and every route belong to the project. Holds the project's row
+    /// lock, so assignments for one project never interleave. Returns the routes that moved
+    /// (a repeated assignment moves none).
+    pub async fn assign_routes(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        route_ids: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut tx = self.begin().await?;
+        let project = sqlx::query(&format!(
+            "SELECT id FROM projects WHERE id = $1{}",
+            self.for_update()
+        ))
+        .bind(project_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if project.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "project {project_id} not found"
+            )));
+        }
+        let owner: Option<String> = sqlx::query("SELECT project_id FROM deployments WHERE id = $1")
+            .bind(deployment_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("project_id"))
+            .transpose()?;
+        match owner {
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "deployment {deployment_id} not found"
+                )))
+            }
+            Some(p) if p != project_id => {
+                return Err(StoreError::Invalid(format!(
+                    "deployment {deployment_id} belongs to project {p}, not {project_id}"
+                )))
+            }
+            Some(_) => {}
+        }
+        let sql = format!(
+            "SELECT * FROM frontline_routes WHERE id IN ({})",
+            placeholders(1, route_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in route_ids {
+            query = query.bind(id);
+        }
+        let found = query
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(records::route)
+            .collect::<Result<Vec<_>, _>>()?;
+        for id in route_ids {
+            match found.iter().find(|r| &r.id == id) {
+                None => return Err(StoreError::NotFound(format!("route {id} not found"))),
+                Some(r) if r.project_id != project_id => {
+                    return Err(StoreError::Invalid(format!(
+                        "route {id} ({}) belongs to project {}, not {project_id}",
+                        r.fqdn, r.project_id
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let moving: Vec<&Route> = found
+            .iter()
+            .filter(|r| r.deployment_id != deployment_id)
+            .collect();
+        if !moving.is_empty() {
+            let sql = format!(
+                "UPDATE frontline_routes SET deployment_id = $1, version = version + 1, updated_at_ms = $2 \
+                 WHERE id IN ({})",
+                placeholders(3, moving.len())
+            );
+            let mut query = sqlx::query(&sql).bind(deployment_id).bind(now_ms);
+            for r in &moving {
+                query = query.bind(&r.id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(moving
+            .into_iter()
+            .map(|r| Route {
+                deployment_id: deployment_id.to_string(),
+                version: r.version + 1,
+                updated_at_ms: now_ms,
+                ..r.clone()
+            })
+            .collect())
+    }
+
+    /// A project's routes (optionally one environment's), by FQDN.
+    pub async fn routes(
+        &self,
+        project_id: &str,
+        environment_id: Option<&str>,
+    ) -> Result<Vec<Route>, StoreError> {
+        let rows = match environment_id {
+            Some(env) => {
+                sqlx::query("SELECT * FROM frontline_routes WHERE project_id = $1 AND environment_id = $2 ORDER BY fqdn")
+                    .bind(project_id)
+                    .bind(env)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM frontline_routes WHERE project_id = $1 ORDER BY fqdn")
+                    .bind(project_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(records::route).collect()
+    }
+
+    /// Routes by id, in no particular order; unknown ids are skipped.
+    pub async fn routes_by_id(&self, route_ids: &[String]) -> Result<Vec<Route>, StoreError> {
+        if route_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT * FROM frontline_routes WHERE id IN ({})",
+            placeholders(1, route_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in route_ids {
+            query = query.bind(id);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::route)
+            .collect()
+    }
+
+    /// Every route, `limit` at a time, in FQDN order after `after_fqdn`.
+    pub async fn routes_page(
+        &self,
+        after_fqdn: &str,
+        limit: i64,
+    ) -> Result<Vec<Route>, StoreError> {
+        sqlx::query("SELECT * FROM frontline_routes WHERE fqdn > $1 ORDER BY fqdn LIMIT $2")
+            .bind(after_fqdn)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::route)
+            .collect()
+    }
+
+    /// Replaces what a region reported for a deployment.
+    pub async fn record_instances(
+        &self,
+        deployment_id: &str,
+        region: &str,
+        instances: &[(String, String, String)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM instances WHERE deployment_id = $1 AND region = $2")
+            .bind(deployment_id)
+            .bind(region)
+            .execute(&mut *tx)
+            .await?;
+        for (id, address, status) in instances {
+            sqlx::query(
+                "INSERT INTO instances (id, deployment_id, region, address, status, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(deployment_id)
+            .bind(region)
+            .bind(address)
+            .bind(status)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn instances(&self, deployment_id: &str) -> Result<Vec<Instance>, StoreError> {
+        sqlx::query("SELECT * FROM instances WHERE deployment_id = $1 ORDER BY region, id")
+            .bind(deployment_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::instance)
+            .collect()
+    }
+}
