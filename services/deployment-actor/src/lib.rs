@@ -99,20 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deployment-actor ready");
 
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        _ = terminate() => tracing::info!("terminated; stopping"),
+        _ = slipway_nats::shutdown::signal() => {}
         res = consumer => anyhow::bail!("fired-change consumer stopped: {res:?}"),
     }
     drop(service);
     client.drain().await.ok();
     Ok(())
-}
-
-async fn terminate() {
-    #[cfg(unix)]
-    if let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        sig.recv().await;
-        return;
-    }
-    std::future::pending::<()>().await
 }

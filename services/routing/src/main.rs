@@ -1,6 +1,15 @@
-//! `routing` is built in issue 3; until then this binary says so instead of pretending to run.
+use clap::Parser;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("routing: not implemented yet (see issue 3); only deployment-actor runs today");
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = routing::Config::parse();
+    slipway_core::config::init_logging(config.common.log_format);
+    match routing::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("routing failed: {e:#}");
+            eprintln!("routing: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -20,8 +20,11 @@ pub struct DevArgs {
 }
 
 /// The services, in start order. Those not built yet say so and are skipped.
-const SERVICES: &[(&str, &str)] = &[("deployment-actor", "deployment-actor ready")];
-const NOT_YET: &[&str] = &["routing", "deploy-orchestrator", "krane-agent"];
+const SERVICES: &[(&str, &str)] = &[
+    ("deployment-actor", "deployment-actor ready"),
+    ("routing", "routing ready"),
+];
+const NOT_YET: &[&str] = &["deploy-orchestrator", "krane-agent"];
 
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
@@ -74,6 +77,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "  nats req slipway.deployment.v1.schedule_desired_state_change.{demo} '{{\"delay_ms\":5000,\"state\":\"standby\"}}'"
     );
     println!("  nats req slipway.deployment.v1.get_state.{demo} '{{}}'");
+    println!("  nats req slipway.routing.v1.list_routes.proj_demo '{{}}'");
+    println!("  nats kv watch slipway_routes");
     println!("  nats sub 'slipway.events.>'");
     println!();
     println!("Ctrl-C stops everything; data stays in {}.", dir.display());

@@ -151,6 +151,25 @@ pub fn is_local_host(host: &str, apex: &str) -> bool {
         || host.ends_with(".test")
 }
 
+/// Checks a host name a caller sent: lower-case labels of `[a-z0-9-]`, none starting or
+/// ending in `-`, each at most 63 characters, 253 in all. Such a name is also a KV key.
+pub fn validate_fqdn(fqdn: &str) -> Result<(), String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= MAX_LABEL
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if fqdn.is_empty() || fqdn.len() > 253 || !fqdn.split('.').all(ok_label) {
+        return Err(format!(
+            "{fqdn:?} is not a valid host name: lower-case labels of a-z, 0-9 and '-', at most 63 characters each"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +313,31 @@ mod tests {
         // The apex counts as non-local even when it would match a local rule.
         assert!(!is_local_host("shop-acme.dev.test", "dev.test"));
         assert!(is_local_host("other.test", "dev.test"));
+    }
+
+    #[test]
+    fn fqdn_validation() {
+        for ok in [
+            "a.b",
+            "shop-acme.slipway.localhost",
+            "x",
+            &format!("{}.io", "a".repeat(63)),
+        ] {
+            assert!(validate_fqdn(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "A.b",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "a.b.",
+            &format!("{}.io", "a".repeat(64)),
+            "a b",
+        ] {
+            assert!(validate_fqdn(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod krane;
 pub mod micro;
 pub mod provision;
+pub mod shutdown;
 
 pub use connect::{connect, ConnectError, MIN_SERVER_VERSION};
 pub use micro::{Call, Micro};

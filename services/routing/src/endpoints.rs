@@ -1,0 +1,284 @@
+//! `assign_frontline_routes`, `list_routes` and the internal `ensure_routes`.
+
+use async_nats::HeaderMap;
+use sha2::{Digest, Sha256};
+use slipway_core::{
+    domains::{validate_fqdn, Sticky},
+    events::{self, Event},
+    fault, ids,
+    time::now_ms,
+    ApiError,
+};
+use slipway_nats::{Call, Micro};
+use slipway_proto::v1::{
+    AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, EnsureRoutesReply,
+    EnsureRoutesRequest, ListRoutesReply, ListRoutesRequest, Route as RouteMessage,
+};
+use slipway_store::{NewRoute, Route};
+
+use crate::{Routing, SERVICE_NAME};
+
+/// The most routes one request may name.
+pub const MAX_ROUTES: usize = 1000;
+
+pub async fn serve(
+    client: &async_nats::Client,
+    routing: Routing,
+) -> Result<Micro, async_nats::Error> {
+    let micro = Micro::start(
+        client,
+        SERVICE_NAME,
+        env!("CARGO_PKG_VERSION"),
+        "Routing: frontline routes per project, moved atomically and published to edges",
+    )
+    .await?;
+    let r = routing.clone();
+    micro
+        .endpoint(
+            "assign_frontline_routes",
+            "slipway.routing.v1.assign_frontline_routes.*",
+            move |call| {
+                let r = r.clone();
+                async move { r.assign(call).await }
+            },
+        )
+        .await?;
+    let r = routing.clone();
+    micro
+        .endpoint(
+            "list_routes",
+            "slipway.routing.v1.list_routes.*",
+            move |call| {
+                let r = r.clone();
+                async move { r.list(call).await }
+            },
+        )
+        .await?;
+    let r = routing;
+    micro
+        .endpoint(
+            "ensure_routes",
+            "slipway.routing.v1.ensure_routes.*",
+            move |call| {
+                let r = r.clone();
+                async move { r.ensure(call).await }
+            },
+        )
+        .await?;
+    Ok(micro)
+}
+
+fn message(r: Route) -> RouteMessage {
+    RouteMessage {
+        id: r.id,
+        fqdn: r.fqdn,
+        sticky: r.sticky,
+        project_id: r.project_id,
+        environment_id: r.environment_id,
+        deployment_id: r.deployment_id,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+/// The route ids in request order, duplicates folded, each checked.
+fn folded_route_ids(route_ids: &[String]) -> Result<Vec<String>, ApiError> {
+    if route_ids.is_empty() {
+        return Err(ApiError::invalid_argument(
+            "route_ids must name at least one route",
+        ));
+    }
+    if route_ids.len() > MAX_ROUTES {
+        return Err(ApiError::invalid_argument(format!(
+            "route_ids may name at most {MAX_ROUTES} routes"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(route_ids.len());
+    for id in route_ids {
+        ids::validate(ids::ROUTE, "route_ids", id)?;
+        if !out.contains(id) {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl Routing {
+    #[tracing::instrument(skip_all, fields(project_id = %call.key(), deployment_id = %call.request.deployment_id))]
+    async fn assign(
+        &self,
+        call: Call<AssignFrontlineRoutesRequest>,
+    ) -> Result<AssignFrontlineRoutesReply, ApiError> {
+        let project_id = call.key();
+        ids::validate(ids::PROJECT, "project_id", project_id)?;
+        let req = &call.request;
+        ids::validate(ids::DEPLOYMENT, "deployment_id", &req.deployment_id)?;
+        let route_ids = folded_route_ids(&req.route_ids)?;
+        let store = &self.inner.store;
+
+        let moved = store
+            .assign_routes(project_id, &req.deployment_id, &route_ids, now_ms())
+            .await?;
+        fault::point("routing.after_commit");
+        // Publish every named route, not only those that moved: a retry after a failed
+        // publish then completes it.
+        let current = store.routes_by_id(&route_ids).await?;
+        self.inner.table.publish(&current).await.map_err(|e| {
+            tracing::warn!(error = %e, "routes moved but the route table was not updated; a retry or the reconcile completes it");
+            ApiError::unavailable(format!("routes moved, route table not yet updated ({e}); retry"))
+        })?;
+        if !moved.is_empty() {
+            self.routes_event(&req.deployment_id, &moved).await;
+        }
+        tracing::info!(
+            assigned = route_ids.len(),
+            moved = moved.len(),
+            "routes assigned"
+        );
+        Ok(AssignFrontlineRoutesReply {
+            assigned: route_ids.len() as u32,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(project_id = %call.key()))]
+    async fn list(&self, call: Call<ListRoutesRequest>) -> Result<ListRoutesReply, ApiError> {
+        let project_id = call.key();
+        ids::validate(ids::PROJECT, "project_id", project_id)?;
+        if let Some(env) = &call.request.environment_id {
+            ids::validate(ids::ENVIRONMENT, "environment_id", env)?;
+        }
+        self.inner.store.project(project_id).await?;
+        let routes = self
+            .inner
+            .store
+            .routes(project_id, call.request.environment_id.as_deref())
+            .await?;
+        Ok(ListRoutesReply {
+            routes: routes.into_iter().map(message).collect(),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(project_id = %call.key(), deployment_id = %call.request.deployment_id))]
+    async fn ensure(&self, call: Call<EnsureRoutesRequest>) -> Result<EnsureRoutesReply, ApiError> {
+        let project_id = call.key();
+        ids::validate(ids::PROJECT, "project_id", project_id)?;
+        let req = &call.request;
+        ids::validate(ids::ENVIRONMENT, "environment_id", &req.environment_id)?;
+        ids::validate(ids::DEPLOYMENT, "deployment_id", &req.deployment_id)?;
+        if req.routes.is_empty() || req.routes.len() > MAX_ROUTES {
+            return Err(ApiError::invalid_argument(format!(
+                "routes must name 1 to {MAX_ROUTES} routes"
+            )));
+        }
+        let mut wanted: Vec<NewRoute> = Vec::with_capacity(req.routes.len());
+        for spec in &req.routes {
+            validate_fqdn(&spec.fqdn).map_err(ApiError::invalid_argument)?;
+            if Sticky::parse(&spec.sticky).is_none() {
+                return Err(ApiError::invalid_argument(format!(
+                    "sticky {:?} of {} is not one of none, branch, environment, live",
+                    spec.sticky, spec.fqdn
+                )));
+            }
+            match wanted.iter().find(|w| w.fqdn == spec.fqdn) {
+                Some(w) if w.sticky != spec.sticky => {
+                    return Err(ApiError::invalid_argument(format!(
+                        "{} is named twice with different sticky",
+                        spec.fqdn
+                    )))
+                }
+                Some(_) => {}
+                None => wanted.push(NewRoute {
+                    fqdn: spec.fqdn.clone(),
+                    sticky: spec.sticky.clone(),
+                }),
+            }
+        }
+        let routes = self
+            .inner
+            .store
+            .ensure_routes(
+                project_id,
+                &req.environment_id,
+                &req.deployment_id,
+                &wanted,
+                now_ms(),
+            )
+            .await?;
+        self.inner.table.publish(&routes).await.map_err(|e| {
+            tracing::warn!(error = %e, "routes created but the route table was not updated");
+            ApiError::unavailable(format!(
+                "routes created, route table not yet updated ({e}); retry"
+            ))
+        })?;
+        Ok(EnsureRoutesReply {
+            routes: routes.into_iter().map(message).collect(),
+        })
+    }
+
+    /// A `routes` event; deduplicated by the moves it reports, and never fatal.
+    async fn routes_event(&self, deployment_id: &str, moved: &[Route]) {
+        let Ok(deployment) = self.inner.store.deployment(deployment_id).await else {
+            return;
+        };
+        #[derive(serde::Serialize)]
+        struct Moved<'a> {
+            routes: Vec<MovedRoute<'a>>,
+        }
+        #[derive(serde::Serialize)]
+        struct MovedRoute<'a> {
+            route_id: &'a str,
+            fqdn: &'a str,
+            sticky: &'a str,
+        }
+        let event = Event {
+            kind: "routes",
+            at_ms: now_ms(),
+            workspace_id: deployment.workspace_id.clone(),
+            project_id: deployment.project_id.clone(),
+            deployment_id: deployment.id.clone(),
+            environment_slug: deployment.environment_slug.clone(),
+            detail: Moved {
+                routes: moved
+                    .iter()
+                    .map(|r| MovedRoute {
+                        route_id: &r.id,
+                        fqdn: &r.fqdn,
+                        sticky: &r.sticky,
+                    })
+                    .collect(),
+            },
+        };
+        let mut digest = Sha256::new();
+        for r in moved {
+            digest.update(format!("{}:{};", r.id, r.version));
+        }
+        let id: String = digest
+            .finalize()
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("routes.{deployment_id}.{id}").as_str(),
+        );
+        let Ok(payload) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let subject = events::subject(&deployment.project_id, deployment_id, "routes");
+        match self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(error = %e, "routes event not stored");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot publish routes event"),
+        }
+    }
+}

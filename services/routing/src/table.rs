@@ -1,0 +1,189 @@
+//! The route table edges read: KV `slipway_routes`, key = FQDN, value = JSON
+//! `{route_id, fqdn, project_id, environment_id, deployment_id, sticky, instances,
+//! sentinel_config, version}`. Written from the database's committed state, only forward in
+//! route versions (compare-and-set), so concurrent or late writers converge on the DB.
+
+use std::collections::BTreeSet;
+
+use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use slipway_core::domains::is_local_host;
+use slipway_store::{Route, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub route_id: String,
+    pub fqdn: String,
+    pub project_id: String,
+    pub environment_id: String,
+    pub deployment_id: String,
+    pub sticky: String,
+    /// Addresses of the target deployment's running instances.
+    pub instances: Vec<String>,
+    /// What the edge's sentinel enforces; `null` for local hosts.
+    pub sentinel_config: Option<SentinelConfig>,
+    /// The route's version: grows with every move.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentinelConfig {
+    pub deployment_id: String,
+    pub enabled: bool,
+    pub instances: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SentinelAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<SentinelValidation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentinelAuth {
+    pub key_auth_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentinelValidation {
+    pub openapi_spec: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("KV slipway_routes: {0}")]
+    Kv(async_nats::Error),
+}
+
+fn kv_err(e: impl Into<async_nats::Error>) -> TableError {
+    TableError::Kv(e.into())
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReconcileStats {
+    pub routes: usize,
+    pub written: usize,
+    pub removed: usize,
+}
+
+#[derive(Clone)]
+pub struct RouteTable {
+    kv: kv::Store,
+    store: Store,
+    apex: String,
+}
+
+impl RouteTable {
+    pub fn new(kv: kv::Store, store: Store, apex: String) -> Self {
+        Self { kv, store, apex }
+    }
+
+    /// The entry the DB says `route` should have now.
+    async fn entry(&self, route: &Route) -> Result<RouteEntry, TableError> {
+        let deployment = self.store.find_deployment(&route.deployment_id).await?;
+        let instances: Vec<String> = self
+            .store
+            .instances(&route.deployment_id)
+            .await?
+            .into_iter()
+            .filter(|i| i.status == "running")
+            .map(|i| i.address)
+            .collect();
+        let sentinel_config = (!is_local_host(&route.fqdn, &self.apex)).then(|| SentinelConfig {
+            deployment_id: route.deployment_id.clone(),
+            enabled: true,
+            instances: instances.clone(),
+            auth: deployment
+                .as_ref()
+                .filter(|d| !d.key_auth_id.is_empty())
+                .map(|d| SentinelAuth {
+                    key_auth_id: d.key_auth_id.clone(),
+                }),
+            validation: deployment
+                .as_ref()
+                .and_then(|d| d.openapi_spec.clone())
+                .map(|openapi_spec| SentinelValidation { openapi_spec }),
+        });
+        Ok(RouteEntry {
+            route_id: route.id.clone(),
+            fqdn: route.fqdn.clone(),
+            project_id: route.project_id.clone(),
+            environment_id: route.environment_id.clone(),
+            deployment_id: route.deployment_id.clone(),
+            sticky: route.sticky.clone(),
+            instances,
+            sentinel_config,
+            version: route.version,
+        })
+    }
+
+    /// Brings the entries of `routes` up to date. Returns how many were written.
+    pub async fn publish(&self, routes: &[Route]) -> Result<usize, TableError> {
+        let mut written = 0;
+        for route in routes {
+            let entry = self.entry(route).await?;
+            if self.write(&entry).await? {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes `entry` unless the stored one is newer, or the same.
+    async fn write(&self, entry: &RouteEntry) -> Result<bool, TableError> {
+        let payload: bytes::Bytes = serde_json::to_vec(entry).map_err(kv_err)?.into();
+        loop {
+            let current = self.kv.entry(entry.fqdn.as_str()).await.map_err(kv_err)?;
+            let revision = match &current {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let stored: Option<RouteEntry> = serde_json::from_slice(&e.value).ok();
+                    match stored {
+                        Some(s) if s.version > entry.version || &s == entry => return Ok(false),
+                        _ => e.revision,
+                    }
+                }
+                Some(e) => e.revision,
+                None => 0,
+            };
+            match self
+                .kv
+                .update(entry.fqdn.as_str(), payload.clone(), revision)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(kv_err(e)),
+            }
+        }
+    }
+
+    /// Makes the whole KV table equal to the database: every route written where it
+    /// differs, every key without a route removed.
+    pub async fn reconcile(&self) -> Result<ReconcileStats, TableError> {
+        let mut stats = ReconcileStats::default();
+        let mut fqdns = BTreeSet::new();
+        let mut after = String::new();
+        loop {
+            let page = self.store.routes_page(&after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = last.fqdn.clone();
+            stats.routes += page.len();
+            stats.written += self.publish(&page).await?;
+            fqdns.extend(page.into_iter().map(|r| r.fqdn));
+        }
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(kv_err)?
+            .try_collect()
+            .await
+            .map_err(kv_err)?;
+        for key in keys.into_iter().filter(|k| !fqdns.contains(k)) {
+            self.kv.delete(&key).await.map_err(kv_err)?;
+            stats.removed += 1;
+        }
+        Ok(stats)
+    }
+}
