@@ -124,9 +124,26 @@ pub fn branch_slug(branch: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Lower-cases a label and, past 63 characters, cuts it to end in `-` + 6 hex of its hash.
+/// Makes a DNS label of `label`: lower-case, anything outside `[a-z0-9-]` becomes `-`, runs
+/// of `-` collapse, none at either end; past 63 characters it is cut to end in `-` + 6 hex of
+/// the hash of the whole label.
 pub fn fit_label(label: &str) -> String {
-    let label = label.to_ascii_lowercase();
+    let mapped: String = label
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let label = mapped
+        .split('-')
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
     if label.len() <= MAX_LABEL {
         return label;
     }
@@ -279,6 +296,21 @@ mod tests {
         assert!(!fit_label(&format!("{}-{}", "x".repeat(55), "y".repeat(20))).contains("--"));
         // Exactly 63 is kept as is.
         assert_eq!(fit_label(&"b".repeat(63)), "b".repeat(63));
+    }
+
+    #[test]
+    fn labels_are_always_valid_dns_labels() {
+        let mut odd = input("production", "main", "abcdef1");
+        odd.deployment_id = "dep_1";
+        odd.project_slug = "My_Shop";
+        for d in generate(&odd) {
+            validate_fqdn(&d.fqdn).unwrap();
+        }
+        assert_eq!(
+            generate(&odd)[0].fqdn,
+            "my-shop-git-abcdef1-ep-1-acme.slipway.localhost"
+        );
+        assert_eq!(fit_label("--a__b--"), "a-b");
     }
 
     #[test]

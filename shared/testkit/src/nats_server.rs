@@ -30,6 +30,8 @@ pub fn nats_server_bin() -> Result<PathBuf> {
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Unique `server_name`: readiness checks that the server answering is this one.
+    name: String,
     store: Store,
     args: Vec<String>,
 }
@@ -60,10 +62,11 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port()?,
+            name: unique_name("nats"),
             store: Store::Temp(tempfile::tempdir()?),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
-        server.spawn().await?;
+        server.spawn_fresh().await?;
         Ok(server)
     }
 
@@ -75,10 +78,11 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port()?,
+            name: unique_name("nats"),
             args: vec!["-c".into(), path.display().to_string()],
             store: Store::Temp(dir),
         };
-        server.spawn().await?;
+        server.spawn_fresh().await?;
         Ok(server)
     }
 
@@ -90,14 +94,14 @@ impl NatsServer {
     }
 
     async fn start_with(store: Store) -> Result<Self> {
-        let port = free_port()?;
         let mut server = Self {
             child: None,
-            port,
+            port: free_port()?,
+            name: unique_name("nats"),
             args: vec![],
             store,
         };
-        server.spawn().await?;
+        server.spawn_fresh().await?;
         Ok(server)
     }
 
@@ -128,6 +132,32 @@ impl NatsServer {
         self.wait_ready(Duration::from_secs(20)).await
     }
 
+    /// Like [`spawn`](Self::spawn), on another free port if this one was taken meanwhile
+    /// (a free port is only free until someone binds it).
+    async fn spawn_fresh(&mut self) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && self.exited() => {
+                    attempt += 1;
+                    eprintln!(
+                        "nats-server could not start on port {} ({e}); trying another",
+                        self.port
+                    );
+                    self.port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts the process without waiting for it (a cluster starts every node first).
     fn launch(&mut self) -> Result<()> {
         let bin = nats_server_bin()?;
@@ -141,6 +171,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(["--name", &self.name])
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -151,15 +182,19 @@ impl NatsServer {
         Ok(())
     }
 
+    /// Whether this server (by name, not whoever holds the port) greets a new connection:
+    /// every server sends INFO first, whatever auth or TLS it wants.
     async fn greets(&self) -> bool {
-        use tokio::io::AsyncReadExt;
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+        use tokio::io::AsyncBufReadExt;
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
-        let mut hello = [0u8; 4];
-        let read =
-            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut hello)).await;
-        matches!(read, Ok(Ok(_))) && &hello == b"INFO"
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let read = tokio::time::timeout(Duration::from_secs(1), reader.read_line(&mut line)).await;
+        matches!(read, Ok(Ok(_)))
+            && line.starts_with("INFO ")
+            && line.contains(&format!("\"server_name\":\"{}\"", self.name))
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -207,6 +242,13 @@ impl Drop for NatsServer {
     }
 }
 
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
 /// A 3-node JetStream cluster on free ports.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
@@ -220,6 +262,7 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
+        let cluster_name = unique_name("slipway-test");
         let mut nodes = Vec::new();
         for (i, cluster_port) in cluster_ports.iter().enumerate() {
             let store = Store::Temp(tempfile::tempdir()?);
@@ -227,12 +270,11 @@ impl NatsCluster {
             nodes.push(NatsServer {
                 child: None,
                 port,
+                name: unique_name(&format!("n{i}")),
                 store,
                 args: vec![
-                    "--name".into(),
-                    format!("n{i}"),
                     "--cluster_name".into(),
-                    "slipway-test".into(),
+                    cluster_name.clone(),
                     "--cluster".into(),
                     format!("nats://127.0.0.1:{cluster_port}"),
                     "--routes".into(),

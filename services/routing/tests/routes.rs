@@ -1,0 +1,570 @@
+//! Routing end to end: real nats-server, SQLite, `routing` processes, a KV watcher as an edge.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use routing::table::RouteEntry;
+use slipway_core::domains::{generate, DomainInput};
+use slipway_nats::{codec::ApiMessage, provision};
+use slipway_proto::v1::{
+    AssignFrontlineRoutesReply, EnsureRoutesReply, EnsureRoutesRequest, ListRoutesReply, RouteSpec,
+};
+use slipway_store::{NewDeployment, Store};
+use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
+
+const ROUTING: &str = env!("CARGO_BIN_EXE_routing");
+const TIMEOUT: Duration = Duration::from_secs(20);
+const PROJECT: &str = "proj_1";
+
+struct Env {
+    nats: NatsServer,
+    db: TestDb,
+    store: Store,
+    client: async_nats::Client,
+    routes: kv::Store,
+    services: Vec<ServiceProcess>,
+}
+
+#[derive(Debug)]
+struct Refused {
+    status: String,
+    body: serde_json::Value,
+}
+
+impl Env {
+    /// nats-server, SQLite, a project with `deployments` production deployments (each with a
+    /// running instance), and one routing process.
+    async fn start(deployments: usize) -> Env {
+        let nats = NatsServer::start().await.unwrap();
+        let db = TestDb::sqlite().unwrap();
+        let store = Store::open(&db.url).await.unwrap();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        provision::provision(&js, 1).await.unwrap();
+        let routes = js.get_key_value(provision::ROUTES).await.unwrap();
+        store
+            .create_workspace("ws_1", "acme", "Acme", 1)
+            .await
+            .unwrap();
+        store
+            .create_project(PROJECT, "ws_1", "shop", "Shop", "main", 1)
+            .await
+            .unwrap();
+        store
+            .create_project("proj_other", "ws_1", "other", "Other", "main", 1)
+            .await
+            .unwrap();
+        let regions = BTreeMap::from([("local".to_string(), 1)]);
+        store
+            .create_environment("env_1", PROJECT, "production", &regions, 8080, "{}", 1)
+            .await
+            .unwrap();
+        store
+            .create_environment(
+                "env_other",
+                "proj_other",
+                "production",
+                &regions,
+                8080,
+                "{}",
+                1,
+            )
+            .await
+            .unwrap();
+        for i in 1..=deployments {
+            let id = format!("dep_{i}");
+            let new = NewDeployment {
+                id: id.clone(),
+                environment_id: "env_1".into(),
+                key_auth_id: if i == 1 {
+                    "key_1".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            store.insert_deployment(&new, 1).await.unwrap();
+            let instance = (
+                format!("inst_{i}"),
+                format!("127.0.0.1:{}", 9000 + i),
+                "running".to_string(),
+            );
+            store
+                .record_instances(&id, "local", &[instance], 1)
+                .await
+                .unwrap();
+        }
+        let other = NewDeployment {
+            id: "dep_other".into(),
+            environment_id: "env_other".into(),
+            ..Default::default()
+        };
+        store.insert_deployment(&other, 1).await.unwrap();
+        let mut env = Env {
+            nats,
+            db,
+            store,
+            client,
+            routes,
+            services: vec![],
+        };
+        env.spawn_routing(&[]);
+        env
+    }
+
+    fn spawn_routing(&mut self, extra: &[(&str, String)]) -> usize {
+        let mut vars = vec![
+            ("SLIPWAY_NATS_URL", self.nats.url()),
+            ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
+            ("RUST_LOG", "info".to_string()),
+        ];
+        vars.extend(extra.iter().cloned());
+        let name = format!("routing{}", self.services.len());
+        let process = ServiceProcess::spawn(&name, ROUTING, &[], &vars).unwrap();
+        process.wait_for_log("routing ready", TIMEOUT).unwrap();
+        self.services.push(process);
+        self.services.len() - 1
+    }
+
+    async fn request<Rep: ApiMessage>(
+        &self,
+        subject: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<Rep, Refused> {
+        let msg = tokio::time::timeout(
+            TIMEOUT,
+            self.client.request(subject.to_string(), body.into()),
+        )
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+        if let Some(code) = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+        {
+            return Err(Refused {
+                status: code.to_string(),
+                body: serde_json::from_slice(&msg.payload).unwrap_or_default(),
+            });
+        }
+        Ok(serde_json::from_slice(&msg.payload).unwrap())
+    }
+
+    /// The generated domains of dep_1 (commit, branch, environment, live) plus a local host.
+    async fn ensure(&self) -> Vec<String> {
+        let mut specs: Vec<RouteSpec> = generate(&DomainInput {
+            apex: "slipway.localhost",
+            workspace_slug: "acme",
+            project_slug: "shop",
+            environment_slug: "production",
+            deployment_id: "dep_1",
+            branch: "main",
+            commit_sha: "abcdef123",
+        })
+        .into_iter()
+        .map(|d| RouteSpec {
+            fqdn: d.fqdn,
+            sticky: d.sticky.as_str().into(),
+        })
+        .collect();
+        specs.push(RouteSpec {
+            fqdn: "shop.test".into(),
+            sticky: "environment".into(),
+        });
+        let req = EnsureRoutesRequest {
+            environment_id: "env_1".into(),
+            deployment_id: "dep_1".into(),
+            routes: specs,
+        };
+        let reply: EnsureRoutesReply = self
+            .request(
+                &format!("slipway.routing.v1.ensure_routes.{PROJECT}"),
+                serde_json::to_vec(&req).unwrap(),
+            )
+            .await
+            .unwrap();
+        reply.routes.into_iter().map(|r| r.id).collect()
+    }
+
+    async fn assign(
+        &self,
+        deployment: &str,
+        route_ids: &[String],
+    ) -> Result<AssignFrontlineRoutesReply, Refused> {
+        let body = serde_json::json!({"deployment_id": deployment, "route_ids": route_ids});
+        self.request(
+            &format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn kv_entries(&self) -> BTreeMap<String, RouteEntry> {
+        let mut out = BTreeMap::new();
+        let keys: Vec<String> = {
+            use futures::TryStreamExt;
+            self.routes
+                .keys()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap()
+        };
+        for key in keys {
+            if let Some(v) = self.routes.get(key.as_str()).await.unwrap() {
+                out.insert(key, serde_json::from_slice(&v).unwrap());
+            }
+        }
+        out
+    }
+
+    /// The KV table equals the database, route by route.
+    async fn assert_kv_matches_db(&self) {
+        let db = self.store.routes(PROJECT, None).await.unwrap();
+        let kv = self.kv_entries().await;
+        assert_eq!(kv.len(), db.len(), "{kv:?}");
+        for route in db {
+            let entry = &kv[&route.fqdn];
+            assert_eq!(
+                (&entry.route_id, &entry.deployment_id, entry.version),
+                (&route.id, &route.deployment_id, route.version),
+                "{}",
+                route.fqdn
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn routes_are_created_moved_published_and_announced() {
+    let env = Env::start(2).await;
+    let mut watch = env.routes.watch_all().await.unwrap();
+    let mut events = env
+        .client
+        .subscribe("slipway.events.proj_1.*.routes")
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+
+    let ids = env.ensure().await;
+    assert_eq!(ids.len(), 5);
+    assert_eq!(
+        env.ensure().await,
+        ids,
+        "ensuring again returns the same routes"
+    );
+    let kv = env.kv_entries().await;
+    let live = &kv["shop-acme.slipway.localhost"];
+    assert_eq!(
+        (live.deployment_id.as_str(), live.sticky.as_str()),
+        ("dep_1", "live")
+    );
+    assert_eq!(live.instances, vec!["127.0.0.1:9001".to_string()]);
+    let sentinel = live
+        .sentinel_config
+        .as_ref()
+        .expect("apex hosts get a sentinel config");
+    assert_eq!(sentinel.auth.as_ref().unwrap().key_auth_id, "key_1");
+    assert!(
+        kv["shop.test"].sentinel_config.is_none(),
+        "local hosts get none"
+    );
+
+    // An edge's watcher sees the switch of every route.
+    let reply = env.assign("dep_2", &ids).await.unwrap();
+    assert_eq!(reply.assigned, 5);
+    let mut switched = std::collections::BTreeSet::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            let value: RouteEntry = serde_json::from_slice(&entry.value).unwrap();
+            if value.deployment_id == "dep_2" {
+                assert_eq!(value.instances, vec!["127.0.0.1:9002".to_string()]);
+                switched.insert(entry.key);
+            }
+            if switched.len() == 5 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the watcher saw every switch");
+    env.assert_kv_matches_db().await;
+
+    let event = tokio::time::timeout(TIMEOUT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["deployment_id"].as_str()),
+        (Some("routes"), Some("dep_2"))
+    );
+    assert_eq!(event["routes"].as_array().unwrap().len(), 5);
+
+    // Repeating the assignment is harmless: nothing moves, no event. Duplicates are folded.
+    let mut twice = ids.clone();
+    twice.extend(ids.clone());
+    assert_eq!(env.assign("dep_2", &twice).await.unwrap().assigned, 5);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err()
+    );
+
+    let listed: ListRoutesReply = env
+        .request(
+            &format!("slipway.routing.v1.list_routes.{PROJECT}"),
+            r#"{"environment_id": "env_1"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.routes.len(), 5);
+    assert!(listed.routes.iter().all(|r| r.deployment_id == "dep_2"));
+}
+
+#[tokio::test]
+async fn one_bad_route_id_moves_nothing_and_bad_input_writes_nothing() {
+    let env = Env::start(2).await;
+    let ids = env.ensure().await;
+    let before_kv = env.kv_entries().await;
+    let before_db = env.store.routes(PROJECT, None).await.unwrap();
+
+    let mut with_unknown = ids.clone();
+    with_unknown.push("flr_nope".into());
+    let err = env.assign("dep_2", &with_unknown).await.unwrap_err();
+    assert_eq!(err.status, "404");
+    assert!(
+        err.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flr_nope"),
+        "{err:?}"
+    );
+
+    // A route of another project.
+    let other: EnsureRoutesReply = env
+        .request(
+            "slipway.routing.v1.ensure_routes.proj_other",
+            r#"{"environment_id":"env_other","deployment_id":"dep_other","routes":[{"fqdn":"other-acme.slipway.localhost","sticky":"live"}]}"#,
+        )
+        .await
+        .unwrap();
+    let foreign = other.routes[0].id.clone();
+    let mut with_foreign = ids.clone();
+    with_foreign.insert(1, foreign.clone());
+    let err = env.assign("dep_2", &with_foreign).await.unwrap_err();
+    assert_eq!(err.status, "400");
+    assert!(
+        err.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&foreign),
+        "{err:?}"
+    );
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "deployment of another project",
+            format!(
+                r#"{{"deployment_id":"dep_other","route_ids":["{}"]}}"#,
+                ids[0]
+            ),
+            "400",
+        ),
+        (
+            "unknown deployment",
+            format!(
+                r#"{{"deployment_id":"dep_nope","route_ids":["{}"]}}"#,
+                ids[0]
+            ),
+            "404",
+        ),
+        (
+            "no routes",
+            r#"{"deployment_id":"dep_2","route_ids":[]}"#.into(),
+            "400",
+        ),
+        (
+            "malformed route id",
+            r#"{"deployment_id":"dep_2","route_ids":["flr_a.b"]}"#.into(),
+            "400",
+        ),
+        ("malformed JSON", r#"{"deployment_id":"#.into(), "400"),
+    ];
+    for (what, body, status) in cases {
+        let err = env
+            .request::<AssignFrontlineRoutesReply>(
+                &format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+                body,
+            )
+            .await
+            .expect_err(what);
+        assert_eq!(err.status, status, "{what}: {err:?}");
+        assert_eq!(err.body["error"]["status"].to_string(), status, "{what}");
+    }
+    let err = env
+        .request::<AssignFrontlineRoutesReply>(
+            "slipway.routing.v1.assign_frontline_routes.proj_nope",
+            format!(r#"{{"deployment_id":"dep_2","route_ids":["{}"]}}"#, ids[0]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, "404");
+    let err = env
+        .request::<ListRoutesReply>("slipway.routing.v1.list_routes.proj_nope", "{}")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, "404");
+    for (what, routes) in [
+        ("bad fqdn", r#"[{"fqdn":"Not_A_Host","sticky":"live"}]"#),
+        (
+            "bad sticky",
+            r#"[{"fqdn":"x-acme.slipway.localhost","sticky":"sometimes"}]"#,
+        ),
+        (
+            "taken fqdn",
+            r#"[{"fqdn":"other-acme.slipway.localhost","sticky":"live"}]"#,
+        ),
+    ] {
+        let body =
+            format!(r#"{{"environment_id":"env_1","deployment_id":"dep_1","routes":{routes}}}"#);
+        let err = env
+            .request::<EnsureRoutesReply>(
+                &format!("slipway.routing.v1.ensure_routes.{PROJECT}"),
+                body,
+            )
+            .await
+            .expect_err(what);
+        assert!(err.status.starts_with('4'), "{what}: {err:?}");
+    }
+
+    // Nothing moved, nothing written.
+    assert_eq!(env.store.routes(PROJECT, None).await.unwrap(), before_db);
+    let after_kv = env.kv_entries().await;
+    assert_eq!(
+        after_kv.len(),
+        before_kv.len() + 1,
+        "only the other project's route was added"
+    );
+    for (fqdn, entry) in &before_kv {
+        assert_eq!(&after_kv[fqdn], entry);
+    }
+}
+
+#[tokio::test]
+async fn two_instances_and_100_concurrent_assignments_never_mix() {
+    let mut env = Env::start(5).await;
+    env.spawn_routing(&[]);
+    let ids = env.ensure().await;
+
+    // A reader polls the routes the whole time: every read must show one deployment.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let client = env.client.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = client
+                    .request(
+                        format!("slipway.routing.v1.list_routes.{PROJECT}"),
+                        "{}".into(),
+                    )
+                    .await
+                    .unwrap();
+                let listed: ListRoutesReply = serde_json::from_slice(&msg.payload).unwrap();
+                let targets: std::collections::BTreeSet<_> = listed
+                    .routes
+                    .iter()
+                    .map(|r| r.deployment_id.clone())
+                    .collect();
+                assert_eq!(targets.len(), 1, "a mix of deployments: {targets:?}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for c in 0..10 {
+        let url = env.nats.url();
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            for i in 0..10 {
+                let deployment = format!("dep_{}", 1 + (c * 7 + i * 3) % 5);
+                let body = serde_json::json!({"deployment_id": deployment, "route_ids": ids});
+                let msg = client
+                    .request(
+                        format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+                        body.to_string().into(),
+                    )
+                    .await
+                    .unwrap();
+                assert!(msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Service-Error-Code"))
+                    .is_none());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0);
+    env.assert_kv_matches_db().await;
+    for s in &env.services {
+        assert!(
+            s.count_log("routes assigned") > 0,
+            "both instances served assignments"
+        );
+    }
+}
+
+#[tokio::test]
+async fn killed_between_commit_and_kv_write_the_kv_matches_the_db_after_restart() {
+    let mut env = Env::start(2).await;
+    let ids = env.ensure().await;
+    env.services[0].kill();
+    env.services.clear();
+    let crashing =
+        env.spawn_routing(&[("SLIPWAY_FAULT_POINT", "routing.after_commit".to_string())]);
+
+    let body = serde_json::json!({"deployment_id": "dep_2", "route_ids": ids});
+    let request = env.client.request(
+        format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+        body.to_string().into(),
+    );
+    assert!(tokio::time::timeout(Duration::from_secs(3), request)
+        .await
+        .map_or(true, |r| r.is_err()));
+    env.services[crashing]
+        .wait_for_log("fault point routing.after_commit reached", TIMEOUT)
+        .unwrap();
+    // Committed in the DB, not in the KV.
+    assert!(env
+        .store
+        .routes(PROJECT, None)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.deployment_id == "dep_2"));
+    assert!(env
+        .kv_entries()
+        .await
+        .values()
+        .all(|e| e.deployment_id == "dep_1"));
+
+    let healthy = env.spawn_routing(&[]);
+    env.services[healthy]
+        .wait_for_log("route table reconciled", TIMEOUT)
+        .unwrap();
+    env.assert_kv_matches_db().await;
+}
