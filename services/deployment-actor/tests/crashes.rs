@@ -97,16 +97,22 @@ async fn actor_crashing_between_storing_a_transition_and_writing_its_timer_is_re
         "actor.after_transition_stored".to_string(),
     )]);
     let (project, dep) = env.deployment().await;
-    // The call dies with the actor: the transition is stored, no timer written.
-    let request = env.client.request(
-        common::schedule_subject(&dep),
-        r#"{"delay_ms": 300, "state": "standby"}"#.into(),
-    );
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_secs(3), request)
-            .await
-            .map_or(true, |r| r.is_err())
-    );
+    // The call dies with the actor: the transition is stored, no timer written. Resent until
+    // it reaches the crashing actor (a request can go to the killed one's subscription).
+    for _ in 0..10 {
+        let request = env.client.request(
+            common::schedule_subject(&dep),
+            r#"{"delay_ms": 300, "state": "standby"}"#.into(),
+        );
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(2), request).await;
+        assert!(
+            answered.map_or(true, |r| r.is_err()),
+            "the crashing actor answered"
+        );
+        if env.actors[crashing].count_log("fault point actor.after_transition_stored reached") > 0 {
+            break;
+        }
+    }
     env.actors[crashing]
         .wait_for_log("fault point actor.after_transition_stored reached", TIMEOUT)
         .unwrap();

@@ -3,10 +3,10 @@
 //! sentinel_config, version}`. Written from the database's committed state, only forward in
 //! route versions (compare-and-set), so concurrent or late writers converge on the DB.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use slipway_core::domains::is_local_host;
 use slipway_store::{Route, Store, StoreError};
@@ -48,6 +48,13 @@ pub struct SentinelValidation {
     pub openapi_spec: String,
 }
 
+/// The parts of a route's entry that come from its target deployment.
+struct Target {
+    instances: Vec<String>,
+    key_auth_id: Option<String>,
+    openapi_spec: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error(transparent)]
@@ -79,55 +86,78 @@ impl RouteTable {
         Self { kv, store, apex }
     }
 
-    /// The entry the DB says `route` should have now.
-    async fn entry(&self, route: &Route) -> Result<RouteEntry, TableError> {
-        let deployment = self.store.find_deployment(&route.deployment_id).await?;
-        let instances: Vec<String> = self
+    /// What an entry needs from its target deployment, loaded once per deployment.
+    async fn target(&self, deployment_id: &str) -> Result<Target, TableError> {
+        let deployment = self.store.find_deployment(deployment_id).await?;
+        let instances = self
             .store
-            .instances(&route.deployment_id)
+            .instances(deployment_id)
             .await?
             .into_iter()
             .filter(|i| i.status == "running")
             .map(|i| i.address)
             .collect();
+        Ok(Target {
+            key_auth_id: deployment
+                .as_ref()
+                .map(|d| d.key_auth_id.clone())
+                .filter(|k| !k.is_empty()),
+            openapi_spec: deployment.and_then(|d| d.openapi_spec),
+            instances,
+        })
+    }
+
+    /// The entry the DB says `route` should have now.
+    fn entry(&self, route: &Route, target: &Target) -> RouteEntry {
         let sentinel_config = (!is_local_host(&route.fqdn, &self.apex)).then(|| SentinelConfig {
             deployment_id: route.deployment_id.clone(),
             enabled: true,
-            instances: instances.clone(),
-            auth: deployment
-                .as_ref()
-                .filter(|d| !d.key_auth_id.is_empty())
-                .map(|d| SentinelAuth {
-                    key_auth_id: d.key_auth_id.clone(),
-                }),
-            validation: deployment
-                .as_ref()
-                .and_then(|d| d.openapi_spec.clone())
+            instances: target.instances.clone(),
+            auth: target
+                .key_auth_id
+                .clone()
+                .map(|key_auth_id| SentinelAuth { key_auth_id }),
+            validation: target
+                .openapi_spec
+                .clone()
                 .map(|openapi_spec| SentinelValidation { openapi_spec }),
         });
-        Ok(RouteEntry {
+        RouteEntry {
             route_id: route.id.clone(),
             fqdn: route.fqdn.clone(),
             project_id: route.project_id.clone(),
             environment_id: route.environment_id.clone(),
             deployment_id: route.deployment_id.clone(),
             sticky: route.sticky.clone(),
-            instances,
+            instances: target.instances.clone(),
             sentinel_config,
             version: route.version,
-        })
+        }
     }
 
-    /// Brings the entries of `routes` up to date. Returns how many were written.
+    /// Brings the entries of `routes` up to date, several writes at a time (each its own
+    /// compare-and-set). Returns how many were written.
     pub async fn publish(&self, routes: &[Route]) -> Result<usize, TableError> {
-        let mut written = 0;
+        let mut targets: HashMap<&str, Target> = HashMap::new();
         for route in routes {
-            let entry = self.entry(route).await?;
-            if self.write(&entry).await? {
-                written += 1;
+            if !targets.contains_key(route.deployment_id.as_str()) {
+                let target = self.target(&route.deployment_id).await?;
+                targets.insert(&route.deployment_id, target);
             }
         }
-        Ok(written)
+        let entries: Vec<RouteEntry> = routes
+            .iter()
+            .map(|r| self.entry(r, &targets[r.deployment_id.as_str()]))
+            .collect();
+        let writes = entries.into_iter().map(|entry| {
+            let table = self.clone();
+            async move { table.write(&entry).await }
+        });
+        let written: Vec<bool> = futures::stream::iter(writes)
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        Ok(written.into_iter().filter(|w| *w).count())
     }
 
     /// Writes `entry` unless the stored one is newer, or the same.

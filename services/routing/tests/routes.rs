@@ -537,14 +537,23 @@ async fn killed_between_commit_and_kv_write_the_kv_matches_the_db_after_restart(
     let crashing =
         env.spawn_routing(&[("SLIPWAY_FAULT_POINT", "routing.after_commit".to_string())]);
 
-    let body = serde_json::json!({"deployment_id": "dep_2", "route_ids": ids});
-    let request = env.client.request(
-        format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
-        body.to_string().into(),
-    );
-    assert!(tokio::time::timeout(Duration::from_secs(3), request)
-        .await
-        .map_or(true, |r| r.is_err()));
+    // Resend until it reaches the crashing instance: right after the SIGKILL the server may
+    // still hand a request to the dead connection's subscription, and that one is lost.
+    let body = serde_json::json!({"deployment_id": "dep_2", "route_ids": ids}).to_string();
+    for _ in 0..10 {
+        let request = env.client.request(
+            format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+            body.clone().into(),
+        );
+        let answered = tokio::time::timeout(Duration::from_secs(2), request).await;
+        assert!(
+            answered.map_or(true, |r| r.is_err()),
+            "the crashing instance answered"
+        );
+        if env.services[crashing].count_log("fault point routing.after_commit reached") > 0 {
+            break;
+        }
+    }
     env.services[crashing]
         .wait_for_log("fault point routing.after_commit reached", TIMEOUT)
         .unwrap();

@@ -140,20 +140,21 @@ impl Env {
         (proj, dep)
     }
 
-    /// A JSON request; Ok(reply) or Err(error reply).
+    /// A JSON request; Ok(reply) or Err(error reply). Resent when unanswered: right after
+    /// a SIGKILL the server may still hand a request to the dead process's subscription.
     pub async fn request<Rep: ApiMessage>(
         &self,
         subject: &str,
         body: impl Into<bytes::Bytes>,
     ) -> Result<Rep, ErrorResponse> {
-        let msg = tokio::time::timeout(
-            TIMEOUT,
-            self.client.request(subject.to_string(), body.into()),
-        )
-        .await
-        .expect("request timed out")
-        .expect("request failed");
-        decode_reply(&msg)
+        let body = body.into();
+        for _ in 0..4 {
+            let request = self.client.request(subject.to_string(), body.clone());
+            if let Ok(reply) = tokio::time::timeout(Duration::from_secs(5), request).await {
+                return decode_reply(&reply.expect("request failed"));
+            }
+        }
+        panic!("no reply to {subject}");
     }
 
     pub async fn schedule(
