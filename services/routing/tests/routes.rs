@@ -36,8 +36,11 @@ impl Env {
     /// nats-server, SQLite, a project with `deployments` production deployments (each with a
     /// running instance), and one routing process.
     async fn start(deployments: usize) -> Env {
+        Self::start_on(TestDb::sqlite().unwrap(), deployments).await
+    }
+
+    async fn start_on(db: TestDb, deployments: usize) -> Env {
         let nats = NatsServer::start().await.unwrap();
-        let db = TestDb::sqlite().unwrap();
         let store = Store::open(&db.url).await.unwrap();
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client.clone());
@@ -305,6 +308,38 @@ async fn routes_are_created_moved_published_and_announced() {
     );
     assert_eq!(event["routes"].as_array().unwrap().len(), 5);
 
+    // Back and forth: the watcher sees each switch, in order.
+    for target in ["dep_1", "dep_2", "dep_1"] {
+        env.assign(target, &ids).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(entry) = watch.next().await {
+                let value: RouteEntry = serde_json::from_slice(&entry.unwrap().value).unwrap();
+                assert_eq!(
+                    value.deployment_id, target,
+                    "an out-of-order or stale switch"
+                );
+                seen.insert(value.fqdn);
+                if seen.len() == 5 {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the watcher saw the switch");
+        let event = tokio::time::timeout(TIMEOUT, events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_eq!(event["deployment_id"], target);
+    }
+    env.assign("dep_2", &ids).await.unwrap();
+    tokio::time::timeout(TIMEOUT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+
     // Repeating the assignment is harmless: nothing moves, no event. Duplicates are folded.
     let mut twice = ids.clone();
     twice.extend(ids.clone());
@@ -456,8 +491,17 @@ async fn one_bad_route_id_moves_nothing_and_bad_input_writes_nothing() {
 }
 
 #[tokio::test]
-async fn two_instances_and_100_concurrent_assignments_never_mix() {
-    let mut env = Env::start(5).await;
+async fn two_instances_and_100_concurrent_assignments_never_mix_on_sqlite() {
+    never_mix(Env::start(5).await).await;
+}
+
+/// PostgreSQL is where the project row lock (not a single writer) keeps assignments apart.
+#[tokio::test]
+async fn two_instances_and_100_concurrent_assignments_never_mix_on_postgres() {
+    never_mix(Env::start_on(TestDb::postgres().await.unwrap(), 5).await).await;
+}
+
+async fn never_mix(mut env: Env) {
     env.spawn_routing(&[]);
     let ids = env.ensure().await;
 
