@@ -5,7 +5,10 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use slipway_core::time::now_ms;
+use slipway_core::{
+    domains::{generate, DomainInput, DEFAULT_APEX},
+    time::now_ms,
+};
 use slipway_store::{NewDeployment, Store, StoreError};
 use slipway_testkit::{NatsServer, ServiceProcess};
 
@@ -60,6 +63,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         running.push(process);
     }
 
+    demo_routes(&nats.url(), &demo)
+        .await
+        .context("creating the demo routes")?;
+
     println!();
     println!("Slipway dev control plane is up.");
     println!("  NATS      {}", nats.url());
@@ -87,6 +94,45 @@ pub async fn run(args: DevArgs) -> Result<()> {
     eprintln!("stopping");
     drop(running);
     drop(nats);
+    Ok(())
+}
+
+/// The demo deployment's generated domains, created through routing (as a deploy would).
+async fn demo_routes(nats_url: &str, deployment_id: &str) -> Result<()> {
+    let routes: Vec<serde_json::Value> = generate(&DomainInput {
+        apex: DEFAULT_APEX,
+        workspace_slug: "demo",
+        project_slug: "demo-app",
+        environment_slug: "production",
+        deployment_id,
+        branch: "main",
+        commit_sha: "",
+    })
+    .into_iter()
+    .map(|d| serde_json::json!({"fqdn": d.fqdn, "sticky": d.sticky.as_str()}))
+    .collect();
+    let body = serde_json::json!({
+        "environment_id": "env_demo_production",
+        "deployment_id": deployment_id,
+        "routes": routes,
+    });
+    let client = async_nats::connect(nats_url).await?;
+    let reply = client
+        .request(
+            "slipway.routing.v1.ensure_routes.proj_demo",
+            body.to_string().into(),
+        )
+        .await?;
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
+        anyhow::bail!(
+            "routing answered {code}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
     Ok(())
 }
 

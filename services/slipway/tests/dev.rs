@@ -46,6 +46,21 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
         let reply: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(reply["deployment_id"], "dep_demo");
         assert_eq!(reply["desired_state"], "running");
+        let msg = client
+            .request("slipway.routing.v1.list_routes.proj_demo", "{}".into())
+            .await
+            .unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let fqdns: Vec<&str> = listed["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["fqdn"].as_str().unwrap())
+            .collect();
+        assert!(
+            fqdns.contains(&"demo-app-demo.slipway.localhost"),
+            "{fqdns:?}"
+        );
     }
     .await;
     // Ctrl-C, as a person would: slipway stops its services and nats-server and exits 0.
