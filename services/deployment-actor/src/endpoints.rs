@@ -26,37 +26,29 @@ pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, a
         "Deployment actor: schedules, cancels and applies desired-state changes, one actor per deployment id",
     )
     .await?;
-    let a = actor.clone();
+    let a = &actor;
     micro
-        .endpoint(
+        .serve(
+            a,
             "schedule_desired_state_change",
             "slipway.deployment.v1.schedule_desired_state_change.*",
-            move |call| {
-                let a = a.clone();
-                async move { a.schedule(call).await }
-            },
+            |a, call| async move { a.schedule(call).await },
         )
         .await?;
-    let a = actor.clone();
     micro
-        .endpoint(
+        .serve(
+            a,
             "clear_scheduled_state_changes",
             "slipway.deployment.v1.clear_scheduled_state_changes.*",
-            move |call| {
-                let a = a.clone();
-                async move { a.clear(call).await }
-            },
+            |a, call| async move { a.clear(call).await },
         )
         .await?;
-    let a = actor;
     micro
-        .endpoint(
+        .serve(
+            a,
             "get_state",
             "slipway.deployment.v1.get_state.*",
-            move |call| {
-                let a = a.clone();
-                async move { a.get_state(call).await }
-            },
+            |a, call| async move { a.get_state(call).await },
         )
         .await?;
     Ok(micro)

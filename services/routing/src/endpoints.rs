@@ -32,37 +32,29 @@ pub async fn serve(
         "Routing: frontline routes per project, moved atomically and published to edges",
     )
     .await?;
-    let r = routing.clone();
+    let r = &routing;
     micro
-        .endpoint(
+        .serve(
+            r,
             "assign_frontline_routes",
             "slipway.routing.v1.assign_frontline_routes.*",
-            move |call| {
-                let r = r.clone();
-                async move { r.assign(call).await }
-            },
+            |r, call| async move { r.assign(call).await },
         )
         .await?;
-    let r = routing.clone();
     micro
-        .endpoint(
+        .serve(
+            r,
             "list_routes",
             "slipway.routing.v1.list_routes.*",
-            move |call| {
-                let r = r.clone();
-                async move { r.list(call).await }
-            },
+            |r, call| async move { r.list(call).await },
         )
         .await?;
-    let r = routing;
     micro
-        .endpoint(
+        .serve(
+            r,
             "ensure_routes",
             "slipway.routing.v1.ensure_routes.*",
-            move |call| {
-                let r = r.clone();
-                async move { r.ensure(call).await }
-            },
+            |r, call| async move { r.ensure(call).await },
         )
         .await?;
     Ok(micro)

@@ -51,6 +51,27 @@ impl Micro {
         Ok(Self { service })
     }
 
+    /// [`endpoint`](Self::endpoint) for handlers that are methods of a service's state:
+    /// `micro.serve(&state, "get", "svc.v1.get.*", |s, call| async move { s.get(call).await })`.
+    pub async fn serve<S, Req, Rep, H, Fut>(
+        &self,
+        state: &S,
+        name: &str,
+        subject: &str,
+        handler: H,
+    ) -> Result<JoinHandle<()>, async_nats::Error>
+    where
+        S: Clone + Send + Sync + 'static,
+        Req: ApiMessage,
+        Rep: ApiMessage,
+        H: Fn(S, Call<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Rep, ApiError>> + Send + 'static,
+    {
+        let state = state.clone();
+        self.endpoint(name, subject, move |call| handler(state.clone(), call))
+            .await
+    }
+
     /// Serves `subject` (wildcards allowed) as endpoint `name`, in the default queue group.
     pub async fn endpoint<Req, Rep, H, Fut>(
         &self,

@@ -12,6 +12,30 @@ pub struct NewRoute {
     pub sticky: String,
 }
 
+/// Routes by id, on the pool or inside a transaction.
+async fn routes_in<'e, E>(executor: E, route_ids: &[String]) -> Result<Vec<Route>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    if route_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT * FROM frontline_routes WHERE id IN ({})",
+        placeholders(1, route_ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in route_ids {
+        query = query.bind(id);
+    }
+    query
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(records::route)
+        .collect()
+}
+
 /// `$first, $first+1, …` for an IN list of `n` values.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -117,20 +141,7 @@ impl Store {
             }
             Some(_) => {}
         }
-        let sql = format!(
-            "SELECT * FROM frontline_routes WHERE id IN ({})",
-            placeholders(1, route_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in route_ids {
-            query = query.bind(id);
-        }
-        let found = query
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(records::route)
-            .collect::<Result<Vec<_>, _>>()?;
+        let found = routes_in(&mut *tx, route_ids).await?;
         for id in route_ids {
             match found.iter().find(|r| &r.id == id) {
                 None => return Err(StoreError::NotFound(format!("route {id} not found"))),
@@ -197,23 +208,7 @@ impl Store {
 
     /// Routes by id, in no particular order; unknown ids are skipped.
     pub async fn routes_by_id(&self, route_ids: &[String]) -> Result<Vec<Route>, StoreError> {
-        if route_ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let sql = format!(
-            "SELECT * FROM frontline_routes WHERE id IN ({})",
-            placeholders(1, route_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in route_ids {
-            query = query.bind(id);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(records::route)
-            .collect()
+        routes_in(&self.pool, route_ids).await
     }
 
     /// Every route, `limit` at a time, in FQDN order after `after_fqdn`.
