@@ -1,5 +1,6 @@
 //! `slipway`: the operator CLI.
 
+mod demo_app;
 mod dev;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ enum Command {
     /// Start a whole control plane on this machine: its own nats-server on a free port,
     /// SQLite, every service, and demo records to try it with. Ctrl-C stops it all.
     Dev(dev::DevArgs),
+    /// A small HTTP app to deploy: `/`, `/healthz`, `/openapi.yaml` on 127.0.0.1:$PORT.
+    DemoApp(demo_app::DemoAppArgs),
 }
 
 #[tokio::main]
@@ -23,6 +26,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::DemoApp(args) => demo_app::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

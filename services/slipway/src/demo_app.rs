@@ -1,0 +1,95 @@
+//! `slipway demo-app`: a small HTTP app to deploy in the demo and the tests. Listens on
+//! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz` and
+//! `/openapi.yaml`. Switches make it misbehave the ways a deploy must cope with.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::{http::StatusCode, routing::get, Router};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoAppArgs {
+    /// What `/` answers.
+    #[arg(long, default_value = "hello from slipway")]
+    message: String,
+    /// The port on 127.0.0.1 (region agents set `PORT`).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Answer `/healthz` with 503, as an app that never becomes healthy.
+    #[arg(long)]
+    unhealthy: bool,
+    /// Exit with status 1 after this long (`0s`: at once), as a crashing app.
+    #[arg(long, value_parser = slipway_core::config::parse_duration)]
+    exit_after: Option<Duration>,
+}
+
+pub async fn run(args: DemoAppArgs) -> Result<()> {
+    if let Some(after) = args.exit_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("demo-app: exiting as asked (--exit-after)");
+            std::process::exit(1);
+        });
+    }
+    let message = args.message.clone();
+    let health = if args.unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let openapi = openapi(&args.message);
+    let app = Router::new()
+        .route("/", get(move || async move { message }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                (
+                    health,
+                    if health.is_success() {
+                        "ok"
+                    } else {
+                        "unhealthy"
+                    },
+                )
+            }),
+        )
+        .route(
+            "/openapi.yaml",
+            get(move || async move { ([("content-type", "application/yaml")], openapi) }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    eprintln!("demo-app listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(slipway_nats::shutdown::signal())
+        .await?;
+    Ok(())
+}
+
+fn openapi(message: &str) -> String {
+    let message = message.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        r#"openapi: 3.0.3
+info:
+  title: slipway demo app
+  version: "1"
+  description: "{message}"
+paths:
+  /:
+    get:
+      summary: The app's message
+      responses:
+        "200":
+          description: The message, as text
+  /healthz:
+    get:
+      summary: Health check
+      responses:
+        "200":
+          description: Healthy
+        "503":
+          description: Unhealthy
+"#
+    )
+}
