@@ -1,6 +1,15 @@
-//! `krane-agent` is built in issue 4; until then this binary says so instead of pretending to run.
+use clap::Parser;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("krane-agent: not implemented yet (see issue 4); only deployment-actor runs today");
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = krane_agent::Config::parse();
+    slipway_core::config::init_logging(config.common.log_format);
+    match krane_agent::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("krane-agent failed: {e:#}");
+            eprintln!("krane-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

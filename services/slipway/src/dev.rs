@@ -5,8 +5,10 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use slipway_core::{
     domains::{generate, DomainInput, DEFAULT_APEX},
+    krane::{instances_key, Desired, DesiredDeployment, InstanceStatus, InstancesReport},
     time::now_ms,
 };
 use slipway_store::{NewDeployment, Store, StoreError};
@@ -26,8 +28,9 @@ pub struct DevArgs {
 const SERVICES: &[(&str, &str)] = &[
     ("deployment-actor", "deployment-actor ready"),
     ("routing", "routing ready"),
+    ("krane-agent", "krane-agent ready"),
 ];
-const NOT_YET: &[&str] = &["deploy-orchestrator", "krane-agent"];
+const NOT_YET: &[&str] = &["deploy-orchestrator"];
 
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
@@ -43,12 +46,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .parent()
         .context("no directory for the slipway binary")?
         .to_path_buf();
+    // The agent runs `exec:slipway demo-app …`: put this slipway first on its PATH.
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let env = [
         ("SLIPWAY_NATS_URL", nats.url()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
+        (
+            "SLIPWAY_AGENT_STATE_DIR",
+            dir.join("agent").display().to_string(),
+        ),
+        ("PATH", path),
     ];
-    let mut running = Vec::new();
+    let mut running: Vec<ServiceProcess> = Vec::new();
     for (name, ready) in SERVICES {
         let bin = bin_dir.join(name);
         anyhow::ensure!(
@@ -66,6 +80,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     demo_routes(&nats.url(), &demo)
         .await
         .context("creating the demo routes")?;
+    let demo_address = run_demo(&nats.url(), &store, &demo)
+        .await
+        .context("starting the demo app")?;
 
     println!();
     println!("Slipway dev control plane is up.");
@@ -76,6 +93,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
     );
     println!("  not yet   {} (later issues)", NOT_YET.join(", "));
+    println!("  demo app  http://{demo_address}/  (deployment {demo}, run by krane-agent)");
     println!();
     println!("Try it (nats CLI):");
     println!("  export NATS_URL={}", nats.url());
@@ -92,9 +110,61 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping");
-    drop(running);
+    // SIGTERM, newest first: the agent stops the demo app before it goes.
+    for process in running.iter_mut().rev() {
+        process.terminate(Duration::from_secs(10));
+    }
     drop(nats);
     Ok(())
+}
+
+/// Asks the region agent to run the demo deployment (as a deploy's topology step would) and
+/// waits until it reports the instance running; returns its address.
+async fn run_demo(nats_url: &str, store: &Store, deployment_id: &str) -> Result<String> {
+    let d = store.deployment(deployment_id).await?;
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let desired = js.get_key_value("slipway_desired").await?;
+    let instances = js.get_key_value("slipway_instances").await?;
+    let mut watch = instances
+        .watch_with_history(instances_key(deployment_id, "local"))
+        .await?;
+    for topology in store.topology(deployment_id).await? {
+        let doc = DesiredDeployment {
+            deployment_id: d.id.clone(),
+            workspace_id: d.workspace_id.clone(),
+            project_id: d.project_id.clone(),
+            environment_id: d.environment_id.clone(),
+            image: d.image.clone(),
+            replicas: topology.replicas,
+            port: d.port,
+            command: d.command.clone(),
+            env: d.env.clone(),
+            desired: if topology.desired_status == "started" {
+                Desired::Running
+            } else {
+                Desired::Stopped
+            },
+            version: topology.version,
+        };
+        slipway_nats::krane::put_desired_deployment(&desired, &topology.region, &doc).await?;
+    }
+    let wait = async {
+        while let Some(entry) = watch.next().await {
+            let report: InstancesReport = serde_json::from_slice(&entry?.value)?;
+            if let Some(i) = report
+                .instances
+                .iter()
+                .find(|i| i.status == InstanceStatus::Running)
+            {
+                return Ok(i.address.clone());
+            }
+        }
+        anyhow::bail!("the instances watch ended")
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .context("the demo app did not become healthy within 60 s")?
 }
 
 /// The demo deployment's generated domains, created through routing (as a deploy would).

@@ -19,22 +19,37 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
     let stdout = child.stdout.take().unwrap();
     // Read the banner on a thread; the URL line comes before "Ctrl-C".
     let banner = std::thread::spawn(move || {
-        let mut url = None;
+        let (mut url, mut demo) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(u) = line.trim().strip_prefix("NATS") {
                 url = Some(u.trim().to_string());
+            }
+            if let Some(rest) = line.trim().strip_prefix("demo app") {
+                demo = rest.split_whitespace().next().map(str::to_string);
             }
             if line.starts_with("Ctrl-C") {
                 break;
             }
         }
-        url
+        (url, demo)
     });
-    let url = tokio::task::spawn_blocking(move || banner.join().unwrap())
+    let (url, demo) = tokio::task::spawn_blocking(move || banner.join().unwrap())
         .await
         .unwrap();
     let result = async {
         let url = url.expect("slipway dev printed no NATS URL");
+        // The demo app runs (started by krane-agent) and answers over HTTP.
+        let demo = demo.expect("slipway dev printed no demo app address");
+        let address = demo.trim_start_matches("http://").trim_end_matches('/');
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.ends_with("hello"), "{response}");
         let client = async_nats::connect(url).await.unwrap();
         let msg = tokio::time::timeout(
             Duration::from_secs(10),

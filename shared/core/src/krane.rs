@@ -37,3 +37,29 @@ pub struct DesiredDeployment {
     /// Grows with every change, so an agent can ignore a stale document.
     pub version: i64,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    Pending,
+    Running,
+    Failed,
+    Inactive,
+}
+
+/// One instance as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedInstance {
+    pub id: String,
+    pub address: String,
+    pub status: InstanceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// KV `slipway_instances` value for one deployment in one region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstancesReport {
+    pub instances: Vec<ReportedInstance>,
+    pub reported_at_ms: i64,
+}

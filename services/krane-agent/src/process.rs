@@ -1,0 +1,134 @@
+//! Instance processes: started in their own process group, recorded in the state directory
+//! (`<instance>.pid`, holding the group id) until stopped, so a restarted agent can kill what
+//! an earlier run left behind.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use tokio::process::{Child, Command};
+
+pub struct Instance {
+    pub child: Child,
+    pub pgid: i32,
+    pid_file: PathBuf,
+}
+
+/// `exec:<command line>` → the command line; anything else is not something we can run.
+pub fn command_line(image: &str, args: &[String]) -> Result<String, String> {
+    let Some(line) = image.strip_prefix("exec:") else {
+        let scheme = image.split(':').next().unwrap_or_default();
+        return Err(format!(
+            "image {image:?}: this agent runs only exec:<command line> images, not {scheme:?} ones"
+        ));
+    };
+    let mut line = line.trim().to_string();
+    for arg in args {
+        line.push(' ');
+        line.push_str(&shell_quote(arg));
+    }
+    Ok(line)
+}
+
+fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// Starts `command_line` with `/bin/sh -c`, `PORT` and `env` set, output to `<id>.log`.
+pub fn start(
+    state_dir: &Path,
+    instance_id: &str,
+    command_line: &str,
+    port: u16,
+    env: &BTreeMap<String, String>,
+) -> std::io::Result<Instance> {
+    let log = std::fs::File::create(state_dir.join(format!("{instance_id}.log")))?;
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command_line)
+        .envs(env)
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or_default();
+    let pid_file = state_dir.join(format!("{instance_id}.pid"));
+    std::fs::write(&pid_file, pgid.to_string())?;
+    Ok(Instance {
+        child,
+        pgid,
+        pid_file,
+    })
+}
+
+impl Instance {
+    /// Kills the whole process group (the shell and whatever it started) and forgets it.
+    pub async fn stop(mut self) {
+        kill_group(self.pgid);
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+
+    /// Forgets an instance that exited by itself (its group may still hold children).
+    pub fn reap(self) {
+        kill_group(self.pgid);
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+fn kill_group(pgid: i32) {
+    if pgid > 0 {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Kills every process group recorded in `state_dir` and forgets them; returns how many.
+pub fn kill_recorded(state_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            if let Some(pgid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                kill_group(pgid);
+                killed += 1;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_images_and_quoting() {
+        assert_eq!(
+            command_line("exec:slipway demo-app", &[]).unwrap(),
+            "slipway demo-app"
+        );
+        assert_eq!(
+            command_line("exec:app", &["it's".into(), "a b".into()]).unwrap(),
+            r#"app 'it'\''s' 'a b'"#
+        );
+        let err = command_line("docker.io/library/nginx:1", &[]).unwrap_err();
+        assert!(
+            err.contains("exec:") && err.contains("docker.io/library/nginx"),
+            "{err}"
+        );
+    }
+}

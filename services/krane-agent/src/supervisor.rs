@@ -1,0 +1,227 @@
+//! One supervisor per deployment: makes the running processes match the desired document,
+//! health-checks them, and reports them when anything changes.
+
+use std::{path::PathBuf, time::Duration};
+
+use async_nats::jetstream::kv;
+use slipway_core::{
+    krane::{
+        instances_key, Desired, DesiredDeployment, InstanceStatus, InstancesReport,
+        ReportedInstance,
+    },
+    time::now_ms,
+};
+use tokio::{sync::watch, time::Instant};
+
+use crate::process;
+
+#[derive(Clone)]
+pub struct Context {
+    pub region: String,
+    pub state_dir: PathBuf,
+    pub instances: kv::Store,
+    pub check_every: Duration,
+    pub crash_loop_after: u32,
+    pub http: reqwest::Client,
+}
+
+/// One replica: its process (if running), what we report, and its restart bookkeeping.
+struct Slot {
+    id: String,
+    port: u16,
+    process: Option<process::Instance>,
+    status: InstanceStatus,
+    message: Option<String>,
+    /// Exits since it was last healthy, and how the last one went.
+    exits: u32,
+    last_exit: Option<String>,
+    restart_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            id: format!("inst_{}", uuid::Uuid::now_v7().simple()),
+            port: 0,
+            process: None,
+            status: InstanceStatus::Pending,
+            message: None,
+            exits: 0,
+            last_exit: None,
+            restart_at: None,
+        }
+    }
+
+    fn report(&self) -> ReportedInstance {
+        ReportedInstance {
+            id: self.id.clone(),
+            address: if self.port == 0 {
+                String::new()
+            } else {
+                format!("127.0.0.1:{}", self.port)
+            },
+            status: self.status,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Doubling from 200 ms, at most 10 s.
+fn backoff(exits: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << exits.min(6))).min(Duration::from_secs(10))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+#[tracing::instrument(skip(ctx, desired), fields(region = %ctx.region))]
+pub async fn supervise(
+    ctx: Context,
+    deployment_id: String,
+    mut desired: watch::Receiver<Option<DesiredDeployment>>,
+) {
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut reported: Option<Vec<ReportedInstance>> = None;
+    loop {
+        let doc = desired.borrow_and_update().clone();
+        match doc.as_ref() {
+            Some(d) if d.desired == Desired::Running => run(&ctx, d, &mut slots).await,
+            _ => stop(&mut slots).await,
+        }
+        let report: Vec<ReportedInstance> = slots.iter().map(Slot::report).collect();
+        if reported.as_ref() != Some(&report) {
+            match put_report(&ctx, &deployment_id, &report).await {
+                Ok(()) => reported = Some(report),
+                Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
+            }
+        }
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() {
+                tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
+                stop(&mut slots).await;
+                return;
+            },
+            _ = tokio::time::sleep(ctx.check_every) => {}
+        }
+    }
+}
+
+async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
+    let line = match process::command_line(&d.image, &d.command) {
+        Ok(line) => line,
+        Err(message) => {
+            stop(slots).await;
+            slots.resize_with(d.replicas as usize, Slot::new);
+            for slot in slots.iter_mut() {
+                slot.status = InstanceStatus::Failed;
+                slot.message = Some(message.clone());
+            }
+            return;
+        }
+    };
+    while slots.len() < d.replicas as usize {
+        slots.push(Slot::new());
+    }
+    while slots.len() > d.replicas as usize {
+        if let Some(p) = slots.pop().and_then(|s| s.process) {
+            p.stop().await;
+        }
+    }
+    let now = Instant::now();
+    for slot in slots.iter_mut() {
+        // Exited by itself: count it and schedule a restart.
+        if let Some(status) = slot
+            .process
+            .as_mut()
+            .and_then(|p| p.child.try_wait().ok().flatten())
+        {
+            if let Some(p) = slot.process.take() {
+                p.reap();
+            }
+            slot.exits += 1;
+            slot.last_exit = Some(format!("exited with {status}"));
+            slot.status = InstanceStatus::Failed;
+            slot.message = slot.last_exit.clone();
+            slot.restart_at = Some(now + backoff(slot.exits));
+            tracing::warn!(instance = %slot.id, exits = slot.exits, %status, "instance exited");
+        }
+        if slot.process.is_none() {
+            let due = *slot.restart_at.get_or_insert(now);
+            if now >= due {
+                let port = free_port();
+                match process::start(&ctx.state_dir, &slot.id, &line, port, &d.env) {
+                    Ok(p) => {
+                        slot.process = Some(p);
+                        slot.port = port;
+                        slot.restart_at = None;
+                        if slot.exits < ctx.crash_loop_after {
+                            slot.status = InstanceStatus::Pending;
+                        }
+                    }
+                    Err(e) => {
+                        slot.exits += 1;
+                        slot.status = InstanceStatus::Failed;
+                        slot.message = Some(format!("cannot start: {e}"));
+                        slot.restart_at = Some(now + backoff(slot.exits));
+                    }
+                }
+            }
+        }
+        if slot.process.is_some() {
+            let url = format!("http://127.0.0.1:{}/healthz", slot.port);
+            let healthy =
+                matches!(ctx.http.get(&url).send().await, Ok(r) if r.status().is_success());
+            if healthy {
+                slot.status = InstanceStatus::Running;
+                slot.message = None;
+                slot.exits = 0;
+                slot.last_exit = None;
+            } else if slot.exits >= ctx.crash_loop_after {
+                slot.status = InstanceStatus::Failed;
+                slot.message = Some(format!(
+                    "crash-looping: exited {} times in a row, last {}",
+                    slot.exits,
+                    slot.last_exit.as_deref().unwrap_or("unknown")
+                ));
+            } else if slot.status != InstanceStatus::Failed {
+                slot.status = InstanceStatus::Pending;
+            }
+        }
+    }
+}
+
+/// Stops every process; the instances stay listed as `inactive`.
+async fn stop(slots: &mut [Slot]) {
+    for slot in slots.iter_mut() {
+        if let Some(p) = slot.process.take() {
+            p.stop().await;
+        }
+        slot.status = InstanceStatus::Inactive;
+        slot.message = None;
+        slot.exits = 0;
+        slot.last_exit = None;
+        slot.restart_at = None;
+    }
+}
+
+async fn put_report(
+    ctx: &Context,
+    deployment_id: &str,
+    instances: &[ReportedInstance],
+) -> Result<(), async_nats::Error> {
+    let report = InstancesReport {
+        instances: instances.to_vec(),
+        reported_at_ms: now_ms(),
+    };
+    ctx.instances
+        .put(
+            instances_key(deployment_id, &ctx.region),
+            serde_json::to_vec(&report)?.into(),
+        )
+        .await?;
+    Ok(())
+}

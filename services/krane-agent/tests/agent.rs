@@ -1,0 +1,327 @@
+//! krane-agent over real processes: a real nats-server, the agent binary, and `slipway
+//! demo-app` as the deployed app (built alongside by `cargo test --workspace`).
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use slipway_core::krane::{
+    desired_deployment_key, instances_key, Desired, DesiredDeployment, InstanceStatus,
+    InstancesReport,
+};
+use slipway_nats::provision;
+use slipway_testkit::{NatsServer, ServiceProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_krane-agent");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `slipway` binary next to ours (cargo builds every workspace binary before tests run).
+fn slipway_bin() -> PathBuf {
+    let path = PathBuf::from(AGENT).with_file_name("slipway");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p slipway` (or cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+struct Env {
+    nats: NatsServer,
+    state: tempfile::TempDir,
+    desired: kv::Store,
+    instances: kv::Store,
+    agent: Option<ServiceProcess>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let nats = NatsServer::start().await.unwrap();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        provision::provision(&js, 1).await.unwrap();
+        let mut env = Env {
+            desired: js.get_key_value(provision::DESIRED).await.unwrap(),
+            instances: js.get_key_value(provision::INSTANCES).await.unwrap(),
+            nats,
+            state: tempfile::tempdir().unwrap(),
+            agent: None,
+        };
+        env.start_agent();
+        env
+    }
+
+    fn start_agent(&mut self) {
+        let agent = ServiceProcess::spawn(
+            "agent",
+            AGENT,
+            &[],
+            &[
+                ("SLIPWAY_NATS_URL", self.nats.url()),
+                (
+                    "SLIPWAY_AGENT_STATE_DIR",
+                    self.state.path().display().to_string(),
+                ),
+                ("SLIPWAY_AGENT_CHECK_EVERY", "100ms".into()),
+            ],
+        )
+        .unwrap();
+        agent.wait_for_log("krane-agent ready", TIMEOUT).unwrap();
+        self.agent = Some(agent);
+    }
+
+    async fn desire(&self, id: &str, image: String, replicas: u32, desired: Desired, version: i64) {
+        let doc = DesiredDeployment {
+            deployment_id: id.into(),
+            workspace_id: "ws_1".into(),
+            project_id: "proj_1".into(),
+            environment_id: "env_1".into(),
+            image,
+            replicas,
+            port: 8080,
+            command: vec![],
+            env: BTreeMap::new(),
+            desired,
+            version,
+        };
+        self.desired
+            .put(
+                desired_deployment_key("local", id),
+                serde_json::to_vec(&doc).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits, on a KV watch, for a report that satisfies `ok`.
+    async fn report_where(
+        &self,
+        id: &str,
+        ok: impl Fn(&InstancesReport) -> bool,
+    ) -> InstancesReport {
+        let mut watch = self
+            .instances
+            .watch_with_history(instances_key(id, "local"))
+            .await
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(entry) = watch.next().await {
+                let report: InstancesReport =
+                    serde_json::from_slice(&entry.unwrap().value).unwrap();
+                if ok(&report) {
+                    return report;
+                }
+            }
+            panic!("watch ended")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no such report for {id} within {TIMEOUT:?}"))
+    }
+}
+
+impl Drop for Env {
+    /// The agent is SIGKILLed with the test; its instances would outlive it.
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+        krane_agent::process::kill_recorded(&self.state.path().join("local"));
+    }
+}
+
+fn all(report: &InstancesReport, n: usize, status: InstanceStatus) -> bool {
+    report.instances.len() == n && report.instances.iter().all(|i| i.status == status)
+}
+
+/// GET over plain HTTP: Some(body) if anything answers on `address`.
+async fn get(address: &str, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn demo_app(args: &str) -> String {
+    format!("exec:{} demo-app {args}", slipway_bin().display())
+}
+
+#[tokio::test]
+async fn runs_replicas_until_healthy_and_stops_them() {
+    let env = Env::start().await;
+    env.desire(
+        "dep_a",
+        demo_app("--message 'hi there'"),
+        2,
+        Desired::Running,
+        1,
+    )
+    .await;
+    let report = env
+        .report_where("dep_a", |r| all(r, 2, InstanceStatus::Running))
+        .await;
+    for instance in &report.instances {
+        assert_eq!(
+            get(&instance.address, "/").await.as_deref(),
+            Some("hi there")
+        );
+    }
+
+    env.desire(
+        "dep_a",
+        demo_app("--message 'hi there'"),
+        2,
+        Desired::Stopped,
+        2,
+    )
+    .await;
+    env.report_where("dep_a", |r| all(r, 2, InstanceStatus::Inactive))
+        .await;
+    for instance in &report.instances {
+        assert!(
+            get(&instance.address, "/").await.is_none(),
+            "{} still answers",
+            instance.address
+        );
+    }
+}
+
+#[tokio::test]
+async fn crash_loops_and_other_image_schemes_are_reported_failed() {
+    let env = Env::start().await;
+    env.desire(
+        "dep_crash",
+        demo_app("--exit-after 0s"),
+        1,
+        Desired::Running,
+        1,
+    )
+    .await;
+    let report = env
+        .report_where("dep_crash", |r| {
+            r.instances.len() == 1
+                && r.instances[0].status == InstanceStatus::Failed
+                && r.instances[0]
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("crash-looping"))
+        })
+        .await;
+    assert!(
+        report.instances[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("exit status: 1"),
+        "{report:?}"
+    );
+
+    env.desire(
+        "dep_oci",
+        "docker.io/library/nginx:1".into(),
+        1,
+        Desired::Running,
+        1,
+    )
+    .await;
+    let report = env
+        .report_where("dep_oci", |r| all(r, 1, InstanceStatus::Failed))
+        .await;
+    assert!(
+        report.instances[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("exec:"),
+        "{report:?}"
+    );
+
+    // An app that never becomes healthy stays pending.
+    env.desire("dep_sick", demo_app("--unhealthy"), 1, Desired::Running, 1)
+        .await;
+    let report = env
+        .report_where("dep_sick", |r| {
+            all(r, 1, InstanceStatus::Pending) && !r.instances[0].address.is_empty()
+        })
+        .await;
+    // Once the app answers (503), the agent, checking every 100 ms, still says pending.
+    let address = &report.instances[0].address;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while get(address, "/healthz").await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unhealthy app never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now: InstancesReport = serde_json::from_slice(
+        &env.instances
+            .get(instances_key("dep_sick", "local"))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(all(&now, 1, InstanceStatus::Pending), "{now:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_agent_leaves_no_orphans_and_converges() {
+    let mut env = Env::start().await;
+    env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
+        .await;
+    let before = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    let old = before.instances[0].clone();
+
+    env.agent.as_mut().unwrap().kill();
+    // The app outlives the agent's SIGKILL...
+    assert_eq!(get(&old.address, "/").await.as_deref(), Some("one"));
+    env.start_agent();
+    // ...until the new agent kills it and starts a fresh instance.
+    let after = env
+        .report_where("dep_a", |r| {
+            all(r, 1, InstanceStatus::Running) && r.instances[0].id != old.id
+        })
+        .await;
+    assert!(
+        get(&old.address, "/").await.is_none(),
+        "the old instance is an orphan"
+    );
+    assert_eq!(
+        get(&after.instances[0].address, "/").await.as_deref(),
+        Some("one")
+    );
+    assert!(
+        env.agent
+            .as_ref()
+            .unwrap()
+            .count_log("killed processes left by an earlier run")
+            == 1
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_agent_stops_its_instances() {
+    let mut env = Env::start().await;
+    env.desire("dep_a", demo_app("--message bye"), 1, Desired::Running, 1)
+        .await;
+    let report = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    let mut agent = env.agent.take().unwrap();
+    agent.terminate(Duration::from_secs(10));
+    assert!(
+        get(&report.instances[0].address, "/").await.is_none(),
+        "the instance outlived the agent"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.state.path().join("local"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
