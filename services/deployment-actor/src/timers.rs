@@ -113,19 +113,4 @@ impl Timers {
             current = now;
         }
     }
-
-    /// The schedule waiting in the stream, if any (what operators see with `nats stream get`).
-    pub async fn pending(&self, deployment_id: &str) -> Result<Option<Fired>, TimerError> {
-        match self
-            .stream
-            .get_last_raw_message_by_subject(&schedule_subject(deployment_id))
-            .await
-        {
-            Ok(msg) => Ok(serde_json::from_slice(&msg.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(js_err(e)),
-        }
-    }
 }

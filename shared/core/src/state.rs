@@ -70,29 +70,6 @@ impl TopologyStatus {
     }
 }
 
-/// Lifecycle status of a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeploymentStatus {
-    Pending,
-    Building,
-    Deploying,
-    Ready,
-    Failed,
-}
-
-impl DeploymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Building => "building",
-            Self::Deploying => "deploying",
-            Self::Ready => "ready",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,12 +106,23 @@ impl Store {
     }
 
     pub async fn topology(&self, deployment_id: &str) -> Result<Vec<Topology>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM deployment_topology WHERE deployment_id = $1 ORDER BY region",
-        )
-        .bind(deployment_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(records::topology).collect()
+        topology_in(&self.pool, deployment_id).await
     }
+}
+
+/// A deployment's topology rows by region, on the pool or inside a transaction.
+pub(crate) async fn topology_in<'e, E>(
+    executor: E,
+    deployment_id: &str,
+) -> Result<Vec<Topology>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query("SELECT * FROM deployment_topology WHERE deployment_id = $1 ORDER BY region")
+        .bind(deployment_id)
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(records::topology)
+        .collect()
 }

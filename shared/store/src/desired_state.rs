@@ -3,7 +3,7 @@
 use slipway_core::state::DesiredState;
 use sqlx::Row;
 
-use crate::{records, Deployment, Store, StoreError, Topology};
+use crate::{deployments, records, Deployment, Store, StoreError, Topology};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApplyOutcome {
@@ -60,15 +60,7 @@ impl Store {
         let mut deployment = records::deployment(&row)?;
 
         if deployment.desired_state_nonce.as_deref() == Some(nonce) {
-            let topology = sqlx::query(
-                "SELECT * FROM deployment_topology WHERE deployment_id = $1 ORDER BY region",
-            )
-            .bind(deployment_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(records::topology)
-            .collect::<Result<Vec<_>, _>>()?;
+            let topology = deployments::topology_in(&mut *tx, deployment_id).await?;
             tx.commit().await?;
             return Ok(ApplyOutcome::AlreadyApplied {
                 deployment,

@@ -94,10 +94,6 @@ impl Store {
         }
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -109,10 +109,6 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn store_dir(&self) -> &Path {
-        self.store.path()
-    }
-
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

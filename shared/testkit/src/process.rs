@@ -94,10 +94,6 @@ impl ServiceProcess {
             .unwrap_or(0)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn terminate(&mut self, grace: Duration) {
         let _ = Command::new("kill")
