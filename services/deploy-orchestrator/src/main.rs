@@ -1,8 +1,15 @@
-//! `deploy-orchestrator` is built in issue 4; until then this binary says so instead of pretending to run.
+use clap::Parser;
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "deploy-orchestrator: not implemented yet (see issue 4); only deployment-actor runs today"
-    );
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = deploy_orchestrator::Config::parse();
+    slipway_core::config::init_logging(config.common.log_format);
+    match deploy_orchestrator::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("deploy-orchestrator failed: {e:#}");
+            eprintln!("deploy-orchestrator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! the JSON/protobuf codec, the micro-service helper that turns typed errors into API error
 //! replies, and start-up provisioning of the streams and KV buckets in `nats/`.
 
+pub mod client;
 pub mod codec;
 pub mod connect;
 pub mod krane;

@@ -15,6 +15,8 @@ pub const TRANSITIONS: &str = "slipway_transitions";
 pub const ROUTES: &str = "slipway_routes";
 pub const DESIRED: &str = "slipway_desired";
 pub const INSTANCES: &str = "slipway_instances";
+pub const WORKFLOW_RECORDS: &str = "slipway_workflows";
+pub const LEASES: &str = "slipway_leases";
 
 const STREAMS: &[(&str, &str)] = &[
     (
@@ -49,12 +51,23 @@ const BUCKETS: &[(&str, &str)] = &[
         INSTANCES,
         include_str!("../../../nats/kv/slipway_instances.json"),
     ),
+    (
+        WORKFLOW_RECORDS,
+        include_str!("../../../nats/kv/slipway_workflows.json"),
+    ),
+    (LEASES, include_str!("../../../nats/kv/slipway_leases.json")),
 ];
 
-const CONSUMERS: &[(&str, &str)] = &[(
-    "deployment-actor",
-    include_str!("../../../nats/consumers/SLIPWAY_TIMERS.deployment-actor.json"),
-)];
+const CONSUMERS: &[(&str, &str)] = &[
+    (
+        "deployment-actor",
+        include_str!("../../../nats/consumers/SLIPWAY_TIMERS.deployment-actor.json"),
+    ),
+    (
+        "deploy-orchestrator",
+        include_str!("../../../nats/consumers/SLIPWAY_WORKFLOWS.deploy-orchestrator.json"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {

@@ -1,6 +1,25 @@
 //! Deployments and their per-region topology.
 
-use crate::{records, Deployment, NewDeployment, Store, StoreError, Topology};
+use sqlx::Row;
+
+use crate::{records, Deployment, Environment, NewDeployment, Store, StoreError, Topology};
+
+/// How long an idempotency key is remembered (API.md: 24 h).
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// An idempotency key and a digest of the request that carried it.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// A deployment from [`Store::create_deployment`]; `created` is false for a repeat.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub deployment: Deployment,
+    pub created: bool,
+}
 
 impl Store {
     /// Writes a `pending` deployment of an existing environment, copying the environment's
@@ -10,7 +29,73 @@ impl Store {
         new: &NewDeployment,
         now_ms: i64,
     ) -> Result<Deployment, StoreError> {
+        Ok(self.create_deployment(new, None, now_ms).await?.deployment)
+    }
+
+    /// [`insert_deployment`](Self::insert_deployment), idempotent per (project, key) for
+    /// 24 h: a repeat of the same request returns the first one's deployment, a different
+    /// request with the same key is a conflict.
+    pub async fn create_deployment(
+        &self,
+        new: &NewDeployment,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Created, StoreError> {
         let env = self.environment(&new.environment_id).await?;
+        // A concurrent first use of the same key loses on the primary key; the second
+        // attempt then finds the winner's record.
+        for attempt in 0..2 {
+            match self.try_create(new, &env, idempotency, now_ms).await {
+                Err(StoreError::Conflict(_)) if attempt == 0 && idempotency.is_some() => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn try_create(
+        &self,
+        new: &NewDeployment,
+        env: &Environment,
+        idempotency: Option<&Idempotency>,
+        now_ms: i64,
+    ) -> Result<Created, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(idem) = idempotency {
+            let sql = format!(
+                "SELECT request_hash, deployment_id, created_at_ms FROM deployment_requests \
+                 WHERE project_id = $1 AND idempotency_key = $2{}",
+                self.for_update()
+            );
+            let found = sqlx::query(&sql)
+                .bind(&env.project_id)
+                .bind(&idem.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = found {
+                let created_at_ms: i64 = row.try_get("created_at_ms")?;
+                if created_at_ms > now_ms - IDEMPOTENCY_WINDOW_MS {
+                    let hash: String = row.try_get("request_hash")?;
+                    if hash != idem.request_hash {
+                        return Err(StoreError::Conflict(format!(
+                            "idempotency_key {:?} was used with a different request",
+                            idem.key
+                        )));
+                    }
+                    let id: String = row.try_get("deployment_id")?;
+                    tx.commit().await?;
+                    return Ok(Created {
+                        deployment: self.deployment(&id).await?,
+                        created: false,
+                    });
+                }
+                sqlx::query("DELETE FROM deployment_requests WHERE project_id = $1 AND idempotency_key = $2")
+                    .bind(&env.project_id)
+                    .bind(&idem.key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         let command =
             serde_json::to_string(&new.command).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let env_vars =
@@ -18,8 +103,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO deployments (id, workspace_id, project_id, environment_id, image, git_branch, \
              git_commit_sha, git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, \
-             git_commit_timestamp_ms, key_auth_id, command, env, port, sentinel_config, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
+             git_commit_timestamp_ms, key_auth_id, command, env, port, sentinel_config, workflow_id, \
+             created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18)",
         )
         .bind(&new.id)
         .bind(&env.workspace_id)
@@ -37,11 +123,31 @@ impl Store {
         .bind(env_vars)
         .bind(i64::from(env.port))
         .bind(&env.sentinel_config)
+        .bind(&new.workflow_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::or_conflict(e, || format!("deployment {} already exists", new.id)))?;
-        self.deployment(&new.id).await
+        if let Some(idem) = idempotency {
+            sqlx::query(
+                "INSERT INTO deployment_requests (project_id, idempotency_key, request_hash, deployment_id, workflow_id, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&env.project_id)
+            .bind(&idem.key)
+            .bind(&idem.request_hash)
+            .bind(&new.id)
+            .bind(new.workflow_id.as_deref().unwrap_or_default())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::or_conflict(e, || format!("idempotency_key {:?} is in use", idem.key)))?;
+        }
+        tx.commit().await?;
+        Ok(Created {
+            deployment: self.deployment(&new.id).await?,
+            created: true,
+        })
     }
 
     pub async fn deployment(&self, id: &str) -> Result<Deployment, StoreError> {

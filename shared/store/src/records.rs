@@ -57,6 +57,8 @@ pub struct NewDeployment {
     pub key_auth_id: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The workflow that deploys it.
+    pub workflow_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +85,9 @@ pub struct Deployment {
     pub sentinel_config: String,
     pub openapi_spec: Option<String>,
     pub failure_reason: Option<String>,
+    pub workflow_id: Option<String>,
+    /// Generated domains (FQDNs).
+    pub domains: Vec<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -145,11 +150,13 @@ pub(crate) const DEPLOYMENT_COLUMNS: &str =
     e.slug AS environment_slug, d.status, d.desired_state, d.desired_state_nonce, d.image, \
     d.git_branch, d.git_commit_sha, d.git_commit_message, d.git_commit_author_handle, \
     d.git_commit_author_avatar_url, d.git_commit_timestamp_ms, d.key_auth_id, d.command, d.env, \
-    d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.created_at_ms, d.updated_at_ms";
+    d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
+    d.created_at_ms, d.updated_at_ms";
 
 pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
     let command: String = row.try_get("command")?;
     let env: String = row.try_get("env")?;
+    let domains: String = row.try_get("domains")?;
     Ok(Deployment {
         id: row.try_get("id")?,
         workspace_id: row.try_get("workspace_id")?,
@@ -175,6 +182,9 @@ pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
         sentinel_config: row.try_get("sentinel_config")?,
         openapi_spec: row.try_get("openapi_spec")?,
         failure_reason: row.try_get("failure_reason")?,
+        workflow_id: row.try_get("workflow_id")?,
+        domains: serde_json::from_str(&domains)
+            .map_err(|e| StoreError::Corrupt(format!("deployments.domains: {e}")))?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })

@@ -1,0 +1,136 @@
+//! `deploy-orchestrator`: the `slipway-deploy` micro service (API.md) and the durable
+//! workflows behind it. Deploy takes a deployment from a request to ready, routed and live
+//! (BEHAVIOUR.md "Deploy"), on the engine of `slipway-workflow`.
+
+mod deploy;
+mod deployments;
+mod endpoints;
+mod events;
+mod instances;
+mod projects;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv};
+use slipway_core::config::{parse_duration, CommonConfig};
+use slipway_nats::provision::{self, DESIRED, INSTANCES};
+use slipway_store::Store;
+use slipway_workflow::{Engine, EngineConfig};
+
+pub use deploy::Deploy;
+
+pub const SERVICE_NAME: &str = "slipway-deploy";
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "deploy-orchestrator",
+    version,
+    about = "Slipway deploy-orchestrator: durable deploy workflows"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// Regions a deployment runs in when its environment names none (comma-separated).
+    #[arg(
+        long,
+        env = "SLIPWAY_REGIONS",
+        default_value = "local",
+        value_delimiter = ','
+    )]
+    pub regions: Vec<String>,
+    /// Apex of generated domains.
+    #[arg(long, env = "SLIPWAY_APEX_DOMAIN", default_value = slipway_core::domains::DEFAULT_APEX)]
+    pub apex_domain: String,
+    /// Delay before a superseded production deployment goes to standby.
+    #[arg(long, env = "SLIPWAY_STANDBY_DELAY", default_value = "30m", value_parser = parse_duration)]
+    pub standby_delay: Duration,
+    /// How long a deploy waits for healthy instances.
+    #[arg(long, env = "SLIPWAY_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// How long an instance may stay `failed` before the deploy gives up on it.
+    #[arg(long, env = "SLIPWAY_FAILED_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub failed_grace: Duration,
+    /// How long a silent worker keeps a workflow before another resumes it.
+    #[arg(long, env = "SLIPWAY_WORKFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub workflow_ack_wait: Duration,
+    /// How long the per-project lease of a dead holder blocks others.
+    #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    desired: kv::Store,
+    instances: kv::Store,
+    http: reqwest::Client,
+    engine: std::sync::OnceLock<Engine>,
+}
+
+impl Orchestrator {
+    fn engine(&self) -> &Engine {
+        self.inner
+            .engine
+            .get()
+            .expect("the engine is set before any endpoint or worker runs")
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.regions.is_empty() && config.regions.iter().all(|r| !r.trim().is_empty()),
+        "SLIPWAY_REGIONS must name at least one region"
+    );
+    let client = slipway_nats::connect(&config.common, "deploy-orchestrator").await?;
+    let js = jetstream::new(client.clone());
+    provision::provision(&js, config.common.js_replicas).await?;
+    let store = Store::open(&config.common.database_url)
+        .await
+        .context("opening the database")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")?;
+    let orchestrator = Orchestrator {
+        inner: Arc::new(Inner {
+            desired: js.get_key_value(DESIRED).await?,
+            instances: js.get_key_value(INSTANCES).await?,
+            config: config.clone(),
+            store,
+            client: client.clone(),
+            js: js.clone(),
+            http,
+            engine: std::sync::OnceLock::new(),
+        }),
+    };
+    let mut engine_config = EngineConfig::new("deploy-orchestrator");
+    engine_config.ack_wait = config.workflow_ack_wait;
+    engine_config.lease_ttl = config.lease_ttl;
+    let engine = Engine::builder(js, engine_config)
+        .register(Deploy(orchestrator.clone()))
+        .build()
+        .await?;
+    let _ = orchestrator.inner.engine.set(engine.clone());
+
+    let service = endpoints::serve(&client, orchestrator.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
+    let workers = tokio::spawn(engine.run_workers());
+    tokio::spawn(deployments::restart_orphans(orchestrator.clone()));
+    client.flush().await.context("flushing subscriptions")?;
+    tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deploy-orchestrator ready");
+
+    slipway_nats::shutdown::signal().await;
+    workers.abort();
+    drop(service);
+    client.drain().await.ok();
+    Ok(())
+}

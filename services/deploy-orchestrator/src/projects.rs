@@ -1,0 +1,205 @@
+//! `slipway.project.v1.*`: workspaces, projects and environments.
+
+use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_nats::Call;
+use slipway_proto::v1::{
+    CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
+    CreateWorkspaceReply, CreateWorkspaceRequest, Environment as EnvironmentMessage,
+    GetProjectReply, GetProjectRequest, Project as ProjectMessage, Workspace as WorkspaceMessage,
+};
+use slipway_store::{Environment, Project, Workspace};
+
+use crate::Orchestrator;
+
+pub const MAX_NAME: usize = 256;
+pub const MAX_REPLICAS: u32 = 100;
+pub const MAX_SENTINEL_CONFIG: usize = 64 * 1024;
+
+/// Slugs end up in DNS labels: lower-case letters, digits and inner dashes, at most 63.
+pub fn validate_slug(field: &str, slug: &str) -> Result<(), ApiError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 63
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_argument(format!(
+            "{field} {slug:?} must be 1 to 63 lower-case letters, digits or inner dashes"
+        )))
+    }
+}
+
+fn validate_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::invalid_argument(format!(
+            "{field} is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn name_or_slug(name: &str, slug: &str) -> Result<String, ApiError> {
+    validate_len("name", name, MAX_NAME)?;
+    Ok(if name.trim().is_empty() {
+        slug.to_string()
+    } else {
+        name.to_string()
+    })
+}
+
+pub fn workspace_message(w: Workspace) -> WorkspaceMessage {
+    WorkspaceMessage {
+        id: w.id,
+        slug: w.slug,
+        name: w.name,
+        created_at_ms: w.created_at_ms,
+        updated_at_ms: w.updated_at_ms,
+    }
+}
+
+pub fn project_message(p: Project) -> ProjectMessage {
+    ProjectMessage {
+        id: p.id,
+        workspace_id: p.workspace_id,
+        slug: p.slug,
+        name: p.name,
+        default_branch: p.default_branch,
+        live_deployment_id: p.live_deployment_id,
+        is_rolled_back: p.is_rolled_back,
+        created_at_ms: p.created_at_ms,
+        updated_at_ms: p.updated_at_ms,
+    }
+}
+
+pub fn environment_message(e: Environment) -> EnvironmentMessage {
+    EnvironmentMessage {
+        id: e.id,
+        workspace_id: e.workspace_id,
+        project_id: e.project_id,
+        slug: e.slug,
+        regions: e.regions.into_iter().collect(),
+        port: e.port,
+        sentinel_config: e.sentinel_config,
+        created_at_ms: e.created_at_ms,
+        updated_at_ms: e.updated_at_ms,
+    }
+}
+
+impl Orchestrator {
+    pub(crate) async fn create_workspace(
+        &self,
+        call: Call<CreateWorkspaceRequest>,
+    ) -> Result<CreateWorkspaceReply, ApiError> {
+        let req = call.request;
+        validate_slug("slug", &req.slug)?;
+        let name = name_or_slug(&req.name, &req.slug)?;
+        let workspace = self
+            .inner
+            .store
+            .create_workspace(&ids::new(ids::WORKSPACE), &req.slug, &name, now_ms())
+            .await?;
+        tracing::info!(workspace_id = %workspace.id, slug = %workspace.slug, "workspace created");
+        Ok(CreateWorkspaceReply {
+            workspace: Some(workspace_message(workspace)),
+        })
+    }
+
+    pub(crate) async fn create_project(
+        &self,
+        call: Call<CreateProjectRequest>,
+    ) -> Result<CreateProjectReply, ApiError> {
+        let req = call.request;
+        ids::validate(ids::WORKSPACE, "workspace_id", &req.workspace_id)?;
+        validate_slug("slug", &req.slug)?;
+        let name = name_or_slug(&req.name, &req.slug)?;
+        let branch = req.default_branch.unwrap_or_default();
+        validate_len("default_branch", &branch, MAX_NAME)?;
+        let branch = if branch.trim().is_empty() {
+            "main".to_string()
+        } else {
+            branch
+        };
+        let project = self
+            .inner
+            .store
+            .create_project(
+                &ids::new(ids::PROJECT),
+                &req.workspace_id,
+                &req.slug,
+                &name,
+                &branch,
+                now_ms(),
+            )
+            .await?;
+        tracing::info!(project_id = %project.id, slug = %project.slug, "project created");
+        Ok(CreateProjectReply {
+            project: Some(project_message(project)),
+        })
+    }
+
+    pub(crate) async fn create_environment(
+        &self,
+        call: Call<CreateEnvironmentRequest>,
+    ) -> Result<CreateEnvironmentReply, ApiError> {
+        let req = call.request;
+        ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
+        validate_slug("slug", &req.slug)?;
+        for (region, replicas) in &req.regions {
+            validate_slug("region", region)?;
+            if *replicas == 0 || *replicas > MAX_REPLICAS {
+                return Err(ApiError::invalid_argument(format!(
+                    "replicas of region {region} must be 1 to {MAX_REPLICAS}, not {replicas}"
+                )));
+            }
+        }
+        let port = req.port.unwrap_or(8080);
+        if port == 0 || port > u32::from(u16::MAX) {
+            return Err(ApiError::invalid_argument(format!(
+                "port must be 1 to 65535, not {port}"
+            )));
+        }
+        let sentinel_config = req.sentinel_config.unwrap_or_else(|| "{}".to_string());
+        validate_len("sentinel_config", &sentinel_config, MAX_SENTINEL_CONFIG)?;
+        if !serde_json::from_str::<serde_json::Value>(&sentinel_config).is_ok_and(|v| v.is_object())
+        {
+            return Err(ApiError::invalid_argument(
+                "sentinel_config must be a JSON object",
+            ));
+        }
+        let environment = self
+            .inner
+            .store
+            .create_environment(
+                &ids::new(ids::ENVIRONMENT),
+                &req.project_id,
+                &req.slug,
+                &req.regions.into_iter().collect(),
+                port,
+                &sentinel_config,
+                now_ms(),
+            )
+            .await?;
+        tracing::info!(environment_id = %environment.id, slug = %environment.slug, "environment created");
+        Ok(CreateEnvironmentReply {
+            environment: Some(environment_message(environment)),
+        })
+    }
+
+    pub(crate) async fn get_project(
+        &self,
+        call: Call<GetProjectRequest>,
+    ) -> Result<GetProjectReply, ApiError> {
+        let req = call.request;
+        ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
+        let project = self.inner.store.project(&req.project_id).await?;
+        let environments = self.inner.store.environments(&req.project_id).await?;
+        Ok(GetProjectReply {
+            project: Some(project_message(project)),
+            environments: environments.into_iter().map(environment_message).collect(),
+        })
+    }
+}

@@ -1,0 +1,221 @@
+//! What the Deploy workflow writes as it goes: status, instances' OpenAPI spec, domains,
+//! sentinels, the live pointer; and the deployment listing.
+
+use sqlx::Row;
+
+use crate::{records, Deployment, Store, StoreError};
+
+/// The outcome of [`Store::take_live`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveSwap {
+    /// The deployment is live now; `previous` was live before it.
+    Taken { previous: Option<String> },
+    /// The project is rolled back: the live pointer stays.
+    Pinned,
+}
+
+impl Store {
+    async fn update_deployment(
+        &self,
+        id: &str,
+        set: &str,
+        value: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = format!("UPDATE deployments SET {set} = $2, updated_at_ms = $3 WHERE id = $1");
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(value)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("deployment {id} not found")));
+        }
+        Ok(())
+    }
+
+    /// `pending | building | deploying | ready`; failures go through [`fail_deployment`](Self::fail_deployment).
+    pub async fn set_deployment_status(
+        &self,
+        id: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.update_deployment(id, "status", Some(status), now_ms)
+            .await
+    }
+
+    pub async fn fail_deployment(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET status = 'failed', failure_reason = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("deployment {id} not found")));
+        }
+        Ok(())
+    }
+
+    pub async fn set_openapi_spec(
+        &self,
+        id: &str,
+        spec: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.update_deployment(id, "openapi_spec", spec, now_ms)
+            .await
+    }
+
+    pub async fn set_domains(
+        &self,
+        id: &str,
+        domains: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(domains).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.update_deployment(id, "domains", Some(&json), now_ms)
+            .await
+    }
+
+    /// The sentinel of (environment, region), created with `new_id` if there is none.
+    /// Returns its id.
+    pub async fn ensure_sentinel(
+        &self,
+        new_id: &str,
+        environment_id: &str,
+        region: &str,
+        replicas: u32,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let env = self.environment(environment_id).await?;
+        sqlx::query(
+            "INSERT INTO sentinels (id, workspace_id, project_id, environment_id, region, replicas, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (environment_id, region) DO NOTHING",
+        )
+        .bind(new_id)
+        .bind(&env.workspace_id)
+        .bind(&env.project_id)
+        .bind(environment_id)
+        .bind(region)
+        .bind(i64::from(replicas))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id FROM sentinels WHERE environment_id = $1 AND region = $2")
+            .bind(environment_id)
+            .bind(region)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// In one transaction holding the project's row: unless the project is rolled back,
+    /// point its live pointer at `deployment_id` and return the deployment it replaced.
+    /// Idempotent: repeated after it succeeded, it returns the same `previous`.
+    pub async fn take_live(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        now_ms: i64,
+    ) -> Result<LiveSwap, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT live_deployment_id, is_rolled_back FROM projects WHERE id = $1{}",
+            self.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(project_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))?;
+        let live: Option<String> = row.try_get("live_deployment_id")?;
+        let rolled_back = row.try_get::<i64, _>("is_rolled_back")? != 0;
+        if live.as_deref() == Some(deployment_id) {
+            let row =
+                sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
+                    .bind(deployment_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            return Ok(LiveSwap::Taken {
+                previous: row.try_get("replaced_live_deployment_id")?,
+            });
+        }
+        if rolled_back {
+            tx.commit().await?;
+            return Ok(LiveSwap::Pinned);
+        }
+        sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(project_id)
+        .bind(deployment_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1")
+            .bind(deployment_id)
+            .bind(&live)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LiveSwap::Taken { previous: live })
+    }
+
+    /// A project's deployments, newest first, optionally of one environment; `after` is the
+    /// last id of the previous page (ids are time-ordered).
+    pub async fn list_deployments(
+        &self,
+        project_id: &str,
+        environment_slug: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM deployments d JOIN environments e ON e.id = d.environment_id \
+             WHERE d.project_id = $1 AND ($2 IS NULL OR e.slug = $2) AND ($3 IS NULL OR d.id < $3) \
+             ORDER BY d.id DESC LIMIT $4",
+            records::DEPLOYMENT_COLUMNS
+        );
+        sqlx::query(&sql)
+            .bind(project_id)
+            .bind(environment_slug)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::deployment)
+            .collect()
+    }
+}
+
+impl Store {
+    /// Deployments still `pending` that were created before `before_ms`.
+    pub async fn pending_deployments(&self, before_ms: i64) -> Result<Vec<Deployment>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM deployments d JOIN environments e ON e.id = d.environment_id \
+             WHERE d.status = 'pending' AND d.created_at_ms < $1 ORDER BY d.id LIMIT 1000",
+            records::DEPLOYMENT_COLUMNS
+        );
+        sqlx::query(&sql)
+            .bind(before_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::deployment)
+            .collect()
+    }
+}

@@ -1,0 +1,270 @@
+//! The context a workflow runs with: `step` journals each result before the next step runs
+//! and replays journaled results on resume; `lease` takes a lease held until the run ends.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::{jetstream::kv, HeaderMap};
+use backon::BackoffBuilder;
+use serde::{de::DeserializeOwned, Serialize};
+use slipway_core::{
+    events::{self, Event},
+    fault,
+    time::now_ms,
+};
+
+use crate::{
+    lease::Lease,
+    record::{self, StepRecord, WorkflowRecord},
+    Shared, StepError, WorkflowError,
+};
+
+pub struct Context {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) record: WorkflowRecord,
+    /// The KV revision the record was read or last written at: every write compares and
+    /// sets against it, so two runs of one workflow can never both advance it.
+    pub(crate) revision: u64,
+    cursor: usize,
+    leases: Vec<Lease>,
+}
+
+impl Context {
+    pub(crate) fn new(shared: Arc<Shared>, record: WorkflowRecord, revision: u64) -> Self {
+        Self {
+            shared,
+            record,
+            revision,
+            cursor: 0,
+            leases: Vec::new(),
+        }
+    }
+
+    pub fn workflow_id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// Runs `f` as step `name`, or returns its journaled result when an earlier run
+    /// completed it. A retryable error is retried with backoff until the step's attempts
+    /// run out; then, or on a terminal error, the workflow fails.
+    ///
+    /// Anything random or time-based belongs inside a step, so that a replay sees the same
+    /// value; side effects must be idempotent, because a crash after the effect and before
+    /// the journal write runs the step again.
+    pub async fn step<T, F, Fut>(&mut self, name: &str, mut f: F) -> Result<T, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let index = self.cursor;
+        self.cursor += 1;
+        if let Some(done) = self.record.steps.get(index) {
+            if done.name != name {
+                return Err(WorkflowError::Failed(format!(
+                    "journal mismatch at step {index}: the journal has {:?}, the workflow asks for {name:?}",
+                    done.name
+                )));
+            }
+            if done.status == "completed" {
+                return rmp_serde::from_slice(&done.result).map_err(|e| {
+                    WorkflowError::Failed(format!("journaled result of step {name}: {e}"))
+                });
+            }
+            self.record.steps.truncate(index);
+        }
+
+        self.check_leases()?;
+        let started_at_ms = now_ms();
+        let mut delays = self.shared.config.retry.build();
+        let mut attempts = 0u32;
+        let outcome = loop {
+            attempts += 1;
+            match f().await {
+                Ok(value) => break Ok(value),
+                Err(StepError::Terminal(message)) => break Err(message),
+                Err(StepError::Retryable(message)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(step = name, attempts, error = %message, retry_in = ?delay, "step failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        self.check_leases()?;
+                    }
+                    None => {
+                        break Err(format!(
+                            "step {name} failed after {attempts} attempts: {message}"
+                        ))
+                    }
+                },
+            }
+        };
+
+        let kind = self.record.kind.clone();
+        match outcome {
+            Ok(value) => {
+                let result = rmp_serde::to_vec_named(&value)
+                    .map_err(|e| WorkflowError::Failed(format!("result of step {name}: {e}")))?;
+                fault::point(&format!("{kind}.{name}.before_journal"));
+                self.record.steps.push(StepRecord {
+                    name: name.to_string(),
+                    status: "completed".into(),
+                    attempts,
+                    started_at_ms,
+                    finished_at_ms: now_ms(),
+                    result,
+                    error: None,
+                });
+                self.save().await?;
+                fault::point(&format!("{kind}.{name}.after_journal"));
+                self.step_event(index).await?;
+                tracing::debug!(step = name, attempts, "step completed");
+                Ok(value)
+            }
+            Err(message) => {
+                self.record.steps.push(StepRecord {
+                    name: name.to_string(),
+                    status: "failed".into(),
+                    attempts,
+                    started_at_ms,
+                    finished_at_ms: now_ms(),
+                    result: Vec::new(),
+                    error: Some(message.clone()),
+                });
+                Err(WorkflowError::Failed(message))
+            }
+        }
+    }
+
+    /// Takes the lease `name` for this workflow, waiting while another holds it; held until
+    /// [`release`](Self::release) or the end of the run. A resumed run re-takes its own
+    /// lease at once (the holder is the workflow id).
+    pub async fn lease(&mut self, name: &str) -> Result<(), WorkflowError> {
+        let lease = self
+            .shared
+            .leases
+            .acquire(name, &self.record.id)
+            .await
+            .map_err(|e| WorkflowError::Aborted(format!("cannot take lease {name}: {e}")))?;
+        self.leases.push(lease);
+        Ok(())
+    }
+
+    pub async fn release(&mut self, name: &str) {
+        let key = format!("lease.{name}");
+        if let Some(i) = self.leases.iter().position(|l| l.name() == key) {
+            self.leases.swap_remove(i).release().await;
+        }
+    }
+
+    pub(crate) async fn release_all(&mut self) {
+        for lease in self.leases.drain(..) {
+            lease.release().await;
+        }
+    }
+
+    fn check_leases(&self) -> Result<(), WorkflowError> {
+        match self.leases.iter().find(|l| l.is_lost()) {
+            Some(l) => Err(WorkflowError::Aborted(format!(
+                "lease {} was lost",
+                l.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the record by compare-and-set; a few quick retries ride out a NATS blip.
+    pub(crate) async fn save(&mut self) -> Result<(), WorkflowError> {
+        self.record.updated_at_ms = now_ms();
+        let payload: bytes::Bytes = rmp_serde::to_vec_named(&self.record)
+            .map_err(|e| WorkflowError::Aborted(format!("cannot encode the record: {e}")))?
+            .into();
+        let key = record::key(&self.record.id);
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1.. {
+            match self
+                .shared
+                .records
+                .update(key.as_str(), payload.clone(), self.revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.revision = revision;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    return Err(WorkflowError::Aborted(
+                        "another run of this workflow advanced its journal".into(),
+                    ))
+                }
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %e, "cannot write the journal; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    return Err(WorkflowError::Aborted(format!(
+                        "cannot write the journal: {e}"
+                    )))
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// The `step` event of journaled step `index`, deduplicated by workflow and index, so a
+    /// resumed run can publish the last one again safely.
+    pub(crate) async fn step_event(&self, index: usize) -> Result<(), WorkflowError> {
+        let (Some(scope), Some(step)) = (&self.record.scope, self.record.steps.get(index)) else {
+            return Ok(());
+        };
+        #[derive(Serialize)]
+        struct StepDone<'a> {
+            workflow_id: &'a str,
+            kind: &'a str,
+            step: &'a str,
+            index: usize,
+            attempts: u32,
+        }
+        let event = Event {
+            kind: "step",
+            at_ms: step.finished_at_ms,
+            workspace_id: scope.workspace_id.clone(),
+            project_id: scope.project_id.clone(),
+            deployment_id: scope.deployment_id.clone(),
+            environment_slug: scope.environment_slug.clone(),
+            detail: StepDone {
+                workflow_id: &self.record.id,
+                kind: &self.record.kind,
+                step: &step.name,
+                index,
+                attempts: step.attempts,
+            },
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("step.{}.{index}", self.record.id).as_str(),
+        );
+        let aborted =
+            |e: String| WorkflowError::Aborted(format!("cannot publish a step event: {e}"));
+        let payload = serde_json::to_vec(&event).map_err(|e| aborted(e.to_string()))?;
+        self.shared
+            .js
+            .publish_with_headers(
+                events::subject(&scope.project_id, &scope.deployment_id, "step"),
+                headers,
+                payload.into(),
+            )
+            .await
+            .map_err(|e| aborted(e.to_string()))?
+            .await
+            .map_err(|e| aborted(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Re-publishes the last journaled step's event, which a crash may have cut off.
+    pub(crate) async fn republish_last_step(&self) -> Result<(), WorkflowError> {
+        match self.record.steps.len() {
+            0 => Ok(()),
+            n => self.step_event(n - 1).await,
+        }
+    }
+}

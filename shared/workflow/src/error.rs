@@ -1,0 +1,82 @@
+//! How steps and workflows fail.
+
+use slipway_core::{ApiError, ErrorCode};
+
+/// A step's failure: terminal ones fail the workflow at once, retryable ones are retried
+/// with backoff until the step's attempts run out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Terminal(String),
+    #[error("{0}")]
+    Retryable(String),
+}
+
+impl StepError {
+    pub fn terminal(message: impl Into<String>) -> Self {
+        Self::Terminal(message.into())
+    }
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable(message.into())
+    }
+}
+
+/// Invalid input, not found, conflicts and failed preconditions will not get better by
+/// retrying; an unavailable dependency or an internal error may.
+impl From<ApiError> for StepError {
+    fn from(e: ApiError) -> Self {
+        match e.code {
+            ErrorCode::Unavailable | ErrorCode::Internal => Self::Retryable(e.message),
+            _ => Self::Terminal(e.message),
+        }
+    }
+}
+
+/// Why a run of a workflow stopped before completing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    /// A terminal step error, or a step out of attempts: the failure handler runs.
+    #[error("{0}")]
+    Failed(String),
+    /// This run cannot go on (the journal or a lease was taken over, NATS is unreachable);
+    /// the invocation is redelivered and a later run resumes from the journal.
+    #[error("run aborted: {0}")]
+    Aborted(String),
+}
+
+impl From<StepError> for WorkflowError {
+    fn from(e: StepError) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+/// Errors of the engine's own API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("workflow {0} not found")]
+    NotFound(String),
+    #[error("no workflow kind {0:?} is registered")]
+    UnknownKind(String),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("corrupt workflow record: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("JetStream: {0}")]
+    Nats(String),
+}
+
+impl EngineError {
+    pub(crate) fn nats(e: impl std::fmt::Display) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(_) => ApiError::not_found(e.to_string()),
+            EngineError::Nats(_) => ApiError::unavailable(e.to_string()),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Leases in KV `slipway_leases`: a named lock held by one holder at a time, renewed in the
+//! background while held, and taken over once its holder stops renewing (it died) and the
+//! expiry has passed. Every write is a compare-and-set on the key's revision, so two
+//! contenders never both win; a holder that loses its lease (it stalled past the expiry and
+//! someone took over) sees `is_lost` and must stop.
+//!
+//! Expiry times are the holder's clock: hosts should run NTP, and the TTL (seconds) dwarfs
+//! any sane skew.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use slipway_core::time::now_ms;
+use tokio::task::JoinHandle;
+
+use crate::EngineError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Holding {
+    holder: String,
+    expires_at_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Leases {
+    kv: kv::Store,
+    ttl: Duration,
+}
+
+/// A held lease. Dropping it stops the renewal (the lease then expires); [`Lease::release`]
+/// frees it at once.
+pub struct Lease {
+    name: String,
+    kv: kv::Store,
+    revision: Arc<AtomicU64>,
+    lost: Arc<AtomicBool>,
+    renewer: JoinHandle<()>,
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Leases {
+    pub fn new(kv: kv::Store, ttl: Duration) -> Self {
+        Self { kv, ttl }
+    }
+
+    /// Waits until `name` is free, expired or already ours, and takes it for `holder`.
+    pub async fn acquire(&self, name: &str, holder: &str) -> Result<Lease, EngineError> {
+        let key = format!("lease.{name}");
+        let mut watch = None;
+        loop {
+            let entry = self
+                .kv
+                .entry(key.as_str())
+                .await
+                .map_err(EngineError::nats)?;
+            let now = now_ms();
+            let (revision, busy_until) = match entry {
+                None => (0, None),
+                Some(e) if e.operation != kv::Operation::Put => (e.revision, None),
+                Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
+                    Ok(h) if h.holder != holder && h.expires_at_ms > now => {
+                        (e.revision, Some(h.expires_at_ms))
+                    }
+                    _ => (e.revision, None),
+                },
+            };
+            if let Some(until) = busy_until {
+                // Wake on any change of the key (a release), or at the expiry.
+                if watch.is_none() {
+                    watch = Some(
+                        self.kv
+                            .watch(key.as_str())
+                            .await
+                            .map_err(EngineError::nats)?,
+                    );
+                    continue; // re-read: it may have changed before the watch started
+                }
+                let wait = Duration::from_millis((until - now).max(0) as u64 + 5);
+                if let Some(w) = watch.as_mut() {
+                    let _ = tokio::time::timeout(wait, w.next()).await;
+                }
+                continue;
+            }
+            let value = self.holding(holder)?;
+            let written = if revision == 0 {
+                self.kv.create(key.as_str(), value).await.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+            } else {
+                self.kv
+                    .update(key.as_str(), value, revision)
+                    .await
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    })
+            };
+            match written {
+                Ok(revision) => return Ok(self.held(key, holder, revision)),
+                Err((true, _)) => continue, // lost a race: look again
+                Err((false, e)) => return Err(EngineError::Nats(e)),
+            }
+        }
+    }
+
+    fn holding(&self, holder: &str) -> Result<bytes::Bytes, EngineError> {
+        let h = Holding {
+            holder: holder.to_string(),
+            expires_at_ms: now_ms() + ttl_ms(self.ttl),
+        };
+        serde_json::to_vec(&h)
+            .map(Into::into)
+            .map_err(|e| EngineError::Nats(e.to_string()))
+    }
+
+    fn held(&self, key: String, holder: &str, revision: u64) -> Lease {
+        let revision = Arc::new(AtomicU64::new(revision));
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            self.clone(),
+            key.clone(),
+            holder.to_string(),
+            revision.clone(),
+            lost.clone(),
+        ));
+        Lease {
+            name: key,
+            kv: self.kv.clone(),
+            revision,
+            lost,
+            renewer,
+        }
+    }
+}
+
+/// Renews three times per TTL; gives up (lost) when someone else wrote the key, or when it
+/// could not renew before the expiry.
+async fn renew(
+    leases: Leases,
+    key: String,
+    holder: String,
+    revision: Arc<AtomicU64>,
+    lost: Arc<AtomicBool>,
+) {
+    let every = leases.ttl / 3;
+    let mut expires_at = now_ms() + ttl_ms(leases.ttl);
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(value) = leases.holding(&holder) else {
+            continue;
+        };
+        let next_expiry = now_ms() + ttl_ms(leases.ttl);
+        match leases
+            .kv
+            .update(key.as_str(), value, revision.load(Ordering::SeqCst))
+            .await
+        {
+            Ok(r) => {
+                revision.store(r, Ordering::SeqCst);
+                expires_at = next_expiry;
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(lease = %key, "lease taken over by another holder");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) if now_ms() >= expires_at => {
+                tracing::warn!(lease = %key, error = %e, "could not renew the lease before it expired");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => tracing::debug!(lease = %key, error = %e, "lease renewal failed; retrying"),
+        }
+    }
+}
+
+impl Lease {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether another holder took the lease over: work under it must stop.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Frees the lease now (unless it was lost meanwhile).
+    pub async fn release(self) {
+        self.renewer.abort();
+        let revision = self.revision.load(Ordering::SeqCst);
+        if !self.is_lost() {
+            if let Err(e) = self
+                .kv
+                .delete_expect_revision(self.name.as_str(), Some(revision))
+                .await
+            {
+                tracing::debug!(lease = %self.name, error = %e, "lease not released; it expires");
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}

@@ -1,0 +1,314 @@
+//! A durable workflow engine on JetStream only (ARCHITECTURE.md "Durability model").
+//!
+//! - An invocation is a message on the work-queue stream `SLIPWAY_WORKFLOWS`
+//!   (`slipway.workflows.<kind>.<workflow_id>`), deduplicated by workflow id.
+//! - Workers share one durable pull consumer; a worker keeps its message with in-progress
+//!   acks while the workflow runs, so if it dies the message is redelivered and another
+//!   worker resumes it.
+//! - The record in KV `slipway_workflows` holds the input and a MessagePack journal of every
+//!   completed step's result, written by compare-and-set before the next step runs; a resumed
+//!   run replays journaled steps instead of running them again.
+//! - Terminal step errors, or retryable ones that exhaust their attempts, fail the workflow,
+//!   and only then does its failure handler run (also durably: a crash in it runs it again).
+//!
+//! A workflow is an async function of a [`Context`] and its input:
+//! ```ignore
+//! impl Workflow for Hello {
+//!     const KIND: &'static str = "hello";
+//!     type Input = String;
+//!     type Output = String;
+//!     async fn run(&self, ctx: &mut Context, name: String) -> Result<String, WorkflowError> {
+//!         let id: String = ctx.step("draw_id", || async { Ok(ids::new("x")) }).await?;
+//!         Ok(format!("{name} {id}"))
+//!     }
+//! }
+//! ```
+
+mod context;
+mod error;
+mod lease;
+mod record;
+mod worker;
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use async_nats::{
+    jetstream::{self, kv},
+    HeaderMap,
+};
+use backon::ExponentialBuilder;
+use futures::{future::BoxFuture, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use slipway_core::time::now_ms;
+use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
+
+pub use context::Context;
+pub use error::{EngineError, StepError, WorkflowError};
+pub use lease::{Lease, Leases};
+pub use record::{EventScope, Status, StepRecord, WorkflowRecord};
+
+/// A durable workflow. `run` must be deterministic apart from its steps: on resume it runs
+/// again from the top, and each completed step returns its journaled result.
+pub trait Workflow: Send + Sync + 'static {
+    const KIND: &'static str;
+    type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    fn run(
+        &self,
+        ctx: &mut Context,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, WorkflowError>> + Send;
+
+    /// Runs once the workflow has failed terminally (never on a retried attempt); must be
+    /// idempotent, as a crash runs it again.
+    fn on_failure(
+        &self,
+        _input: &Self::Input,
+        _reason: &str,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The durable consumer's name, defined in `nats/consumers/SLIPWAY_WORKFLOWS.<name>.json`.
+    pub consumer: String,
+    /// How long a worker may go silent before its invocation is redelivered; in-progress
+    /// acks go out three times per period.
+    pub ack_wait: Duration,
+    /// How long a dead holder's lease blocks others.
+    pub lease_ttl: Duration,
+    /// Retries of a step that fails retryably.
+    pub retry: ExponentialBuilder,
+}
+
+impl EngineConfig {
+    pub fn new(consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_string(),
+            ack_wait: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(15),
+            retry: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_max_times(6)
+                .with_jitter(),
+        }
+    }
+}
+
+/// A type-erased workflow: input and output travel as MessagePack.
+trait Erased: Send + Sync {
+    fn run(
+        self: Arc<Self>,
+        ctx: Context,
+    ) -> BoxFuture<'static, (Context, Result<Vec<u8>, WorkflowError>)>;
+    fn on_failure(
+        self: Arc<Self>,
+        input: Vec<u8>,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), StepError>>;
+}
+
+struct Typed<W>(W);
+
+impl<W: Workflow> Erased for Typed<W> {
+    fn run(
+        self: Arc<Self>,
+        mut ctx: Context,
+    ) -> BoxFuture<'static, (Context, Result<Vec<u8>, WorkflowError>)> {
+        Box::pin(async move {
+            let result = match rmp_serde::from_slice::<W::Input>(&ctx.record.input) {
+                Err(e) => Err(WorkflowError::Failed(format!("undecodable input: {e}"))),
+                Ok(input) => match self.0.run(&mut ctx, input).await {
+                    Ok(output) => rmp_serde::to_vec_named(&output)
+                        .map_err(|e| WorkflowError::Failed(format!("unencodable output: {e}"))),
+                    Err(e) => Err(e),
+                },
+            };
+            (ctx, result)
+        })
+    }
+
+    fn on_failure(
+        self: Arc<Self>,
+        input: Vec<u8>,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), StepError>> {
+        Box::pin(async move {
+            match rmp_serde::from_slice::<W::Input>(&input) {
+                Ok(input) => self.0.on_failure(&input, &reason).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable input: the failure handler cannot run");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+pub(crate) struct Shared {
+    js: jetstream::Context,
+    records: kv::Store,
+    leases: Leases,
+    config: EngineConfig,
+    workflows: HashMap<&'static str, Arc<dyn Erased>>,
+}
+
+/// Starts workflows, reads their records, and (with [`Engine::run_workers`]) runs them.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+pub struct EngineBuilder {
+    js: jetstream::Context,
+    config: EngineConfig,
+    workflows: HashMap<&'static str, Arc<dyn Erased>>,
+}
+
+impl EngineBuilder {
+    pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
+        self.workflows.insert(W::KIND, Arc::new(Typed(workflow)));
+        self
+    }
+
+    /// Needs the streams and buckets of `nats/` provisioned.
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let records = self
+            .js
+            .get_key_value(WORKFLOW_RECORDS)
+            .await
+            .map_err(EngineError::nats)?;
+        let leases = self
+            .js
+            .get_key_value(LEASES)
+            .await
+            .map_err(EngineError::nats)?;
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                leases: Leases::new(leases, self.config.lease_ttl),
+                js: self.js,
+                records,
+                config: self.config,
+                workflows: self.workflows,
+            }),
+        })
+    }
+}
+
+impl Engine {
+    pub fn builder(js: jetstream::Context, config: EngineConfig) -> EngineBuilder {
+        EngineBuilder {
+            js,
+            config,
+            workflows: HashMap::new(),
+        }
+    }
+
+    /// Starts workflow `W` with id `workflow_id` unless it exists already (then this is a
+    /// no-op, however often it is called): the record is created first, then the invocation
+    /// is published with the workflow id as its message id.
+    pub async fn start<W: Workflow>(
+        &self,
+        workflow_id: &str,
+        key: &str,
+        input: &W::Input,
+        scope: Option<EventScope>,
+    ) -> Result<(), EngineError> {
+        let now = now_ms();
+        let record = WorkflowRecord {
+            id: workflow_id.to_string(),
+            kind: W::KIND.to_string(),
+            key: key.to_string(),
+            status: Status::Pending,
+            input: rmp_serde::to_vec_named(input)?,
+            scope,
+            steps: Vec::new(),
+            output: Vec::new(),
+            error: None,
+            runs: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        match self
+            .shared
+            .records
+            .create(
+                record::key(workflow_id),
+                rmp_serde::to_vec_named(&record)?.into(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(EngineError::nats(e)),
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", workflow_id);
+        self.shared
+            .js
+            .publish_with_headers(
+                format!("slipway.workflows.{}.{workflow_id}", W::KIND),
+                headers,
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(EngineError::nats)?
+            .await
+            .map_err(EngineError::nats)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, workflow_id: &str) -> Result<Option<WorkflowRecord>, EngineError> {
+        Ok(worker::read(&self.shared.records, workflow_id)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// The record once the workflow has finished, or as it is when `timeout` has passed.
+    pub async fn wait(
+        &self,
+        workflow_id: &str,
+        timeout: Duration,
+    ) -> Result<WorkflowRecord, EngineError> {
+        let key = record::key(workflow_id);
+        // The watch delivers the current value first, then every change.
+        let mut watch = self
+            .shared
+            .records
+            .watch_with_history(key.as_str())
+            .await
+            .map_err(EngineError::nats)?;
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Some(Ok(entry))) if entry.operation == kv::Operation::Put => {
+                    let record: WorkflowRecord = rmp_serde::from_slice(&entry.value)?;
+                    if record.status.is_finished() {
+                        return Ok(record);
+                    }
+                    last = Some(record);
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(EngineError::nats(e)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match last {
+            Some(record) => Ok(record),
+            None => self
+                .get(workflow_id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(workflow_id.to_string())),
+        }
+    }
+
+    /// Runs the registered workflows for ever, on the shared durable consumer.
+    pub async fn run_workers(self) {
+        worker::consume(self.shared).await
+    }
+}

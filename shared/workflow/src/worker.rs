@@ -1,0 +1,233 @@
+//! Workers: the shared durable consumer of `SLIPWAY_WORKFLOWS`, one task per invocation,
+//! kept alive with in-progress acks; acked once the workflow has finished (completed, or
+//! failed with its failure handler done), handed back (nak) when a run aborts.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, kv, AckKind};
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use slipway_nats::provision::{consumer_config, WORKFLOWS};
+use tracing::Instrument;
+
+use crate::{record, Context, EngineError, Erased, Shared, Status, WorkflowError, WorkflowRecord};
+
+pub(crate) async fn read(
+    records: &kv::Store,
+    workflow_id: &str,
+) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
+    match records
+        .entry(record::key(workflow_id))
+        .await
+        .map_err(EngineError::nats)?
+    {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            Ok(Some((rmp_serde::from_slice(&entry.value)?, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub(crate) async fn consume(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attach(&shared).await {
+            Ok(mut messages) => {
+                backoff = Duration::from_millis(100);
+                while let Some(message) = messages.next().await {
+                    match message {
+                        // One task each: a long wait in one workflow holds up no other; the
+                        // consumer's max_ack_pending bounds how many run at once.
+                        Ok(message) => {
+                            tokio::spawn(handle(shared.clone(), message));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "workflow consumer error"),
+                    }
+                }
+                tracing::warn!("workflow consumer ended; re-attaching");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot attach to the workflow consumer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn attach(shared: &Shared) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
+    let stream = shared.js.get_stream(WORKFLOWS).await?;
+    let mut config = consumer_config(&shared.config.consumer)?;
+    config.ack_wait = shared.config.ack_wait;
+    let consumer = stream.create_consumer(config).await?;
+    Ok(consumer.messages().await?)
+}
+
+/// What to do with the invocation message.
+enum Disposition {
+    Ack,
+    /// Redeliver after this delay.
+    Retry(Duration),
+    Drop,
+}
+
+async fn handle(shared: Arc<Shared>, message: jetstream::Message) {
+    let workflow_id = message
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!("workflow", workflow_id = %workflow_id, kind = tracing::field::Empty, deployment_id = tracing::field::Empty);
+    let work = process(shared.clone(), workflow_id).instrument(span);
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(shared.config.ack_wait / 3);
+    progress.tick().await;
+    let disposition = loop {
+        tokio::select! {
+            d = &mut work => break d,
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let acked = match disposition {
+        Disposition::Ack => message.double_ack().await,
+        Disposition::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::Drop => message.ack_with(AckKind::Term).await,
+    };
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, "cannot ack a workflow invocation; it will be redelivered");
+    }
+}
+
+async fn process(shared: Arc<Shared>, workflow_id: String) -> Disposition {
+    let (record, revision) = match read(&shared.records, &workflow_id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            tracing::error!("invocation of an unknown workflow; dropping it");
+            return Disposition::Drop;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the workflow record; will retry");
+            return Disposition::Retry(Duration::from_secs(1));
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("kind", record.kind.as_str());
+    if let Some(scope) = &record.scope {
+        span.record("deployment_id", scope.deployment_id.as_str());
+    }
+    if record.status.is_finished() {
+        return Disposition::Ack;
+    }
+    let Some(workflow) = shared.workflows.get(record.kind.as_str()).cloned() else {
+        tracing::warn!(kind = %record.kind, "no worker here knows this kind; handing it back");
+        return Disposition::Retry(Duration::from_secs(5));
+    };
+    let mut ctx = Context::new(shared.clone(), record, revision);
+    if ctx.record.status != Status::Failing {
+        match run(&shared, workflow.clone(), ctx).await {
+            Ok(Some(failing)) => ctx = failing,
+            Ok(None) => return Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "workflow run aborted; it will resume");
+                return Disposition::Retry(Duration::from_secs(1));
+            }
+        }
+    }
+    failure_handler(&shared, workflow, ctx).await
+}
+
+/// Runs (or resumes) the workflow. Ok(None): completed. Ok(Some(ctx)): failed terminally,
+/// recorded as failing. Err: aborted.
+async fn run(
+    shared: &Arc<Shared>,
+    workflow: Arc<dyn Erased>,
+    mut ctx: Context,
+) -> Result<Option<Context>, WorkflowError> {
+    ctx.record.status = Status::Running;
+    ctx.record.runs += 1;
+    ctx.save().await?;
+    if ctx.record.runs > 1 {
+        tracing::info!(
+            runs = ctx.record.runs,
+            journaled = ctx.record.steps.len(),
+            "resuming workflow"
+        );
+    }
+    ctx.republish_last_step().await?;
+    let workflow_id = ctx.record.id.clone();
+    let (mut ctx, result) = match tokio::spawn(workflow.run(ctx).in_current_span()).await {
+        Ok(done) => done,
+        Err(join) => {
+            // A panic is a bug, not a transient failure: fail the workflow from its record.
+            tracing::error!(error = %join, "workflow panicked");
+            let (record, revision) = read(&shared.records, &workflow_id)
+                .await
+                .map_err(|e| WorkflowError::Aborted(e.to_string()))?
+                .ok_or_else(|| WorkflowError::Aborted("record vanished".into()))?;
+            let mut ctx = Context::new(shared.clone(), record, revision);
+            ctx.record.status = Status::Failing;
+            ctx.record.error = Some(format!("workflow panicked: {join}"));
+            ctx.save().await?;
+            return Ok(Some(ctx));
+        }
+    };
+    match result {
+        Ok(output) => {
+            ctx.record.status = Status::Completed;
+            ctx.record.output = output;
+            ctx.save().await?;
+            ctx.release_all().await;
+            tracing::info!(steps = ctx.record.steps.len(), "workflow completed");
+            Ok(None)
+        }
+        Err(WorkflowError::Failed(reason)) => {
+            tracing::warn!(%reason, "workflow failed");
+            ctx.record.status = Status::Failing;
+            ctx.record.error = Some(reason);
+            ctx.save().await?;
+            ctx.release_all().await;
+            Ok(Some(ctx))
+        }
+        Err(aborted) => Err(aborted),
+    }
+}
+
+/// The failure handler, retried with backoff; the workflow is `failed` once it has run.
+async fn failure_handler(
+    shared: &Shared,
+    workflow: Arc<dyn Erased>,
+    mut ctx: Context,
+) -> Disposition {
+    let reason = ctx.record.error.clone().unwrap_or_default();
+    let mut delays = shared.config.retry.build();
+    loop {
+        match workflow
+            .clone()
+            .on_failure(ctx.record.input.clone(), reason.clone())
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(error = %e, "failure handler failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    tracing::error!(error = %e, "failure handler keeps failing; handing the workflow back");
+                    return Disposition::Retry(Duration::from_secs(30));
+                }
+            },
+        }
+    }
+    ctx.record.status = Status::Failed;
+    match ctx.save().await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the failure; will retry");
+            Disposition::Retry(Duration::from_secs(1))
+        }
+    }
+}
