@@ -219,3 +219,29 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Points the live pointer at `deployment_id` and pins the project (`is_rolled_back`),
+    /// as a rollback does.
+    pub async fn pin_live(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = 1, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(project_id)
+        .bind(deployment_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "project {project_id} not found"
+            )));
+        }
+        Ok(())
+    }
+}

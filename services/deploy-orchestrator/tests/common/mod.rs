@@ -1,0 +1,374 @@
+//! A whole control plane for deploy tests, over real processes: a nats-server, a SQLite
+//! database, routing, deployment-actor, krane-agent (running `slipway demo-app`) and one or
+//! more deploy-orchestrators (the built binaries), with short timers so tests take seconds.
+#![allow(dead_code)]
+
+use std::{path::PathBuf, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use slipway_nats::provision;
+use slipway_store::Store;
+use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
+use slipway_workflow::WorkflowRecord;
+
+pub const ORCHESTRATOR: &str = env!("CARGO_BIN_EXE_deploy-orchestrator");
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const STANDBY_DELAY: &str = "2s";
+
+/// Another workspace binary, built by `cargo test --workspace` next to ours.
+pub fn bin(name: &str) -> PathBuf {
+    let path = PathBuf::from(ORCHESTRATOR).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// An error reply: the status header and the body's error.
+#[derive(Debug)]
+pub struct ErrorReply {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+pub struct Plane {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub store: Store,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub routes: kv::Store,
+    pub instances: kv::Store,
+    pub workflows: kv::Store,
+    agent_state: tempfile::TempDir,
+    pub services: Vec<ServiceProcess>,
+    pub orchestrators: Vec<ServiceProcess>,
+    agent: Option<ServiceProcess>,
+    /// Extra environment for every orchestrator started from now on.
+    pub orchestrator_env: Vec<(&'static str, String)>,
+    seq: u32,
+}
+
+impl Plane {
+    /// Everything, with one orchestrator.
+    pub async fn start() -> Plane {
+        let mut plane = Self::without_orchestrator().await;
+        plane.spawn_orchestrator(&[]);
+        plane
+    }
+
+    pub async fn without_orchestrator() -> Plane {
+        let nats = NatsServer::start().await.expect("nats-server");
+        let db = TestDb::sqlite().unwrap();
+        let store = Store::open(&db.url).await.unwrap();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        provision::provision(&js, 1).await.unwrap();
+        let mut plane = Plane {
+            routes: js.get_key_value(provision::ROUTES).await.unwrap(),
+            instances: js.get_key_value(provision::INSTANCES).await.unwrap(),
+            workflows: js.get_key_value(provision::WORKFLOW_RECORDS).await.unwrap(),
+            nats,
+            db,
+            store,
+            client,
+            js,
+            agent_state: tempfile::tempdir().unwrap(),
+            services: vec![],
+            orchestrators: vec![],
+            agent: None,
+            orchestrator_env: vec![],
+            seq: 0,
+        };
+        for (name, ready) in [
+            ("routing", "routing ready"),
+            ("deployment-actor", "deployment-actor ready"),
+        ] {
+            let p = ServiceProcess::spawn(name, bin(name), &[], &plane.env()).unwrap();
+            p.wait_for_log(ready, TIMEOUT).unwrap();
+            plane.services.push(p);
+        }
+        let agent = ServiceProcess::spawn("agent", bin("krane-agent"), &[], &plane.env()).unwrap();
+        agent.wait_for_log("krane-agent ready", TIMEOUT).unwrap();
+        plane.agent = Some(agent);
+        plane
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let bin_dir = PathBuf::from(ORCHESTRATOR).with_file_name("");
+        vec![
+            ("SLIPWAY_NATS_URL", self.nats.url()),
+            ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
+            ("SLIPWAY_STANDBY_DELAY", STANDBY_DELAY.into()),
+            ("SLIPWAY_READY_TIMEOUT", "20s".into()),
+            ("SLIPWAY_FAILED_GRACE", "5s".into()),
+            ("SLIPWAY_WORKFLOW_ACK_WAIT", "2s".into()),
+            ("SLIPWAY_LEASE_TTL", "2s".into()),
+            ("SLIPWAY_AGENT_CHECK_EVERY", "100ms".into()),
+            (
+                "SLIPWAY_AGENT_STATE_DIR",
+                self.agent_state.path().display().to_string(),
+            ),
+            (
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+            (
+                "RUST_LOG",
+                "info,deploy_orchestrator=debug,slipway_workflow=debug".into(),
+            ),
+        ]
+    }
+
+    /// Starts an orchestrator (with `extra` environment) and waits until it serves.
+    pub fn spawn_orchestrator(&mut self, extra: &[(&str, String)]) -> usize {
+        let mut env = self.env();
+        env.extend(self.orchestrator_env.iter().cloned());
+        env.extend(extra.iter().cloned());
+        let name = format!("orch{}", self.orchestrators.len());
+        let p = ServiceProcess::spawn(&name, ORCHESTRATOR, &[], &env).unwrap();
+        p.wait_for_log("deploy-orchestrator ready", TIMEOUT)
+            .unwrap();
+        self.orchestrators.push(p);
+        self.orchestrators.len() - 1
+    }
+
+    /// A JSON request: Ok(reply JSON) or Err(error reply). Resent when unanswered (right
+    /// after a SIGKILL the server may still hand a request to the dead subscription).
+    pub async fn call(&self, subject: &str, body: Value) -> Result<Value, ErrorReply> {
+        let payload: bytes::Bytes = serde_json::to_vec(&body).unwrap().into();
+        for _ in 0..6 {
+            let request = self.client.request(subject.to_string(), payload.clone());
+            let Ok(reply) = tokio::time::timeout(Duration::from_secs(10), request).await else {
+                continue;
+            };
+            let Ok(reply) = reply else {
+                // No responders: the service is restarting.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let headers = reply.headers.clone().unwrap_or_default();
+            let body: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
+            if let Some(code) = headers.get("Nats-Service-Error-Code") {
+                return Err(ErrorReply {
+                    status: code.as_str().parse().unwrap_or(0),
+                    code: body["error"]["code"].as_str().unwrap_or_default().into(),
+                    message: body["error"]["message"].as_str().unwrap_or_default().into(),
+                });
+            }
+            return Ok(body);
+        }
+        panic!("no reply to {subject}");
+    }
+
+    pub async fn ok(&self, subject: &str, body: Value) -> Value {
+        self.call(subject, body)
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e:?}"))
+    }
+
+    /// A workspace and project with `production` and `preview` environments.
+    /// Returns the project id.
+    pub async fn project(&mut self) -> String {
+        self.seq += 1;
+        let n = self.seq;
+        let ws = self
+            .ok(
+                "slipway.project.v1.create_workspace",
+                json!({"slug": format!("acme{n}"), "name": "Acme"}),
+            )
+            .await;
+        let ws_id = ws["workspace"]["id"].as_str().unwrap().to_string();
+        let project = self
+            .ok(
+                "slipway.project.v1.create_project",
+                json!({"workspace_id": ws_id, "slug": "shop", "name": "Shop"}),
+            )
+            .await;
+        let project_id = project["project"]["id"].as_str().unwrap().to_string();
+        for env in ["production", "preview"] {
+            self.ok(
+                "slipway.project.v1.create_environment",
+                json!({"project_id": project_id, "slug": env}),
+            )
+            .await;
+        }
+        project_id
+    }
+
+    /// Starts a deploy of the demo app; returns (deployment_id, workflow_id).
+    pub async fn deploy(&self, project_id: &str, env: &str, message: &str) -> (String, String) {
+        let reply = self
+            .ok(
+                "slipway.deploy.v1.create_deployment",
+                json!({
+                    "project_id": project_id,
+                    "environment_slug": env,
+                    "docker_image": format!("exec:slipway demo-app --message {message}"),
+                    "git_commit": {"commit_sha": "0123456789abcdef0123456789abcdef01234567"},
+                }),
+            )
+            .await;
+        (
+            reply["deployment_id"].as_str().unwrap().to_string(),
+            reply["workflow_id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Waits (on a KV watch) until the workflow has finished; returns its record.
+    pub async fn workflow_done(&self, workflow_id: &str) -> WorkflowRecord {
+        let mut watch = self
+            .workflows
+            .watch_with_history(format!("wf.{workflow_id}"))
+            .await
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(entry) = watch.next().await {
+                let entry = entry.unwrap();
+                let record: WorkflowRecord = rmp_serde::from_slice(&entry.value).unwrap();
+                if record.status.is_finished() {
+                    return record;
+                }
+            }
+            panic!("watch ended")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("workflow {workflow_id} not finished within {TIMEOUT:?}"))
+    }
+
+    pub async fn deployment(&self, id: &str) -> Value {
+        self.ok(
+            "slipway.deploy.v1.get_deployment",
+            json!({ "deployment_id": id }),
+        )
+        .await["deployment"]
+            .clone()
+    }
+
+    pub async fn get_project(&self, id: &str) -> Value {
+        self.ok(
+            "slipway.project.v1.get_project",
+            json!({ "project_id": id }),
+        )
+        .await
+    }
+
+    pub async fn routes(&self, project_id: &str) -> Vec<Value> {
+        self.ok(
+            &format!("slipway.routing.v1.list_routes.{project_id}"),
+            json!({}),
+        )
+        .await["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every event stored for a deployment, in order.
+    pub async fn events(&self, project_id: &str, deployment_id: &str) -> Vec<Value> {
+        stream_messages(
+            &self.js,
+            provision::EVENTS,
+            &format!("slipway.events.{project_id}.{deployment_id}.>"),
+        )
+        .await
+    }
+
+    /// Waits for an event of `kind` of a deployment (delivered from the stream's start).
+    pub async fn wait_event(&self, project_id: &str, deployment_id: &str, kind: &str) -> Value {
+        let stream = self.js.get_stream(provision::EVENTS).await.unwrap();
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("slipway.events.{project_id}.{deployment_id}.{kind}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        match tokio::time::timeout(TIMEOUT, messages.next()).await {
+            Ok(Some(Ok(m))) => serde_json::from_slice(&m.payload).unwrap(),
+            other => panic!("no {kind} event for {deployment_id}: {other:?}"),
+        }
+    }
+
+    /// Waits until the agent reports every instance of `deployment_id` in `local` with
+    /// `status`.
+    pub async fn wait_instances(&self, deployment_id: &str, status: &str) {
+        let mut watch = self
+            .instances
+            .watch_with_history(format!("{deployment_id}.local"))
+            .await
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(entry) = watch.next().await {
+                let report: Value = serde_json::from_slice(&entry.unwrap().value).unwrap();
+                let all = report["instances"].as_array().cloned().unwrap_or_default();
+                if !all.is_empty() && all.iter().all(|i| i["status"] == status) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("instances of {deployment_id} never all {status}"));
+    }
+
+    pub async fn route_table(&self, fqdn: &str) -> Option<Value> {
+        self.routes
+            .get(fqdn)
+            .await
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    }
+}
+
+impl Drop for Plane {
+    /// The agent dies with the test; the demo apps it started must not outlive it.
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+        krane_agent::process::kill_recorded(&self.agent_state.path().join("local"));
+    }
+}
+
+/// All messages on `filter` in a stream, read with an ordered consumer.
+pub async fn stream_messages(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<Value> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = vec![];
+    let mut messages = consumer.messages().await.unwrap();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+    {
+        out.push(serde_json::from_slice(&m.payload).unwrap());
+        if m.info().unwrap().pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+pub fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["type"].as_str().unwrap() {
+            "step" => format!("step:{}", e["step"].as_str().unwrap()),
+            "status" => format!("status:{}", e["status"].as_str().unwrap()),
+            other => other.to_string(),
+        })
+        .collect()
+}
