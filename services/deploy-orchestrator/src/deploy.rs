@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use slipway_core::{
     domains::{self, DomainInput},
     ids,
-    krane::{Desired, DesiredDeployment},
     time::now_ms,
     ApiError,
 };
@@ -156,11 +155,18 @@ impl Workflow for Deploy {
             Err(StoreError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(store_error(e)),
         };
-        o.inner
+        let topology = o
+            .inner
             .store
             .fail_deployment(&deployment.id, reason, now_ms())
             .await
             .map_err(store_error)?;
+        // Its instances stop: a failed deployment must not crash-loop for ever.
+        for row in &topology {
+            put_desired_deployment(&o.inner.desired, &row.region, &deployment.desired_for(row))
+                .await
+                .map_err(|e| StepError::retryable(e.to_string()))?;
+        }
         #[derive(Serialize)]
         struct Failed<'a> {
             failure_reason: &'a str,
@@ -249,23 +255,8 @@ impl Orchestrator {
                 .upsert_topology(&d.id, region, *replicas, now_ms())
                 .await
                 .map_err(store_error)?;
-            let doc = DesiredDeployment {
-                deployment_id: d.id.clone(),
-                workspace_id: d.workspace_id.clone(),
-                project_id: d.project_id.clone(),
-                environment_id: d.environment_id.clone(),
-                image: image.to_string(),
-                replicas: row.replicas,
-                port: d.port,
-                command: d.command.clone(),
-                env: d.env.clone(),
-                desired: if row.desired_status == "stopped" {
-                    Desired::Stopped
-                } else {
-                    Desired::Running
-                },
-                version: row.version,
-            };
+            let mut doc = d.desired_for(&row);
+            doc.image = image.to_string();
             put_desired_deployment(&self.inner.desired, region, &doc)
                 .await
                 .map_err(|e| StepError::retryable(e.to_string()))?;

@@ -9,7 +9,6 @@ use async_nats::HeaderMap;
 use slipway_core::{
     events::{self, DesiredStateChanged, Event},
     fault,
-    krane::{Desired, DesiredDeployment},
     state::DesiredState,
     time::now_ms,
 };
@@ -122,27 +121,15 @@ impl Actor {
         state: DesiredState,
         nonce: &str,
     ) -> Result<(), ApplyError> {
-        let desired = match state {
-            DesiredState::Running => Desired::Running,
-            DesiredState::Standby | DesiredState::Archived => Desired::Stopped,
-        };
+        // The topology rows carry the new desired status (started/stopped) already.
         for row in topology {
-            let doc = DesiredDeployment {
-                deployment_id: deployment.id.clone(),
-                workspace_id: deployment.workspace_id.clone(),
-                project_id: deployment.project_id.clone(),
-                environment_id: deployment.environment_id.clone(),
-                image: deployment.image.clone(),
-                replicas: row.replicas,
-                port: deployment.port,
-                command: deployment.command.clone(),
-                env: deployment.env.clone(),
-                desired,
-                version: row.version,
-            };
-            put_desired_deployment(&self.inner.desired, &row.region, &doc)
-                .await
-                .map_err(|e| ApplyError::Nats(e.to_string()))?;
+            put_desired_deployment(
+                &self.inner.desired,
+                &row.region,
+                &deployment.desired_for(row),
+            )
+            .await
+            .map_err(|e| ApplyError::Nats(e.to_string()))?;
         }
 
         let event = Event {

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::{records, Deployment, Store, StoreError};
+use crate::{deployments, records, Deployment, Store, StoreError, Topology};
 
 /// The outcome of [`Store::take_live`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,24 +46,38 @@ impl Store {
             .await
     }
 
+    /// Marks the deployment failed and its topology stopped (a failed deployment must not
+    /// keep instances crash-looping); returns the topology to publish to the agents.
+    /// Idempotent: repeated, it bumps no version.
     pub async fn fail_deployment(
         &self,
         id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Topology>, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE deployments SET status = 'failed', failure_reason = $2, updated_at_ms = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(reason)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("deployment {id} not found")));
         }
-        Ok(())
+        sqlx::query(
+            "UPDATE deployment_topology SET desired_status = 'stopped', version = version + 1, updated_at_ms = $2 \
+             WHERE deployment_id = $1 AND desired_status <> 'stopped'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let topology = deployments::topology_in(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(topology)
     }
 
     pub async fn set_openapi_spec(

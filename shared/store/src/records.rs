@@ -92,6 +92,30 @@ pub struct Deployment {
     pub updated_at_ms: i64,
 }
 
+impl Deployment {
+    /// What a region agent should run for this deployment, per its topology row.
+    pub fn desired_for(&self, row: &Topology) -> slipway_core::krane::DesiredDeployment {
+        use slipway_core::krane::Desired;
+        slipway_core::krane::DesiredDeployment {
+            deployment_id: self.id.clone(),
+            workspace_id: self.workspace_id.clone(),
+            project_id: self.project_id.clone(),
+            environment_id: self.environment_id.clone(),
+            image: self.image.clone(),
+            replicas: row.replicas,
+            port: self.port,
+            command: self.command.clone(),
+            env: self.env.clone(),
+            desired: if row.desired_status == "stopped" {
+                Desired::Stopped
+            } else {
+                Desired::Running
+            },
+            version: row.version,
+        }
+    }
+}
+
 /// One (deployment, region) row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {

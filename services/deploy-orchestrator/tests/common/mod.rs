@@ -130,6 +130,18 @@ impl Plane {
     }
 
     /// Starts an orchestrator (with `extra` environment) and waits until it serves.
+    /// Starts another routing process (after [`kill_service`](Self::kill_service)).
+    pub fn respawn_service(&mut self, name: &str, ready: &str) {
+        let p = ServiceProcess::spawn(name, bin(name), &[], &self.env()).unwrap();
+        p.wait_for_log(ready, TIMEOUT).unwrap();
+        self.services.push(p);
+    }
+
+    /// SIGKILLs the routing or actor processes (`name` as spawned).
+    pub fn kill_service(&mut self, index: usize) {
+        self.services[index].kill();
+    }
+
     pub fn spawn_orchestrator(&mut self, extra: &[(&str, String)]) -> usize {
         let mut env = self.env();
         env.extend(self.orchestrator_env.iter().cloned());
@@ -207,13 +219,22 @@ impl Plane {
 
     /// Starts a deploy of the demo app; returns (deployment_id, workflow_id).
     pub async fn deploy(&self, project_id: &str, env: &str, message: &str) -> (String, String) {
+        self.deploy_image(
+            project_id,
+            env,
+            &format!("exec:slipway demo-app --message {message}"),
+        )
+        .await
+    }
+
+    pub async fn deploy_image(&self, project_id: &str, env: &str, image: &str) -> (String, String) {
         let reply = self
             .ok(
                 "slipway.deploy.v1.create_deployment",
                 json!({
                     "project_id": project_id,
                     "environment_slug": env,
-                    "docker_image": format!("exec:slipway demo-app --message {message}"),
+                    "docker_image": image,
                     "git_commit": {"commit_sha": "0123456789abcdef0123456789abcdef01234567"},
                 }),
             )
