@@ -1,0 +1,271 @@
+//! The engine against a real nats-server: journaled steps replay on resume, retries are
+//! bounded, the failure handler runs only on terminal failure, starts are deduplicated,
+//! leases exclude and expire when their holder dies.
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use backon::ExponentialBuilder;
+use slipway_nats::provision;
+use slipway_testkit::NatsServer;
+use slipway_workflow::{
+    Context, Engine, EngineConfig, Leases, Status, StepError, Workflow, WorkflowError,
+};
+
+/// Counts what its steps and failure handler did.
+#[derive(Default)]
+struct Counters {
+    first: AtomicU32,
+    flaky: AtomicU32,
+    runs: AtomicU32,
+    failures: AtomicU32,
+}
+
+/// `first` (a side effect), then `flaky` (fails as the input says), after aborting its
+/// first run once if asked.
+struct Probe(Arc<Counters>);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProbeInput {
+    /// Retryable failures before `flaky` succeeds (u32::MAX: never).
+    flaky_failures: u32,
+    terminal: bool,
+    abort_first_run: bool,
+    panic: bool,
+}
+
+impl Workflow for Probe {
+    const KIND: &'static str = "probe";
+    type Input = ProbeInput;
+    type Output = u32;
+
+    async fn run(&self, ctx: &mut Context, input: ProbeInput) -> Result<u32, WorkflowError> {
+        let c = &self.0;
+        let run = c.runs.fetch_add(1, Ordering::SeqCst);
+        let drawn: u32 = ctx
+            .step("first", || async {
+                c.first.fetch_add(1, Ordering::SeqCst);
+                Ok(rand_like())
+            })
+            .await?;
+        if input.abort_first_run && run == 0 {
+            return Err(WorkflowError::Aborted("test abort".into()));
+        }
+        if input.panic {
+            panic!("probe panics");
+        }
+        ctx.step("flaky", || async {
+            let n = c.flaky.fetch_add(1, Ordering::SeqCst);
+            if input.terminal {
+                Err(StepError::terminal("bad input"))
+            } else if n < input.flaky_failures {
+                Err(StepError::retryable(format!("transient {n}")))
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(drawn)
+    }
+
+    async fn on_failure(&self, _input: &ProbeInput, _reason: &str) -> Result<(), StepError> {
+        self.0.failures.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn rand_like() -> u32 {
+    slipway_core::time::now_ms() as u32
+}
+
+struct Env {
+    _nats: NatsServer,
+    js: jetstream::Context,
+    engine: Engine,
+    counters: Arc<Counters>,
+}
+
+async fn env() -> Env {
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    provision::provision(&js, 1).await.unwrap();
+    let counters = Arc::new(Counters::default());
+    let mut config = EngineConfig::new("deploy-orchestrator");
+    config.ack_wait = Duration::from_secs(2);
+    config.retry = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(50))
+        .with_max_times(3);
+    let engine = Engine::builder(js.clone(), config)
+        .register(Probe(counters.clone()))
+        .build()
+        .await
+        .unwrap();
+    tokio::spawn(engine.clone().run_workers());
+    Env {
+        _nats: nats,
+        js,
+        engine,
+        counters,
+    }
+}
+
+fn input(flaky_failures: u32) -> ProbeInput {
+    ProbeInput {
+        flaky_failures,
+        terminal: false,
+        abort_first_run: false,
+        panic: false,
+    }
+}
+
+async fn run(env: &Env, id: &str, input: ProbeInput) -> slipway_workflow::WorkflowRecord {
+    env.engine
+        .start::<Probe>(id, "k", &input, None)
+        .await
+        .unwrap();
+    let record = env.engine.wait(id, Duration::from_secs(30)).await.unwrap();
+    assert!(record.status.is_finished(), "{record:?}");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_failures_are_retried_and_mark_nothing_failed() {
+    let env = env().await;
+    let record = run(&env, "wf_retry", input(2)).await;
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.steps[1].attempts, 3);
+    assert_eq!(env.counters.failures.load(Ordering::SeqCst), 0);
+    let drawn: u32 = record.output().unwrap();
+    let journaled: u32 = rmp_serde::from_slice(&record.steps[0].result).unwrap();
+    assert_eq!(drawn, journaled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_retries_and_terminal_errors_run_the_failure_handler_once() {
+    let env = env().await;
+    let record = run(&env, "wf_exhausted", input(u32::MAX)).await;
+    assert_eq!(record.status, Status::Failed);
+    // 1 attempt + 3 retries.
+    assert_eq!(record.steps[1].attempts, 4);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("failed after 4 attempts: transient 3"),
+        "{error}"
+    );
+    assert_eq!(env.counters.failures.load(Ordering::SeqCst), 1);
+
+    let mut terminal = input(0);
+    terminal.terminal = true;
+    let record = run(&env, "wf_terminal", terminal).await;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.steps[1].attempts, 1);
+    assert_eq!(record.error.as_deref(), Some("bad input"));
+    assert_eq!(env.counters.failures.load(Ordering::SeqCst), 2);
+
+    let mut panics = input(0);
+    panics.panic = true;
+    let record = run(&env, "wf_panic", panics).await;
+    assert_eq!(record.status, Status::Failed);
+    assert!(record.error.unwrap().contains("panicked"));
+    assert_eq!(env.counters.failures.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_run_replays_journaled_steps() {
+    let env = env().await;
+    let mut aborting = input(0);
+    aborting.abort_first_run = true;
+    let record = run(&env, "wf_resume", aborting).await;
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.runs, 2);
+    assert_eq!(env.counters.runs.load(Ordering::SeqCst), 2);
+    // The side effect of the journaled step ran once; its result was replayed.
+    assert_eq!(env.counters.first.load(Ordering::SeqCst), 1);
+    let names: Vec<&str> = record.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["first", "flaky"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_a_workflow_twice_runs_it_once() {
+    let env = env().await;
+    for _ in 0..3 {
+        env.engine
+            .start::<Probe>("wf_twice", "k", &input(0), None)
+            .await
+            .unwrap();
+    }
+    let record = env
+        .engine
+        .wait("wf_twice", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
+    // Started again after it finished: still nothing new runs.
+    env.engine
+        .start::<Probe>("wf_twice", "k", &input(0), None)
+        .await
+        .unwrap();
+    let marker = env
+        .engine
+        .start::<Probe>("wf_after", "k", &input(0), None)
+        .await;
+    marker.unwrap();
+    env.engine
+        .wait("wf_after", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(env.counters.runs.load(Ordering::SeqCst), 2);
+    assert!(env.engine.get("wf_unknown").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_excludes_and_expires_when_its_holder_dies() {
+    let env = env().await;
+    let kv = env.js.get_key_value(provision::LEASES).await.unwrap();
+    let ttl = Duration::from_millis(1500);
+    let leases = Leases::new(kv, ttl);
+
+    // Released: the waiter gets it at once.
+    let a = leases.acquire("project.p1", "holder-a").await.unwrap();
+    let waiter = {
+        let leases = leases.clone();
+        tokio::spawn(async move { leases.acquire("project.p1", "holder-b").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "took a held lease");
+    let released = Instant::now();
+    a.release().await;
+    let b = waiter.await.unwrap();
+    assert!(
+        released.elapsed() < ttl,
+        "waited for expiry after a release"
+    );
+
+    // Held and renewed well past its TTL: still excluded.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!b.is_lost());
+    let blocked = tokio::time::timeout(ttl / 2, leases.acquire("project.p1", "holder-c")).await;
+    assert!(blocked.is_err(), "took a renewed lease");
+
+    // Its holder dies (no renewal, no release): taken over after the TTL.
+    drop(b);
+    let died = Instant::now();
+    let c = leases.acquire("project.p1", "holder-c").await.unwrap();
+    let waited = died.elapsed();
+    assert!(
+        waited <= ttl + Duration::from_millis(700),
+        "waited {waited:?}"
+    );
+    // The same holder (a resumed workflow) re-takes its own lease at once.
+    drop(c);
+    let again = Instant::now();
+    let _c = leases.acquire("project.p1", "holder-c").await.unwrap();
+    assert!(again.elapsed() < Duration::from_millis(500));
+}
