@@ -4,25 +4,11 @@
 use std::collections::BTreeMap;
 
 use slipway_core::state::DesiredState;
-use slipway_store::{ApplyOutcome, NewDeployment, NewRoute, Store, StoreError};
+use slipway_store::{ApplyOutcome, NewRoute, Store, StoreError};
 use slipway_testkit::TestDb;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() {
-                let db = slipway_testkit::TestDb::sqlite().unwrap();
-                super::$name(&db).await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() {
-                let db = slipway_testkit::TestDb::postgres().await.unwrap();
-                super::$name(&db).await;
-            })*
-        }
-    };
-}
+mod common;
+use common::{deployment, fixture};
 
 on_both_backends!(
     concurrent_migrations_all_succeed,
@@ -32,61 +18,6 @@ on_both_backends!(
     topology_upsert_is_idempotent,
     routes_are_created_once_and_move_all_or_nothing,
 );
-
-struct Fixture {
-    store: Store,
-    project_id: String,
-    environment_id: String,
-}
-
-async fn fixture(db: &TestDb) -> Fixture {
-    let store = Store::open(&db.url).await.unwrap();
-    store
-        .create_workspace("ws_1", "acme", "Acme", 1)
-        .await
-        .unwrap();
-    store
-        .create_project("proj_1", "ws_1", "shop", "Shop", "main", 1)
-        .await
-        .unwrap();
-    let regions = BTreeMap::from([("eu".to_string(), 2), ("us".to_string(), 1)]);
-    store
-        .create_environment(
-            "env_1",
-            "proj_1",
-            "production",
-            &regions,
-            8080,
-            r#"{"a":1}"#,
-            1,
-        )
-        .await
-        .unwrap();
-    Fixture {
-        store,
-        project_id: "proj_1".into(),
-        environment_id: "env_1".into(),
-    }
-}
-
-async fn deployment(f: &Fixture, id: &str) {
-    f.store
-        .insert_deployment(
-            &NewDeployment {
-                id: id.into(),
-                environment_id: f.environment_id.clone(),
-                image: "exec:true".into(),
-                command: vec!["a".into(), "b c".into()],
-                ..Default::default()
-            },
-            10,
-        )
-        .await
-        .unwrap();
-    for region in ["eu", "us"] {
-        f.store.upsert_topology(id, region, 1, 10).await.unwrap();
-    }
-}
 
 /// Eight services starting at once on a fresh database each apply migrations; all succeed.
 async fn concurrent_migrations_all_succeed(db: &TestDb) {

@@ -1,0 +1,174 @@
+//! What the Deploy workflow writes, on SQLite and on PostgreSQL: idempotent creation, the
+//! live swap (idempotent, pinned by a rollback), failure, listing.
+
+use slipway_store::{Idempotency, LiveSwap, NewDeployment, StoreError, IDEMPOTENCY_WINDOW_MS};
+use slipway_testkit::TestDb;
+
+mod common;
+use common::{deployment, fixture, Fixture};
+
+on_both_backends!(
+    idempotent_creation,
+    live_swap_is_idempotent_and_respects_a_pin,
+    failing_stops_the_topology_once,
+    listing_pages_newest_first,
+);
+
+fn new(f: &Fixture, id: &str) -> NewDeployment {
+    NewDeployment {
+        id: id.into(),
+        environment_id: f.environment_id.clone(),
+        image: "exec:true".into(),
+        workflow_id: Some(format!("wf_{id}")),
+        ..Default::default()
+    }
+}
+
+fn key(hash: &str) -> Idempotency {
+    Idempotency {
+        key: "k1".into(),
+        request_hash: hash.into(),
+    }
+}
+
+async fn idempotent_creation(db: &TestDb) {
+    let f = fixture(db).await;
+    let first = f
+        .store
+        .create_deployment(&new(&f, "dep_1"), Some(&key("h")), 1000)
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.deployment.workflow_id.as_deref(), Some("wf_dep_1"));
+    // Same key and request: the first deployment, nothing new.
+    let again = f
+        .store
+        .create_deployment(&new(&f, "dep_2"), Some(&key("h")), 2000)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.deployment.id, "dep_1");
+    assert!(f.store.find_deployment("dep_2").await.unwrap().is_none());
+    // Same key, another request: conflict, nothing written.
+    let err = f
+        .store
+        .create_deployment(&new(&f, "dep_3"), Some(&key("other")), 3000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(f.store.find_deployment("dep_3").await.unwrap().is_none());
+    // After 24 h the key is free again.
+    let later = f
+        .store
+        .create_deployment(
+            &new(&f, "dep_4"),
+            Some(&key("other")),
+            1000 + IDEMPOTENCY_WINDOW_MS,
+        )
+        .await
+        .unwrap();
+    assert!(later.created);
+    assert_eq!(later.deployment.id, "dep_4");
+}
+
+async fn live_swap_is_idempotent_and_respects_a_pin(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2", "dep_3"] {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    assert_eq!(
+        s.take_live(&f.project_id, "dep_1", 1).await.unwrap(),
+        LiveSwap::Taken { previous: None }
+    );
+    let swap = s.take_live(&f.project_id, "dep_2", 2).await.unwrap();
+    assert_eq!(
+        swap,
+        LiveSwap::Taken {
+            previous: Some("dep_1".into())
+        }
+    );
+    // Repeated (a replayed step): the same answer, not "dep_2 replaced dep_2".
+    assert_eq!(s.take_live(&f.project_id, "dep_2", 3).await.unwrap(), swap);
+    assert_eq!(
+        s.project(&f.project_id)
+            .await
+            .unwrap()
+            .live_deployment_id
+            .as_deref(),
+        Some("dep_2")
+    );
+    // Pinned by a rollback to dep_1: dep_3 does not go live.
+    s.pin_live(&f.project_id, "dep_1", 4).await.unwrap();
+    assert_eq!(
+        s.take_live(&f.project_id, "dep_3", 5).await.unwrap(),
+        LiveSwap::Pinned
+    );
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(p.live_deployment_id.as_deref(), Some("dep_1"));
+    assert!(p.is_rolled_back);
+}
+
+async fn failing_stops_the_topology_once(db: &TestDb) {
+    let f = fixture(db).await;
+    deployment(&f, "dep_1").await;
+    f.store.upsert_topology("dep_1", "eu", 2, 1).await.unwrap();
+    let topology = f
+        .store
+        .fail_deployment("dep_1", "it broke", 2)
+        .await
+        .unwrap();
+    assert_eq!(topology.len(), 1);
+    assert_eq!(
+        (topology[0].desired_status.as_str(), topology[0].version),
+        ("stopped", 2)
+    );
+    let again = f
+        .store
+        .fail_deployment("dep_1", "it broke", 3)
+        .await
+        .unwrap();
+    assert_eq!(again[0].version, 2, "a repeat bumps no version");
+    let d = f.store.deployment("dep_1").await.unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.failure_reason.as_deref()),
+        ("failed", Some("it broke"))
+    );
+    assert!(matches!(
+        f.store.fail_deployment("dep_nope", "x", 4).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn listing_pages_newest_first(db: &TestDb) {
+    let f = fixture(db).await;
+    let ids: Vec<String> = (0..5).map(|_| slipway_core::ids::new("dep")).collect();
+    for id in &ids {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    let page = s
+        .list_deployments(&f.project_id, None, None, 3)
+        .await
+        .unwrap();
+    let got: Vec<&str> = page.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(got, vec![ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
+    let rest = s
+        .list_deployments(&f.project_id, Some("production"), Some(&ids[2]), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(s
+        .list_deployments(&f.project_id, Some("preview"), None, 3)
+        .await
+        .unwrap()
+        .is_empty());
+    s.set_domains(&ids[0], &["a.example".into()], 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.deployment(&ids[0]).await.unwrap().domains,
+        vec!["a.example"]
+    );
+    assert_eq!(s.pending_deployments(i64::MAX).await.unwrap().len(), 5);
+}
