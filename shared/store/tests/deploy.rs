@@ -113,22 +113,25 @@ async fn failing_stops_the_topology_once(db: &TestDb) {
     let f = fixture(db).await;
     deployment(&f, "dep_1").await;
     f.store.upsert_topology("dep_1", "eu", 2, 1).await.unwrap();
+    let before = f.store.topology("dep_1").await.unwrap();
     let topology = f
         .store
         .fail_deployment("dep_1", "it broke", 2)
         .await
         .unwrap();
-    assert_eq!(topology.len(), 1);
-    assert_eq!(
-        (topology[0].desired_status.as_str(), topology[0].version),
-        ("stopped", 2)
-    );
+    assert_eq!(topology.len(), before.len());
+    for (row, old) in topology.iter().zip(&before) {
+        assert_eq!(
+            (row.desired_status.as_str(), row.version),
+            ("stopped", old.version + 1)
+        );
+    }
     let again = f
         .store
         .fail_deployment("dep_1", "it broke", 3)
         .await
         .unwrap();
-    assert_eq!(again[0].version, 2, "a repeat bumps no version");
+    assert_eq!(again, topology, "a repeat bumps no version");
     let d = f.store.deployment("dep_1").await.unwrap();
     assert_eq!(
         (d.status.as_str(), d.failure_reason.as_deref()),
