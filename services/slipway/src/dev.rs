@@ -1,17 +1,15 @@
 //! `slipway dev`: nats-server (≥ 2.14, from `.tools/`) on a free port with its data in
-//! `<dir>/nats`, SQLite at `<dir>/slipway.db`, every service binary that exists so far, and a
-//! demo workspace / project / deployment.
+//! `<dir>/nats`, SQLite at `<dir>/slipway.db`, every service, one krane-agent, and a demo
+//! workspace / project whose demo app is deployed through the orchestrator, as a user would.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
+use async_nats::jetstream;
 use futures::StreamExt;
-use slipway_core::{
-    domains::{generate, DomainInput, DEFAULT_APEX},
-    krane::{instances_key, Desired, DesiredDeployment, InstanceStatus, InstancesReport},
-    time::now_ms,
-};
-use slipway_store::{NewDeployment, Store, StoreError};
+use serde_json::{json, Value};
+use slipway_core::time::now_ms;
+use slipway_store::{Store, StoreError};
 use slipway_testkit::{NatsServer, ServiceProcess};
 
 #[derive(Debug, clap::Args)]
@@ -24,13 +22,14 @@ pub struct DevArgs {
     standby_delay: String,
 }
 
-/// The services, in start order. Those not built yet say so and are skipped.
+/// The services, in start order.
 const SERVICES: &[(&str, &str)] = &[
     ("deployment-actor", "deployment-actor ready"),
     ("routing", "routing ready"),
     ("krane-agent", "krane-agent ready"),
+    ("deploy-orchestrator", "deploy-orchestrator ready"),
 ];
-const NOT_YET: &[&str] = &["deploy-orchestrator"];
+const DEMO_PROJECT: &str = "proj_demo";
 
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
@@ -40,7 +39,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .context("starting nats-server")?;
     let database_url = format!("sqlite://{}", dir.join("slipway.db").display());
     let store = Store::open(&database_url).await?;
-    let demo = seed(&store).await?;
+    seed(&store).await?;
 
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -77,12 +76,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
         running.push(process);
     }
 
-    demo_routes(&nats.url(), &demo)
-        .await
-        .context("creating the demo routes")?;
-    let demo_address = run_demo(&nats.url(), &store, &demo)
-        .await
-        .context("starting the demo app")?;
+    let demo = match deploy_demo(&nats.url()).await {
+        Ok(demo) => demo,
+        Err(e) => {
+            stop(&mut running);
+            return Err(e.context("deploying the demo app"));
+        }
+    };
+    let demo_address = demo["instances"][0]["address"].as_str().unwrap_or_default();
+    let demo_id = demo["id"].as_str().unwrap_or_default();
 
     println!();
     println!("Slipway dev control plane is up.");
@@ -92,17 +94,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "  services  {}",
         SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
     );
-    println!("  not yet   {} (later issues)", NOT_YET.join(", "));
-    println!("  demo app  http://{demo_address}/  (deployment {demo}, run by krane-agent)");
+    println!("  demo app  http://{demo_address}/  (deployment {demo_id}, run by krane-agent)");
+    for domain in demo["domains"].as_array().into_iter().flatten() {
+        println!("  domain    {}", domain.as_str().unwrap_or_default());
+    }
     println!();
-    println!("Try it (nats CLI):");
+    println!("Deploy a new version (nats CLI):");
     println!("  export NATS_URL={}", nats.url());
-    println!("  nats micro ls");
     println!(
-        "  nats req slipway.deployment.v1.schedule_desired_state_change.{demo} '{{\"delay_ms\":5000,\"state\":\"standby\"}}'"
+        "  nats req slipway.deploy.v1.create_deployment '{{\"project_id\":\"{DEMO_PROJECT}\",\"environment_slug\":\"production\",\"docker_image\":\"exec:slipway demo-app --message v2\"}}'"
     );
-    println!("  nats req slipway.deployment.v1.get_state.{demo} '{{}}'");
-    println!("  nats req slipway.routing.v1.list_routes.proj_demo '{{}}'");
+    println!(
+        "  nats req slipway.deploy.v1.get_deployment '{{\"deployment_id\":\"<deployment_id>\"}}'"
+    );
+    println!("  nats req slipway.project.v1.get_project '{{\"project_id\":\"{DEMO_PROJECT}\"}}'");
+    println!("  nats req slipway.routing.v1.list_routes.{DEMO_PROJECT} '{{}}'");
+    println!("  nats micro ls");
     println!("  nats kv watch slipway_routes");
     println!("  nats sub 'slipway.events.>'");
     println!();
@@ -110,104 +117,84 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping");
-    // SIGTERM, newest first: the agent stops the demo app before it goes.
-    for process in running.iter_mut().rev() {
-        process.terminate(Duration::from_secs(10));
-    }
+    stop(&mut running);
     drop(nats);
     Ok(())
 }
 
-/// Asks the region agent to run the demo deployment (as a deploy's topology step would) and
-/// waits until it reports the instance running; returns its address.
-async fn run_demo(nats_url: &str, store: &Store, deployment_id: &str) -> Result<String> {
-    let d = store.deployment(deployment_id).await?;
-    let client = async_nats::connect(nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let desired = js.get_key_value("slipway_desired").await?;
-    let instances = js.get_key_value("slipway_instances").await?;
-    let mut watch = instances
-        .watch_with_history(instances_key(deployment_id, "local"))
-        .await?;
-    for topology in store.topology(deployment_id).await? {
-        let doc = DesiredDeployment {
-            deployment_id: d.id.clone(),
-            workspace_id: d.workspace_id.clone(),
-            project_id: d.project_id.clone(),
-            environment_id: d.environment_id.clone(),
-            image: d.image.clone(),
-            replicas: topology.replicas,
-            port: d.port,
-            command: d.command.clone(),
-            env: d.env.clone(),
-            desired: if topology.desired_status == "started" {
-                Desired::Running
-            } else {
-                Desired::Stopped
-            },
-            version: topology.version,
-        };
-        slipway_nats::krane::put_desired_deployment(&desired, &topology.region, &doc).await?;
+/// SIGTERM, newest first: the agent stops the demo apps before it goes.
+fn stop(running: &mut [ServiceProcess]) {
+    for process in running.iter_mut().rev() {
+        process.terminate(Duration::from_secs(10));
     }
-    let wait = async {
-        while let Some(entry) = watch.next().await {
-            let report: InstancesReport = serde_json::from_slice(&entry?.value)?;
-            if let Some(i) = report
-                .instances
-                .iter()
-                .find(|i| i.status == InstanceStatus::Running)
-            {
-                return Ok(i.address.clone());
-            }
-        }
-        anyhow::bail!("the instances watch ended")
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .context("the demo app did not become healthy within 60 s")?
 }
 
-/// The demo deployment's generated domains, created through routing (as a deploy would).
-async fn demo_routes(nats_url: &str, deployment_id: &str) -> Result<()> {
-    let routes: Vec<serde_json::Value> = generate(&DomainInput {
-        apex: DEFAULT_APEX,
-        workspace_slug: "demo",
-        project_slug: "demo-app",
-        environment_slug: "production",
-        deployment_id,
-        branch: "main",
-        commit_sha: "",
-    })
-    .into_iter()
-    .map(|d| serde_json::json!({"fqdn": d.fqdn, "sticky": d.sticky.as_str()}))
-    .collect();
-    let body = serde_json::json!({
-        "environment_id": "env_demo_production",
-        "deployment_id": deployment_id,
-        "routes": routes,
-    });
+/// Deploys the demo app through the orchestrator (idempotent across runs within a day)
+/// and follows its events until it is ready; returns the deployment.
+async fn deploy_demo(nats_url: &str) -> Result<Value> {
     let client = async_nats::connect(nats_url).await?;
-    let reply = client
-        .request(
-            "slipway.routing.v1.ensure_routes.proj_demo",
-            body.to_string().into(),
-        )
+    let created = call(
+        &client,
+        "slipway.deploy.v1.create_deployment",
+        json!({
+            "project_id": DEMO_PROJECT,
+            "environment_slug": "production",
+            "docker_image": "exec:slipway demo-app --message hello",
+            "idempotency_key": "slipway-dev-demo",
+        }),
+    )
+    .await?;
+    let id = created["deployment_id"]
+        .as_str()
+        .context("no deployment_id")?;
+    // Its ready or failed event, from the stream's start (an earlier run's deploy is there).
+    let stream = jetstream::new(client.clone())
+        .get_stream("SLIPWAY_EVENTS")
         .await?;
-    if let Some(code) = reply
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: vec![
+                format!("slipway.events.{DEMO_PROJECT}.{id}.ready"),
+                format!("slipway.events.{DEMO_PROJECT}.{id}.failed"),
+            ],
+            ..Default::default()
+        })
+        .await?;
+    let mut events = consumer.messages().await?;
+    let event = tokio::time::timeout(Duration::from_secs(120), events.next())
+        .await
+        .context("the demo deploy did not finish within 120 s")?
+        .context("the events stream ended")??;
+    let event: Value = serde_json::from_slice(&event.payload)?;
+    if event["type"] == "failed" {
+        anyhow::bail!("the demo deploy failed: {}", event["failure_reason"]);
+    }
+    let got = call(
+        &client,
+        "slipway.deploy.v1.get_deployment",
+        json!({ "deployment_id": id }),
+    )
+    .await?;
+    Ok(got["deployment"].clone())
+}
+
+async fn call(client: &async_nats::Client, subject: &str, body: Value) -> Result<Value> {
+    let reply = client
+        .request(subject.to_string(), body.to_string().into())
+        .await?;
+    let value: Value = serde_json::from_slice(&reply.payload)?;
+    if reply
         .headers
         .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some())
     {
-        anyhow::bail!(
-            "routing answered {code}: {}",
-            String::from_utf8_lossy(&reply.payload)
-        );
+        anyhow::bail!("{subject}: {}", value["error"]["message"]);
     }
-    Ok(())
+    Ok(value)
 }
 
-/// A demo workspace, project, production environment and deployment; kept across runs.
-async fn seed(store: &Store) -> Result<String> {
+/// A demo workspace, project, production and preview environments; kept across runs.
+async fn seed(store: &Store) -> Result<()> {
     let now = now_ms();
     match store.create_workspace("ws_demo", "demo", "Demo", now).await {
         Ok(_) | Err(StoreError::Conflict(_)) => {}
@@ -236,20 +223,20 @@ async fn seed(store: &Store) -> Result<String> {
         Ok(_) | Err(StoreError::Conflict(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let id = "dep_demo";
-    if store.find_deployment(id).await?.is_none() {
-        store
-            .insert_deployment(
-                &NewDeployment {
-                    id: id.into(),
-                    environment_id: "env_demo_production".into(),
-                    image: "exec:slipway demo-app --message hello".into(),
-                    ..Default::default()
-                },
-                now,
-            )
-            .await?;
-        store.upsert_topology(id, "local", 1, now).await?;
+    match store
+        .create_environment(
+            "env_demo_preview",
+            DEMO_PROJECT,
+            "preview",
+            &regions,
+            8080,
+            "{}",
+            now,
+        )
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
     }
-    Ok(id.to_string())
+    Ok(())
 }

@@ -25,7 +25,11 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
                 url = Some(u.trim().to_string());
             }
             if let Some(rest) = line.trim().strip_prefix("demo app") {
-                demo = rest.split_whitespace().next().map(str::to_string);
+                let mut words = rest.split_whitespace();
+                let address = words.next().map(str::to_string);
+                // "(deployment dep_…, run by krane-agent)"
+                let id = words.nth(1).map(|w| w.trim_end_matches(',').to_string());
+                demo = address.zip(id);
             }
             if line.starts_with("Ctrl-C") {
                 break;
@@ -39,7 +43,7 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
     let result = async {
         let url = url.expect("slipway dev printed no NATS URL");
         // The demo app runs (started by krane-agent) and answers over HTTP.
-        let demo = demo.expect("slipway dev printed no demo app address");
+        let (demo, deployment_id) = demo.expect("slipway dev printed no demo app address");
         let address = demo.trim_start_matches("http://").trim_end_matches('/');
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,13 +57,16 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
         let client = async_nats::connect(url).await.unwrap();
         let msg = tokio::time::timeout(
             Duration::from_secs(10),
-            client.request("slipway.deployment.v1.get_state.dep_demo", "{}".into()),
+            client.request(
+                format!("slipway.deployment.v1.get_state.{deployment_id}"),
+                "{}".into(),
+            ),
         )
         .await
         .unwrap()
         .unwrap();
         let reply: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        assert_eq!(reply["deployment_id"], "dep_demo");
+        assert_eq!(reply["deployment_id"], deployment_id.as_str());
         assert_eq!(reply["desired_state"], "running");
         let msg = client
             .request("slipway.routing.v1.list_routes.proj_demo", "{}".into())
