@@ -109,6 +109,16 @@ impl ServiceProcess {
         self.kill();
     }
 
+    /// Resident memory now (Linux `/proc`), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// SIGKILL: no clean-up runs, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

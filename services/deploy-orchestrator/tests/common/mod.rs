@@ -48,7 +48,7 @@ pub struct Plane {
     agent_state: tempfile::TempDir,
     pub services: Vec<ServiceProcess>,
     pub orchestrators: Vec<ServiceProcess>,
-    agent: Option<ServiceProcess>,
+    pub agent: Option<ServiceProcess>,
     /// Extra environment for every orchestrator started from now on.
     pub orchestrator_env: Vec<(&'static str, String)>,
     seq: u32,
