@@ -350,8 +350,10 @@ impl Orchestrator {
     }
 }
 
-/// Starts the workflow of any deployment still `pending` a while after it was written: the
-/// process that wrote it died before it could start the workflow (and its caller gave up).
+/// Starts the workflow of any deployment still `pending` a while after it was written and
+/// whose workflow no worker has picked up: the process that wrote it died before it could
+/// start the workflow, or before it published the invocation (and its caller gave up).
+/// Starting is idempotent, so a workflow merely waiting for a worker is not started twice.
 pub(crate) async fn restart_orphans(orchestrator: Orchestrator) {
     const AGE_MS: i64 = 60_000;
     loop {
@@ -361,20 +363,26 @@ pub(crate) async fn restart_orphans(orchestrator: Orchestrator) {
             .store
             .pending_deployments(now_ms() - AGE_MS)
             .await;
-        match pending {
-            Ok(list) => {
-                for deployment in list {
-                    let has_record = match &deployment.workflow_id {
-                        Some(id) => orchestrator.engine().get(id).await.map(|r| r.is_some()),
-                        None => Ok(true),
-                    };
-                    if let Ok(false) = has_record {
-                        tracing::warn!(deployment_id = %deployment.id, "starting the workflow of an orphaned pending deployment");
-                        let _ = orchestrator.start_deploy(&deployment).await;
-                    }
-                }
+        let pending = match pending {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look for orphaned deployments");
+                continue;
             }
-            Err(e) => tracing::debug!(error = %e, "cannot look for orphaned deployments"),
+        };
+        for deployment in pending {
+            let Some(workflow_id) = &deployment.workflow_id else {
+                continue;
+            };
+            let unstarted = match orchestrator.engine().get(workflow_id).await {
+                Ok(None) => true,
+                Ok(Some(record)) => record.status == slipway_workflow::Status::Pending,
+                Err(_) => false,
+            };
+            if unstarted {
+                tracing::warn!(deployment_id = %deployment.id, %workflow_id, "starting the workflow of an orphaned pending deployment");
+                let _ = orchestrator.start_deploy(&deployment).await;
+            }
         }
     }
 }
