@@ -125,7 +125,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let workers = tokio::spawn(engine.run_workers());
     tokio::spawn(deployments::restart_orphans(orchestrator.clone()));
-    client.flush().await.context("flushing subscriptions")?;
+    service
+        .await_reachable(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
     tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deploy-orchestrator ready");
 
     slipway_nats::shutdown::signal().await;

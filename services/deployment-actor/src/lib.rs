@@ -93,8 +93,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         actor.clone(),
         config.reconcile_every,
     ));
-    // The server has every subscription once a flush returns: only then are we reachable.
-    client.flush().await.context("flushing subscriptions")?;
+    service
+        .await_reachable(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
     // Its own target, so `RUST_LOG=warn,slipway::ready=info` still shows it.
     tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deployment-actor ready");
 

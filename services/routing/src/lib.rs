@@ -80,7 +80,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::time::sleep(config.reconcile_every).await;
         }
     });
-    client.flush().await.context("flushing subscriptions")?;
+    service
+        .await_reachable(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
     tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "routing ready");
 
     slipway_nats::shutdown::signal().await;

@@ -51,6 +51,28 @@ impl Micro {
         Ok(Self { service })
     }
 
+    /// Returns once the server routes requests to this service: a `$SRV.PING` addressed to
+    /// this instance's id, sent on the service's own connection and so processed after every
+    /// subscription it made (a flush alone only empties the client's write buffer).
+    pub async fn await_reachable(
+        &self,
+        client: &async_nats::Client,
+    ) -> Result<(), async_nats::Error> {
+        let info = self.service.info().await;
+        let subject = format!("$SRV.PING.{}.{}", info.name, info.id);
+        let mut last = String::new();
+        for _ in 0..50 {
+            let ping = client.request(subject.clone(), bytes::Bytes::new());
+            match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(format!("{subject} unanswered: {last}").into())
+    }
+
     /// [`endpoint`](Self::endpoint) for handlers that are methods of a service's state:
     /// `micro.serve(&state, "get", "svc.v1.get.*", |s, call| async move { s.get(call).await })`.
     pub async fn serve<S, Req, Rep, H, Fut>(
