@@ -3,7 +3,7 @@
 //! FQDN, the live swap by the deployment, the standby schedule by this deployment's id), so
 //! a step cut off by a crash before its journal write can safely run again.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{
@@ -12,19 +12,12 @@ use slipway_core::{
     time::now_ms,
     ApiError,
 };
-use slipway_nats::{client::request, krane::put_desired_deployment};
-use slipway_proto::v1::{
-    AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, EnsureRoutesReply,
-    EnsureRoutesRequest, RouteSpec, ScheduleDesiredStateChangeReply,
-    ScheduleDesiredStateChangeRequest,
-};
+use slipway_nats::krane::put_desired_deployment;
+use slipway_proto::v1::RouteSpec;
 use slipway_store::{LiveSwap, StoreError};
 use slipway_workflow::{Context, EventScope, StepError, Workflow, WorkflowError};
 
-use crate::{instances::ReadyInstance, Orchestrator};
-
-/// How long a call to routing or the actor may take before it counts as unavailable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployInput {
@@ -97,7 +90,7 @@ impl Workflow for Deploy {
             })
             .await?;
         ctx.step("record_instances", || {
-            o.record_instances(id, &loaded, &instances)
+            o.record_instances(id, loaded.regions.keys(), &instances)
         })
         .await?;
         let _: bool = ctx
@@ -183,10 +176,6 @@ impl Workflow for Deploy {
         tracing::warn!(deployment_id = %deployment.id, %reason, "deployment failed");
         Ok(())
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Orchestrator {
@@ -291,27 +280,6 @@ impl Orchestrator {
         Ok(out)
     }
 
-    async fn record_instances(
-        &self,
-        id: &str,
-        loaded: &Loaded,
-        instances: &[ReadyInstance],
-    ) -> Result<(), StepError> {
-        for region in loaded.regions.keys() {
-            let rows: Vec<(String, String, String)> = instances
-                .iter()
-                .filter(|i| &i.region == region)
-                .map(|i| (i.id.clone(), i.address.clone(), "running".to_string()))
-                .collect();
-            self.inner
-                .store
-                .record_instances(id, region, &rows, now_ms())
-                .await
-                .map_err(store_error)?;
-        }
-        Ok(())
-    }
-
     /// Step 9: the domains, their routes created where missing (routing), and the routes
     /// this deployment takes over.
     async fn plan_routes(&self, loaded: &Loaded) -> Result<RoutePlan, StepError> {
@@ -331,23 +299,21 @@ impl Orchestrator {
             .set_domains(&scope.deployment_id, &domain_names, now_ms())
             .await
             .map_err(store_error)?;
-        let ensured: EnsureRoutesReply = request(
-            &self.inner.client,
-            format!("slipway.routing.v1.ensure_routes.{}", scope.project_id),
-            &EnsureRoutesRequest {
-                environment_id: loaded.environment_id.clone(),
-                deployment_id: scope.deployment_id.clone(),
-                routes: generated
-                    .iter()
-                    .map(|d| RouteSpec {
-                        fqdn: d.fqdn.clone(),
-                        sticky: d.sticky.as_str().to_string(),
-                    })
-                    .collect(),
-            },
-            CALL_TIMEOUT,
-        )
-        .await?;
+        let specs: Vec<RouteSpec> = generated
+            .iter()
+            .map(|d| RouteSpec {
+                fqdn: d.fqdn.clone(),
+                sticky: d.sticky.as_str().to_string(),
+            })
+            .collect();
+        let ensured = self
+            .ensure_routes(
+                &scope.project_id,
+                &loaded.environment_id,
+                &scope.deployment_id,
+                specs,
+            )
+            .await?;
         let project = self
             .inner
             .store
@@ -365,7 +331,6 @@ impl Orchestrator {
             .await
             .map_err(store_error)?;
         let candidates = ensured
-            .routes
             .iter()
             .map(|r| (&r.id, r.sticky.as_str(), true))
             .chain(stored.iter().map(|r| (&r.id, r.sticky.as_str(), false)));
@@ -389,23 +354,12 @@ impl Orchestrator {
 
     /// Step 10: routing moves them all, or none.
     async fn assign_routes(&self, loaded: &Loaded, plan: &RoutePlan) -> Result<u32, StepError> {
-        if plan.to_move.is_empty() {
-            return Ok(0);
-        }
-        let reply: AssignFrontlineRoutesReply = request(
-            &self.inner.client,
-            format!(
-                "slipway.routing.v1.assign_frontline_routes.{}",
-                loaded.scope.project_id
-            ),
-            &AssignFrontlineRoutesRequest {
-                deployment_id: loaded.scope.deployment_id.clone(),
-                route_ids: plan.to_move.clone(),
-            },
-            CALL_TIMEOUT,
+        self.move_routes(
+            &loaded.scope.project_id,
+            &loaded.scope.deployment_id,
+            &plan.to_move,
         )
-        .await?;
-        Ok(reply.assigned)
+        .await
     }
 
     /// Step 12, first half: the live swap. `None` when the project is pinned by a rollback;
@@ -448,22 +402,7 @@ impl Orchestrator {
         if previous == id {
             return Ok(String::new());
         }
-        let reply: ScheduleDesiredStateChangeReply = request(
-            &self.inner.client,
-            format!("slipway.deployment.v1.schedule_desired_state_change.{previous}"),
-            &ScheduleDesiredStateChangeRequest {
-                delay_ms: millis(self.inner.config.standby_delay),
-                state: "standby".into(),
-                idempotency_key: id.to_string(),
-            },
-            CALL_TIMEOUT,
-        )
-        .await?;
-        tracing::info!(
-            previous,
-            fires_at_ms = reply.fires_at_ms,
-            "previous live deployment scheduled to standby"
-        );
-        Ok(reply.nonce)
+        self.schedule_state(previous, self.inner.config.standby_delay, "standby", id)
+            .await
     }
 }

@@ -1,9 +1,13 @@
 //! The `slipway-deploy` micro service: its endpoints and `get_workflow`.
 
+use std::time::Duration;
+
 use slipway_core::{ids, ApiError};
 use slipway_nats::{Call, Micro};
-use slipway_proto::v1::{GetWorkflowReply, GetWorkflowRequest, Workflow, WorkflowStep};
-use slipway_workflow::WorkflowRecord;
+use slipway_proto::v1::{
+    GetWorkflowReply, GetWorkflowRequest, Workflow, WorkflowRunReply, WorkflowStep,
+};
+use slipway_workflow::{Status, WorkflowRecord};
 
 use crate::{Orchestrator, SERVICE_NAME};
 
@@ -78,6 +82,22 @@ pub async fn serve(
     micro
         .serve(
             o,
+            "rollback",
+            "slipway.deploy.v1.rollback",
+            |o, c| async move { o.rollback(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "promote",
+            "slipway.deploy.v1.promote",
+            |o, c| async move { o.promote(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
             "get_workflow",
             "slipway.deploy.v1.get_workflow",
             |o, c| async move { o.get_workflow(c).await },
@@ -109,7 +129,50 @@ pub fn workflow_message(r: WorkflowRecord) -> Workflow {
     }
 }
 
+/// API.md: the reply comes when the workflow has finished or `wait_ms` (default 30 s) has
+/// passed.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT_MS: i64 = 10 * 60 * 1000;
+
+pub fn wait_of(wait_ms: Option<i64>) -> Result<Duration, ApiError> {
+    match wait_ms {
+        None => Ok(DEFAULT_WAIT),
+        Some(ms) if (0..=MAX_WAIT_MS).contains(&ms) => Ok(Duration::from_millis(ms as u64)),
+        Some(ms) => Err(ApiError::invalid_argument(format!(
+            "wait_ms must be 0 to {MAX_WAIT_MS}, not {ms}"
+        ))),
+    }
+}
+
 impl Orchestrator {
+    /// Starts workflow `W` under a new id and answers when it has finished or `wait` has
+    /// passed (then `status: running`, and `get_workflow` follows it).
+    pub(crate) async fn run_and_wait<W: slipway_workflow::Workflow>(
+        &self,
+        key: &str,
+        input: &W::Input,
+        wait: Duration,
+    ) -> Result<WorkflowRunReply, ApiError>
+    where
+        W::Output: Default,
+    {
+        let workflow_id = ids::new(ids::WORKFLOW);
+        self.engine()
+            .start::<W>(&workflow_id, key, input, None)
+            .await?;
+        let record = self.engine().wait(&workflow_id, wait).await?;
+        let status = match record.status {
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            _ => "running",
+        };
+        Ok(WorkflowRunReply {
+            workflow_id,
+            status: status.into(),
+            scaled_down: vec![],
+        })
+    }
+
     async fn get_workflow(
         &self,
         call: Call<GetWorkflowRequest>,

@@ -191,6 +191,28 @@ impl Orchestrator {
             .collect())
     }
 
+    /// Records the ready instances on the deployment, region by region.
+    pub(crate) async fn record_instances(
+        &self,
+        deployment_id: &str,
+        regions: impl Iterator<Item = &String>,
+        instances: &[ReadyInstance],
+    ) -> Result<(), StepError> {
+        for region in regions {
+            let rows: Vec<(String, String, String)> = instances
+                .iter()
+                .filter(|i| &i.region == region)
+                .map(|i| (i.id.clone(), i.address.clone(), "running".to_string()))
+                .collect();
+            self.inner
+                .store
+                .record_instances(deployment_id, region, &rows, now_ms())
+                .await
+                .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+        }
+        Ok(())
+    }
+
     /// `GET http://<instance>/openapi.yaml`, each instance in turn (5 s timeout each); the
     /// first 200 wins. None is not an error.
     pub(crate) async fn scrape_openapi(&self, instances: &[ReadyInstance]) -> Option<String> {

@@ -2,12 +2,16 @@
 //! workflows behind it. Deploy takes a deployment from a request to ready, routed and live
 //! (BEHAVIOUR.md "Deploy"), on the engine of `slipway-workflow`.
 
+mod calls;
 mod deploy;
 mod deployments;
 mod endpoints;
 mod events;
 mod instances;
 mod projects;
+mod promote;
+mod rollback;
+mod wake;
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,6 +23,8 @@ use slipway_store::Store;
 use slipway_workflow::{Engine, EngineConfig};
 
 pub use deploy::Deploy;
+pub use promote::Promote;
+pub use rollback::Rollback;
 
 pub const SERVICE_NAME: &str = "slipway-deploy";
 
@@ -116,6 +122,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.lease_ttl = config.lease_ttl;
     let engine = Engine::builder(js, engine_config)
         .register(Deploy(orchestrator.clone()))
+        .register(Rollback(orchestrator.clone()))
+        .register(Promote(orchestrator.clone()))
         .build()
         .await?;
     let _ = orchestrator.inner.engine.set(engine.clone());

@@ -259,3 +259,115 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Promote's swap, in one transaction holding the project's row: the live pointer to
+    /// `deployment_id`, `is_rolled_back` cleared, and the deployment it replaced returned.
+    /// Idempotent: repeated after it succeeded, it returns the same `previous`.
+    pub async fn promote_live(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT live_deployment_id FROM projects WHERE id = $1{}",
+            self.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(project_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))?;
+        let live: Option<String> = row.try_get("live_deployment_id")?;
+        let previous = if live.as_deref() == Some(deployment_id) {
+            let row =
+                sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
+                    .bind(deployment_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            row.try_get("replaced_live_deployment_id")?
+        } else {
+            sqlx::query(
+                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+            )
+            .bind(deployment_id)
+            .bind(&live)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            live
+        };
+        sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = 0, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(project_id)
+        .bind(deployment_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback).
+    pub async fn confirm_rollback(&self, project_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE projects SET is_rolled_back = 0, updated_at_ms = $2 WHERE id = $1")
+                .bind(project_id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "project {project_id} not found"
+            )));
+        }
+        Ok(())
+    }
+
+    /// One page of `preview` environments (by id, after `after`), with their deployments
+    /// that are scale-down candidates: `ready`, desired `running`, created and updated
+    /// before `idle_before_ms`. Returns (candidate deployment ids, last environment id of the
+    /// page, or None at the end).
+    pub async fn idle_preview_candidates(
+        &self,
+        after: Option<&str>,
+        page: u32,
+        idle_before_ms: i64,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let envs = sqlx::query(
+            "SELECT id FROM environments WHERE slug = 'preview' AND ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(page))
+        .fetch_all(&self.pool)
+        .await?;
+        let env_ids: Vec<String> = envs
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        if env_ids.is_empty() {
+            return Ok((vec![], None));
+        }
+        let placeholders: Vec<String> = (0..env_ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM deployments WHERE environment_id IN ({}) AND status = 'ready' \
+             AND desired_state = 'running' AND created_at_ms < $1 AND updated_at_ms < $1 ORDER BY id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(idle_before_ms);
+        for id in &env_ids {
+            query = query.bind(id);
+        }
+        let candidates = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        let next = (env_ids.len() == page as usize).then(|| env_ids[env_ids.len() - 1].clone());
+        Ok((candidates, next))
+    }
+}

@@ -1,0 +1,209 @@
+//! `slipway.deploy.v1.promote` and the Promote workflow (BEHAVIOUR.md "Promote"): promoting
+//! the live deployment of a rolled-back project confirms the rollback; otherwise clear and
+//! wake the target, move the live and environment routes to it, swap the live pointer and
+//! unpin in one transaction, and schedule the previous live deployment to standby.
+
+use serde::{Deserialize, Serialize};
+use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_nats::Call;
+use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
+use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
+
+use crate::{deployments::scope_of, Orchestrator};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteInput {
+    pub project_id: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum PromotePlan {
+    /// The target is live on a rolled-back project: clear the pin, move nothing.
+    ConfirmRollback,
+    Move {
+        route_ids: Vec<String>,
+    },
+}
+
+pub struct Promote(pub Orchestrator);
+
+impl Workflow for Promote {
+    const KIND: &'static str = "promote";
+    type Input = PromoteInput;
+    type Output = ();
+
+    async fn run(&self, ctx: &mut Context, input: PromoteInput) -> Result<(), WorkflowError> {
+        let o = &self.0;
+        let target = input.target.as_str();
+        let project_id = input.project_id.as_str();
+        let lease = format!("project.{project_id}");
+        ctx.lease(&lease).await?;
+        let plan: PromotePlan = ctx
+            .step("validate", || async {
+                o.check_promote(target)
+                    .await
+                    .map(|(_, plan)| plan)
+                    .map_err(StepError::from)
+            })
+            .await?;
+        let wf = ctx.workflow_id().to_string();
+        match plan {
+            PromotePlan::ConfirmRollback => {
+                ctx.step("confirm_rollback", || async {
+                    o.inner
+                        .store
+                        .confirm_rollback(project_id, now_ms())
+                        .await
+                        .map_err(|e| StepError::from(ApiError::from(e)))?;
+                    #[derive(Serialize)]
+                    struct Confirmed {
+                        confirmed_rollback: bool,
+                    }
+                    o.promoted_event(
+                        target,
+                        &wf,
+                        Confirmed {
+                            confirmed_rollback: true,
+                        },
+                        None,
+                    )
+                    .await
+                })
+                .await?;
+            }
+            PromotePlan::Move { route_ids } => {
+                o.wake(ctx, target).await?;
+                let _: u32 = ctx
+                    .step("move_routes", || {
+                        o.move_routes(project_id, target, &route_ids)
+                    })
+                    .await?;
+                let previous: Option<String> = ctx
+                    .step("swap_live", || async {
+                        let previous = o
+                            .inner
+                            .store
+                            .promote_live(project_id, target, now_ms())
+                            .await
+                            .map_err(|e| StepError::from(ApiError::from(e)))?;
+                        #[derive(Serialize)]
+                        struct Promoted<'a> {
+                            previous_deployment_id: Option<&'a str>,
+                        }
+                        let detail = Promoted {
+                            previous_deployment_id: previous.as_deref(),
+                        };
+                        o.promoted_event(target, &wf, detail, previous.as_deref())
+                            .await?;
+                        Ok(previous)
+                    })
+                    .await?;
+                if let Some(previous) = previous.filter(|p| p != target) {
+                    let key = format!("promote.{wf}");
+                    let _: String = ctx
+                        .step("schedule_standby", || {
+                            o.schedule_state(
+                                &previous,
+                                o.inner.config.standby_delay,
+                                "standby",
+                                &key,
+                            )
+                        })
+                        .await?;
+                }
+            }
+        }
+        ctx.release(&lease).await;
+        tracing::info!(target, "promoted");
+        Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// A `promoted` event, and a `live` one when the live pointer moved.
+    async fn promoted_event<D: Serialize>(
+        &self,
+        target: &str,
+        workflow_id: &str,
+        detail: D,
+        previous: Option<&str>,
+    ) -> Result<(), StepError> {
+        let d = self
+            .inner
+            .store
+            .deployment(target)
+            .await
+            .map_err(|e| StepError::from(ApiError::from(e)))?;
+        let scope = scope_of(&d);
+        self.event(&scope, "promoted", workflow_id, detail).await?;
+        if let Some(previous) = previous {
+            #[derive(Serialize)]
+            struct Live<'a> {
+                previous_deployment_id: &'a str,
+            }
+            self.event(
+                &scope,
+                "live",
+                workflow_id,
+                Live {
+                    previous_deployment_id: previous,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// BEHAVIOUR.md "Promote" validations; returns the project id and what to do.
+    pub(crate) async fn check_promote(
+        &self,
+        target: &str,
+    ) -> Result<(String, PromotePlan), ApiError> {
+        ids::validate(ids::DEPLOYMENT, "target_deployment_id", target)?;
+        let store = &self.inner.store;
+        let t = store.deployment(target).await?;
+        let project = store.project(&t.project_id).await?;
+        if t.status != "ready" {
+            return Err(ApiError::invalid_argument(format!(
+                "{target} is {}, not ready",
+                t.status
+            )));
+        }
+        if t.desired_state == "archived" {
+            return Err(ApiError::invalid_argument(format!("{target} is archived")));
+        }
+        let Some(live) = project.live_deployment_id.as_deref() else {
+            return Err(ApiError::invalid_argument(format!(
+                "project {} has no live deployment",
+                project.id
+            )));
+        };
+        if live == target {
+            if project.is_rolled_back {
+                return Ok((project.id, PromotePlan::ConfirmRollback));
+            }
+            return Err(ApiError::invalid_argument(format!(
+                "{target} is already the live deployment of project {}",
+                project.id
+            )));
+        }
+        let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
+        Ok((project.id, PromotePlan::Move { route_ids }))
+    }
+
+    pub(crate) async fn promote(
+        &self,
+        call: Call<PromoteRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let req = call.request;
+        let wait = crate::endpoints::wait_of(req.wait_ms)?;
+        let (project_id, _) = self.check_promote(&req.target_deployment_id).await?;
+        let input = PromoteInput {
+            project_id: project_id.clone(),
+            target: req.target_deployment_id.clone(),
+        };
+        self.run_and_wait::<Promote>(&project_id, &input, wait)
+            .await
+    }
+}

@@ -1,0 +1,197 @@
+//! `slipway.deploy.v1.rollback` and the Rollback workflow (BEHAVIOUR.md "Rollback"): every
+//! validation at once as a 4xx, again under the project's lease (the state may have changed
+//! while the workflow waited for it); then clear and wake the target, move the live and
+//! environment routes to it, point live at it and pin the project, and schedule the
+//! rolled-back-from deployment to standby.
+
+use serde::{Deserialize, Serialize};
+use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_nats::Call;
+use slipway_proto::v1::{RollbackRequest, WorkflowRunReply};
+use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
+
+use crate::{deployments::scope_of, Orchestrator};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackInput {
+    pub project_id: String,
+    pub source: String,
+    pub target: String,
+}
+
+/// What a valid rollback moves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RollbackPlan {
+    pub project_id: String,
+    pub route_ids: Vec<String>,
+}
+
+pub struct Rollback(pub Orchestrator);
+
+impl Workflow for Rollback {
+    const KIND: &'static str = "rollback";
+    type Input = RollbackInput;
+    type Output = ();
+
+    async fn run(&self, ctx: &mut Context, input: RollbackInput) -> Result<(), WorkflowError> {
+        let o = &self.0;
+        let (source, target) = (input.source.as_str(), input.target.as_str());
+        let lease = format!("project.{}", input.project_id);
+        ctx.lease(&lease).await?;
+        let plan: RollbackPlan = ctx
+            .step("validate", || async {
+                o.check_rollback(source, target)
+                    .await
+                    .map_err(StepError::from)
+            })
+            .await?;
+        o.wake(ctx, target).await?;
+        let _: u32 = ctx
+            .step("move_routes", || {
+                o.move_routes(&plan.project_id, target, &plan.route_ids)
+            })
+            .await?;
+        // Events are deduplicated per workflow: a replayed step does not repeat them.
+        let wf = ctx.workflow_id().to_string();
+        ctx.step("pin_live", || async {
+            let store = &o.inner.store;
+            store
+                .pin_live(&plan.project_id, target, now_ms())
+                .await
+                .map_err(|e| StepError::from(ApiError::from(e)))?;
+            let d = store
+                .deployment(target)
+                .await
+                .map_err(|e| StepError::from(ApiError::from(e)))?;
+            let scope = scope_of(&d);
+            #[derive(Serialize)]
+            struct RolledBack<'a> {
+                source_deployment_id: &'a str,
+            }
+            o.event(
+                &scope,
+                "rolled_back",
+                &wf,
+                RolledBack {
+                    source_deployment_id: source,
+                },
+            )
+            .await?;
+            #[derive(Serialize)]
+            struct Live<'a> {
+                previous_deployment_id: &'a str,
+            }
+            o.event(
+                &scope,
+                "live",
+                &wf,
+                Live {
+                    previous_deployment_id: source,
+                },
+            )
+            .await
+        })
+        .await?;
+        let key = format!("rollback.{}", ctx.workflow_id());
+        let _: String = ctx
+            .step("schedule_standby", || {
+                o.schedule_state(source, o.inner.config.standby_delay, "standby", &key)
+            })
+            .await?;
+        ctx.release(&lease).await;
+        tracing::info!(source, target, "rolled back");
+        Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// BEHAVIOUR.md "Rollback" validations, in its order.
+    pub(crate) async fn check_rollback(
+        &self,
+        source: &str,
+        target: &str,
+    ) -> Result<RollbackPlan, ApiError> {
+        ids::validate(ids::DEPLOYMENT, "source_deployment_id", source)?;
+        ids::validate(ids::DEPLOYMENT, "target_deployment_id", target)?;
+        if source == target {
+            return Err(ApiError::invalid_argument(
+                "source and target are the same deployment",
+            ));
+        }
+        let store = &self.inner.store;
+        let s = store.deployment(source).await?;
+        let t = store.deployment(target).await?;
+        let project = store.project(&s.project_id).await?;
+        if s.project_id != t.project_id || s.environment_id != t.environment_id {
+            return Err(ApiError::invalid_argument(format!(
+                "{source} and {target} are not in the same project and environment"
+            )));
+        }
+        if project.live_deployment_id.as_deref() != Some(source) {
+            return Err(ApiError::invalid_argument(format!(
+                "{source} is not the live deployment of project {} (live: {})",
+                project.id,
+                project.live_deployment_id.as_deref().unwrap_or("none")
+            )));
+        }
+        if t.status != "ready" {
+            return Err(ApiError::invalid_argument(format!(
+                "{target} is {}, not ready",
+                t.status
+            )));
+        }
+        if t.desired_state == "archived" {
+            return Err(ApiError::invalid_argument(format!("{target} is archived")));
+        }
+        let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
+        if route_ids.is_empty() {
+            return Err(ApiError::invalid_argument(format!(
+                "project {} has no live or environment routes to move",
+                project.id
+            )));
+        }
+        Ok(RollbackPlan {
+            project_id: project.id,
+            route_ids,
+        })
+    }
+
+    /// The live-sticky routes of the project and the environment-sticky ones of
+    /// `environment_id`: what rollback and promote move.
+    pub(crate) async fn traffic_routes(
+        &self,
+        project_id: &str,
+        environment_id: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .inner
+            .store
+            .routes(project_id, None)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.sticky == "live"
+                    || (r.sticky == "environment" && r.environment_id == environment_id)
+            })
+            .map(|r| r.id)
+            .collect())
+    }
+
+    pub(crate) async fn rollback(
+        &self,
+        call: Call<RollbackRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let req = call.request;
+        let wait = crate::endpoints::wait_of(req.wait_ms)?;
+        let plan = self
+            .check_rollback(&req.source_deployment_id, &req.target_deployment_id)
+            .await?;
+        let input = RollbackInput {
+            project_id: plan.project_id.clone(),
+            source: req.source_deployment_id.clone(),
+            target: req.target_deployment_id.clone(),
+        };
+        self.run_and_wait::<Rollback>(&plan.project_id, &input, wait)
+            .await
+    }
+}

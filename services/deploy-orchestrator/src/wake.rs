@@ -1,0 +1,70 @@
+//! Before traffic moves to a deployment (rollback, promote): clear its pending transition
+//! and, if it is in standby, set it running and wait until its instances are healthy, so a
+//! live route never points at a deployment with nothing running.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use slipway_core::time::now_ms;
+use slipway_workflow::{Context, StepError, WorkflowError};
+
+use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Asleep {
+    deadline_ms: i64,
+    /// region → replicas, from its topology
+    regions: BTreeMap<String, u32>,
+}
+
+impl Orchestrator {
+    /// The wake steps, journaled in `ctx`: `clear_target`, and for a target in standby
+    /// `wake_target`, `wait_target`, `record_target`.
+    pub(crate) async fn wake(&self, ctx: &mut Context, target: &str) -> Result<(), WorkflowError> {
+        let _: bool = ctx
+            .step("clear_target", || self.clear_schedule(target))
+            .await?;
+        let asleep: Option<Asleep> = ctx
+            .step("check_target", || async {
+                let store = &self.inner.store;
+                let d = store
+                    .deployment(target)
+                    .await
+                    .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+                if d.desired_state != "standby" {
+                    return Ok(None);
+                }
+                let regions = store
+                    .topology(target)
+                    .await
+                    .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?
+                    .into_iter()
+                    .map(|t| (t.region, t.replicas))
+                    .collect();
+                Ok(Some(Asleep {
+                    deadline_ms: now_ms() + millis(self.inner.config.ready_timeout),
+                    regions,
+                }))
+            })
+            .await?;
+        let Some(asleep) = asleep else {
+            return Ok(());
+        };
+        let key = format!("wake.{}", ctx.workflow_id());
+        let _: String = ctx
+            .step("wake_target", || {
+                self.schedule_state(target, std::time::Duration::ZERO, "running", &key)
+            })
+            .await?;
+        let instances: Vec<ReadyInstance> = ctx
+            .step("wait_target", || {
+                self.wait_for_instances(target, &asleep.regions, asleep.deadline_ms)
+            })
+            .await?;
+        ctx.step("record_target", || {
+            self.record_instances(target, asleep.regions.keys(), &instances)
+        })
+        .await?;
+        Ok(())
+    }
+}
