@@ -7,7 +7,7 @@ use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     GetWorkflowReply, GetWorkflowRequest, Workflow, WorkflowRunReply, WorkflowStep,
 };
-use slipway_workflow::{Status, WorkflowRecord};
+use slipway_workflow::{EventScope, Status, WorkflowRecord};
 
 use crate::{Orchestrator, SERVICE_NAME};
 
@@ -151,14 +151,12 @@ impl Orchestrator {
         &self,
         key: &str,
         input: &W::Input,
+        scope: Option<EventScope>,
         wait: Duration,
-    ) -> Result<WorkflowRunReply, ApiError>
-    where
-        W::Output: Default,
-    {
+    ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
         let workflow_id = ids::new(ids::WORKFLOW);
         self.engine()
-            .start::<W>(&workflow_id, key, input, None)
+            .start::<W>(&workflow_id, key, input, scope)
             .await?;
         let record = self.engine().wait(&workflow_id, wait).await?;
         let status = match record.status {
@@ -166,11 +164,12 @@ impl Orchestrator {
             Status::Failed => "failed",
             _ => "running",
         };
-        Ok(WorkflowRunReply {
+        let reply = WorkflowRunReply {
             workflow_id,
             status: status.into(),
             scaled_down: vec![],
-        })
+        };
+        Ok((reply, record))
     }
 
     async fn get_workflow(

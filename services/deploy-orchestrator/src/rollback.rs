@@ -191,7 +191,15 @@ impl Orchestrator {
             source: req.source_deployment_id.clone(),
             target: req.target_deployment_id.clone(),
         };
-        self.run_and_wait::<Rollback>(&plan.project_id, &input, wait)
-            .await
+        // Its steps are told on the target's events.
+        let target = self
+            .inner
+            .store
+            .deployment(&req.target_deployment_id)
+            .await?;
+        let (reply, _) = self
+            .run_and_wait::<Rollback>(&plan.project_id, &input, Some(scope_of(&target)), wait)
+            .await?;
+        Ok(reply)
     }
 }

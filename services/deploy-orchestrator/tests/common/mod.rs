@@ -266,6 +266,32 @@ impl Plane {
         .unwrap_or_else(|_| panic!("workflow {workflow_id} not finished within {TIMEOUT:?}"))
     }
 
+    /// Deploys and waits until it is ready; returns its id.
+    pub async fn deployed(&self, project_id: &str, env: &str, message: &str) -> String {
+        let (dep, wf) = self.deploy(project_id, env, message).await;
+        let record = self.workflow_done(&wf).await;
+        assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+        dep
+    }
+
+    /// Where the route table sends `fqdn` now.
+    pub async fn routed_to(&self, fqdn: &str) -> String {
+        self.route_table(fqdn).await.expect("no such route")["deployment_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn pending(&self, deployment_id: &str) -> Option<Value> {
+        let state = self
+            .ok(
+                &format!("slipway.deployment.v1.get_state.{deployment_id}"),
+                json!({}),
+            )
+            .await;
+        state.get("pending").cloned()
+    }
+
     pub async fn deployment(&self, id: &str) -> Value {
         self.ok(
             "slipway.deploy.v1.get_deployment",
