@@ -282,6 +282,27 @@ impl Plane {
             .to_string()
     }
 
+    /// The deployment behind a project's live route, and behind its production
+    /// environment route (from routing's list, then the edge table).
+    pub async fn live_and_production_routes(&self, project_id: &str) -> (String, String) {
+        let routes = self.routes(project_id).await;
+        let fqdn_of = |pred: &dyn Fn(&Value) -> bool| {
+            routes
+                .iter()
+                .find(|r| pred(r))
+                .map(|r| r["fqdn"].as_str().unwrap().to_string())
+                .expect("no such route")
+        };
+        let live = fqdn_of(&|r| r["sticky"] == "live");
+        let production = fqdn_of(&|r| {
+            r["sticky"] == "environment" && r["fqdn"].as_str().unwrap().contains("-production-")
+        });
+        (
+            self.routed_to(&live).await,
+            self.routed_to(&production).await,
+        )
+    }
+
     pub async fn pending(&self, deployment_id: &str) -> Option<Value> {
         let state = self
             .ok(
