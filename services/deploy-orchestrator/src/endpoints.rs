@@ -98,6 +98,14 @@ pub async fn serve(
     micro
         .serve(
             o,
+            "scale_down_idle_previews",
+            "slipway.deploy.v1.scale_down_idle_previews",
+            |o, c| async move { o.scale_down_idle_previews(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
             "get_workflow",
             "slipway.deploy.v1.get_workflow",
             |o, c| async move { o.get_workflow(c).await },

@@ -11,6 +11,7 @@ mod instances;
 mod projects;
 mod promote;
 mod rollback;
+mod scale_down;
 mod wake;
 
 use std::{sync::Arc, time::Duration};
@@ -25,6 +26,7 @@ use slipway_workflow::{Engine, EngineConfig};
 pub use deploy::Deploy;
 pub use promote::Promote;
 pub use rollback::Rollback;
+pub use scale_down::ScaleDown;
 
 pub const SERVICE_NAME: &str = "slipway-deploy";
 
@@ -57,6 +59,16 @@ pub struct Config {
     /// How long an instance may stay `failed` before the deploy gives up on it.
     #[arg(long, env = "SLIPWAY_FAILED_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub failed_grace: Duration,
+    /// Idle window of preview deployments.
+    #[arg(long, env = "SLIPWAY_IDLE_WINDOW", default_value = "6h", value_parser = parse_duration)]
+    pub idle_window: Duration,
+    /// The scale-down cron (a `Nats-Schedule` value: `@every 15m`, a 6-field cron, `@hourly`).
+    #[arg(
+        long,
+        env = "SLIPWAY_SCALE_DOWN_SCHEDULE",
+        default_value = "@every 15m"
+    )]
+    pub scale_down_schedule: String,
     /// How long a silent worker keeps a workflow before another resumes it.
     #[arg(long, env = "SLIPWAY_WORKFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub workflow_ack_wait: Duration,
@@ -124,6 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register(Deploy(orchestrator.clone()))
         .register(Rollback(orchestrator.clone()))
         .register(Promote(orchestrator.clone()))
+        .register(ScaleDown(orchestrator.clone()))
         .build()
         .await?;
     let _ = orchestrator.inner.engine.set(engine.clone());
@@ -133,6 +146,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let workers = tokio::spawn(engine.run_workers());
     tokio::spawn(deployments::restart_orphans(orchestrator.clone()));
+    scale_down::ensure_schedule(&orchestrator.inner.js, &config.scale_down_schedule)
+        .await
+        .context("writing the scale-down schedule")?;
+    tokio::spawn(scale_down::consume_fires(orchestrator.clone()));
     service
         .await_reachable(&client)
         .await

@@ -67,6 +67,10 @@ const CONSUMERS: &[(&str, &str)] = &[
         "deploy-orchestrator",
         include_str!("../../../nats/consumers/SLIPWAY_WORKFLOWS.deploy-orchestrator.json"),
     ),
+    (
+        "deploy-orchestrator-cron",
+        include_str!("../../../nats/consumers/SLIPWAY_TIMERS.deploy-orchestrator-cron.json"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
