@@ -1,0 +1,112 @@
+//! Rollback and promote latency over real processes (release builds, real nats-server,
+//! SQLite, krane-agent running `slipway demo-app`): request -> the live route switched, as a
+//! `slipway_routes` watcher (an edge) sees it, p50 / p99, for a warm target (running) and for
+//! a target in standby (woken, healthy, then switched).
+//!
+//! `cargo build --release --workspace && cargo bench -p deploy-orchestrator --bench rollback`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const WARM: usize = 40;
+const COLD: usize = 10;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
+    println!("agent health checks every 100ms; SQLite");
+    // Warm: superseded deployments stay running (standby delay 1h).
+    let (warm_rollback, warm_promote) = switches("1h", WARM, false).await?;
+    summary("rollback, warm target", warm_rollback);
+    summary("promote, warm target", warm_promote);
+    // Cold: the target has gone to standby (delay 1s) before each switch.
+    let (cold_rollback, cold_promote) = switches("1s", COLD, true).await?;
+    summary("rollback, target in standby", cold_rollback);
+    summary("promote, target in standby", cold_promote);
+    Ok(())
+}
+
+fn summary(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "  {label:<30} request -> live route switched: p50 {:>7.1} ms  p99 {:>7.1} ms  (n={})",
+        at(0.5),
+        at(0.99),
+        ms.len()
+    );
+}
+
+/// Alternates rollback v2 -> v1 and promote v2, timing each until the watcher sees the live
+/// route on the target.
+async fn switches(
+    standby_delay: &str,
+    rounds: usize,
+    wait_for_standby: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut plane = common::Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", standby_delay.into())];
+    plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    let live_fqdn = "shop-acme1.slipway.localhost";
+    let (mut rollbacks, mut promotes) = (vec![], vec![]);
+    for _ in 0..rounds {
+        for (verb, body, target, from) in [
+            (
+                "rollback",
+                json!({"source_deployment_id": v2, "target_deployment_id": v1}),
+                &v1,
+                &v2,
+            ),
+            ("promote", json!({"target_deployment_id": v2}), &v2, &v1),
+        ] {
+            if wait_for_standby {
+                wait_standby(&plane, &project, target).await;
+            }
+            let mut watch = plane.routes.watch(live_fqdn).await?;
+            let t = Instant::now();
+            let reply = plane.ok(&format!("slipway.deploy.v1.{verb}"), body).await;
+            anyhow::ensure!(reply["status"] == "completed", "{verb}: {reply}");
+            loop {
+                let entry = watch.next().await.expect("watch ended")?;
+                let value: Value = serde_json::from_slice(&entry.value)?;
+                if value["deployment_id"] == target.as_str() {
+                    break;
+                }
+            }
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if verb == "rollback" {
+                rollbacks.push(ms)
+            } else {
+                promotes.push(ms)
+            }
+        }
+    }
+    Ok((rollbacks, promotes))
+}
+
+/// Until `dep` is in standby with its instances stopped (events and a KV watch).
+async fn wait_standby(plane: &common::Plane, project: &str, dep: &str) {
+    loop {
+        if plane.deployment(dep).await["desired_state"] == "standby" {
+            break;
+        }
+        let mut sub = plane
+            .client
+            .subscribe(format!("slipway.events.{project}.{dep}.desired_state"))
+            .await
+            .unwrap();
+        if plane.deployment(dep).await["desired_state"] == "standby" {
+            break;
+        }
+        sub.next().await;
+    }
+    plane.wait_instances(dep, "inactive").await;
+}
