@@ -58,14 +58,13 @@ async fn switches(
     let live_fqdn = "shop-acme1.slipway.localhost";
     let (mut rollbacks, mut promotes) = (vec![], vec![]);
     for _ in 0..rounds {
-        for (verb, body, target, from) in [
+        for (verb, body, target) in [
             (
                 "rollback",
                 json!({"source_deployment_id": v2, "target_deployment_id": v1}),
                 &v1,
-                &v2,
             ),
-            ("promote", json!({"target_deployment_id": v2}), &v2, &v1),
+            ("promote", json!({"target_deployment_id": v2}), &v2),
         ] {
             if wait_for_standby {
                 wait_standby(&plane, &project, target).await;
