@@ -107,6 +107,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!(
         "  nats req slipway.deploy.v1.get_deployment '{{\"deployment_id\":\"<deployment_id>\"}}'"
     );
+    println!(
+        "  nats req slipway.deploy.v1.rollback '{{\"source_deployment_id\":\"<deployment_id>\",\"target_deployment_id\":\"{demo_id}\"}}'"
+    );
+    println!(
+        "  nats req slipway.deploy.v1.promote '{{\"target_deployment_id\":\"<deployment_id>\"}}'"
+    );
     println!("  nats req slipway.project.v1.get_project '{{\"project_id\":\"{DEMO_PROJECT}\"}}'");
     println!("  nats req slipway.routing.v1.list_routes.{DEMO_PROJECT} '{{}}'");
     println!("  nats micro ls");
