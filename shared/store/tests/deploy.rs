@@ -10,6 +10,8 @@ use common::{deployment, fixture, Fixture};
 on_both_backends!(
     idempotent_creation,
     live_swap_is_idempotent_and_respects_a_pin,
+    promote_swaps_unpins_and_is_idempotent,
+    idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
     listing_pages_newest_first,
 );
@@ -174,4 +176,93 @@ async fn listing_pages_newest_first(db: &TestDb) {
         vec!["a.example"]
     );
     assert_eq!(s.pending_deployments(i64::MAX).await.unwrap().len(), 5);
+}
+
+async fn promote_swaps_unpins_and_is_idempotent(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2"] {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    s.pin_live(&f.project_id, "dep_1", 1).await.unwrap();
+    let previous = s.promote_live(&f.project_id, "dep_2", 2).await.unwrap();
+    assert_eq!(previous.as_deref(), Some("dep_1"));
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(p.live_deployment_id.as_deref(), Some("dep_2"));
+    assert!(!p.is_rolled_back);
+    // Replayed: the same previous, not "dep_2 replaced dep_2".
+    assert_eq!(
+        s.promote_live(&f.project_id, "dep_2", 3).await.unwrap(),
+        previous
+    );
+    // Confirming a rollback only clears the pin.
+    s.pin_live(&f.project_id, "dep_1", 4).await.unwrap();
+    s.confirm_rollback(&f.project_id, 5).await.unwrap();
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(
+        (p.live_deployment_id.as_deref(), p.is_rolled_back),
+        (Some("dep_1"), false)
+    );
+    assert!(matches!(
+        s.confirm_rollback("proj_nope", 6).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn idle_preview_candidates_page_by_environment(db: &TestDb) {
+    let f = fixture(db).await;
+    let s = &f.store;
+    let mut envs = vec![];
+    for i in 0..5 {
+        let project = format!("proj_p{i}");
+        s.create_project(&project, "ws_1", &format!("p{i}"), "P", "main", 1)
+            .await
+            .unwrap();
+        let env = format!("env_p{i}");
+        s.create_environment(
+            &env,
+            &project,
+            "preview",
+            &Default::default(),
+            8080,
+            "{}",
+            1,
+        )
+        .await
+        .unwrap();
+        envs.push(env);
+    }
+    // env_p1: an old ready one (candidate), a fresh ready one, an old pending one.
+    for (id, status, at) in [
+        ("dep_old", "ready", 10),
+        ("dep_new", "ready", 1000),
+        ("dep_pending", "pending", 10),
+    ] {
+        s.insert_deployment(
+            &NewDeployment {
+                id: id.into(),
+                environment_id: envs[1].clone(),
+                ..Default::default()
+            },
+            at,
+        )
+        .await
+        .unwrap();
+        s.set_deployment_status(id, status, at).await.unwrap();
+    }
+    let (first, next) = s.idle_preview_candidates(None, 2, 500).await.unwrap();
+    assert_eq!(
+        (first, next.as_deref()),
+        (vec!["dep_old".to_string()], Some("env_p1"))
+    );
+    let (second, next) = s
+        .idle_preview_candidates(Some("env_p1"), 2, 500)
+        .await
+        .unwrap();
+    assert_eq!((second.len(), next.as_deref()), (0, Some("env_p3")));
+    let (third, next) = s
+        .idle_preview_candidates(Some("env_p3"), 2, 500)
+        .await
+        .unwrap();
+    assert_eq!((third.len(), next), (0, None));
 }
