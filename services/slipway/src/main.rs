@@ -1,15 +1,25 @@
 //! `slipway`: the operator CLI.
 
+mod api;
+mod commands;
 mod demo_app;
+mod deploy;
 mod dev;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
+use slipway_core::config::CommonConfig;
 
 #[derive(Parser)]
 #[command(name = "slipway", version, about = "Slipway deployment control plane")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print replies as JSON (every read command), for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    nats: CommonConfig,
 }
 
 #[derive(Subcommand)]
@@ -19,20 +29,93 @@ enum Command {
     Dev(dev::DevArgs),
     /// A small HTTP app to deploy: `/`, `/healthz`, `/openapi.yaml` on 127.0.0.1:$PORT.
     DemoApp(demo_app::DemoAppArgs),
+    /// Workspaces.
+    #[command(subcommand)]
+    Workspace(commands::Create),
+    /// Projects.
+    #[command(subcommand)]
+    Project(commands::ProjectCommand),
+    /// Environments.
+    #[command(subcommand)]
+    Env(commands::EnvCommand),
+    /// Deploy an image and follow it to ready (or its failure).
+    Deploy(deploy::DeployArgs),
+    /// Move live and environment traffic back to an earlier deployment (pins the project).
+    Rollback {
+        source: String,
+        target: String,
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: i64,
+    },
+    /// Make a deployment live (unpins the project; on the live one, confirms a rollback).
+    Promote {
+        target: String,
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: i64,
+    },
+    /// A deployment: state, instances, domains, pending transition.
+    Status { deployment: String },
+    /// A project's deployments, newest first; `*` marks the live one.
+    Ls {
+        #[arg(long)]
+        project: String,
+        #[arg(long = "env")]
+        environment: Option<String>,
+    },
+    /// A project's routes.
+    Routes {
+        #[arg(long)]
+        project: String,
+    },
+    /// Every pending desired-state transition and when it fires.
+    Timers,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dev(args) => dev::run(args).await,
-        Command::DemoApp(args) => demo_app::run(args).await,
-    };
+    let result = run(cli).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slipway: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_out = cli.json;
+    match cli.command {
+        Command::Dev(args) => return dev::run(args).await,
+        Command::DemoApp(args) => return demo_app::run(args).await,
+        _ => {}
+    }
+    let api = api::Api::connect(&cli.nats).await?;
+    match cli.command {
+        Command::Dev(_) | Command::DemoApp(_) => Ok(()),
+        Command::Workspace(c) => commands::workspace(&api, c, json_out).await,
+        Command::Project(c) => commands::project(&api, c, json_out).await,
+        Command::Env(c) => commands::env(&api, c, json_out).await,
+        Command::Deploy(args) => deploy::deploy(&api, args, json_out).await,
+        Command::Rollback {
+            source,
+            target,
+            wait_ms,
+        } => {
+            let body = json!({"source_deployment_id": source, "target_deployment_id": target, "wait_ms": wait_ms});
+            deploy::traffic(&api, "rollback", body, json_out).await
+        }
+        Command::Promote { target, wait_ms } => {
+            let body = json!({"target_deployment_id": target, "wait_ms": wait_ms});
+            deploy::traffic(&api, "promote", body, json_out).await
+        }
+        Command::Status { deployment } => commands::status(&api, &deployment, json_out).await,
+        Command::Ls {
+            project,
+            environment,
+        } => commands::ls(&api, &project, environment, json_out).await,
+        Command::Routes { project } => commands::routes(&api, &project, json_out).await,
+        Command::Timers => commands::timers(&api, json_out).await,
     }
 }

@@ -1,0 +1,278 @@
+//! The CLI against a running control plane (`slipway dev`): create records, deploy with
+//! progress to ready, status, ls, routes, timers, rollback, promote; `--json` parses; a
+//! failing deploy and a server error exit non-zero with the server's message. Then Ctrl-C
+//! stops everything `slipway dev` started: no process is left.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
+
+struct Cli {
+    url: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(SLIPWAY)
+            .args(args)
+            .env("SLIPWAY_NATS_URL", &self.url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs with `--json`, expects success, parses stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "slipway {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "slipway {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// Every process below `pid` (by parent links in /proc).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+            parents.push((p, ppid));
+        }
+    }
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp) in &parents {
+            if *pp == parent {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_drives_a_running_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(SLIPWAY)
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = dev.stdout.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut url = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(u) = line.trim().strip_prefix("NATS") {
+                url = Some(u.trim().to_string());
+            }
+            if line.starts_with("Ctrl-C") {
+                break;
+            }
+        }
+        url
+    })
+    .await
+    .unwrap()
+    .expect("slipway dev printed no NATS URL");
+    let cli = Cli { url };
+
+    tokio::task::block_in_place(|| {
+        let ws = cli.json(&["workspace", "create", "acme"]);
+        let ws = ws["workspace"]["id"].as_str().unwrap().to_string();
+        let p = cli.json(&["project", "create", "shop", "--workspace", &ws]);
+        let project = p["project"]["id"].as_str().unwrap().to_string();
+        let env = cli.json(&[
+            "env",
+            "create",
+            "production",
+            "--project",
+            &project,
+            "--region",
+            "local=1",
+        ]);
+        assert_eq!(env["environment"]["regions"]["local"], 1);
+
+        // A deploy with progress on stderr, URLs on stdout.
+        let out = cli.run(&[
+            "deploy",
+            "--project",
+            &project,
+            "--image",
+            "exec:slipway demo-app --message one",
+            "--commit",
+            "0123456789abcdef",
+        ]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("✓ wait_instances") && stderr.contains("✓ assign_routes"),
+            "{stderr}"
+        );
+        assert!(
+            stdout.contains("is ready") && stdout.contains("http://shop-acme.slipway.localhost/"),
+            "{stdout}"
+        );
+        let first = stdout.split_whitespace().next().unwrap().to_string();
+
+        let second = cli.json(&[
+            "deploy",
+            "--project",
+            &project,
+            "--image",
+            "exec:slipway demo-app --message two",
+        ]);
+        assert_eq!(second["status"], "ready");
+        let second = second["id"].as_str().unwrap().to_string();
+
+        let status = cli.json(&["status", &second]);
+        assert_eq!(
+            (
+                status["status"].as_str(),
+                status["instances"].as_array().unwrap().len()
+            ),
+            (Some("ready"), 1)
+        );
+        assert!(status["pending_transition"].is_null());
+        let status = cli.json(&["status", &first]);
+        assert_eq!(status["pending_transition"]["state"], "standby");
+
+        let ls = cli.json(&["ls", "--project", &project]);
+        let listed: Vec<(&str, bool)> = ls["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["id"].as_str().unwrap(), d["live"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(second.as_str(), true), (first.as_str(), false)]
+        );
+        let human =
+            String::from_utf8_lossy(&cli.run(&["ls", "--project", &project]).stdout).to_string();
+        assert!(
+            human
+                .lines()
+                .next()
+                .unwrap()
+                .starts_with(&format!("* {second}")),
+            "{human}"
+        );
+
+        let routes = cli.json(&["routes", "--project", &project]);
+        assert!(routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["fqdn"] == "shop-acme.slipway.localhost"
+                && r["deployment_id"] == second.as_str()));
+        let timers = cli.json(&["timers"]);
+        assert!(
+            timers["timers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["deployment_id"] == first.as_str() && t["state"] == "standby"),
+            "{timers}"
+        );
+
+        let rolled = cli.json(&["rollback", &second, &first]);
+        assert_eq!(rolled["status"], "completed");
+        let ls = cli.json(&["ls", "--project", &project]);
+        assert_eq!(
+            (
+                ls["live_deployment_id"].as_str(),
+                ls["is_rolled_back"].as_bool()
+            ),
+            (Some(first.as_str()), Some(true))
+        );
+        let promoted = cli.json(&["promote", &second]);
+        assert_eq!(promoted["status"], "completed");
+        let ls = cli.json(&["ls", "--project", &project]);
+        assert_eq!(
+            (
+                ls["live_deployment_id"].as_str(),
+                ls["is_rolled_back"].as_bool()
+            ),
+            (Some(second.as_str()), Some(false))
+        );
+
+        // Failures exit non-zero with the reason or the server's message.
+        let out = cli.run(&[
+            "deploy",
+            "--project",
+            &project,
+            "--image",
+            "exec:slipway demo-app --exit-after 0s",
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("failed") && stderr.contains("exited with"),
+            "{stderr}"
+        );
+        let out = cli.run(&["status", "dep_nope"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("deployment dep_nope not found"));
+        let out = cli.run(&["rollback", &second, &second]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("same deployment"));
+        assert!(!out.status.success());
+    });
+
+    // Ctrl-C: everything it started goes, demo apps included.
+    let started = descendants(dev.id());
+    assert!(
+        started.len() >= 6,
+        "services, agent, nats-server and apps: {started:?}"
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = tokio::task::spawn_blocking(move || dev.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "slipway dev exited with {status}");
+    let left: Vec<u32> = started.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
