@@ -8,16 +8,17 @@
 //! in its state directory, so after its own crash it kills what it left behind and converges
 //! on the desired state again.
 
+pub mod desired;
 pub mod process;
 pub mod supervisor;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_core::{config::CommonConfig, krane::DesiredDeployment};
-use slipway_nats::provision::{self, DESIRED, INSTANCES};
+use slipway_nats::provision::{self, INSTANCES};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -58,8 +59,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let client = slipway_nats::connect(&config.common, "krane-agent").await?;
     let js = jetstream::new(client.clone());
-    provision::provision(&js, config.common.js_replicas).await?;
-    let desired = js.get_key_value(DESIRED).await?;
+    // A region agent's NATS user may not create streams (nats/accounts.conf): then the
+    // control plane has provisioned them.
+    if let Err(e) = provision::provision(&js, config.common.js_replicas).await {
+        tracing::warn!(error = %e, "cannot provision streams and buckets; using those the control plane made");
+    }
     let instances = js.get_key_value(INSTANCES).await?;
     let ctx = supervisor::Context {
         region: config.region.clone(),
@@ -72,11 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .build()?,
     };
 
-    let prefix = format!("deployment.{}.", config.region);
-    let mut watch = desired
-        .watch_with_history(format!("{prefix}>"))
-        .await
-        .context("watching slipway_desired")?;
+    let feed = desired::feed(&js, &config.region).await.map_err(|e| {
+        anyhow::anyhow!("reading slipway_desired for region {}: {e}", config.region)
+    })?;
+    tokio::pin!(feed);
     tracing::info!(target: "slipway::ready", region = %config.region, "krane-agent ready");
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
@@ -84,33 +87,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = slipway_nats::shutdown::signal();
     tokio::pin!(shutdown);
     loop {
-        let entry = tokio::select! {
-            entry = watch.next() => entry,
+        let change = tokio::select! {
+            change = feed.next() => change,
             _ = &mut shutdown => break,
         };
-        let Some(entry) = entry else {
-            anyhow::bail!("the slipway_desired watch ended");
+        let Some(change) = change else {
+            anyhow::bail!("the slipway_desired feed ended");
         };
-        let entry = match entry {
-            Ok(e) => e,
+        let desired::Change { deployment_id, doc } = match change {
+            Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "desired-state watch error");
+                tracing::warn!(error = %e, "desired-state feed error");
                 continue;
             }
-        };
-        let Some(deployment_id) = entry.key.strip_prefix(&prefix).map(str::to_string) else {
-            continue;
-        };
-        let doc = match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<DesiredDeployment>(&entry.value) {
-                Ok(doc) => Some(doc),
-                Err(e) => {
-                    tracing::error!(key = %entry.key, error = %e, "malformed desired state; ignoring it");
-                    continue;
-                }
-            },
-            // A removed document means: run nothing.
-            _ => None,
         };
         match supervisors.get(&deployment_id) {
             Some(tx) if !tx.is_closed() => {

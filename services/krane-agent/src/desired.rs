@@ -1,0 +1,61 @@
+//! The region's desired state from KV `slipway_desired`, read as a named ordered consumer
+//! filtered on `deployment.<region>.>` (current values first, then every change). Unlike a
+//! plain KV watch, its creation subject names the filter
+//! (`$JS.API.CONSUMER.CREATE.KV_slipway_desired.<name>.$KV.slipway_desired.deployment.<region>.>`),
+//! so the agent's NATS user can be allowed its own region and nothing else
+//! (`nats/accounts.conf`).
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use futures::{Stream, StreamExt};
+use slipway_core::krane::DesiredDeployment;
+use slipway_nats::provision::DESIRED;
+
+/// One change: a deployment's desired document, or `None` when it was removed.
+#[derive(Debug)]
+pub struct Change {
+    pub deployment_id: String,
+    pub doc: Option<DesiredDeployment>,
+}
+
+pub async fn feed(
+    js: &jetstream::Context,
+    region: &str,
+) -> Result<impl Stream<Item = Result<Change, String>>, async_nats::Error> {
+    let stream = js.get_stream_no_info(format!("KV_{DESIRED}")).await?;
+    let prefix = format!("$KV.{DESIRED}.deployment.{region}.");
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            name: Some(format!("krane-{region}-{}", uuid::Uuid::new_v4().simple())),
+            filter_subject: format!("{prefix}>"),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer.messages().await?;
+    Ok(messages.filter_map(move |message| {
+        let prefix = prefix.clone();
+        async move {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            let deployment_id = message.subject.strip_prefix(prefix.as_str())?.to_string();
+            // KV deletes and purges carry `KV-Operation`; a removed document means run nothing.
+            let removed = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if removed {
+                return Some(Ok(Change { deployment_id, doc: None }));
+            }
+            match serde_json::from_slice::<DesiredDeployment>(&message.payload) {
+                Ok(doc) => Some(Ok(Change { deployment_id, doc: Some(doc) })),
+                Err(e) => {
+                    tracing::error!(subject = %message.subject, error = %e, "malformed desired state; ignoring it");
+                    None
+                }
+            }
+        }
+    }))
+}
