@@ -18,7 +18,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_core::{config::CommonConfig, krane::DesiredDeployment};
-use slipway_nats::provision::{self, INSTANCES};
+use slipway_nats::provision::INSTANCES;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -59,12 +59,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let client = slipway_nats::connect(&config.common, "krane-agent").await?;
     let js = jetstream::new(client.clone());
-    // A region agent's NATS user may not create streams (nats/accounts.conf): then the
-    // control plane has provisioned them.
-    if let Err(e) = provision::provision(&js, config.common.js_replicas).await {
-        tracing::warn!(error = %e, "cannot provision streams and buckets; using those the control plane made");
-    }
-    let instances = js.get_key_value(INSTANCES).await?;
+    // The control plane provisions the buckets; a region agent's NATS user may not
+    // (nats/accounts.conf), so it waits for them.
+    let instances = wait_for_bucket(&js, INSTANCES).await;
     let ctx = supervisor::Context {
         region: config.region.clone(),
         state_dir,
@@ -76,9 +73,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .build()?,
     };
 
-    let feed = desired::feed(&js, &config.region).await.map_err(|e| {
-        anyhow::anyhow!("reading slipway_desired for region {}: {e}", config.region)
-    })?;
+    let feed = loop {
+        match desired::feed(&js, &config.region).await {
+            Ok(feed) => break feed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read slipway_desired yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     tokio::pin!(feed);
     tracing::info!(target: "slipway::ready", region = %config.region, "krane-agent ready");
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
@@ -121,4 +124,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(supervisors);
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The bucket once it exists, retrying with backoff (logged every ~30 s).
+async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream::kv::Store {
+    let mut delay = Duration::from_millis(100);
+    let mut waited = Duration::ZERO;
+    let mut told = Duration::ZERO;
+    loop {
+        match js.get_key_value(bucket).await {
+            Ok(kv) => return kv,
+            Err(e) => {
+                if waited >= told {
+                    tracing::warn!(bucket, error = %e, "waiting for the control plane to provision the bucket");
+                    told = waited + Duration::from_secs(30);
+                }
+                tokio::time::sleep(delay).await;
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }

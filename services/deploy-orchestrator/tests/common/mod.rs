@@ -51,7 +51,39 @@ pub struct Plane {
     pub agent: Option<ServiceProcess>,
     /// Extra environment for every orchestrator started from now on.
     pub orchestrator_env: Vec<(&'static str, String)>,
+    /// With `nats/accounts.conf`: each service connects as its own user.
+    secured: bool,
     seq: u32,
+}
+
+/// The password every user of `nats/accounts.conf` gets in tests.
+pub fn password(user: &str) -> String {
+    format!("{user}-secret")
+}
+
+/// Connects as `user` of `nats/accounts.conf`, recording the server's errors (permission
+/// violations) in the returned receiver.
+pub async fn connect_as(
+    url: &str,
+    user: &str,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    (client, rx)
 }
 
 impl Plane {
@@ -64,9 +96,36 @@ impl Plane {
 
     pub async fn without_orchestrator() -> Plane {
         let nats = NatsServer::start().await.expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        Self::on(nats, client, false).await
+    }
+
+    /// A nats-server running `nats/accounts.conf` (passwords from [`password`]); the test
+    /// client is `admin`, every service its own user, the agent `krane-agent-local`.
+    pub async fn secured() -> Plane {
+        for (var, user) in [
+            ("SLIPWAY_ORCHESTRATOR_PASSWORD", "deploy-orchestrator"),
+            ("SLIPWAY_ACTOR_PASSWORD", "deployment-actor"),
+            ("SLIPWAY_ROUTING_PASSWORD", "routing"),
+            ("SLIPWAY_AGENT_LOCAL_PASSWORD", "krane-agent-local"),
+            ("SLIPWAY_PLATFORM_PASSWORD", "platform"),
+            ("SLIPWAY_ADMIN_PASSWORD", "admin"),
+        ] {
+            // nats-server reads them when it parses its config.
+            std::env::set_var(var, password(user));
+        }
+        // The file itself (an `include` cannot take an absolute path).
+        let accounts = include_str!("../../../../nats/accounts.conf");
+        let nats = NatsServer::start_with_config(accounts)
+            .await
+            .expect("nats-server with accounts.conf");
+        let (client, _) = connect_as(&nats.url(), "admin").await;
+        Self::on(nats, client, true).await
+    }
+
+    async fn on(nats: NatsServer, client: async_nats::Client, secured: bool) -> Plane {
         let db = TestDb::sqlite().unwrap();
         let store = Store::open(&db.url).await.unwrap();
-        let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client.clone());
         provision::provision(&js, 1).await.unwrap();
         let mut plane = Plane {
@@ -83,20 +142,32 @@ impl Plane {
             orchestrators: vec![],
             agent: None,
             orchestrator_env: vec![],
+            secured,
             seq: 0,
         };
         for (name, ready) in [
             ("routing", "routing ready"),
             ("deployment-actor", "deployment-actor ready"),
         ] {
-            let p = ServiceProcess::spawn(name, bin(name), &[], &plane.env()).unwrap();
+            let p = ServiceProcess::spawn(name, bin(name), &[], &plane.env_for(name)).unwrap();
             p.wait_for_log(ready, TIMEOUT).unwrap();
             plane.services.push(p);
         }
-        let agent = ServiceProcess::spawn("agent", bin("krane-agent"), &[], &plane.env()).unwrap();
+        let agent_env = plane.env_for("krane-agent-local");
+        let agent = ServiceProcess::spawn("agent", bin("krane-agent"), &[], &agent_env).unwrap();
         agent.wait_for_log("krane-agent ready", TIMEOUT).unwrap();
         plane.agent = Some(agent);
         plane
+    }
+
+    /// [`env`](Self::env) plus the NATS user of `user` when secured.
+    fn env_for(&self, user: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        if self.secured {
+            env.push(("SLIPWAY_NATS_USER", user.to_string()));
+            env.push(("SLIPWAY_NATS_PASSWORD", password(user)));
+        }
+        env
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -132,7 +203,7 @@ impl Plane {
     /// Starts an orchestrator (with `extra` environment) and waits until it serves.
     /// Starts another routing process (after [`kill_service`](Self::kill_service)).
     pub fn respawn_service(&mut self, name: &str, ready: &str) {
-        let p = ServiceProcess::spawn(name, bin(name), &[], &self.env()).unwrap();
+        let p = ServiceProcess::spawn(name, bin(name), &[], &self.env_for(name)).unwrap();
         p.wait_for_log(ready, TIMEOUT).unwrap();
         self.services.push(p);
     }
@@ -143,7 +214,7 @@ impl Plane {
     }
 
     pub fn spawn_orchestrator(&mut self, extra: &[(&str, String)]) -> usize {
-        let mut env = self.env();
+        let mut env = self.env_for("deploy-orchestrator");
         env.extend(self.orchestrator_env.iter().cloned());
         env.extend(extra.iter().cloned());
         let name = format!("orch{}", self.orchestrators.len());

@@ -1,0 +1,184 @@
+//! `nats/accounts.conf` on a real nats-server: every service runs under its own user and a
+//! deploy reaches ready; a platform user calls the public endpoints and follows events, but
+//! the server refuses its publish to the timers stream, its request to an actor endpoint and
+//! its KV writes; a region agent's user reads and writes only its own region.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::{connect_as, Plane, TIMEOUT};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+async fn call(client: &async_nats::Client, subject: &str, body: Value) -> Value {
+    let reply = tokio::time::timeout(
+        TIMEOUT,
+        client.request(subject.to_string(), body.to_string().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{subject}: no reply"))
+    .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none()),
+        "{subject}: {}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// The next permission violation the server reported to this connection.
+async fn refused(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, subject: &str) {
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = errors.recv().await.expect("connection gone");
+            if e.contains(subject) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server did not refuse {subject}"));
+    assert!(
+        error.to_lowercase().contains("permissions violation"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_user_gets_what_its_role_needs_and_nothing_more() {
+    let mut plane = Plane::secured().await;
+    plane.spawn_orchestrator(&[]);
+    let url = plane.nats.url();
+    let (platform, mut platform_errors) = connect_as(&url, "platform").await;
+
+    // The public API, as a platform service.
+    let ws = call(
+        &platform,
+        "slipway.project.v1.create_workspace",
+        json!({"slug": "acme"}),
+    )
+    .await;
+    let project = call(
+        &platform,
+        "slipway.project.v1.create_project",
+        json!({"workspace_id": ws["workspace"]["id"], "slug": "shop"}),
+    )
+    .await;
+    let project = project["project"]["id"].as_str().unwrap().to_string();
+    call(
+        &platform,
+        "slipway.project.v1.create_environment",
+        json!({"project_id": project, "slug": "production"}),
+    )
+    .await;
+    let created = call(
+        &platform,
+        "slipway.deploy.v1.create_deployment",
+        json!({"project_id": project, "environment_slug": "production", "docker_image": "exec:slipway demo-app --message secured"}),
+    )
+    .await;
+    let dep = created["deployment_id"].as_str().unwrap().to_string();
+
+    // It follows the deployment on the events stream with a consumer of its own; the
+    // services (each its own user, the agent as krane-agent-local) take it to ready.
+    let events = jetstream::new(platform.clone())
+        .get_stream("SLIPWAY_EVENTS")
+        .await
+        .unwrap();
+    let consumer = events
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("slipway.events.{project}.{dep}.ready"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut ready = consumer.messages().await.unwrap();
+    let event = tokio::time::timeout(TIMEOUT, ready.next())
+        .await
+        .expect("no ready event")
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["deployment_id"], dep.as_str());
+    let d = call(
+        &platform,
+        "slipway.deploy.v1.get_deployment",
+        json!({ "deployment_id": dep }),
+    )
+    .await;
+    assert_eq!(d["deployment"]["status"], "ready");
+    let routes = call(
+        &platform,
+        &format!("slipway.routing.v1.list_routes.{project}"),
+        json!({}),
+    )
+    .await;
+    assert!(!routes["routes"].as_array().unwrap().is_empty());
+
+    // Refused by the server: the timers stream, the actor's endpoints, KV writes.
+    platform
+        .publish(
+            format!("slipway.timers.schedule.deployment.{dep}"),
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    refused(&mut platform_errors, "slipway.timers.schedule.deployment").await;
+    let get_state = tokio::time::timeout(
+        Duration::from_secs(3),
+        platform.request(
+            format!("slipway.deployment.v1.get_state.{dep}"),
+            "{}".into(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(get_state, Ok(Ok(_))),
+        "the actor answered a platform user"
+    );
+    refused(&mut platform_errors, "slipway.deployment.v1.get_state").await;
+    platform
+        .publish("$KV.slipway_routes.evil.example", "{}".into())
+        .await
+        .unwrap();
+    refused(&mut platform_errors, "$KV.slipway_routes").await;
+    platform
+        .publish("slipway.routing.v1.ensure_routes.x", "{}".into())
+        .await
+        .unwrap();
+    refused(&mut platform_errors, "slipway.routing.v1.ensure_routes").await;
+
+    // A region agent's user: its own region only.
+    let (agent, mut agent_errors) = connect_as(&url, "krane-agent-local").await;
+    let agent_js = jetstream::new(agent.clone());
+    let other_region = agent_js
+        .get_stream_no_info("KV_slipway_desired")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            name: Some("snoop".into()),
+            filter_subject: "$KV.slipway_desired.deployment.eu.>".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(other_region.is_err(), "read another region's desired state");
+    refused(&mut agent_errors, "deployment.eu").await;
+    agent
+        .publish(format!("$KV.slipway_instances.{dep}.eu"), "{}".into())
+        .await
+        .unwrap();
+    refused(&mut agent_errors, "slipway_instances").await;
+    agent
+        .publish(
+            format!("$KV.slipway_desired.deployment.local.{dep}"),
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    refused(&mut agent_errors, "slipway_desired").await;
+}
