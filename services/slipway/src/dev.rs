@@ -20,6 +20,9 @@ pub struct DevArgs {
     /// Standby delay for superseded production deployments (shorter than production's 30m).
     #[arg(long, default_value = "30m")]
     standby_delay: String,
+    /// The port of its nats-server (default: a free one).
+    #[arg(long)]
+    nats_port: Option<u16>,
 }
 
 /// The services, in start order.
@@ -34,9 +37,11 @@ const DEMO_PROJECT: &str = "proj_demo";
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
-    let nats = NatsServer::start_in(dir.join("nats"))
-        .await
-        .context("starting nats-server")?;
+    let nats = match args.nats_port {
+        Some(port) => NatsServer::start_in_on(dir.join("nats"), port).await,
+        None => NatsServer::start_in(dir.join("nats")).await,
+    }
+    .context("starting nats-server")?;
     let database_url = format!("sqlite://{}", dir.join("slipway.db").display());
     let store = Store::open(&database_url).await?;
     seed(&store).await?;

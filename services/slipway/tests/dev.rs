@@ -9,8 +9,9 @@ use std::{
 #[tokio::test]
 async fn slipway_dev_starts_a_control_plane_that_answers() {
     let dir = tempfile::tempdir().unwrap();
+    let port = slipway_testkit::ports::free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["dev", "--dir"])
+        .args(["dev", "--nats-port", &port.to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -42,6 +43,11 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
         .unwrap();
     let result = async {
         let url = url.expect("slipway dev printed no NATS URL");
+        assert_eq!(
+            url,
+            format!("nats://127.0.0.1:{port}"),
+            "the port asked for"
+        );
         // The demo app runs (started by krane-agent) and answers over HTTP.
         let (demo, deployment_id) = demo.expect("slipway dev printed no demo app address");
         let address = demo.trim_start_matches("http://").trim_end_matches('/');

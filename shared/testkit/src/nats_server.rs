@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use crate::ports::free_port;
 
 /// The nats-server binary: `SLIPWAY_NATS_SERVER_BIN`, else the one the install script put in
-/// `.tools/bin`. Never whatever `nats-server` is on PATH, which may be too old.
+/// `.tools/bin`, else a `nats-server` on PATH if it is at least 2.14 (an older one is
+/// skipped: it lacks message schedules).
 pub fn nats_server_bin() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("SLIPWAY_NATS_SERVER_BIN") {
         return Ok(PathBuf::from(path));
@@ -20,10 +21,30 @@ pub fn nats_server_bin() -> Result<PathBuf> {
     if installed.exists() {
         return Ok(installed);
     }
+    if let Some(on_path) = recent_enough_on_path() {
+        return Ok(on_path);
+    }
     bail!(
-        "nats-server not found at {}: run scripts/install-nats-server.sh (or set SLIPWAY_NATS_SERVER_BIN)",
+        "no nats-server >= 2.14: none at {} and none recent enough on PATH; run scripts/install-nats-server.sh (or set SLIPWAY_NATS_SERVER_BIN)",
         installed.display()
     )
+}
+
+/// `nats-server` on PATH when `nats-server --version` says v2.14 or later.
+fn recent_enough_on_path() -> Option<PathBuf> {
+    let out = Command::new("nats-server").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split('v').nth(1)?.trim();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next()??);
+    if (major, minor) < (2, 14) {
+        return None;
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.exists())
+    })
 }
 
 /// One nats-server with JetStream. Killed when dropped; its store lives as long as it does.
@@ -91,6 +112,21 @@ impl NatsServer {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         Self::start_with(Store::Dir(dir)).await
+    }
+
+    /// [`start_in`](Self::start_in) on a given port (no other is tried if it is taken).
+    pub async fn start_in_on(dir: impl Into<PathBuf>, port: u16) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self {
+            child: None,
+            port,
+            name: unique_name("nats"),
+            args: vec![],
+            store: Store::Dir(dir),
+        };
+        server.spawn().await?;
+        Ok(server)
     }
 
     async fn start_with(store: Store) -> Result<Self> {
