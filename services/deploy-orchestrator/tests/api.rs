@@ -213,7 +213,11 @@ async fn bad_deployment_requests_get_4xx_and_write_nothing() {
     let ok = with(
         json!({"git_commit": {"commit_sha": SHA, "commit_message": "x".repeat(10 * 1024), "author_handle": "x".repeat(256), "author_avatar_url": "x".repeat(512), "timestamp_ms": now_ms() + 3_000_000}}),
     );
-    plane.ok("slipway.deploy.v1.create_deployment", ok).await;
+    let reply = plane.ok("slipway.deploy.v1.create_deployment", ok).await;
+    // Let it finish: a deploy cut off by the test's end could leave its app running.
+    plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,7 +384,9 @@ async fn deployments_are_listed_newest_first_in_pages() {
     let project = plane.project().await;
     let mut ids = vec![];
     for (env, message) in [("preview", "a"), ("production", "b"), ("preview", "c")] {
-        ids.push(plane.deploy(&project, env, message).await.0);
+        let (dep, wf) = plane.deploy(&project, env, message).await;
+        plane.workflow_done(&wf).await;
+        ids.push(dep);
     }
     let page = plane
         .ok(

@@ -85,6 +85,20 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// `slipway dev`, interrupted (as Ctrl-C would) if the test fails before it does.
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_drives_a_running_control_plane() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +110,7 @@ async fn the_cli_drives_a_running_control_plane() {
         .spawn()
         .unwrap();
     let stdout = dev.stdout.take().unwrap();
+    let mut dev = Dev(dev);
     let url = tokio::task::spawn_blocking(move || {
         let mut url = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -259,19 +274,17 @@ async fn the_cli_drives_a_running_control_plane() {
     });
 
     // Ctrl-C: everything it started goes, demo apps included.
-    let started = descendants(dev.id());
+    let started = descendants(dev.0.id());
     assert!(
         started.len() >= 6,
         "services, agent, nats-server and apps: {started:?}"
     );
     let interrupted = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
+        .args(["-INT", &dev.0.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
-    let status = tokio::task::spawn_blocking(move || dev.wait().unwrap())
-        .await
-        .unwrap();
+    let status = tokio::task::block_in_place(|| dev.0.wait().unwrap());
     assert!(status.success(), "slipway dev exited with {status}");
     let left: Vec<u32> = started.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
