@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         !config.regions.is_empty() && config.regions.iter().all(|r| !r.trim().is_empty()),
         "SLIPWAY_REGIONS must name at least one region"
     );
-    let client = slipway_nats::connect(&config.common, "deploy-orchestrator").await?;
+    let client = slipway_nats::connect(&config.common.nats, "deploy-orchestrator").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
     let store = Store::open(&config.common.database_url)

@@ -65,7 +65,7 @@ impl Actor {
 
 /// Connects, provisions, migrates, then serves until the process is stopped.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let client = slipway_nats::connect(&config.common, "deployment-actor").await?;
+    let client = slipway_nats::connect(&config.common.nats, "deployment-actor").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
     let store = Store::open(&config.common.database_url)

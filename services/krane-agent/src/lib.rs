@@ -57,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(orphans, "killed processes left by an earlier run");
     }
 
-    let client = slipway_nats::connect(&config.common, "krane-agent").await?;
+    let client = slipway_nats::connect(&config.common.nats, "krane-agent").await?;
     let js = jetstream::new(client.clone());
     // The control plane provisions the buckets; a region agent's NATS user may not
     // (nats/accounts.conf), so it waits for them.

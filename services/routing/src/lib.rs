@@ -50,7 +50,7 @@ struct Inner {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let client = slipway_nats::connect(&config.common, "routing").await?;
+    let client = slipway_nats::connect(&config.common.nats, "routing").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
     let store = Store::open(&config.common.database_url)

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use slipway_core::config::CommonConfig;
+use slipway_core::config::NatsConfig;
 
 pub struct Api {
     pub client: async_nats::Client,
 }
 
 impl Api {
-    pub async fn connect(common: &CommonConfig) -> Result<Self> {
+    pub async fn connect(common: &NatsConfig) -> Result<Self> {
         let client = slipway_nats::connect(common, "slipway-cli")
             .await
             .with_context(|| format!("cannot connect to NATS at {}", common.nats_url))?;

@@ -8,7 +8,7 @@ mod dev;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use slipway_core::config::CommonConfig;
+use slipway_core::config::NatsConfig;
 
 #[derive(Parser)]
 #[command(name = "slipway", version, about = "Slipway deployment control plane")]
@@ -19,7 +19,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
-    nats: CommonConfig,
+    nats: NatsConfig,
 }
 
 #[derive(Subcommand)]

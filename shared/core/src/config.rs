@@ -5,6 +5,26 @@ use std::time::Duration;
 /// Settings shared by every Slipway process. Flatten into a service's own `clap::Parser`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonConfig {
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    /// Replicas of the streams and KV buckets provisioned at start-up (3 on a 3-node cluster).
+    #[arg(long, env = "SLIPWAY_JS_REPLICAS", default_value_t = 1)]
+    pub js_replicas: usize,
+    /// `sqlite://…` or `postgres://…`.
+    #[arg(
+        long,
+        env = "SLIPWAY_DATABASE_URL",
+        default_value = "sqlite://slipway.db"
+    )]
+    pub database_url: String,
+    /// `text` or `json`.
+    #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Where NATS is and how to authenticate: what every process, the CLI included, needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsConfig {
     /// NATS server(s), comma-separated.
     #[arg(
         long,
@@ -27,19 +47,6 @@ pub struct CommonConfig {
     /// A CA certificate (PEM) to verify the server's TLS certificate with; enables TLS.
     #[arg(long, env = "SLIPWAY_NATS_TLS_CA")]
     pub nats_tls_ca: Option<std::path::PathBuf>,
-    /// Replicas of the streams and KV buckets provisioned at start-up (3 on a 3-node cluster).
-    #[arg(long, env = "SLIPWAY_JS_REPLICAS", default_value_t = 1)]
-    pub js_replicas: usize,
-    /// `sqlite://…` or `postgres://…`.
-    #[arg(
-        long,
-        env = "SLIPWAY_DATABASE_URL",
-        default_value = "sqlite://slipway.db"
-    )]
-    pub database_url: String,
-    /// `text` or `json`.
-    #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

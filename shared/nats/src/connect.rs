@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use slipway_core::config::CommonConfig;
+use slipway_core::config::NatsConfig;
 
 /// Message schedules, per-message TTL and cron schedules arrived in 2.14.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 14, 0);
@@ -28,10 +28,7 @@ pub enum ConnectError {
 }
 
 /// Connects as `name` (shown in `nats server report connections`) and checks the version.
-pub async fn connect(
-    config: &CommonConfig,
-    name: &str,
-) -> Result<async_nats::Client, ConnectError> {
+pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         // Keep retrying for ever once connected: a restarted nats-server must not kill us.

@@ -2,24 +2,24 @@
 //! clear error without.
 
 use clap::Parser;
-use slipway_core::config::CommonConfig;
+use slipway_core::config::NatsConfig;
 use slipway_nats::{connect, ConnectError};
 use slipway_testkit::NatsServer;
 
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
-    common: CommonConfig,
+    nats: NatsConfig,
 }
 
 /// The configuration a service would build from these environment-style settings.
-fn config(url: &str, settings: &[(&str, &str)]) -> CommonConfig {
+fn config(url: &str, settings: &[(&str, &str)]) -> NatsConfig {
     let mut argv = vec!["test".to_string(), "--nats-url".into(), url.into()];
     for (flag, value) in settings {
         argv.push(format!("--{flag}"));
         argv.push(value.to_string());
     }
-    Args::parse_from(argv).common
+    Args::parse_from(argv).nats
 }
 
 async fn assert_refused(url: &str, settings: &[(&str, &str)]) {
