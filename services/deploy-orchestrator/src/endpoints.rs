@@ -7,9 +7,9 @@ use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     GetWorkflowReply, GetWorkflowRequest, Workflow, WorkflowRunReply, WorkflowStep,
 };
-use slipway_workflow::{EventScope, Status, WorkflowRecord};
+use slipway_workflow::{Status, WorkflowRecord};
 
-use crate::{Orchestrator, SERVICE_NAME};
+use crate::{deployments::scope_of, Orchestrator, SERVICE_NAME};
 
 pub async fn serve(
     client: &async_nats::Client,
@@ -159,9 +159,13 @@ impl Orchestrator {
         &self,
         key: &str,
         input: &W::Input,
-        scope: Option<EventScope>,
+        events_of: Option<&str>,
         wait: Duration,
     ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
+        let scope = match events_of {
+            Some(id) => Some(scope_of(&self.inner.store.deployment(id).await?)),
+            None => None,
+        };
         let workflow_id = ids::new(ids::WORKFLOW);
         self.engine()
             .start::<W>(&workflow_id, key, input, scope)

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use slipway_core::{ids, time::now_ms, ApiError};
 use slipway_nats::Call;
 use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
-use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, EventScope, StepError, Workflow, WorkflowError};
 
-use crate::{deployments::scope_of, Orchestrator};
+use crate::Orchestrator;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
@@ -48,6 +48,7 @@ impl Workflow for Promote {
             })
             .await?;
         let wf = ctx.workflow_id().to_string();
+        let scope = ctx.scope().cloned().unwrap_or_default();
         match plan {
             PromotePlan::ConfirmRollback => {
                 ctx.step("confirm_rollback", || async {
@@ -61,7 +62,7 @@ impl Workflow for Promote {
                         confirmed_rollback: bool,
                     }
                     o.promoted_event(
-                        target,
+                        &scope,
                         &wf,
                         Confirmed {
                             confirmed_rollback: true,
@@ -94,7 +95,7 @@ impl Workflow for Promote {
                         let detail = Promoted {
                             previous_deployment_id: previous.as_deref(),
                         };
-                        o.promoted_event(target, &wf, detail, previous.as_deref())
+                        o.promoted_event(&scope, &wf, detail, previous.as_deref())
                             .await?;
                         Ok(previous)
                     })
@@ -124,26 +125,19 @@ impl Orchestrator {
     /// A `promoted` event, and a `live` one when the live pointer moved.
     async fn promoted_event<D: Serialize>(
         &self,
-        target: &str,
+        scope: &EventScope,
         workflow_id: &str,
         detail: D,
         previous: Option<&str>,
     ) -> Result<(), StepError> {
-        let d = self
-            .inner
-            .store
-            .deployment(target)
-            .await
-            .map_err(|e| StepError::from(ApiError::from(e)))?;
-        let scope = scope_of(&d);
-        self.event(&scope, "promoted", workflow_id, detail).await?;
+        self.event(scope, "promoted", workflow_id, detail).await?;
         if let Some(previous) = previous {
             #[derive(Serialize)]
             struct Live<'a> {
                 previous_deployment_id: &'a str,
             }
             self.event(
-                &scope,
+                scope,
                 "live",
                 workflow_id,
                 Live {
@@ -204,13 +198,8 @@ impl Orchestrator {
             target: req.target_deployment_id.clone(),
         };
         // Its steps are told on the target's events.
-        let target = self
-            .inner
-            .store
-            .deployment(&req.target_deployment_id)
-            .await?;
         let (reply, _) = self
-            .run_and_wait::<Promote>(&project_id, &input, Some(scope_of(&target)), wait)
+            .run_and_wait::<Promote>(&project_id, &input, Some(&req.target_deployment_id), wait)
             .await?;
         Ok(reply)
     }

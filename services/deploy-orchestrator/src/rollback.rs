@@ -10,7 +10,7 @@ use slipway_nats::Call;
 use slipway_proto::v1::{RollbackRequest, WorkflowRunReply};
 use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
 
-use crate::{deployments::scope_of, Orchestrator};
+use crate::Orchestrator;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackInput {
@@ -53,17 +53,13 @@ impl Workflow for Rollback {
             .await?;
         // Events are deduplicated per workflow: a replayed step does not repeat them.
         let wf = ctx.workflow_id().to_string();
+        let scope = ctx.scope().cloned().unwrap_or_default();
         ctx.step("pin_live", || async {
-            let store = &o.inner.store;
-            store
+            o.inner
+                .store
                 .pin_live(&plan.project_id, target, now_ms())
                 .await
                 .map_err(|e| StepError::from(ApiError::from(e)))?;
-            let d = store
-                .deployment(target)
-                .await
-                .map_err(|e| StepError::from(ApiError::from(e)))?;
-            let scope = scope_of(&d);
             #[derive(Serialize)]
             struct RolledBack<'a> {
                 source_deployment_id: &'a str,
@@ -192,13 +188,13 @@ impl Orchestrator {
             target: req.target_deployment_id.clone(),
         };
         // Its steps are told on the target's events.
-        let target = self
-            .inner
-            .store
-            .deployment(&req.target_deployment_id)
-            .await?;
         let (reply, _) = self
-            .run_and_wait::<Rollback>(&plan.project_id, &input, Some(scope_of(&target)), wait)
+            .run_and_wait::<Rollback>(
+                &plan.project_id,
+                &input,
+                Some(&req.target_deployment_id),
+                wait,
+            )
             .await?;
         Ok(reply)
     }

@@ -7,25 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Plane, TIMEOUT};
+use common::{Plane, DEPLOY_STEPS as STEPS, TIMEOUT};
 use serde_json::{json, Value};
 use slipway_nats::provision;
-
-const STEPS: [&str; 13] = [
-    "load",
-    "source",
-    "deploying",
-    "topology",
-    "sentinels",
-    "wait_instances",
-    "record_instances",
-    "openapi",
-    "routes",
-    "assign_routes",
-    "ready",
-    "live",
-    "schedule_standby",
-];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_killed_at_any_step_boundary_resumes_and_completes_once() {

@@ -4,24 +4,8 @@
 
 mod common;
 
-use common::{kinds, Plane, TIMEOUT};
+use common::{kinds, Plane, DEPLOY_STEPS as STEPS, TIMEOUT};
 use serde_json::json;
-
-const STEPS: [&str; 13] = [
-    "load",
-    "source",
-    "deploying",
-    "topology",
-    "sentinels",
-    "wait_instances",
-    "record_instances",
-    "openapi",
-    "routes",
-    "assign_routes",
-    "ready",
-    "live",
-    "schedule_standby",
-];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_production_deploy_reaches_ready_routed_and_live() {

@@ -134,13 +134,44 @@ impl Store {
         Ok(row.try_get("id")?)
     }
 
-    /// In one transaction holding the project's row: unless the project is rolled back,
-    /// point its live pointer at `deployment_id` and return the deployment it replaced.
-    /// Idempotent: repeated after it succeeded, it returns the same `previous`.
+    /// Deploy's swap, in one transaction holding the project's row: unless the project is
+    /// rolled back, point its live pointer at `deployment_id` and return the deployment it
+    /// replaced. Idempotent: repeated after it succeeded, it returns the same `previous`.
     pub async fn take_live(
         &self,
         project_id: &str,
         deployment_id: &str,
+        now_ms: i64,
+    ) -> Result<LiveSwap, StoreError> {
+        self.swap_live(project_id, deployment_id, false, now_ms)
+            .await
+    }
+
+    /// Promote's swap: as [`take_live`](Self::take_live), but a rolled-back project is taken
+    /// too and unpinned. Returns the deployment it replaced.
+    pub async fn promote_live(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        match self
+            .swap_live(project_id, deployment_id, true, now_ms)
+            .await?
+        {
+            LiveSwap::Taken { previous } => Ok(previous),
+            LiveSwap::Pinned => unreachable!("a promote unpins"),
+        }
+    }
+
+    /// The live swap: the replaced deployment is remembered on the new live one, so a
+    /// repeat after success answers the same. `unpin` takes a rolled-back project and
+    /// clears its pin; otherwise a pinned project is left alone.
+    async fn swap_live(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        unpin: bool,
         now_ms: i64,
     ) -> Result<LiveSwap, StoreError> {
         let mut tx = self.begin().await?;
@@ -155,37 +186,39 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))?;
         let live: Option<String> = row.try_get("live_deployment_id")?;
         let rolled_back = row.try_get::<i64, _>("is_rolled_back")? != 0;
-        if live.as_deref() == Some(deployment_id) {
+        let previous = if live.as_deref() == Some(deployment_id) {
             let row =
                 sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
                     .bind(deployment_id)
                     .fetch_one(&mut *tx)
                     .await?;
-            tx.commit().await?;
-            return Ok(LiveSwap::Taken {
-                previous: row.try_get("replaced_live_deployment_id")?,
-            });
-        }
-        if rolled_back {
+            row.try_get("replaced_live_deployment_id")?
+        } else if rolled_back && !unpin {
             tx.commit().await?;
             return Ok(LiveSwap::Pinned);
-        }
-        sqlx::query(
-            "UPDATE projects SET live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
-        )
-        .bind(project_id)
-        .bind(deployment_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1")
+        } else {
+            sqlx::query(
+                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+            )
             .bind(deployment_id)
             .bind(&live)
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+            live
+        };
+        let still_pinned = i64::from(rolled_back && !unpin);
+        sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = $3, updated_at_ms = $4 WHERE id = $1",
+        )
+        .bind(project_id)
+        .bind(deployment_id)
+        .bind(still_pinned)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(LiveSwap::Taken { previous: live })
+        Ok(LiveSwap::Taken { previous })
     }
 
     /// A project's deployments, newest first, optionally of one environment; `after` is the
@@ -243,74 +276,17 @@ impl Store {
         deployment_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = 1, updated_at_ms = $3 WHERE id = $1",
+        self.update_project(
+            project_id,
+            "live_deployment_id = $2, is_rolled_back = 1",
+            Some(deployment_id),
+            now_ms,
         )
-        .bind(project_id)
-        .bind(deployment_id)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "project {project_id} not found"
-            )));
-        }
-        Ok(())
+        .await
     }
 }
 
 impl Store {
-    /// Promote's swap, in one transaction holding the project's row: the live pointer to
-    /// `deployment_id`, `is_rolled_back` cleared, and the deployment it replaced returned.
-    /// Idempotent: repeated after it succeeded, it returns the same `previous`.
-    pub async fn promote_live(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        now_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = format!(
-            "SELECT live_deployment_id FROM projects WHERE id = $1{}",
-            self.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(project_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))?;
-        let live: Option<String> = row.try_get("live_deployment_id")?;
-        let previous = if live.as_deref() == Some(deployment_id) {
-            let row =
-                sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
-                    .bind(deployment_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            row.try_get("replaced_live_deployment_id")?
-        } else {
-            sqlx::query(
-                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
-            )
-            .bind(deployment_id)
-            .bind(&live)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            live
-        };
-        sqlx::query(
-            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = 0, updated_at_ms = $3 WHERE id = $1",
-        )
-        .bind(project_id)
-        .bind(deployment_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(previous)
-    }
-
     /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback).
     pub async fn confirm_rollback(&self, project_id: &str, now_ms: i64) -> Result<(), StoreError> {
         let done =

@@ -6,7 +6,9 @@ pub mod database;
 pub mod nats_server;
 pub mod ports;
 pub mod process;
+pub mod streams;
 
 pub use database::TestDb;
 pub use nats_server::{NatsCluster, NatsServer};
 pub use process::ServiceProcess;
+pub use streams::stream_messages;

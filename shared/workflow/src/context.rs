@@ -43,6 +43,11 @@ impl Context {
         &self.record.id
     }
 
+    /// The deployment the workflow tells its events about, as given at start.
+    pub fn scope(&self) -> Option<&crate::EventScope> {
+        self.record.scope.as_ref()
+    }
+
     /// Runs `f` as step `name`, or returns its journaled result when an earlier run
     /// completed it. A retryable error is retried with backoff until the step's attempts
     /// run out; then, or on a terminal error, the workflow fails.

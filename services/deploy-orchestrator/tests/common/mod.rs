@@ -17,6 +17,23 @@ pub const ORCHESTRATOR: &str = env!("CARGO_BIN_EXE_deploy-orchestrator");
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub const STANDBY_DELAY: &str = "2s";
 
+/// The journaled steps of a production Deploy that replaces a live one, in order.
+pub const DEPLOY_STEPS: [&str; 13] = [
+    "load",
+    "source",
+    "deploying",
+    "topology",
+    "sentinels",
+    "wait_instances",
+    "record_instances",
+    "openapi",
+    "routes",
+    "assign_routes",
+    "ready",
+    "live",
+    "schedule_standby",
+];
+
 /// Another workspace binary, built by `cargo test --workspace` next to ours.
 pub fn bin(name: &str) -> PathBuf {
     let path = PathBuf::from(ORCHESTRATOR).with_file_name(name);
@@ -479,27 +496,7 @@ impl Drop for Plane {
     }
 }
 
-/// All messages on `filter` in a stream, read with an ordered consumer.
-pub async fn stream_messages(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<Value> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = vec![];
-    let mut messages = consumer.messages().await.unwrap();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-    {
-        out.push(serde_json::from_slice(&m.payload).unwrap());
-        if m.info().unwrap().pending == 0 {
-            break;
-        }
-    }
-    out
-}
+pub use slipway_testkit::stream_messages;
 
 pub fn kinds(events: &[Value]) -> Vec<String> {
     events

@@ -279,33 +279,4 @@ pub fn protobuf_headers() -> HeaderMap {
     h
 }
 
-/// All messages on `filter` in a stream, read with an ordered consumer.
-pub async fn stream_messages(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> Vec<serde_json::Value> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let info = stream.get_info().await.unwrap();
-    if info.state.messages == 0 {
-        return vec![];
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = vec![];
-    let mut messages = consumer.messages().await.unwrap();
-    // Each message says how many more match; stop at the last (or when none match at all).
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-    {
-        out.push(serde_json::from_slice(&m.payload).unwrap());
-        if m.info().unwrap().pending == 0 {
-            break;
-        }
-    }
-    out
-}
+pub use slipway_testkit::stream_messages;
