@@ -1,13 +1,13 @@
 //! The orchestrator's calls to the other services: the deployment actor (schedules) and
-//! routing (route moves). Unreachable or failing services come back as retryable errors.
+//! routing (the commit: route moves with the live pointer). Unreachable or failing services come back as retryable errors.
 
 use std::time::Duration;
 
-use slipway_nats::client::request;
+use slipway_nats::client::request as request_reply;
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, ClearScheduledStateChangesReply,
-    ClearScheduledStateChangesRequest, EnsureRoutesReply, EnsureRoutesRequest, Route, RouteSpec,
-    ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
+    ClearScheduledStateChangesRequest, ScheduleDesiredStateChangeReply,
+    ScheduleDesiredStateChangeRequest,
 };
 use slipway_workflow::StepError;
 
@@ -30,7 +30,7 @@ impl Orchestrator {
         state: &str,
         idempotency_key: &str,
     ) -> Result<String, StepError> {
-        let reply: ScheduleDesiredStateChangeReply = request(
+        let reply: ScheduleDesiredStateChangeReply = request_reply(
             &self.inner.client,
             format!("slipway.deployment.v1.schedule_desired_state_change.{deployment_id}"),
             &ScheduleDesiredStateChangeRequest {
@@ -52,7 +52,7 @@ impl Orchestrator {
 
     /// Clears any pending transition of `deployment_id`; whether there was one.
     pub(crate) async fn clear_schedule(&self, deployment_id: &str) -> Result<bool, StepError> {
-        let reply: ClearScheduledStateChangesReply = request(
+        let reply: ClearScheduledStateChangesReply = request_reply(
             &self.inner.client,
             format!("slipway.deployment.v1.clear_scheduled_state_changes.{deployment_id}"),
             &ClearScheduledStateChangesRequest {},
@@ -62,49 +62,21 @@ impl Orchestrator {
         Ok(reply.cleared)
     }
 
-    /// Routing points every route in `route_ids` at `deployment_id`, all or nothing.
-    pub(crate) async fn move_routes(
+    /// The commit point of deploy, rollback and promote: routing creates `create` where
+    /// missing, moves `route_ids` and applies `live`, in one transaction fenced by
+    /// `fencing_token`; the reply tells the deployment that was live before.
+    pub(crate) async fn commit_routes(
         &self,
         project_id: &str,
-        deployment_id: &str,
-        route_ids: &[String],
-    ) -> Result<u32, StepError> {
-        if route_ids.is_empty() {
-            return Ok(0);
-        }
-        let reply: AssignFrontlineRoutesReply = request(
+        request: AssignFrontlineRoutesRequest,
+    ) -> Result<AssignFrontlineRoutesReply, StepError> {
+        let reply: AssignFrontlineRoutesReply = request_reply(
             &self.inner.client,
             format!("slipway.routing.v1.assign_frontline_routes.{project_id}"),
-            &AssignFrontlineRoutesRequest {
-                deployment_id: deployment_id.into(),
-                route_ids: route_ids.to_vec(),
-            },
+            &request,
             CALL_TIMEOUT,
         )
         .await?;
-        Ok(reply.assigned)
-    }
-
-    /// Routing creates the routes whose FQDN is missing, pointing at `deployment_id`, and
-    /// returns every requested route.
-    pub(crate) async fn ensure_routes(
-        &self,
-        project_id: &str,
-        environment_id: &str,
-        deployment_id: &str,
-        routes: Vec<RouteSpec>,
-    ) -> Result<Vec<Route>, StepError> {
-        let reply: EnsureRoutesReply = request(
-            &self.inner.client,
-            format!("slipway.routing.v1.ensure_routes.{project_id}"),
-            &EnsureRoutesRequest {
-                environment_id: environment_id.into(),
-                deployment_id: deployment_id.into(),
-                routes,
-            },
-            CALL_TIMEOUT,
-        )
-        .await?;
-        Ok(reply.routes)
+        Ok(reply)
     }
 }

@@ -13,8 +13,8 @@ use slipway_core::{
     ApiError,
 };
 use slipway_nats::krane::put_desired_deployment;
-use slipway_proto::v1::RouteSpec;
-use slipway_store::{LiveSwap, StoreError};
+use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
+use slipway_store::StoreError;
 use slipway_workflow::{Context, EventScope, StepError, Workflow, WorkflowError};
 
 use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
@@ -41,7 +41,11 @@ struct Loaded {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RoutePlan {
     domains: Vec<String>,
+    /// Generated routes whose FQDN does not exist yet: (fqdn, sticky).
+    create: Vec<(String, String)>,
+    /// Existing routes this deployment takes over.
     to_move: Vec<String>,
+    take_live: bool,
 }
 
 pub struct Deploy(pub Orchestrator);
@@ -106,12 +110,15 @@ impl Workflow for Deploy {
             .await?;
 
         // Steps 9–12 under the project's lease: they read the rolled-back flag and the live
-        // pointer there, so a rollback meanwhile is respected.
-        ctx.lease(&format!("project.{}", scope.project_id)).await?;
+        // pointer there, so a rollback meanwhile is respected; the commit carries the lease's
+        // fencing token, so a holder that lost the lease cannot commit.
+        let token = o.lease_project(ctx, &scope.project_id).await?;
         let plan: RoutePlan = ctx.step("routes", || o.plan_routes(&loaded)).await?;
-        let _: u32 = ctx
-            .step("assign_routes", || o.assign_routes(&loaded, &plan))
+        // The commit point: routes and the live pointer move together, or not at all.
+        let previous: Option<String> = ctx
+            .commit("assign_routes", || o.commit_deploy(&loaded, &plan, token))
             .await?;
+        // Past the commit point every step retries until it succeeds.
         ctx.step("ready", || async {
             o.set_status(scope, "ready").await?;
             #[derive(Serialize)]
@@ -129,15 +136,15 @@ impl Workflow for Deploy {
             .await
         })
         .await?;
-        if scope.environment_slug == "production" {
-            let swap: Option<Option<String>> = ctx.step("live", || o.take_live(scope)).await?;
-            if let Some(Some(previous)) = swap {
+        if plan.take_live {
+            ctx.step("live", || o.live_event(scope, previous.as_deref()))
+                .await?;
+            if let Some(previous) = previous.as_deref().filter(|p| *p != id) {
                 let _: String = ctx
-                    .step("schedule_standby", || o.schedule_standby(id, &previous))
+                    .step("schedule_standby", || o.schedule_standby(id, previous))
                     .await?;
             }
         }
-        ctx.release(&format!("project.{}", scope.project_id)).await;
         Ok(())
     }
 
@@ -148,6 +155,17 @@ impl Workflow for Deploy {
             Err(StoreError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(store_error(e)),
         };
+        // A deployment that serves live or environment traffic is never stopped: it got
+        // there through a commit that the failure came after (or a former run's commit).
+        if o.inner
+            .store
+            .serves_traffic(&deployment.id)
+            .await
+            .map_err(store_error)?
+        {
+            tracing::warn!(deployment_id = %deployment.id, %reason, "the workflow failed, but the deployment serves traffic: leaving it running");
+            return Ok(());
+        }
         let topology = o
             .inner
             .store
@@ -280,8 +298,10 @@ impl Orchestrator {
         Ok(out)
     }
 
-    /// Step 9: the domains, their routes created where missing (routing), and the routes
-    /// this deployment takes over.
+    /// Step 9: the domains, the routes to create where missing, and the existing routes this
+    /// deployment takes over: the per-branch route (wherever it was created), every
+    /// environment-sticky route of this environment (custom ones included), and the live
+    /// routes only when this deploy takes live (production, project not rolled back).
     async fn plan_routes(&self, loaded: &Loaded) -> Result<RoutePlan, StepError> {
         let scope = &loaded.scope;
         let generated = domains::generate(&DomainInput {
@@ -293,107 +313,115 @@ impl Orchestrator {
             branch: &loaded.git_branch,
             commit_sha: &loaded.git_commit_sha,
         });
+        let store = &self.inner.store;
         let domain_names: Vec<String> = generated.iter().map(|d| d.fqdn.clone()).collect();
-        self.inner
-            .store
+        store
             .set_domains(&scope.deployment_id, &domain_names, now_ms())
             .await
             .map_err(store_error)?;
-        let specs: Vec<RouteSpec> = generated
-            .iter()
-            .map(|d| RouteSpec {
-                fqdn: d.fqdn.clone(),
-                sticky: d.sticky.as_str().to_string(),
-            })
-            .collect();
-        let ensured = self
-            .ensure_routes(
-                &scope.project_id,
-                &loaded.environment_id,
-                &scope.deployment_id,
-                specs,
-            )
-            .await?;
-        let project = self
-            .inner
-            .store
+        let project = store
             .project(&scope.project_id)
             .await
             .map_err(store_error)?;
         let take_live = scope.environment_slug == "production" && !project.is_rolled_back;
-        // The per-branch route (wherever it was created), every environment-sticky route
-        // of this environment (custom ones included), and the live routes only when this
-        // deploy may take live.
-        let stored = self
-            .inner
-            .store
+        let wanted = |sticky: &str, generated_here: bool| match sticky {
+            "branch" => generated_here,
+            "environment" => true,
+            "live" => take_live,
+            _ => false,
+        };
+        let existing = store
+            .routes_by_fqdn(&domain_names)
+            .await
+            .map_err(store_error)?;
+        let mut create = Vec::new();
+        let mut to_move: Vec<String> = Vec::new();
+        for d in &generated {
+            let sticky = d.sticky.as_str();
+            match existing.iter().find(|r| r.fqdn == d.fqdn) {
+                // Another project's: the commit refuses it with a conflict.
+                Some(r) if r.project_id != scope.project_id => {
+                    create.push((d.fqdn.clone(), sticky.to_string()))
+                }
+                Some(r) if wanted(&r.sticky, true) => to_move.push(r.id.clone()),
+                Some(_) => {}
+                None if sticky != "live" || take_live => {
+                    create.push((d.fqdn.clone(), sticky.to_string()))
+                }
+                None => {}
+            }
+        }
+        let stored = store
             .routes(&scope.project_id, Some(&loaded.environment_id))
             .await
             .map_err(store_error)?;
-        let candidates = ensured
-            .iter()
-            .map(|r| (&r.id, r.sticky.as_str(), true))
-            .chain(stored.iter().map(|r| (&r.id, r.sticky.as_str(), false)));
-        let mut to_move: Vec<String> = Vec::new();
-        for (route_id, sticky, generated_here) in candidates {
-            let wanted = match sticky {
-                "branch" => generated_here,
-                "environment" => true,
-                "live" => take_live,
-                _ => false,
-            };
-            if wanted && !to_move.contains(route_id) {
-                to_move.push(route_id.clone());
+        for r in stored {
+            if wanted(&r.sticky, false) && !to_move.contains(&r.id) {
+                to_move.push(r.id);
             }
         }
         Ok(RoutePlan {
             domains: domain_names,
+            create,
             to_move,
+            take_live,
         })
     }
 
-    /// Step 10: routing moves them all, or none.
-    async fn assign_routes(&self, loaded: &Loaded, plan: &RoutePlan) -> Result<u32, StepError> {
-        self.move_routes(
-            &loaded.scope.project_id,
-            &loaded.scope.deployment_id,
-            &plan.to_move,
-        )
-        .await
+    /// Steps 10 and 12 as one commit: routes created and moved, and (when the plan takes
+    /// live) the live pointer swapped. Returns the deployment that was live before.
+    async fn commit_deploy(
+        &self,
+        loaded: &Loaded,
+        plan: &RoutePlan,
+        fencing_token: u64,
+    ) -> Result<Option<String>, StepError> {
+        let scope = &loaded.scope;
+        let reply = self
+            .commit_routes(
+                &scope.project_id,
+                AssignFrontlineRoutesRequest {
+                    deployment_id: scope.deployment_id.clone(),
+                    route_ids: plan.to_move.clone(),
+                    fencing_token,
+                    live: if plan.take_live { "take" } else { "" }.into(),
+                    environment_id: loaded.environment_id.clone(),
+                    create: plan
+                        .create
+                        .iter()
+                        .map(|(fqdn, sticky)| RouteSpec {
+                            fqdn: fqdn.clone(),
+                            sticky: sticky.clone(),
+                        })
+                        .collect(),
+                },
+            )
+            .await?;
+        if plan.take_live {
+            tracing::info!(previous = ?reply.previous_live_deployment_id, "deployment is live");
+        }
+        Ok(reply.previous_live_deployment_id)
     }
 
-    /// Step 12, first half: the live swap. `None` when the project is pinned by a rollback;
-    /// else the deployment that was live before.
-    async fn take_live(&self, scope: &EventScope) -> Result<Option<Option<String>>, StepError> {
-        let swap = self
-            .inner
-            .store
-            .take_live(&scope.project_id, &scope.deployment_id, now_ms())
-            .await
-            .map_err(store_error)?;
-        match swap {
-            LiveSwap::Pinned => {
-                tracing::info!("project is rolled back: live stays where it is");
-                Ok(None)
-            }
-            LiveSwap::Taken { previous } => {
-                #[derive(Serialize)]
-                struct Live<'a> {
-                    previous_deployment_id: Option<&'a str>,
-                }
-                self.event(
-                    scope,
-                    "live",
-                    "0",
-                    Live {
-                        previous_deployment_id: previous.as_deref(),
-                    },
-                )
-                .await?;
-                tracing::info!(previous = ?previous, "deployment is live");
-                Ok(Some(previous))
-            }
+    /// The `live` event of a deploy that took live.
+    async fn live_event(
+        &self,
+        scope: &EventScope,
+        previous: Option<&str>,
+    ) -> Result<(), StepError> {
+        #[derive(Serialize)]
+        struct Live<'a> {
+            previous_deployment_id: Option<&'a str>,
         }
+        self.event(
+            scope,
+            "live",
+            "0",
+            Live {
+                previous_deployment_id: previous,
+            },
+        )
+        .await
     }
 
     /// Step 12, second half: the previous live deployment to standby after the standby

@@ -109,6 +109,17 @@ impl Orchestrator {
             .watch_with_history(format!("{deployment_id}.*"))
             .await
             .map_err(|e| StepError::retryable(format!("cannot watch instance reports: {e}")))?;
+        // A resumed deploy may find its deadline already passed: it judges what the agents
+        // report now, not the absence of a report it has not read yet.
+        for (region, slot) in regions.iter_mut() {
+            let current = kv
+                .entry(format!("{deployment_id}.{region}"))
+                .await
+                .map_err(|e| StepError::retryable(format!("cannot read instance reports: {e}")))?;
+            if let Some(entry) = current.filter(|e| e.operation == kv::Operation::Put) {
+                slot.report = serde_json::from_slice::<InstancesReport>(&entry.value).ok();
+            }
+        }
         let mut failed_reports: HashMap<String, u32> = HashMap::new();
         let mut failed_since: HashMap<String, i64> = HashMap::new();
         let grace_ms =

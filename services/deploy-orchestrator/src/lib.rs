@@ -8,6 +8,7 @@ mod deployments;
 mod endpoints;
 mod events;
 mod instances;
+mod project_lease;
 mod projects;
 mod promote;
 mod rollback;
@@ -70,7 +71,7 @@ pub struct Config {
     )]
     pub scale_down_schedule: String,
     /// How long a silent worker keeps a workflow before another resumes it.
-    #[arg(long, env = "SLIPWAY_WORKFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SLIPWAY_WORKFLOW_ACK_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub workflow_ack_wait: Duration,
     /// How long the per-project lease of a dead holder blocks others.
     #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]

@@ -1,7 +1,8 @@
 //! `slipway.deploy.v1.promote` and the Promote workflow (BEHAVIOUR.md "Promote"): promoting
 //! the live deployment of a rolled-back project confirms the rollback; otherwise clear and
-//! wake the target, move the live and environment routes to it, swap the live pointer and
-//! unpin in one transaction, and schedule the previous live deployment to standby.
+//! wake the target; commit: move the live and environment routes to it, swap the live pointer
+//! and unpin, in one transaction; then tell it and schedule the previous live deployment to
+//! standby.
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{ids, time::now_ms, ApiError};
@@ -37,8 +38,7 @@ impl Workflow for Promote {
         let o = &self.0;
         let target = input.target.as_str();
         let project_id = input.project_id.as_str();
-        let lease = format!("project.{project_id}");
-        ctx.lease(&lease).await?;
+        let token = o.lease_project(ctx, project_id).await?;
         let plan: PromotePlan = ctx
             .step("validate", || async {
                 o.check_promote(target)
@@ -51,55 +51,46 @@ impl Workflow for Promote {
         let scope = ctx.scope().cloned().unwrap_or_default();
         match plan {
             PromotePlan::ConfirmRollback => {
-                ctx.step("confirm_rollback", || async {
+                ctx.commit("confirm_rollback", || async {
                     o.inner
                         .store
-                        .confirm_rollback(project_id, now_ms())
+                        .confirm_rollback(project_id, token, now_ms())
                         .await
-                        .map_err(|e| StepError::from(ApiError::from(e)))?;
+                        .map_err(|e| StepError::from(ApiError::from(e)))
+                })
+                .await?;
+                ctx.step("promoted", || async {
                     #[derive(Serialize)]
                     struct Confirmed {
                         confirmed_rollback: bool,
                     }
-                    o.promoted_event(
-                        &scope,
-                        &wf,
-                        Confirmed {
-                            confirmed_rollback: true,
-                        },
-                        None,
-                    )
-                    .await
+                    let detail = Confirmed {
+                        confirmed_rollback: true,
+                    };
+                    o.promoted_event(&scope, &wf, detail, None).await
                 })
                 .await?;
             }
             PromotePlan::Move { route_ids } => {
                 o.wake(ctx, target).await?;
-                let _: u32 = ctx
-                    .step("move_routes", || {
-                        o.move_routes(project_id, target, &route_ids)
-                    })
-                    .await?;
+                // The commit point: routes, live pointer and the cleared pin together.
                 let previous: Option<String> = ctx
-                    .step("swap_live", || async {
-                        let previous = o
-                            .inner
-                            .store
-                            .promote_live(project_id, target, now_ms())
-                            .await
-                            .map_err(|e| StepError::from(ApiError::from(e)))?;
-                        #[derive(Serialize)]
-                        struct Promoted<'a> {
-                            previous_deployment_id: Option<&'a str>,
-                        }
-                        let detail = Promoted {
-                            previous_deployment_id: previous.as_deref(),
-                        };
-                        o.promoted_event(&scope, &wf, detail, previous.as_deref())
-                            .await?;
-                        Ok(previous)
+                    .commit("assign_routes", || {
+                        o.move_traffic(project_id, target, &route_ids, token, "take")
                     })
                     .await?;
+                ctx.step("promoted", || async {
+                    #[derive(Serialize)]
+                    struct Promoted<'a> {
+                        previous_deployment_id: Option<&'a str>,
+                    }
+                    let detail = Promoted {
+                        previous_deployment_id: previous.as_deref(),
+                    };
+                    o.promoted_event(&scope, &wf, detail, previous.as_deref())
+                        .await
+                })
+                .await?;
                 if let Some(previous) = previous.filter(|p| p != target) {
                     let key = format!("promote.{wf}");
                     let _: String = ctx
@@ -115,7 +106,6 @@ impl Workflow for Promote {
                 }
             }
         }
-        ctx.release(&lease).await;
         tracing::info!(target, "promoted");
         Ok(())
     }

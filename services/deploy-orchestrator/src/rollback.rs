@@ -1,13 +1,13 @@
 //! `slipway.deploy.v1.rollback` and the Rollback workflow (BEHAVIOUR.md "Rollback"): every
 //! validation at once as a 4xx, again under the project's lease (the state may have changed
-//! while the workflow waited for it); then clear and wake the target, move the live and
-//! environment routes to it, point live at it and pin the project, and schedule the
-//! rolled-back-from deployment to standby.
+//! while the workflow waited for it); then clear and wake the target; commit: move the live
+//! and environment routes to it, point live at it and pin the project, in one transaction;
+//! then tell it and schedule the rolled-back-from deployment to standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_core::{ids, ApiError};
 use slipway_nats::Call;
-use slipway_proto::v1::{RollbackRequest, WorkflowRunReply};
+use slipway_proto::v1::{AssignFrontlineRoutesRequest, RollbackRequest, WorkflowRunReply};
 use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
 
 use crate::Orchestrator;
@@ -36,8 +36,7 @@ impl Workflow for Rollback {
     async fn run(&self, ctx: &mut Context, input: RollbackInput) -> Result<(), WorkflowError> {
         let o = &self.0;
         let (source, target) = (input.source.as_str(), input.target.as_str());
-        let lease = format!("project.{}", input.project_id);
-        ctx.lease(&lease).await?;
+        let token = o.lease_project(ctx, &input.project_id).await?;
         let plan: RollbackPlan = ctx
             .step("validate", || async {
                 o.check_rollback(source, target)
@@ -46,20 +45,17 @@ impl Workflow for Rollback {
             })
             .await?;
         o.wake(ctx, target).await?;
-        let _: u32 = ctx
-            .step("move_routes", || {
-                o.move_routes(&plan.project_id, target, &plan.route_ids)
+        // The commit point: the live and environment routes move to the target, the live
+        // pointer follows and the project is pinned, in one transaction.
+        let _: Option<String> = ctx
+            .commit("assign_routes", || {
+                o.move_traffic(&plan.project_id, target, &plan.route_ids, token, "pin")
             })
             .await?;
         // Events are deduplicated per workflow: a replayed step does not repeat them.
         let wf = ctx.workflow_id().to_string();
         let scope = ctx.scope().cloned().unwrap_or_default();
-        ctx.step("pin_live", || async {
-            o.inner
-                .store
-                .pin_live(&plan.project_id, target, now_ms())
-                .await
-                .map_err(|e| StepError::from(ApiError::from(e)))?;
+        ctx.step("rolled_back", || async {
             #[derive(Serialize)]
             struct RolledBack<'a> {
                 source_deployment_id: &'a str,
@@ -94,7 +90,6 @@ impl Workflow for Rollback {
                 o.schedule_state(source, o.inner.config.standby_delay, "standby", &key)
             })
             .await?;
-        ctx.release(&lease).await;
         tracing::info!(source, target, "rolled back");
         Ok(())
     }
@@ -150,6 +145,32 @@ impl Orchestrator {
             project_id: project.id,
             route_ids,
         })
+    }
+
+    /// Rollback's and promote's commit: `route_ids` move to `target` and the live pointer
+    /// follows (`live`: "pin" or "take"), in one fenced transaction. Returns the deployment
+    /// that was live before.
+    pub(crate) async fn move_traffic(
+        &self,
+        project_id: &str,
+        target: &str,
+        route_ids: &[String],
+        fencing_token: u64,
+        live: &str,
+    ) -> Result<Option<String>, StepError> {
+        let reply = self
+            .commit_routes(
+                project_id,
+                AssignFrontlineRoutesRequest {
+                    deployment_id: target.into(),
+                    route_ids: route_ids.to_vec(),
+                    fencing_token,
+                    live: live.into(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(reply.previous_live_deployment_id)
     }
 
     /// The live-sticky routes of the project and the environment-sticky ones of

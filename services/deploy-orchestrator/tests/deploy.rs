@@ -218,7 +218,22 @@ async fn preview_deploys_and_rolled_back_projects_leave_live_alone() {
     );
 
     // Pinned by a rollback: a production deploy moves the environment route, not live.
-    plane.store.pin_live(&project, &live, 1).await.unwrap();
+    plane
+        .store
+        .assign_routes(
+            &slipway_store::Assignment {
+                project_id: &project,
+                deployment_id: &live,
+                route_ids: &[],
+                create: &[],
+                environment_id: "",
+                fencing_token: 0,
+                live: slipway_store::LiveChange::Pin,
+            },
+            1,
+        )
+        .await
+        .unwrap();
     let (pinned, wf) = plane.deploy(&project, "production", "v2").await;
     let record = plane.workflow_done(&wf).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);

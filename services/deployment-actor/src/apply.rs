@@ -15,7 +15,10 @@ use slipway_core::{
 use slipway_nats::krane::put_desired_deployment;
 use slipway_store::{ApplyOutcome, Deployment, StoreError, Topology};
 
-use crate::{transitions::TransitionError, Actor};
+use crate::{
+    transitions::{Transition, TransitionError},
+    Actor,
+};
 
 /// What became of a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,18 +49,42 @@ pub enum ApplyError {
 impl Actor {
     #[tracing::instrument(skip(self), fields(deployment_id = %deployment_id, nonce = %nonce))]
     pub async fn apply(&self, deployment_id: &str, nonce: &str) -> Result<Applied, ApplyError> {
-        let current = self.inner.transitions.get(deployment_id).await?;
-        let Some(transition) = current.transition.filter(|t| t.nonce == nonce) else {
-            tracing::debug!("stale or cleared transition: no-op");
-            return Ok(Applied::Stale);
+        // Claim the transition first (compare-and-set): a clear or a newer schedule that
+        // comes after the claim completes this apply before replying; one that came before
+        // it makes the claim fail, and the apply is a no-op.
+        let (transition, revision) = loop {
+            let current = self.inner.transitions.get(deployment_id).await?;
+            let Some(transition) = current.transition.filter(|t| t.nonce == nonce) else {
+                tracing::debug!("stale or cleared transition: no-op");
+                return Ok(Applied::Stale);
+            };
+            if transition.applying {
+                break (transition, current.revision);
+            }
+            let claimed = Transition {
+                applying: true,
+                ..transition
+            };
+            match self
+                .inner
+                .transitions
+                .put(deployment_id, &claimed, current.revision)
+                .await
+            {
+                Ok(revision) => break (claimed, revision),
+                Err(TransitionError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
         };
+        if let Some(d) = fault::pause("actor.after_claim") {
+            tokio::time::sleep(d).await;
+        }
         let state: DesiredState = match transition.state.parse() {
             Ok(s) => s,
             Err(e) => {
                 // Only validated states are ever stored; drop anything else rather than loop.
                 tracing::error!(state = %transition.state, error = %e, "stored transition has an unknown state; dropping it");
-                self.remove_transition(deployment_id, current.revision)
-                    .await?;
+                self.remove_transition(deployment_id, revision).await?;
                 return Ok(Applied::Stale);
             }
         };
@@ -96,8 +123,7 @@ impl Actor {
             }
         };
         fault::point("actor.before_transition_removed");
-        self.remove_transition(deployment_id, current.revision)
-            .await?;
+        self.remove_transition(deployment_id, revision).await?;
         Ok(applied)
     }
 

@@ -114,11 +114,15 @@ impl Actor {
             {
                 break t.clone();
             }
+            if self.finish_claimed(&deployment_id, &current).await? {
+                continue;
+            }
             let candidate = Transition {
                 nonce: uuid::Uuid::now_v7().simple().to_string(),
                 state: state.as_str().to_string(),
                 fires_at_ms: now_ms() + req.delay_ms,
                 idempotency_key: key.to_string(),
+                applying: false,
             };
             match transitions
                 .put(&deployment_id, &candidate, current.revision)
@@ -168,6 +172,9 @@ impl Actor {
             if current.transition.is_none() {
                 break false;
             }
+            if self.finish_claimed(&deployment_id, &current).await? {
+                continue;
+            }
             match transitions.remove(&deployment_id, current.revision).await {
                 Ok(()) => break true,
                 Err(TransitionError::Conflict) => continue,
@@ -181,6 +188,26 @@ impl Actor {
             .map_err(timer_err)?;
         tracing::info!(cleared, "cleared scheduled changes");
         Ok(ClearScheduledStateChangesReply { cleared })
+    }
+
+    /// A transition an apply has claimed is applied already, or about to be: complete that
+    /// apply (idempotent) so that this call's reply comes after it, never before. True when
+    /// there was one (the caller reads the transition again).
+    async fn finish_claimed(
+        &self,
+        deployment_id: &str,
+        current: &crate::transitions::Current,
+    ) -> Result<bool, ApiError> {
+        let Some(t) = current.transition.as_ref().filter(|t| t.applying) else {
+            return Ok(false);
+        };
+        self.apply(deployment_id, &t.nonce).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot complete a change under way");
+            ApiError::unavailable(format!(
+                "a change under way cannot be completed now ({e}); retry"
+            ))
+        })?;
+        Ok(true)
     }
 
     #[tracing::instrument(skip_all, fields(deployment_id = %call.key()))]

@@ -15,6 +15,10 @@ pub struct Transition {
     pub fires_at_ms: i64,
     #[serde(default)]
     pub idempotency_key: String,
+    /// Claimed by an apply that is under way: a clear or a newer schedule completes the
+    /// apply before it replies, so no reply is ever followed by the older transition.
+    #[serde(default)]
+    pub applying: bool,
 }
 
 /// What a key holds now, and the revision to compare-and-set against (0: never written).

@@ -12,9 +12,9 @@ use slipway_core::{
 use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, EnsureRoutesReply,
-    EnsureRoutesRequest, ListRoutesReply, ListRoutesRequest, Route as RouteMessage,
+    EnsureRoutesRequest, ListRoutesReply, ListRoutesRequest, Route as RouteMessage, RouteSpec,
 };
-use slipway_store::{NewRoute, Route};
+use slipway_store::{Assignment, LiveChange, NewRoute, Route};
 
 use crate::{Routing, SERVICE_NAME};
 
@@ -75,11 +75,6 @@ fn message(r: Route) -> RouteMessage {
 
 /// The route ids in request order, duplicates folded, each checked.
 fn folded_route_ids(route_ids: &[String]) -> Result<Vec<String>, ApiError> {
-    if route_ids.is_empty() {
-        return Err(ApiError::invalid_argument(
-            "route_ids must name at least one route",
-        ));
-    }
     if route_ids.len() > MAX_ROUTES {
         return Err(ApiError::invalid_argument(format!(
             "route_ids may name at most {MAX_ROUTES} routes"
@@ -95,6 +90,50 @@ fn folded_route_ids(route_ids: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+/// Route specs checked, duplicates folded.
+fn route_specs(specs: &[RouteSpec]) -> Result<Vec<NewRoute>, ApiError> {
+    if specs.len() > MAX_ROUTES {
+        return Err(ApiError::invalid_argument(format!(
+            "at most {MAX_ROUTES} routes may be created at once"
+        )));
+    }
+    let mut wanted: Vec<NewRoute> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        validate_fqdn(&spec.fqdn).map_err(ApiError::invalid_argument)?;
+        if Sticky::parse(&spec.sticky).is_none() {
+            return Err(ApiError::invalid_argument(format!(
+                "sticky {:?} of {} is not one of none, branch, environment, live",
+                spec.sticky, spec.fqdn
+            )));
+        }
+        match wanted.iter().find(|w| w.fqdn == spec.fqdn) {
+            Some(w) if w.sticky != spec.sticky => {
+                return Err(ApiError::invalid_argument(format!(
+                    "{} is named twice with different sticky",
+                    spec.fqdn
+                )))
+            }
+            Some(_) => {}
+            None => wanted.push(NewRoute {
+                fqdn: spec.fqdn.clone(),
+                sticky: spec.sticky.clone(),
+            }),
+        }
+    }
+    Ok(wanted)
+}
+
+fn live_change(live: &str) -> Result<LiveChange, ApiError> {
+    match live {
+        "" => Ok(LiveChange::Leave),
+        "take" => Ok(LiveChange::Take),
+        "pin" => Ok(LiveChange::Pin),
+        other => Err(ApiError::invalid_argument(format!(
+            "live {other:?} is not one of \"\", take, pin"
+        ))),
+    }
+}
+
 impl Routing {
     #[tracing::instrument(skip_all, fields(project_id = %call.key(), deployment_id = %call.request.deployment_id))]
     async fn assign(
@@ -106,29 +145,64 @@ impl Routing {
         let req = &call.request;
         ids::validate(ids::DEPLOYMENT, "deployment_id", &req.deployment_id)?;
         let route_ids = folded_route_ids(&req.route_ids)?;
+        let create = route_specs(&req.create)?;
+        let live = live_change(&req.live)?;
+        if !create.is_empty() {
+            ids::validate(ids::ENVIRONMENT, "environment_id", &req.environment_id)?;
+        }
+        if route_ids.is_empty() && create.is_empty() && live == LiveChange::Leave {
+            return Err(ApiError::invalid_argument(
+                "route_ids must name at least one route",
+            ));
+        }
         let store = &self.inner.store;
 
-        let moved = store
-            .assign_routes(project_id, &req.deployment_id, &route_ids, now_ms())
+        let assigned = store
+            .assign_routes(
+                &Assignment {
+                    project_id,
+                    deployment_id: &req.deployment_id,
+                    route_ids: &route_ids,
+                    create: &create,
+                    environment_id: &req.environment_id,
+                    fencing_token: req.fencing_token,
+                    live,
+                },
+                now_ms(),
+            )
             .await?;
         fault::point("routing.after_commit");
         // Publish every named route, not only those that moved: a retry after a failed
         // publish then completes it.
         let current = store.routes_by_id(&route_ids).await?;
-        self.inner.table.publish(&current).await.map_err(|e| {
-            tracing::warn!(error = %e, "routes moved but the route table was not updated; a retry or the reconcile completes it");
-            ApiError::unavailable(format!("routes moved, route table not yet updated ({e}); retry"))
-        })?;
-        if !moved.is_empty() {
-            self.routes_event(&req.deployment_id, &moved).await;
+        let created: Vec<Route> = assigned
+            .routes
+            .iter()
+            .filter(|r| !route_ids.contains(&r.id))
+            .cloned()
+            .collect();
+        self.inner
+            .table
+            .publish(&[current, created].concat())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "routes moved but the route table was not updated; a retry or the reconcile completes it");
+                ApiError::unavailable(format!("routes moved, route table not yet updated ({e}); retry"))
+            })?;
+        if !assigned.moved.is_empty() {
+            self.routes_event(&req.deployment_id, &assigned.moved).await;
         }
         tracing::info!(
-            assigned = route_ids.len(),
-            moved = moved.len(),
+            assigned = assigned.routes.len(),
+            moved = assigned.moved.len(),
+            live = req.live,
+            fencing_token = req.fencing_token,
             "routes assigned"
         );
         Ok(AssignFrontlineRoutesReply {
-            assigned: route_ids.len() as u32,
+            assigned: assigned.routes.len() as u32,
+            previous_live_deployment_id: assigned.previous_live,
+            routes: assigned.routes.into_iter().map(message).collect(),
         })
     }
 
@@ -162,29 +236,7 @@ impl Routing {
                 "routes must name 1 to {MAX_ROUTES} routes"
             )));
         }
-        let mut wanted: Vec<NewRoute> = Vec::with_capacity(req.routes.len());
-        for spec in &req.routes {
-            validate_fqdn(&spec.fqdn).map_err(ApiError::invalid_argument)?;
-            if Sticky::parse(&spec.sticky).is_none() {
-                return Err(ApiError::invalid_argument(format!(
-                    "sticky {:?} of {} is not one of none, branch, environment, live",
-                    spec.sticky, spec.fqdn
-                )));
-            }
-            match wanted.iter().find(|w| w.fqdn == spec.fqdn) {
-                Some(w) if w.sticky != spec.sticky => {
-                    return Err(ApiError::invalid_argument(format!(
-                        "{} is named twice with different sticky",
-                        spec.fqdn
-                    )))
-                }
-                Some(_) => {}
-                None => wanted.push(NewRoute {
-                    fqdn: spec.fqdn.clone(),
-                    sticky: spec.sticky.clone(),
-                }),
-            }
-        }
+        let wanted = route_specs(&req.routes)?;
         let routes = self
             .inner
             .store

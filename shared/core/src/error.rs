@@ -50,7 +50,16 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// How the store begins the message of a write refused for an old fencing token: the
+/// writer's lease was taken over (BEHAVIOUR.md "Per-project exclusion").
+pub const STALE_FENCING_TOKEN: &str = "stale fencing token";
+
 impl ApiError {
+    /// A 409 for a write made under a lease that another holder has taken since.
+    pub fn is_stale_fencing_token(&self) -> bool {
+        self.code == ErrorCode::Conflict && self.message.starts_with(STALE_FENCING_TOKEN)
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,

@@ -1,18 +1,9 @@
 //! What the Deploy workflow writes as it goes: status, instances' OpenAPI spec, domains,
-//! sentinels, the live pointer; and the deployment listing.
+//! sentinels; and the deployment listing. The live pointer moves in `commit`.
 
 use sqlx::Row;
 
 use crate::{deployments, records, Deployment, Store, StoreError, Topology};
-
-/// The outcome of [`Store::take_live`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LiveSwap {
-    /// The deployment is live now; `previous` was live before it.
-    Taken { previous: Option<String> },
-    /// The project is rolled back: the live pointer stays.
-    Pinned,
-}
 
 impl Store {
     async fn update_deployment(
@@ -134,93 +125,6 @@ impl Store {
         Ok(row.try_get("id")?)
     }
 
-    /// Deploy's swap, in one transaction holding the project's row: unless the project is
-    /// rolled back, point its live pointer at `deployment_id` and return the deployment it
-    /// replaced. Idempotent: repeated after it succeeded, it returns the same `previous`.
-    pub async fn take_live(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        now_ms: i64,
-    ) -> Result<LiveSwap, StoreError> {
-        self.swap_live(project_id, deployment_id, false, now_ms)
-            .await
-    }
-
-    /// Promote's swap: as [`take_live`](Self::take_live), but a rolled-back project is taken
-    /// too and unpinned. Returns the deployment it replaced.
-    pub async fn promote_live(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        now_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        match self
-            .swap_live(project_id, deployment_id, true, now_ms)
-            .await?
-        {
-            LiveSwap::Taken { previous } => Ok(previous),
-            LiveSwap::Pinned => unreachable!("a promote unpins"),
-        }
-    }
-
-    /// The live swap: the replaced deployment is remembered on the new live one, so a
-    /// repeat after success answers the same. `unpin` takes a rolled-back project and
-    /// clears its pin; otherwise a pinned project is left alone.
-    async fn swap_live(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        unpin: bool,
-        now_ms: i64,
-    ) -> Result<LiveSwap, StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = format!(
-            "SELECT live_deployment_id, is_rolled_back FROM projects WHERE id = $1{}",
-            self.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(project_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))?;
-        let live: Option<String> = row.try_get("live_deployment_id")?;
-        let rolled_back = row.try_get::<i64, _>("is_rolled_back")? != 0;
-        let previous = if live.as_deref() == Some(deployment_id) {
-            let row =
-                sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
-                    .bind(deployment_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            row.try_get("replaced_live_deployment_id")?
-        } else if rolled_back && !unpin {
-            tx.commit().await?;
-            return Ok(LiveSwap::Pinned);
-        } else {
-            sqlx::query(
-                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
-            )
-            .bind(deployment_id)
-            .bind(&live)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            live
-        };
-        let still_pinned = i64::from(rolled_back && !unpin);
-        sqlx::query(
-            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = $3, updated_at_ms = $4 WHERE id = $1",
-        )
-        .bind(project_id)
-        .bind(deployment_id)
-        .bind(still_pinned)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(LiveSwap::Taken { previous })
-    }
-
     /// A project's deployments, newest first, optionally of one environment; `after` is the
     /// last id of the previous page (ids are time-ordered).
     pub async fn list_deployments(
@@ -268,41 +172,6 @@ impl Store {
 }
 
 impl Store {
-    /// Points the live pointer at `deployment_id` and pins the project (`is_rolled_back`),
-    /// as a rollback does.
-    pub async fn pin_live(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.update_project(
-            project_id,
-            "live_deployment_id = $2, is_rolled_back = 1",
-            Some(deployment_id),
-            now_ms,
-        )
-        .await
-    }
-}
-
-impl Store {
-    /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback).
-    pub async fn confirm_rollback(&self, project_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("UPDATE projects SET is_rolled_back = 0, updated_at_ms = $2 WHERE id = $1")
-                .bind(project_id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "project {project_id} not found"
-            )));
-        }
-        Ok(())
-    }
-
     /// One page of `preview` environments (by id, after `after`), with their deployments
     /// that are scale-down candidates: `ready`, desired `running`, created and updated
     /// before `idle_before_ms`. Returns (candidate deployment ids, last environment id of the

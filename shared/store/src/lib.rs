@@ -5,6 +5,7 @@
 //! Transactions that read-then-write lock what they read: `FOR UPDATE` on PostgreSQL,
 //! `BEGIN IMMEDIATE` (one writer at a time) on SQLite.
 
+mod commit;
 mod deploy;
 mod deployments;
 mod desired_state;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
-pub use deploy::LiveSwap;
+pub use commit::{Assigned, Assignment, LiveChange};
 pub use deployments::{Created, Idempotency, IDEMPOTENCY_WINDOW_MS};
 pub use desired_state::ApplyOutcome;
 pub use error::StoreError;

@@ -1,9 +1,7 @@
 //! Frontline routes and the instances they send traffic to.
 
-use slipway_core::ids;
-use sqlx::Row;
-
 use crate::{records, Instance, Route, Store, StoreError};
+use slipway_core::ids;
 
 /// A route to create if its FQDN does not exist yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +11,10 @@ pub struct NewRoute {
 }
 
 /// Routes by id, on the pool or inside a transaction.
-async fn routes_in<'e, E>(executor: E, route_ids: &[String]) -> Result<Vec<Route>, StoreError>
+pub(crate) async fn routes_in<'e, E>(
+    executor: E,
+    route_ids: &[String],
+) -> Result<Vec<Route>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -37,7 +38,7 @@ where
 }
 
 /// `$first, $first+1, …` for an IN list of `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -98,90 +99,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Points every route in `route_ids` at `deployment_id`, all or nothing, after checking
-    /// that the deployment and every route belong to the project. Holds the project's row
-    /// lock, so assignments for one project never interleave. Returns the routes that moved
-    /// (a repeated assignment moves none).
-    pub async fn assign_routes(
-        &self,
-        project_id: &str,
-        deployment_id: &str,
-        route_ids: &[String],
-        now_ms: i64,
-    ) -> Result<Vec<Route>, StoreError> {
-        let mut tx = self.begin().await?;
-        let project = sqlx::query(&format!(
-            "SELECT id FROM projects WHERE id = $1{}",
-            self.for_update()
-        ))
-        .bind(project_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if project.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "project {project_id} not found"
-            )));
-        }
-        let owner: Option<String> = sqlx::query("SELECT project_id FROM deployments WHERE id = $1")
-            .bind(deployment_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get("project_id"))
-            .transpose()?;
-        match owner {
-            None => {
-                return Err(StoreError::NotFound(format!(
-                    "deployment {deployment_id} not found"
-                )))
-            }
-            Some(p) if p != project_id => {
-                return Err(StoreError::Invalid(format!(
-                    "deployment {deployment_id} belongs to project {p}, not {project_id}"
-                )))
-            }
-            Some(_) => {}
-        }
-        let found = routes_in(&mut *tx, route_ids).await?;
-        for id in route_ids {
-            match found.iter().find(|r| &r.id == id) {
-                None => return Err(StoreError::NotFound(format!("route {id} not found"))),
-                Some(r) if r.project_id != project_id => {
-                    return Err(StoreError::Invalid(format!(
-                        "route {id} ({}) belongs to project {}, not {project_id}",
-                        r.fqdn, r.project_id
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
-        let moving: Vec<&Route> = found
-            .iter()
-            .filter(|r| r.deployment_id != deployment_id)
-            .collect();
-        if !moving.is_empty() {
-            let sql = format!(
-                "UPDATE frontline_routes SET deployment_id = $1, version = version + 1, updated_at_ms = $2 \
-                 WHERE id IN ({})",
-                placeholders(3, moving.len())
-            );
-            let mut query = sqlx::query(&sql).bind(deployment_id).bind(now_ms);
-            for r in &moving {
-                query = query.bind(&r.id);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(moving
-            .into_iter()
-            .map(|r| Route {
-                deployment_id: deployment_id.to_string(),
-                version: r.version + 1,
-                updated_at_ms: now_ms,
-                ..r.clone()
-            })
-            .collect())
-    }
-
     /// A project's routes (optionally one environment's), by FQDN.
     pub async fn routes(
         &self,
@@ -204,6 +121,40 @@ impl Store {
             }
         };
         rows.iter().map(records::route).collect()
+    }
+
+    /// Routes by FQDN, in no particular order; unknown ones are skipped.
+    pub async fn routes_by_fqdn(&self, fqdns: &[String]) -> Result<Vec<Route>, StoreError> {
+        if fqdns.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT * FROM frontline_routes WHERE fqdn IN ({})",
+            placeholders(1, fqdns.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for fqdn in fqdns {
+            query = query.bind(fqdn);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::route)
+            .collect()
+    }
+
+    /// Whether the deployment is its project's live deployment or the target of a live or
+    /// environment route: then it serves traffic and must keep running.
+    pub async fn serves_traffic(&self, deployment_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM projects WHERE live_deployment_id = $1) \
+                  + (SELECT COUNT(*) FROM frontline_routes WHERE deployment_id = $1 AND sticky IN ('live', 'environment')) AS n",
+        )
+        .bind(deployment_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sqlx::Row::try_get::<i64, _>(&row, "n")? > 0)
     }
 
     /// Routes by id, in no particular order; unknown ids are skipped.

@@ -1,16 +1,18 @@
 //! What the Deploy workflow writes, on SQLite and on PostgreSQL: idempotent creation, the
-//! live swap (idempotent, pinned by a rollback), failure, listing.
+//! live swap of the commit (idempotent, pinned by a rollback, fenced), failure, listing.
 
-use slipway_store::{Idempotency, LiveSwap, NewDeployment, StoreError, IDEMPOTENCY_WINDOW_MS};
+use slipway_core::error::STALE_FENCING_TOKEN;
+use slipway_store::{Idempotency, LiveChange, NewDeployment, StoreError, IDEMPOTENCY_WINDOW_MS};
 use slipway_testkit::TestDb;
 
 mod common;
-use common::{deployment, fixture, Fixture};
+use common::{commit, deployment, fixture, Fixture};
 
 on_both_backends!(
     idempotent_creation,
     live_swap_is_idempotent_and_respects_a_pin,
     promote_swaps_unpins_and_is_idempotent,
+    writes_with_an_older_fencing_token_are_refused,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
     listing_pages_newest_first,
@@ -79,19 +81,15 @@ async fn live_swap_is_idempotent_and_respects_a_pin(db: &TestDb) {
         deployment(&f, id).await;
     }
     let s = &f.store;
-    assert_eq!(
-        s.take_live(&f.project_id, "dep_1", 1).await.unwrap(),
-        LiveSwap::Taken { previous: None }
-    );
-    let swap = s.take_live(&f.project_id, "dep_2", 2).await.unwrap();
-    assert_eq!(
-        swap,
-        LiveSwap::Taken {
-            previous: Some("dep_1".into())
-        }
-    );
+    let take = |dep: &'static str| commit(&f, dep, &[], 0, LiveChange::Take);
+    assert_eq!(take("dep_1").await.unwrap().previous_live, None);
+    let swap = take("dep_2").await.unwrap();
+    assert_eq!(swap.previous_live.as_deref(), Some("dep_1"));
     // Repeated (a replayed step): the same answer, not "dep_2 replaced dep_2".
-    assert_eq!(s.take_live(&f.project_id, "dep_2", 3).await.unwrap(), swap);
+    assert_eq!(
+        take("dep_2").await.unwrap().previous_live,
+        swap.previous_live
+    );
     assert_eq!(
         s.project(&f.project_id)
             .await
@@ -100,15 +98,69 @@ async fn live_swap_is_idempotent_and_respects_a_pin(db: &TestDb) {
             .as_deref(),
         Some("dep_2")
     );
-    // Pinned by a rollback to dep_1: dep_3 does not go live.
-    s.pin_live(&f.project_id, "dep_1", 4).await.unwrap();
-    assert_eq!(
-        s.take_live(&f.project_id, "dep_3", 5).await.unwrap(),
-        LiveSwap::Pinned
-    );
+    // Pinned by a rollback to dep_1; leaving live alone keeps the pin.
+    commit(&f, "dep_1", &[], 0, LiveChange::Pin).await.unwrap();
+    commit(&f, "dep_3", &[], 0, LiveChange::Leave)
+        .await
+        .unwrap();
     let p = s.project(&f.project_id).await.unwrap();
     assert_eq!(p.live_deployment_id.as_deref(), Some("dep_1"));
     assert!(p.is_rolled_back);
+}
+
+async fn writes_with_an_older_fencing_token_are_refused(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2"] {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    commit(&f, "dep_1", &[], 10, LiveChange::Take)
+        .await
+        .unwrap();
+    // A newer holder registers its epoch before it reads anything.
+    s.fence(&f.project_id, 20).await.unwrap();
+    for (what, result) in [
+        (
+            "take",
+            commit(&f, "dep_2", &[], 10, LiveChange::Take)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "pin",
+            commit(&f, "dep_2", &[], 19, LiveChange::Pin)
+                .await
+                .map(|_| ()),
+        ),
+        ("confirm", s.confirm_rollback(&f.project_id, 10, 5).await),
+        ("fence", s.fence(&f.project_id, 11).await),
+    ] {
+        match result {
+            Err(StoreError::Conflict(m)) => {
+                assert!(m.starts_with(STALE_FENCING_TOKEN), "{what}: {m}")
+            }
+            other => panic!("{what}: not refused: {other:?}"),
+        }
+    }
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(
+        (p.live_deployment_id.as_deref(), p.is_rolled_back),
+        (Some("dep_1"), false),
+        "nothing written"
+    );
+    // The current epoch, a newer one, and an unfenced operator's write go through.
+    commit(&f, "dep_2", &[], 20, LiveChange::Pin).await.unwrap();
+    commit(&f, "dep_1", &[], 21, LiveChange::Take)
+        .await
+        .unwrap();
+    commit(&f, "dep_2", &[], 0, LiveChange::Take).await.unwrap();
+    assert!(commit(&f, "dep_1", &[], 20, LiveChange::Take)
+        .await
+        .is_err());
+    assert!(matches!(
+        s.fence("proj_nope", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn failing_stops_the_topology_once(db: &TestDb) {
@@ -184,27 +236,33 @@ async fn promote_swaps_unpins_and_is_idempotent(db: &TestDb) {
         deployment(&f, id).await;
     }
     let s = &f.store;
-    s.pin_live(&f.project_id, "dep_1", 1).await.unwrap();
-    let previous = s.promote_live(&f.project_id, "dep_2", 2).await.unwrap();
+    commit(&f, "dep_1", &[], 0, LiveChange::Pin).await.unwrap();
+    let previous = commit(&f, "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap()
+        .previous_live;
     assert_eq!(previous.as_deref(), Some("dep_1"));
     let p = s.project(&f.project_id).await.unwrap();
     assert_eq!(p.live_deployment_id.as_deref(), Some("dep_2"));
     assert!(!p.is_rolled_back);
     // Replayed: the same previous, not "dep_2 replaced dep_2".
     assert_eq!(
-        s.promote_live(&f.project_id, "dep_2", 3).await.unwrap(),
+        commit(&f, "dep_2", &[], 0, LiveChange::Take)
+            .await
+            .unwrap()
+            .previous_live,
         previous
     );
     // Confirming a rollback only clears the pin.
-    s.pin_live(&f.project_id, "dep_1", 4).await.unwrap();
-    s.confirm_rollback(&f.project_id, 5).await.unwrap();
+    commit(&f, "dep_1", &[], 0, LiveChange::Pin).await.unwrap();
+    s.confirm_rollback(&f.project_id, 0, 5).await.unwrap();
     let p = s.project(&f.project_id).await.unwrap();
     assert_eq!(
         (p.live_deployment_id.as_deref(), p.is_rolled_back),
         (Some("dep_1"), false)
     );
     assert!(matches!(
-        s.confirm_rollback("proj_nope", 6).await,
+        s.confirm_rollback("proj_nope", 0, 6).await,
         Err(StoreError::NotFound(_))
     ));
 }

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use slipway_core::state::DesiredState;
-use slipway_store::{ApplyOutcome, NewRoute, Store, StoreError};
+use slipway_store::{ApplyOutcome, LiveChange, NewRoute, Store, StoreError};
 use slipway_testkit::TestDb;
 
 mod common;
-use common::{deployment, fixture};
+use common::{commit, deployment, fixture, Fixture};
 
 on_both_backends!(
     concurrent_migrations_all_succeed,
@@ -214,9 +214,7 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
     // One unknown id: nothing moves.
     let mut with_bad = ids.clone();
     with_bad.push("flr_missing".into());
-    let err = f
-        .store
-        .assign_routes("proj_1", "dep_2", &with_bad, 7)
+    let err = commit(&f, "dep_2", &with_bad, 0, LiveChange::Leave)
         .await
         .unwrap_err();
     assert!(
@@ -231,11 +229,10 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
         .iter()
         .all(|r| r.deployment_id == "dep_1"));
 
-    let moved = f
-        .store
-        .assign_routes("proj_1", "dep_2", &ids, 8)
+    let moved = commit(&f, "dep_2", &ids, 0, LiveChange::Leave)
         .await
-        .unwrap();
+        .unwrap()
+        .moved;
     assert_eq!(moved.len(), 2);
     let stored = f.store.routes("proj_1", Some("env_1")).await.unwrap();
     assert!(
@@ -246,11 +243,10 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
     );
     assert_eq!(f.store.routes_by_id(&ids).await.unwrap().len(), 2);
     // Repeating the assignment moves nothing.
-    assert!(f
-        .store
-        .assign_routes("proj_1", "dep_2", &ids, 9)
+    assert!(commit(&f, "dep_2", &ids, 0, LiveChange::Leave)
         .await
         .unwrap()
+        .moved
         .is_empty());
 
     // Another project's route or deployment is refused.
@@ -258,9 +254,11 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
         .create_project("proj_2", "ws_1", "other", "Other", "main", 1)
         .await
         .unwrap();
-    let err = f
-        .store
-        .assign_routes("proj_2", "dep_2", &ids, 10)
+    let other = Fixture {
+        project_id: "proj_2".into(),
+        ..f.clone()
+    };
+    let err = commit(&other, "dep_2", &ids, 0, LiveChange::Leave)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");

@@ -1,5 +1,13 @@
 //! The context a workflow runs with: `step` journals each result before the next step runs
-//! and replays journaled results on resume; `lease` takes a lease held until the run ends.
+//! and replays journaled results on resume; `lease` takes a lease held until the run ends or
+//! the workflow commits.
+//!
+//! Leases and replay: the steps journaled after a `lease` call were decided under that
+//! holding. A resumed run that re-takes the lease after another holder had it must not replay
+//! them (the state they were decided on may be gone), so they are dropped from the journal and
+//! run again under the new epoch — unless the workflow had reached its commit point
+//! ([`Context::commit`]): a committed workflow never takes its lease again, and the steps after
+//! the commit are retried until they succeed instead of failing the workflow.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -26,6 +34,8 @@ pub struct Context {
     pub(crate) revision: u64,
     cursor: usize,
     leases: Vec<Lease>,
+    /// Past the commit point: steps retry until they succeed.
+    committed: bool,
 }
 
 impl Context {
@@ -36,6 +46,7 @@ impl Context {
             revision,
             cursor: 0,
             leases: Vec::new(),
+            committed: false,
         }
     }
 
@@ -50,12 +61,47 @@ impl Context {
 
     /// Runs `f` as step `name`, or returns its journaled result when an earlier run
     /// completed it. A retryable error is retried with backoff until the step's attempts
-    /// run out; then, or on a terminal error, the workflow fails.
+    /// run out; then, or on a terminal error, the workflow fails. Past the commit point,
+    /// every error is retried (with capped backoff) until the step succeeds.
     ///
     /// Anything random or time-based belongs inside a step, so that a replay sees the same
     /// value; side effects must be idempotent, because a crash after the effect and before
     /// the journal write runs the step again.
-    pub async fn step<T, F, Fut>(&mut self, name: &str, mut f: F) -> Result<T, WorkflowError>
+    pub async fn step<T, F, Fut>(&mut self, name: &str, f: F) -> Result<T, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        self.run_step(name, f, false).await
+    }
+
+    /// The workflow's commit point: step `name`, after which the new state is what users see.
+    /// Once it is journaled the workflow's leases are released (what follows needs none, and a
+    /// resumed run does not take them again) and every later step retries until it succeeds.
+    pub async fn commit<T, F, Fut>(&mut self, name: &str, f: F) -> Result<T, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let value = self.run_step(name, f, true).await?;
+        self.committed = true;
+        self.release_all().await;
+        Ok(value)
+    }
+
+    /// Whether the workflow is past its commit point.
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+
+    async fn run_step<T, F, Fut>(
+        &mut self,
+        name: &str,
+        mut f: F,
+        commit: bool,
+    ) -> Result<T, WorkflowError>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut() -> Fut,
@@ -71,6 +117,7 @@ impl Context {
                 )));
             }
             if done.status == "completed" {
+                self.committed |= done.commit;
                 return rmp_serde::from_slice(&done.result).map_err(|e| {
                     WorkflowError::Failed(format!("journaled result of step {name}: {e}"))
                 });
@@ -84,10 +131,29 @@ impl Context {
         let mut attempts = 0u32;
         let outcome = loop {
             attempts += 1;
-            match f().await {
+            let error = match f().await {
                 Ok(value) => break Ok(value),
-                Err(StepError::Terminal(message)) => break Err(message),
-                Err(StepError::Retryable(message)) => match delays.next() {
+                Err(StepError::Fenced(message)) => {
+                    return Err(WorkflowError::Aborted(format!(
+                        "step {name}: the lease was taken over: {message}"
+                    )))
+                }
+                Err(e) => e,
+            };
+            if self.committed {
+                // Past the commit point the workflow cannot fail any more: it completes.
+                let delay = delays.next().unwrap_or(self.shared.config.retry_cap);
+                if matches!(error, StepError::Terminal(_)) {
+                    tracing::error!(step = name, attempts, %error, retry_in = ?delay, "step after the commit point failed; retrying until it succeeds");
+                } else {
+                    tracing::warn!(step = name, attempts, %error, retry_in = ?delay, "step failed; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            match error {
+                StepError::Terminal(message) | StepError::Fenced(message) => break Err(message),
+                StepError::Retryable(message) => match delays.next() {
                     Some(delay) => {
                         tracing::warn!(step = name, attempts, error = %message, retry_in = ?delay, "step failed; retrying");
                         tokio::time::sleep(delay).await;
@@ -103,6 +169,7 @@ impl Context {
         };
 
         let kind = self.record.kind.clone();
+        let epoch = self.leases.iter().map(Lease::epoch).max().unwrap_or(0);
         match outcome {
             Ok(value) => {
                 let result = rmp_serde::to_vec_named(&value)
@@ -116,6 +183,8 @@ impl Context {
                     finished_at_ms: now_ms(),
                     result,
                     error: None,
+                    epoch,
+                    commit,
                 });
                 self.save().await?;
                 fault::point(&format!("{kind}.{name}.after_journal"));
@@ -132,6 +201,8 @@ impl Context {
                     finished_at_ms: now_ms(),
                     result: Vec::new(),
                     error: Some(message.clone()),
+                    epoch,
+                    commit,
                 });
                 Err(WorkflowError::Failed(message))
             }
@@ -139,17 +210,41 @@ impl Context {
     }
 
     /// Takes the lease `name` for this workflow, waiting while another holds it; held until
-    /// [`release`](Self::release) or the end of the run. A resumed run re-takes its own
-    /// lease at once (the holder is the workflow id).
-    pub async fn lease(&mut self, name: &str) -> Result<(), WorkflowError> {
+    /// [`release`](Self::release), the commit point or the end of the run. Returns the
+    /// acquisition's epoch, the fencing token every write made under the lease must carry;
+    /// `None` when the journal shows the workflow past its commit point (the lease is not
+    /// taken again: only journaled results and post-commit steps remain).
+    ///
+    /// A resumed run re-takes its own lease at once (the holder is the workflow id). If
+    /// another holder had it in between, the steps journaled after this point are dropped and
+    /// run again: they were decided on a state that may no longer hold.
+    pub async fn lease(&mut self, name: &str) -> Result<Option<u64>, WorkflowError> {
+        let later = self.record.steps.get(self.cursor..).unwrap_or_default();
+        if later.iter().any(|s| s.commit && s.status == "completed") {
+            return Ok(None);
+        }
         let lease = self
             .shared
             .leases
             .acquire(name, &self.record.id)
             .await
             .map_err(|e| WorkflowError::Aborted(format!("cannot take lease {name}: {e}")))?;
+        let epoch = lease.epoch();
+        if !lease.is_continuous() && self.record.steps.len() > self.cursor {
+            let dropped: Vec<&str> = self.record.steps[self.cursor..]
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            tracing::warn!(
+                lease = name,
+                epoch,
+                ?dropped,
+                "another holder had the lease since these steps were decided; deciding them again"
+            );
+            self.record.steps.truncate(self.cursor);
+        }
         self.leases.push(lease);
-        Ok(())
+        Ok(Some(epoch))
     }
 
     pub async fn release(&mut self, name: &str) {
@@ -244,10 +339,12 @@ impl Context {
             },
         };
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("step.{}.{index}", self.record.id).as_str(),
-        );
+        // A step decided again under a later holding is a new event.
+        let msg_id = match step.epoch {
+            0 => format!("step.{}.{index}", self.record.id),
+            epoch => format!("step.{}.{index}.{epoch}", self.record.id),
+        };
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         let aborted =
             |e: String| WorkflowError::Aborted(format!("cannot publish a step event: {e}"));
         let payload = serde_json::to_vec(&event).map_err(|e| aborted(e.to_string()))?;

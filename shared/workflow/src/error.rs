@@ -10,6 +10,10 @@ pub enum StepError {
     Terminal(String),
     #[error("{0}")]
     Retryable(String),
+    /// A write refused because the lease it was made under was taken over: this run stops
+    /// (as when the lease is seen lost) and a later run decides again.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl StepError {
@@ -25,6 +29,9 @@ impl StepError {
 /// retrying; an unavailable dependency or an internal error may.
 impl From<ApiError> for StepError {
     fn from(e: ApiError) -> Self {
+        if e.is_stale_fencing_token() {
+            return Self::Fenced(e.message);
+        }
         match e.code {
             ErrorCode::Unavailable | ErrorCode::Internal => Self::Retryable(e.message),
             _ => Self::Terminal(e.message),

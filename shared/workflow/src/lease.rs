@@ -4,6 +4,13 @@
 //! contenders never both win; a holder that loses its lease (it stalled past the expiry and
 //! someone took over) sees `is_lost` and must stop.
 //!
+//! Every acquisition has an epoch: the KV revision it was written at. Revisions only grow, so
+//! a later acquisition always has a larger epoch; writes made under the lease carry it as a
+//! fencing token, and a store that has seen a larger one refuses them (BEHAVIOUR.md
+//! "Per-project exclusion", fencing). An acquisition also tells whether the lease was ours
+//! all along since our last holding (no other holder wrote or released it in between), so a
+//! resumed workflow knows whether what it decided under its earlier holding still stands.
+//!
 //! Expiry times are the holder's clock: hosts should run NTP, and the TTL (seconds) dwarfs
 //! any sane skew.
 
@@ -39,6 +46,8 @@ pub struct Leases {
 /// frees it at once.
 pub struct Lease {
     name: String,
+    epoch: u64,
+    continuous: bool,
     kv: kv::Store,
     revision: Arc<AtomicU64>,
     lost: Arc<AtomicBool>,
@@ -65,14 +74,16 @@ impl Leases {
                 .await
                 .map_err(EngineError::nats)?;
             let now = now_ms();
-            let (revision, busy_until) = match entry {
-                None => (0, None),
-                Some(e) if e.operation != kv::Operation::Put => (e.revision, None),
+            // `ours`: the last write was our own holding (nobody held it since).
+            let (revision, busy_until, ours) = match entry {
+                None => (0, None, false),
+                Some(e) if e.operation != kv::Operation::Put => (e.revision, None, false),
                 Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
                     Ok(h) if h.holder != holder && h.expires_at_ms > now => {
-                        (e.revision, Some(h.expires_at_ms))
+                        (e.revision, Some(h.expires_at_ms), false)
                     }
-                    _ => (e.revision, None),
+                    Ok(h) => (e.revision, None, h.holder == holder),
+                    Err(_) => (e.revision, None, false),
                 },
             };
             if let Some(until) = busy_until {
@@ -112,7 +123,7 @@ impl Leases {
                     })
             };
             match written {
-                Ok(revision) => return Ok(self.held(key, holder, revision)),
+                Ok(revision) => return Ok(self.held(key, holder, revision, ours)),
                 Err((true, _)) => continue, // lost a race: look again
                 Err((false, e)) => return Err(EngineError::Nats(e)),
             }
@@ -129,8 +140,8 @@ impl Leases {
             .map_err(|e| EngineError::Nats(e.to_string()))
     }
 
-    fn held(&self, key: String, holder: &str, revision: u64) -> Lease {
-        let revision = Arc::new(AtomicU64::new(revision));
+    fn held(&self, key: String, holder: &str, epoch: u64, continuous: bool) -> Lease {
+        let revision = Arc::new(AtomicU64::new(epoch));
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew(
             self.clone(),
@@ -141,6 +152,8 @@ impl Leases {
         ));
         Lease {
             name: key,
+            epoch,
+            continuous,
             kv: self.kv.clone(),
             revision,
             lost,
@@ -193,6 +206,18 @@ async fn renew(
 impl Lease {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This acquisition's epoch, the fencing token of writes made under it: larger than the
+    /// epoch of every earlier acquisition of the same lease.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether the lease was ours without a break since this holder last held it: no other
+    /// holder took it (or released it) in between. False on a first acquisition.
+    pub fn is_continuous(&self) -> bool {
+        self.continuous
     }
 
     /// Whether another holder took the lease over: work under it must stop.

@@ -82,19 +82,22 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// Retries of a step that fails retryably.
     pub retry: ExponentialBuilder,
+    /// The delay between retries of a step past the commit point once `retry` is spent.
+    pub retry_cap: Duration,
 }
 
 impl EngineConfig {
     pub fn new(consumer: &str) -> Self {
         Self {
             consumer: consumer.to_string(),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(3),
             lease_ttl: Duration::from_secs(15),
             retry: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(10))
                 .with_max_times(6)
                 .with_jitter(),
+            retry_cap: Duration::from_secs(10),
         }
     }
 }

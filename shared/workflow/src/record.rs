@@ -53,6 +53,13 @@ pub struct StepRecord {
     pub result: Vec<u8>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The epoch of the lease the step ran under (0: none): a step re-run under a later
+    /// holding tells its event apart from the earlier run's.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The workflow's commit point: once journaled, what follows only completes it.
+    #[serde(default)]
+    pub commit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use slipway_store::{NewDeployment, Store};
+use slipway_store::{Assigned, Assignment, LiveChange, NewDeployment, Store, StoreError};
 use slipway_testkit::TestDb;
 
 /// Runs each named `async fn(&TestDb)` once on SQLite and once on PostgreSQL.
@@ -25,6 +25,7 @@ macro_rules! on_both_backends {
     };
 }
 
+#[derive(Clone)]
 pub struct Fixture {
     pub store: Store,
     pub project_id: String,
@@ -78,4 +79,28 @@ pub async fn deployment(f: &Fixture, id: &str) {
     for region in ["eu", "us"] {
         f.store.upsert_topology(id, region, 1, 10).await.unwrap();
     }
+}
+
+/// A commit of `f`'s project: `route_ids` to `deployment`, the live pointer per `live`.
+pub async fn commit(
+    f: &Fixture,
+    deployment: &str,
+    route_ids: &[String],
+    fencing_token: u64,
+    live: LiveChange,
+) -> Result<Assigned, StoreError> {
+    f.store
+        .assign_routes(
+            &Assignment {
+                project_id: &f.project_id,
+                deployment_id: deployment,
+                route_ids,
+                create: &[],
+                environment_id: &f.environment_id,
+                fencing_token,
+                live,
+            },
+            100,
+        )
+        .await
 }

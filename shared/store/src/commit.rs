@@ -1,0 +1,311 @@
+//! Commit points (BEHAVIOUR.md "Commit points", "Per-project exclusion"): the route moves and
+//! the live pointer of a deploy, rollback or promote in one transaction holding the project's
+//! row, fenced by the project lease's epoch.
+//!
+//! Fencing: every write made under the project lease carries the lease's epoch. The project
+//! row keeps the newest epoch seen; a write with an older one is refused in the same
+//! transaction (the holder lost its lease to a newer one, which may already have acted).
+
+use slipway_core::{error::STALE_FENCING_TOKEN, ids};
+use sqlx::{any::AnyRow, Row};
+
+use crate::{records, routes, NewRoute, Route, Store, StoreError};
+
+/// What a commit does to the project's live pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveChange {
+    /// Leave it.
+    Leave,
+    /// Point it at the deployment and clear the rolled-back flag (deploy, promote).
+    Take,
+    /// Point it at the deployment and set the rolled-back flag (rollback).
+    Pin,
+}
+
+/// One commit: create `create` where missing (pointing at the deployment), move `route_ids`
+/// to it, and apply `live`, all or nothing.
+#[derive(Debug, Clone)]
+pub struct Assignment<'a> {
+    pub project_id: &'a str,
+    pub deployment_id: &'a str,
+    pub route_ids: &'a [String],
+    /// Routes created where their FQDN is missing, in `environment_id`.
+    pub create: &'a [NewRoute],
+    pub environment_id: &'a str,
+    /// The project lease's epoch; 0 for an unfenced write (an operator's own call).
+    pub fencing_token: u64,
+    pub live: LiveChange,
+}
+
+/// What a commit changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assigned {
+    /// Every route named or created, as it is now.
+    pub routes: Vec<Route>,
+    /// The routes that moved or were created.
+    pub moved: Vec<Route>,
+    /// With a live change: the deployment that was live before (the same on a repeat).
+    pub previous_live: Option<String>,
+}
+
+/// Refuses `token` if the project has seen a newer epoch, and remembers it otherwise. The
+/// project's row must be locked by the transaction (`FOR UPDATE` / `BEGIN IMMEDIATE`).
+async fn fence_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    project: &AnyRow,
+    project_id: &str,
+    token: u64,
+) -> Result<(), StoreError> {
+    if token == 0 {
+        return Ok(());
+    }
+    let seen: i64 = project.try_get("lease_epoch")?;
+    let token = i64::try_from(token)
+        .map_err(|_| StoreError::Invalid(format!("fencing token {token} is out of range")))?;
+    if token < seen {
+        return Err(StoreError::Conflict(format!(
+            "{STALE_FENCING_TOKEN} {token} for project {project_id}: its lease was taken over (epoch {seen})"
+        )));
+    }
+    if token > seen {
+        sqlx::query("UPDATE projects SET lease_epoch = $2 WHERE id = $1")
+            .bind(project_id)
+            .bind(token)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The project's row, locked for the rest of the transaction.
+    async fn lock_project(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        project_id: &str,
+    ) -> Result<AnyRow, StoreError> {
+        let sql = format!(
+            "SELECT live_deployment_id, is_rolled_back, lease_epoch FROM projects WHERE id = $1{}",
+            self.for_update()
+        );
+        sqlx::query(&sql)
+            .bind(project_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))
+    }
+
+    /// Registers a newly acquired lease epoch, so a former holder's writes are refused from
+    /// now on, before the new holder reads anything it decides on.
+    pub async fn fence(&self, project_id: &str, token: u64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let project = self.lock_project(&mut tx, project_id).await?;
+        fence_in(&mut tx, &project, project_id, token).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback).
+    pub async fn confirm_rollback(
+        &self,
+        project_id: &str,
+        fencing_token: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let project = self.lock_project(&mut tx, project_id).await?;
+        fence_in(&mut tx, &project, project_id, fencing_token).await?;
+        sqlx::query("UPDATE projects SET is_rolled_back = 0, updated_at_ms = $2 WHERE id = $1")
+            .bind(project_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The commit: see [`Assignment`]. Checks that the deployment and every route belong to
+    /// the project; an FQDN to create that another project holds is a conflict. Repeated, it
+    /// moves nothing and answers the same `previous_live`.
+    pub async fn assign_routes(
+        &self,
+        a: &Assignment<'_>,
+        now_ms: i64,
+    ) -> Result<Assigned, StoreError> {
+        let mut tx = self.begin().await?;
+        let project = self.lock_project(&mut tx, a.project_id).await?;
+        fence_in(&mut tx, &project, a.project_id, a.fencing_token).await?;
+        let owner = sqlx::query("SELECT project_id, environment_id FROM deployments WHERE id = $1")
+            .bind(a.deployment_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("deployment {} not found", a.deployment_id))
+            })?;
+        let (owner_project, owner_env): (String, String) = (
+            owner.try_get("project_id")?,
+            owner.try_get("environment_id")?,
+        );
+        if owner_project != a.project_id {
+            return Err(StoreError::Invalid(format!(
+                "deployment {} belongs to project {owner_project}, not {}",
+                a.deployment_id, a.project_id
+            )));
+        }
+        if !a.create.is_empty() && owner_env != a.environment_id {
+            return Err(StoreError::Invalid(format!(
+                "deployment {} belongs to environment {owner_env}, not {}",
+                a.deployment_id, a.environment_id
+            )));
+        }
+
+        let created = self.create_missing(&mut tx, a, now_ms).await?;
+        let named = routes::routes_in(&mut *tx, a.route_ids).await?;
+        for id in a.route_ids {
+            match named.iter().find(|r| &r.id == id) {
+                None => return Err(StoreError::NotFound(format!("route {id} not found"))),
+                Some(r) if r.project_id != a.project_id => {
+                    return Err(StoreError::Invalid(format!(
+                        "route {id} ({}) belongs to project {}, not {}",
+                        r.fqdn, r.project_id, a.project_id
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let moving: Vec<&Route> = named
+            .iter()
+            .filter(|r| r.deployment_id != a.deployment_id)
+            .collect();
+        if !moving.is_empty() {
+            let sql = format!(
+                "UPDATE frontline_routes SET deployment_id = $1, version = version + 1, updated_at_ms = $2 \
+                 WHERE id IN ({})",
+                routes::placeholders(3, moving.len())
+            );
+            let mut query = sqlx::query(&sql).bind(a.deployment_id).bind(now_ms);
+            for r in &moving {
+                query = query.bind(&r.id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let previous_live = match a.live {
+            LiveChange::Leave => None,
+            LiveChange::Take | LiveChange::Pin => {
+                self.swap_live(&mut tx, &project, a, now_ms).await?
+            }
+        };
+        tx.commit().await?;
+
+        let mut moved: Vec<Route> = moving
+            .into_iter()
+            .map(|r| Route {
+                deployment_id: a.deployment_id.to_string(),
+                version: r.version + 1,
+                updated_at_ms: now_ms,
+                ..r.clone()
+            })
+            .collect();
+        let mut routes: Vec<Route> = named
+            .iter()
+            .map(|r| moved.iter().find(|m| m.id == r.id).unwrap_or(r).clone())
+            .collect();
+        for r in created {
+            if !routes.iter().any(|x| x.id == r.id) {
+                routes.push(r.clone());
+            }
+            moved.push(r);
+        }
+        Ok(Assigned {
+            routes,
+            moved,
+            previous_live,
+        })
+    }
+
+    /// Inserts the routes of `a.create` whose FQDN is missing; returns those it created.
+    async fn create_missing(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        a: &Assignment<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut created = Vec::new();
+        for route in a.create {
+            let existing = sqlx::query("SELECT * FROM frontline_routes WHERE fqdn = $1")
+                .bind(&route.fqdn)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(row) = existing {
+                let stored = records::route(&row)?;
+                if stored.project_id != a.project_id {
+                    return Err(StoreError::Conflict(format!(
+                        "{} is already a route of project {}",
+                        route.fqdn, stored.project_id
+                    )));
+                }
+                continue;
+            }
+            let id = ids::new(ids::ROUTE);
+            sqlx::query(
+                "INSERT INTO frontline_routes (id, fqdn, sticky, project_id, environment_id, deployment_id, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(&id)
+            .bind(&route.fqdn)
+            .bind(&route.sticky)
+            .bind(a.project_id)
+            .bind(a.environment_id)
+            .bind(a.deployment_id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::or_conflict(e, || format!("{} was created meanwhile", route.fqdn)))?;
+            let row = sqlx::query("SELECT * FROM frontline_routes WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+            created.push(records::route(&row)?);
+        }
+        Ok(created)
+    }
+
+    /// Points the live pointer at the deployment (pinned or not) and returns the deployment
+    /// it replaced, remembered on the new live one so a repeat answers the same.
+    async fn swap_live(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        project: &AnyRow,
+        a: &Assignment<'_>,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let live: Option<String> = project.try_get("live_deployment_id")?;
+        let previous = if live.as_deref() == Some(a.deployment_id) {
+            sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
+                .bind(a.deployment_id)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("replaced_live_deployment_id")?
+        } else {
+            sqlx::query(
+                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+            )
+            .bind(a.deployment_id)
+            .bind(&live)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+            live
+        };
+        sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, is_rolled_back = $3, updated_at_ms = $4 WHERE id = $1",
+        )
+        .bind(a.project_id)
+        .bind(a.deployment_id)
+        .bind(i64::from(a.live == LiveChange::Pin))
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(previous)
+    }
+}
