@@ -70,6 +70,7 @@ impl Orchestrator {
         project_id: &str,
         request: AssignFrontlineRoutesRequest,
     ) -> Result<AssignFrontlineRoutesReply, StepError> {
+        slipway_core::fault::point("commit.before_request");
         let reply: AssignFrontlineRoutesReply = request_reply(
             &self.inner.client,
             format!("slipway.routing.v1.assign_frontline_routes.{project_id}"),

@@ -73,6 +73,10 @@ pub struct Config {
     /// How long a silent worker keeps a workflow before another resumes it.
     #[arg(long, env = "SLIPWAY_WORKFLOW_ACK_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub workflow_ack_wait: Duration,
+    /// How often a step that fails retryably is retried before its workflow fails (steps
+    /// after a commit point retry until they succeed).
+    #[arg(long, env = "SLIPWAY_STEP_RETRIES", default_value_t = 6)]
+    pub step_retries: usize,
     /// How long the per-project lease of a dead holder blocks others.
     #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -133,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut engine_config = EngineConfig::new("deploy-orchestrator");
     engine_config.ack_wait = config.workflow_ack_wait;
     engine_config.lease_ttl = config.lease_ttl;
+    engine_config.retry = engine_config.retry.with_max_times(config.step_retries);
     let engine = Engine::builder(js, engine_config)
         .register(Deploy(orchestrator.clone()))
         .register(Rollback(orchestrator.clone()))

@@ -104,7 +104,8 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
         "step:record_instances",
         "step:openapi",
         "step:routes",
-        // No `routes` event: a first deploy's routes are created pointing at it, none moves.
+        // The commit creates the first deploy's routes pointing at it: they are its `routes`.
+        "routes",
         "step:assign_routes",
         "status:ready",
         "ready",

@@ -10,16 +10,13 @@ use slipway_workflow::WorkflowRecord;
 
 const PROJECTS: usize = 20;
 
-/// [start, end] of the steps that run under the project's lease.
+/// [start, end] of the steps that run under the project's lease: from the route plan to
+/// the commit, which releases it.
 fn leased(record: &WorkflowRecord) -> (i64, i64) {
-    let first = record
-        .steps
-        .iter()
-        .position(|s| s.name == "routes")
-        .unwrap();
+    let step = |name: &str| record.steps.iter().find(|s| s.name == name).unwrap();
     (
-        record.steps[first].started_at_ms,
-        record.steps.last().unwrap().finished_at_ms,
+        step("routes").started_at_ms,
+        step("assign_routes").finished_at_ms,
     )
 }
 

@@ -92,7 +92,11 @@ async fn an_unavailable_dependency_is_retried_and_marks_nothing_failed() {
 
     let record = plane.workflow_done(&wf).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
-    let routes_step = record.steps.iter().find(|s| s.name == "routes").unwrap();
+    let routes_step = record
+        .steps
+        .iter()
+        .find(|s| s.name == "assign_routes")
+        .unwrap();
     assert!(routes_step.attempts > 1, "{routes_step:?}");
     assert_eq!(plane.deployment(&dep).await["status"], "ready");
     let events: Vec<Value> = plane.events(&project, &dep).await;

@@ -71,10 +71,10 @@ async fn rollback_pins_promote_unpins_and_promoting_live_confirms() {
             "step:clear_target",
             "step:check_target",
             "routes",
-            "step:move_routes",
+            "step:assign_routes",
             "rolled_back",
             "live",
-            "step:pin_live",
+            "step:rolled_back",
             "step:schedule_standby"
         ],
         "{kinds:?}"
@@ -107,7 +107,7 @@ async fn rollback_pins_promote_unpins_and_promoting_live_confirms() {
         .workflow_done(reply["workflow_id"].as_str().unwrap())
         .await;
     let names: Vec<&str> = record.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["validate", "confirm_rollback"]);
+    assert_eq!(names, ["validate", "confirm_rollback", "promoted"]);
     // And now a production deploy takes live again.
     let v4 = plane.deployed(&project, "production", "v4").await;
     assert_eq!(live_of(&plane, &project).await, (v4.clone(), false));
@@ -167,8 +167,8 @@ async fn a_standby_target_is_woken_before_traffic_moves_to_it() {
             "wake_target",
             "wait_target",
             "record_target",
-            "move_routes",
-            "pin_live",
+            "assign_routes",
+            "rolled_back",
             "schedule_standby"
         ]
     );

@@ -61,11 +61,11 @@ async fn ten_racing_promotes_end_in_a_serial_order() {
         records.push((target.clone(), record));
     }
     // The serial order is the order of the live swaps; each one replaced the one before.
-    records.sort_by_key(|(_, r)| step(r, "swap_live").finished_at_ms);
+    records.sort_by_key(|(_, r)| step(r, "assign_routes").finished_at_ms);
     let mut previous = live_before;
     for (target, record) in &records {
         let replaced: Option<String> =
-            rmp_serde::from_slice(&step(record, "swap_live").result).unwrap();
+            rmp_serde::from_slice(&step(record, "assign_routes").result).unwrap();
         assert_eq!(replaced.as_deref(), Some(previous.as_str()), "{target}");
         previous = target.clone();
     }
@@ -153,17 +153,17 @@ async fn rollback_and_promote_killed_midway_complete_once() {
         (
             "rollback",
             json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
-            "rollback.move_routes.before_journal",
+            "rollback.assign_routes.before_journal",
         ),
         (
             "promote",
             json!({"target_deployment_id": v2, "wait_ms": 0}),
-            "promote.swap_live.before_journal",
+            "promote.assign_routes.before_journal",
         ),
         (
             "rollback",
             json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
-            "rollback.pin_live.after_journal",
+            "rollback.rolled_back.after_journal",
         ),
         (
             "promote",

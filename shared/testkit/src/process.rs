@@ -96,9 +96,7 @@ impl ServiceProcess {
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn terminate(&mut self, grace: Duration) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("-TERM");
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.is_running() {
@@ -119,8 +117,31 @@ impl ServiceProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// SIGSTOP: the process freezes (timers, lease renewals and all) until [`cont`](Self::cont),
+    /// as in a long GC pause or a VM stall.
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`stop`](Self::stop).
+    pub fn cont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no clean-up runs, as in a crash.
     pub fn kill(&mut self) {
+        self.cont(); // a stopped process dies on SIGKILL too, but is reaped only once it runs
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

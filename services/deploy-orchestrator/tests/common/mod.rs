@@ -112,9 +112,14 @@ impl Plane {
     }
 
     pub async fn without_orchestrator() -> Plane {
+        Self::without_orchestrator_on(TestDb::sqlite().unwrap()).await
+    }
+
+    /// As [`without_orchestrator`](Self::without_orchestrator), on `db` (PostgreSQL, say).
+    pub async fn without_orchestrator_on(db: TestDb) -> Plane {
         let nats = NatsServer::start().await.expect("nats-server");
         let client = async_nats::connect(nats.url()).await.unwrap();
-        Self::on(nats, client, false).await
+        Self::on(nats, client, db, false).await
     }
 
     /// A nats-server running `nats/accounts.conf` (passwords from [`password`]); the test
@@ -137,11 +142,10 @@ impl Plane {
             .await
             .expect("nats-server with accounts.conf");
         let (client, _) = connect_as(&nats.url(), "admin").await;
-        Self::on(nats, client, true).await
+        Self::on(nats, client, TestDb::sqlite().unwrap(), true).await
     }
 
-    async fn on(nats: NatsServer, client: async_nats::Client, secured: bool) -> Plane {
-        let db = TestDb::sqlite().unwrap();
+    async fn on(nats: NatsServer, client: async_nats::Client, db: TestDb, secured: bool) -> Plane {
         let store = Store::open(&db.url).await.unwrap();
         let js = jetstream::new(client.clone());
         provision::provision(&js, 1).await.unwrap();
@@ -217,7 +221,20 @@ impl Plane {
         ]
     }
 
-    /// Starts an orchestrator (with `extra` environment) and waits until it serves.
+    /// The invariant checker over this plane's database and NATS.
+    pub fn invariants(&self) -> slipway_testkit::Invariants {
+        slipway_testkit::Invariants::new(self.store.clone(), self.client.clone())
+    }
+
+    /// Waits (without blocking the runtime) until orchestrator `index` logs `needle`.
+    pub fn orchestrator_logged(&self, index: usize, needle: &str) {
+        tokio::task::block_in_place(|| {
+            self.orchestrators[index]
+                .wait_for_log(needle, TIMEOUT)
+                .unwrap()
+        });
+    }
+
     /// Starts another routing process (after [`kill_service`](Self::kill_service)).
     pub fn respawn_service(&mut self, name: &str, ready: &str) {
         let p = ServiceProcess::spawn(name, bin(name), &[], &self.env_for(name)).unwrap();

@@ -1,0 +1,272 @@
+//! Crashes and stalls at the wrong moment (fenced leases, commit points): each case is one
+//! that left the live pointer and the live routes disagreeing, or live traffic on stopped
+//! instances, before project leases had epochs and the workflows a commit point. Every test
+//! ends with the invariant checker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Plane, TIMEOUT};
+use futures::StreamExt;
+use serde_json::json;
+use slipway_workflow::WorkflowRecord;
+
+fn step_names(record: &WorkflowRecord) -> Vec<&str> {
+    record.steps.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// A project with v1 and v2 deployed (v2 live), and a deploy of v3 whose orchestrator died
+/// right after journaling its route plan under the project lease. The lease (2 s) expires
+/// long before the invocation is redelivered (6 s): whatever runs next takes the lease
+/// first. Returns (plane, project, v1, v2, v3, v3's workflow).
+async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, String) {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
+        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
+    ];
+    let normal = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    plane.orchestrators[normal].kill();
+    let point = "deploy.routes.after_journal";
+    let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
+    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
+    plane.orchestrator_logged(faulty, &format!("fault point {point} reached"));
+    plane.orchestrators[faulty].kill();
+    plane.spawn_orchestrator(&[]);
+    (plane, project, v1, v2, v3, wf3)
+}
+
+/// Reproduction 1: a rollback takes the lease of the crashed deploy and pins the project;
+/// the deploy, resumed, decides its routes again (pinned: the environment route only) instead
+/// of replaying a plan that moved the live route.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_resumed_after_a_rollback_took_its_lease_decides_again() {
+    let (plane, project, v1, v2, v3, wf3) = v3_crashed_after_planning().await;
+    let rollback = plane
+        .ok(
+            "slipway.deploy.v1.rollback",
+            json!({"source_deployment_id": v2, "target_deployment_id": v1}),
+        )
+        .await;
+    assert_eq!(rollback["status"], "completed", "{rollback}");
+
+    let record = plane.workflow_done(&wf3).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert!(record.runs >= 2, "it resumed");
+    assert!(
+        !step_names(&record).contains(&"live"),
+        "a pinned deploy does not take live: {:?}",
+        step_names(&record)
+    );
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
+    assert_eq!(p["project"]["is_rolled_back"], true);
+    let (live, production) = plane.live_and_production_routes(&project).await;
+    assert_eq!((live, production), (v1, v3));
+    plane.invariants().assert(&[project]).await;
+}
+
+/// Reproduction 1, with a second deploy instead of the rollback: v4 goes live while v3 is
+/// down; v3, resumed, decides again and goes live after it (one serial order: v4, then v3),
+/// scheduling v4 to standby, instead of ending as the live pointer while its replayed plan
+/// left the routes on v4.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it() {
+    let (plane, project, _v1, v2, v3, wf3) = v3_crashed_after_planning().await;
+    let v4 = plane.deployed(&project, "production", "v4").await;
+    let record = plane.workflow_done(&wf3).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+
+    let live_step = record
+        .steps
+        .iter()
+        .find(|s| s.name == "assign_routes")
+        .unwrap();
+    let replaced: Option<String> = rmp_serde::from_slice(&live_step.result).unwrap();
+    assert_eq!(replaced.as_deref(), Some(v4.as_str()), "v3 replaced v4");
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
+    assert_eq!(
+        plane.live_and_production_routes(&project).await,
+        (v3.clone(), v3)
+    );
+    for superseded in [&v2, &v4] {
+        assert_eq!(
+            plane.pending(superseded).await.unwrap()["state"],
+            "standby",
+            "{superseded}"
+        );
+    }
+    plane.invariants().assert(&[project]).await;
+}
+
+/// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
+/// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
+/// later deploy v4 goes live; the stalled one, continued, is refused by the store (its
+/// fencing token is older) instead of pointing live back at v3.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_holder_cannot_commit_after_its_lease_was_taken_over() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "1h".into())];
+    let normal = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    plane.deployed(&project, "production", "v1").await;
+    plane.orchestrators[normal].kill();
+
+    let point = "commit.before_request";
+    let stalled = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_STOP", point.into())]);
+    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
+    plane.orchestrator_logged(stalled, &format!("fault point {point} reached: stopping"));
+    plane.spawn_orchestrator(&[]);
+    let record = plane.workflow_done(&wf3).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    let v4 = plane.deployed(&project, "production", "v4").await;
+
+    plane.orchestrators[stalled].cont();
+    plane.orchestrator_logged(stalled, "stale fencing token");
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v4.as_str());
+    assert_eq!(
+        plane.live_and_production_routes(&project).await,
+        (v4.clone(), v4)
+    );
+    assert_eq!(plane.pending(&v3).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project]).await;
+}
+
+/// Reproduction 3: the deployment actor is down when a production deploy has committed
+/// (routes and live pointer moved). Its standby step retries past the retry budget of a
+/// step before the commit point, until the actor is back; the deployment is never marked
+/// failed nor stopped while it serves live traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_after_the_commit_point_never_stops_live_traffic() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
+        ("SLIPWAY_STEP_RETRIES", "2".into()),
+    ];
+    let orch = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    plane.kill_service(1); // deployment-actor
+    let (v2, wf) = plane.deploy(&project, "production", "v2").await;
+    plane.wait_event(&project, &v2, "live").await;
+    // More failed attempts than a step before the commit point may make.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + TIMEOUT;
+        while plane.orchestrators[orch].count_log("step failed; retrying") < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "schedule_standby is not being retried"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let d = plane.deployment(&v2).await;
+    assert_eq!(d["status"], "ready");
+    assert_eq!(d["desired_state"], "running");
+    assert!(d["failure_reason"].is_null(), "{d}");
+
+    plane.respawn_service("deployment-actor", "deployment-actor ready");
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project]).await;
+}
+
+/// Reproduction 4: a deploy resumed after its ready deadline has passed reads what the
+/// agents report now before judging the deadline: its instances are healthy, it completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_resumed_after_its_deadline_judges_the_current_reports() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![("SLIPWAY_READY_TIMEOUT", "2s".into())];
+    let point = "deploy.wait_instances.before_journal";
+    let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
+    let project = plane.project().await;
+    let (dep, wf) = plane.deploy(&project, "production", "v1").await;
+    plane.orchestrator_logged(faulty, &format!("fault point {point} reached"));
+    plane.orchestrators[faulty].kill();
+    // The deadline is journaled: let it pass while no orchestrator runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    plane.spawn_orchestrator(&[]);
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert_eq!(plane.deployment(&dep).await["status"], "ready");
+    plane.invariants().assert(&[project]).await;
+}
+
+/// Reproduction 5: with the default ack wait, a crashed orchestrator's in-flight workflow is
+/// resumed within 5 s, by another running orchestrator or by the crashed one restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_orchestrators_workflows_resume_within_five_seconds() {
+    let mut plane = Plane::without_orchestrator().await;
+    // The defaults, not the test plane's shorter ones.
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_WORKFLOW_ACK_WAIT", "3s".into()),
+        ("SLIPWAY_LEASE_TTL", "15s".into()),
+    ];
+    let point = "deploy.routes.after_journal";
+    for restart_the_crashed_one in [false, true] {
+        // Either every orchestrator running crashes at the point the first time it gets
+        // there, and one other keeps running; or the only one crashes and is restarted.
+        let running = if restart_the_crashed_one { 1 } else { 2 };
+        let first = plane.orchestrators.len();
+        for _ in 0..running {
+            plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
+        }
+        let project = plane.project().await;
+        let (_, wf) = plane.deploy(&project, "production", "v1").await;
+        let needle = format!("fault point {point} reached");
+        let crashed_at = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                if plane.orchestrators[first..]
+                    .iter()
+                    .any(|o| o.count_log(&needle) > 0)
+                {
+                    return Instant::now();
+                }
+                assert!(Instant::now() < deadline, "no orchestrator reached {point}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        if restart_the_crashed_one {
+            plane.orchestrators[first].kill();
+            plane.spawn_orchestrator(&[]);
+        }
+        let mut watch = plane
+            .workflows
+            .watch_with_history(format!("wf.{wf}"))
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5).saturating_sub(crashed_at.elapsed()),
+            async {
+                while let Some(Ok(entry)) = watch.next().await {
+                    let record: WorkflowRecord = rmp_serde::from_slice(&entry.value).unwrap();
+                    if record.runs >= 2 {
+                        return;
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("not resumed within 5 s of the crash (restarted: {restart_the_crashed_one})")
+        });
+        eprintln!(
+            "resumed {:?} after the crash (restarted: {restart_the_crashed_one})",
+            crashed_at.elapsed()
+        );
+        let record = plane.workflow_done(&wf).await;
+        assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+        plane.invariants().assert(&[project]).await;
+        for o in &mut plane.orchestrators[first..] {
+            o.kill();
+        }
+    }
+}

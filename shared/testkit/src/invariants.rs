@@ -1,0 +1,255 @@
+//! The invariant every fault test checks (the issue tracker's "fenced leases and a commit
+//! point"): per project, the live pointer, the rolled-back flag, the routes in SQL and in
+//! `slipway_routes`, and what actually runs agree.
+//!
+//! - every route in SQL has its `slipway_routes` entry with the same target, and no entry of
+//!   the project lacks its route;
+//! - the live routes point at the live pointer (a rollback moves them with the pointer);
+//! - every deployment behind a live or environment route, and the live deployment, is ready,
+//!   desired `running`, and its agents report at least one running instance per region;
+//! - every production deployment that was once live and no longer serves traffic is in
+//!   standby or has exactly one pending standby (its transition and one schedule message);
+//! - no journal holds a step twice (a step re-decided under a later lease replaces its
+//!   earlier entry, it does not repeat it).
+//!
+//! [`Invariants::settled`] retries for a while, since agents report and timers fire on their
+//! own time; what still fails then is a violation.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
+use serde_json::Value;
+use slipway_store::Store;
+use slipway_workflow::WorkflowRecord;
+
+use crate::stream_messages;
+
+pub struct Invariants {
+    store: Store,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Invariants {
+    pub fn new(store: Store, client: async_nats::Client) -> Self {
+        let js = jetstream::new(client.clone());
+        Self { store, client, js }
+    }
+
+    /// Checks `projects` until they hold, or returns the violations still seen after
+    /// `within`.
+    pub async fn settled(&self, projects: &[String], within: Duration) -> Result<(), Vec<String>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let violations = self.check(projects).await;
+            if violations.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(violations);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Panics with every violation unless `projects` hold within 15 s.
+    pub async fn assert(&self, projects: &[String]) {
+        if let Err(violations) = self.settled(projects, Duration::from_secs(15)).await {
+            panic!("invariants violated:\n  {}", violations.join("\n  "));
+        }
+    }
+
+    /// One look: the violations seen now.
+    pub async fn check(&self, projects: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        let table = match self.route_table().await {
+            Ok(t) => t,
+            Err(e) => return vec![format!("cannot read slipway_routes: {e}")],
+        };
+        for project in projects {
+            if let Err(e) = self.project(project, &table, &mut out).await {
+                out.push(format!("{project}: cannot check: {e}"));
+            }
+        }
+        if let Err(e) = self.journals(projects, &mut out).await {
+            out.push(format!("cannot read the journals: {e}"));
+        }
+        out
+    }
+
+    async fn route_table(&self) -> Result<BTreeMap<String, Value>, async_nats::Error> {
+        let kv = self.js.get_key_value("slipway_routes").await?;
+        let keys: Vec<String> = kv.keys().await?.try_collect().await?;
+        let mut table = BTreeMap::new();
+        for key in keys {
+            if let Some(v) = kv.get(key.as_str()).await? {
+                table.insert(key, serde_json::from_slice(&v)?);
+            }
+        }
+        Ok(table)
+    }
+
+    async fn project(
+        &self,
+        project_id: &str,
+        table: &BTreeMap<String, Value>,
+        out: &mut Vec<String>,
+    ) -> Result<(), async_nats::Error> {
+        let project = self.store.project(project_id).await?;
+        let live = project.live_deployment_id.clone();
+        let routes = self.store.routes(project_id, None).await?;
+        let mut serving: Vec<String> = live.iter().cloned().collect();
+
+        for r in &routes {
+            match table.get(&r.fqdn) {
+                None => out.push(format!(
+                    "{project_id}: route {} is not in slipway_routes",
+                    r.fqdn
+                )),
+                Some(entry) if entry["deployment_id"] != r.deployment_id.as_str() => {
+                    out.push(format!(
+                        "{project_id}: {} goes to {} in SQL but to {} in slipway_routes",
+                        r.fqdn, r.deployment_id, entry["deployment_id"]
+                    ))
+                }
+                Some(_) => {}
+            }
+            if r.sticky == "live" && live.as_deref() != Some(r.deployment_id.as_str()) {
+                out.push(format!(
+                    "{project_id}: live route {} goes to {} but the live pointer is {:?} (rolled back: {})",
+                    r.fqdn, r.deployment_id, live, project.is_rolled_back
+                ));
+            }
+            if (r.sticky == "live" || r.sticky == "environment")
+                && !serving.contains(&r.deployment_id)
+            {
+                serving.push(r.deployment_id.clone());
+            }
+        }
+        for (fqdn, entry) in table {
+            if entry["project_id"] == project_id && !routes.iter().any(|r| &r.fqdn == fqdn) {
+                out.push(format!(
+                    "{project_id}: slipway_routes has {fqdn}, SQL has no such route"
+                ));
+            }
+        }
+        for d in &serving {
+            self.runs(project_id, d, out).await?;
+        }
+
+        for d in self
+            .store
+            .list_deployments(project_id, Some("production"), None, 1000)
+            .await?
+        {
+            if serving.contains(&d.id) || d.status != "ready" || d.desired_state == "standby" {
+                continue;
+            }
+            let was_live = !stream_messages(
+                &self.js,
+                "SLIPWAY_EVENTS",
+                &format!("slipway.events.{project_id}.{}.live", d.id),
+            )
+            .await
+            .is_empty();
+            if !was_live {
+                continue;
+            }
+            let state = self.get_state(&d.id).await?;
+            let schedules = stream_messages(
+                &self.js,
+                "SLIPWAY_TIMERS",
+                &format!("slipway.timers.schedule.deployment.{}", d.id),
+            )
+            .await;
+            if state["pending"]["state"] != "standby" || schedules.len() != 1 {
+                out.push(format!(
+                    "{project_id}: {} was live, serves nothing now and is {}, but its pending change is {} with {} schedule(s)",
+                    d.id, d.desired_state, state["pending"], schedules.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A deployment that serves traffic is ready, desired running, and runs in every region.
+    async fn runs(
+        &self,
+        project_id: &str,
+        id: &str,
+        out: &mut Vec<String>,
+    ) -> Result<(), async_nats::Error> {
+        let d = self.store.deployment(id).await?;
+        if d.status != "ready" || d.desired_state != "running" {
+            out.push(format!(
+                "{project_id}: {id} serves traffic but is {} / desired {}",
+                d.status, d.desired_state
+            ));
+        }
+        let reports = self.js.get_key_value("slipway_instances").await?;
+        for t in self.store.topology(id).await? {
+            let running = match reports.get(format!("{id}.{}", t.region)).await? {
+                Some(v) => serde_json::from_slice::<Value>(&v)?["instances"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|i| i["status"] == "running").count())
+                    .unwrap_or(0),
+                None => 0,
+            };
+            if running == 0 {
+                out.push(format!(
+                    "{project_id}: {id} serves traffic but runs no instance in {}",
+                    t.region
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_state(&self, deployment_id: &str) -> Result<Value, async_nats::Error> {
+        let reply = self
+            .client
+            .request(
+                format!("slipway.deployment.v1.get_state.{deployment_id}"),
+                "{}".into(),
+            )
+            .await?;
+        Ok(serde_json::from_slice(&reply.payload)?)
+    }
+
+    async fn journals(
+        &self,
+        projects: &[String],
+        out: &mut Vec<String>,
+    ) -> Result<(), async_nats::Error> {
+        let kv = self.js.get_key_value("slipway_workflows").await?;
+        let keys: Vec<String> = kv.keys().await?.try_collect().await?;
+        for key in keys {
+            let Some(entry) = kv.entry(key.as_str()).await? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let record: WorkflowRecord = rmp_serde::from_slice(&entry.value)?;
+            let ours = record
+                .scope
+                .as_ref()
+                .is_some_and(|s| projects.contains(&s.project_id));
+            if !ours {
+                continue;
+            }
+            let mut seen: Vec<&str> = Vec::new();
+            for step in &record.steps {
+                if seen.contains(&step.name.as_str()) && !step.name.starts_with("page_") {
+                    out.push(format!(
+                        "workflow {}: step {} journaled twice",
+                        record.id, step.name
+                    ));
+                }
+                seen.push(&step.name);
+            }
+        }
+        Ok(())
+    }
+}
