@@ -96,8 +96,25 @@ async fn run(seed: u64, db: TestDb) -> Report {
     for op in 0..ops {
         report.operations += 1;
         let project = projects[rng.below(PROJECTS as u64) as usize].clone();
-        let known = deployments[&project].clone();
-        let pick = known[rng.below(known.len() as u64) as usize].clone();
+        // Rollback and promote targets: ready production deployments that are not live.
+        let live = plane
+            .store
+            .project(&project)
+            .await
+            .unwrap()
+            .live_deployment_id
+            .unwrap_or_default();
+        let mut targets = Vec::new();
+        for id in &deployments[&project] {
+            let d = plane.store.deployment(id).await.unwrap();
+            if d.status == "ready" && *id != live {
+                targets.push(id.clone());
+            }
+        }
+        let pick = match targets.len() {
+            0 => live.clone(),
+            n => targets[rng.below(n as u64) as usize].clone(),
+        };
         match rng.below(10) {
             0..=4 => {
                 let reply = try_call(
@@ -115,10 +132,6 @@ async fn run(seed: u64, db: TestDb) -> Report {
                 }
             }
             5..=7 => {
-                let live = plane.get_project(&project).await["project"]["live_deployment_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
                 try_call(
                     &plane,
                     "slipway.deploy.v1.rollback",
@@ -181,8 +194,7 @@ async fn run(seed: u64, db: TestDb) -> Report {
             )),
         }
     }
-    for slot in slots {
-        let o = &plane.orchestrators[slot];
+    for o in &plane.orchestrators {
         report.redecided += o.count_log("deciding them again");
         report.fenced += o.count_log("stale fencing token");
     }
