@@ -6,7 +6,7 @@ use std::time::Duration;
 use slipway_nats::client::request as request_reply;
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, ClearScheduledStateChangesReply,
-    ClearScheduledStateChangesRequest, ScheduleDesiredStateChangeReply,
+    ClearScheduledStateChangesRequest, GetStateReply, GetStateRequest, ScheduleDesiredStateChangeReply,
     ScheduleDesiredStateChangeRequest,
 };
 use slipway_workflow::StepError;
@@ -48,6 +48,18 @@ impl Orchestrator {
             "desired state change scheduled"
         );
         Ok(reply.nonce)
+    }
+
+    /// Whether `deployment_id` has a pending transition.
+    pub(crate) async fn has_pending_change(&self, deployment_id: &str) -> Result<bool, StepError> {
+        let reply: GetStateReply = request_reply(
+            &self.inner.client,
+            format!("slipway.deployment.v1.get_state.{deployment_id}"),
+            &GetStateRequest {},
+            CALL_TIMEOUT,
+        )
+        .await?;
+        Ok(reply.pending.is_some())
     }
 
     /// Clears any pending transition of `deployment_id`; whether there was one.

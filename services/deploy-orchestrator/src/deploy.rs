@@ -15,7 +15,7 @@ use slipway_core::{
 use slipway_nats::krane::put_desired_deployment;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
 use slipway_store::StoreError;
-use slipway_workflow::{Context, EventScope, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
 
 use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
 
@@ -46,6 +46,10 @@ struct RoutePlan {
     /// Existing routes this deployment takes over.
     to_move: Vec<String>,
     take_live: bool,
+    /// The deployment an earlier, unjournaled commit of this deploy replaced as live (its run
+    /// stalled before journaling it and another holder acted since): superseded too.
+    #[serde(default)]
+    replaced_earlier: Option<String>,
 }
 
 pub struct Deploy(pub Orchestrator);
@@ -145,11 +149,23 @@ impl Workflow for Deploy {
                     .await?;
             }
         }
+        let earlier = plan.replaced_earlier.as_deref();
+        if let Some(earlier) = earlier.filter(|e| *e != id && Some(*e) != previous.as_deref()) {
+            let _: String = ctx
+                .step("schedule_standby_earlier", || async {
+                    if o.inner.store.serves_traffic(earlier).await.map_err(store_error)? {
+                        return Ok(String::new());
+                    }
+                    o.schedule_standby(id, earlier).await
+                })
+                .await?;
+        }
         Ok(())
     }
 
-    async fn on_failure(&self, input: &DeployInput, reason: &str) -> Result<(), StepError> {
+    async fn on_failure(&self, input: &DeployInput, failure: &Failure<'_>) -> Result<(), StepError> {
         let o = &self.0;
+        let reason = failure.reason;
         let deployment = match o.inner.store.deployment(&input.deployment_id).await {
             Ok(d) => d,
             Err(StoreError::NotFound(_)) => return Ok(()),
@@ -360,11 +376,16 @@ impl Orchestrator {
                 to_move.push(r.id);
             }
         }
+        let replaced_earlier = store
+            .replaced_live(&scope.deployment_id)
+            .await
+            .map_err(store_error)?;
         Ok(RoutePlan {
             domains: domain_names,
             create,
             to_move,
             take_live,
+            replaced_earlier,
         })
     }
 

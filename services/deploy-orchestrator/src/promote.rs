@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use slipway_core::{ids, time::now_ms, ApiError};
 use slipway_nats::Call;
 use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
-use slipway_workflow::{Context, EventScope, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
 
 use crate::Orchestrator;
 
@@ -108,6 +108,10 @@ impl Workflow for Promote {
         }
         tracing::info!(target, "promoted");
         Ok(())
+    }
+
+    async fn on_failure(&self, input: &PromoteInput, failure: &Failure<'_>) -> Result<(), StepError> {
+        self.0.settle_target(&input.target, failure).await
     }
 }
 

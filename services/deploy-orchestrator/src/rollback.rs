@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use slipway_core::{ids, ApiError};
 use slipway_nats::Call;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RollbackRequest, WorkflowRunReply};
-use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
 use crate::Orchestrator;
 
@@ -92,6 +92,10 @@ impl Workflow for Rollback {
             .await?;
         tracing::info!(source, target, "rolled back");
         Ok(())
+    }
+
+    async fn on_failure(&self, input: &RollbackInput, failure: &Failure<'_>) -> Result<(), StepError> {
+        self.0.settle_target(&input.target, failure).await
     }
 }
 

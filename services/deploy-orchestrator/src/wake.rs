@@ -1,12 +1,13 @@
 //! Before traffic moves to a deployment (rollback, promote): clear its pending transition
 //! and, if it is in standby, set it running and wait until its instances are healthy, so a
-//! live route never points at a deployment with nothing running.
+//! live route never points at a deployment with nothing running. A rollback or promote that
+//! fails before its commit point puts its target back on the way to standby.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_core::time::now_ms;
-use slipway_workflow::{Context, StepError, WorkflowError};
+use slipway_workflow::{Context, Failure, StepError, WorkflowError};
 
 use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
 
@@ -65,6 +66,37 @@ impl Orchestrator {
             self.record_instances(target, asleep.regions.keys(), &instances)
         })
         .await?;
+        Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// The failure handler of rollback and promote: their target had its pending standby
+    /// cleared and may have been woken, but traffic never moved to it. Unless it serves traffic
+    /// (another workflow made it live meanwhile) or has a pending change again, it goes to
+    /// standby after the standby delay, as a superseded deployment does.
+    pub(crate) async fn settle_target(
+        &self,
+        target: &str,
+        failure: &Failure<'_>,
+    ) -> Result<(), StepError> {
+        let store = &self.inner.store;
+        let d = match store.find_deployment(target).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(StepError::from(slipway_core::ApiError::from(e))),
+        };
+        let serves = store
+            .serves_traffic(target)
+            .await
+            .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+        if serves || d.desired_state != "running" || self.has_pending_change(target).await? {
+            return Ok(());
+        }
+        let key = format!("settle.{}", failure.workflow_id);
+        self.schedule_state(target, self.inner.config.standby_delay, "standby", &key)
+            .await?;
+        tracing::info!(target, reason = failure.reason, "target of a failed workflow goes back to standby");
         Ok(())
     }
 }

@@ -104,6 +104,49 @@ async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it
     plane.invariants().assert(&[project]).await;
 }
 
+/// Rollback's journaled validation is decided again as well: a rollback that crashed after
+/// clearing its target's pending standby, while a deploy took the lease and went live, fails
+/// its validation when it resumes (its source is no longer live), moves nothing, and puts its
+/// target back on the way to standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
+        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
+    ];
+    let normal = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    plane.orchestrators[normal].kill();
+    let point = "rollback.clear_target.after_journal";
+    let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
+    let reply = plane
+        .ok(
+            "slipway.deploy.v1.rollback",
+            json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
+        )
+        .await;
+    plane.orchestrator_logged(faulty, &format!("fault point {point} reached"));
+    plane.orchestrators[faulty].kill();
+    plane.spawn_orchestrator(&[]);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record.status.as_str(), "failed");
+    let error = record.error.unwrap_or_default();
+    assert!(error.contains("is not the live deployment"), "{error}");
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
+    assert_eq!(p["project"]["is_rolled_back"], false);
+    assert_eq!(plane.live_and_production_routes(&project).await, (v3.clone(), v3));
+    assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project]).await;
+}
+
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
 /// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
 /// later deploy v4 goes live; the stalled one, continued, is refused by the store (its

@@ -29,8 +29,9 @@ pub enum Applied {
     Completed,
     /// No stored transition, or a newer one: a cleared or superseded schedule.
     Stale,
-    /// The deployment is its project's live deployment: refused, left untouched.
-    RefusedLive,
+    /// The deployment serves traffic (live, or behind a live or environment route): refused,
+    /// left untouched.
+    RefusedServing,
     /// The deployment no longer exists.
     Gone,
 }
@@ -100,9 +101,9 @@ impl Actor {
                 tracing::info!("deployment no longer exists: no-op");
                 Applied::Gone
             }
-            ApplyOutcome::IsLive => {
-                tracing::warn!(state = %state, "refusing to change the project's live deployment");
-                Applied::RefusedLive
+            ApplyOutcome::ServesTraffic => {
+                tracing::warn!(state = %state, "refusing to stop a deployment that serves traffic");
+                Applied::RefusedServing
             }
             ApplyOutcome::Applied {
                 deployment,

@@ -231,7 +231,7 @@ async fn the_live_deployment_is_never_changed_by_a_fired_standby() {
         .all(|t| t.version == 1));
     assert!(env.events(&project).await.is_empty());
     assert!(env.get_state(&dep).await.pending.is_none());
-    assert!(env.actors[0].count_log("refusing to change the project's live deployment") >= 2);
+    assert!(env.actors[0].count_log("refusing to stop a deployment that serves traffic") >= 2);
 }
 
 #[tokio::test]

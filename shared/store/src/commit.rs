@@ -95,6 +95,16 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))
     }
 
+    /// The deployment the last commit that made `deployment_id` live replaced, if any.
+    pub async fn replaced_live(&self, deployment_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
+            .bind(deployment_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {deployment_id} not found")))?;
+        Ok(row.try_get("replaced_live_deployment_id")?)
+    }
+
     /// Registers a newly acquired lease epoch, so a former holder's writes are refused from
     /// now on, before the new holder reads anything it decides on.
     pub async fn fence(&self, project_id: &str, token: u64) -> Result<(), StoreError> {

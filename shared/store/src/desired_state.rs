@@ -18,14 +18,16 @@ pub enum ApplyOutcome {
         deployment: Deployment,
         topology: Vec<Topology>,
     },
-    /// Refused: the deployment is its project's live deployment.
-    IsLive,
+    /// Refused: the deployment serves traffic (it is its project's live deployment, or a live
+    /// or environment route points at it) and the change would stop it.
+    ServesTraffic,
     /// The deployment no longer exists.
     NotFound,
 }
 
 impl Store {
-    /// In one transaction: refuse if the deployment is live; else write `desired_state`,
+    /// In one transaction: refuse to stop a deployment that serves traffic (live, or behind a
+    /// live or environment route: BEHAVIOUR.md "Commit points"); else write `desired_state`,
     /// remember `nonce`, and set the topology's desired status (bumping its version).
     /// The first statement reads the deployment with its project's live pointer and locks
     /// both rows, so a concurrent live-pointer swap cannot slip between guard and write;
@@ -39,7 +41,10 @@ impl Store {
     ) -> Result<ApplyOutcome, StoreError> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT {}, p.live_deployment_id FROM deployments d \
+            "SELECT {}, p.live_deployment_id, \
+             (SELECT COUNT(*) FROM frontline_routes r WHERE r.deployment_id = d.id \
+              AND r.sticky IN ('live', 'environment')) AS traffic_routes \
+             FROM deployments d \
              JOIN environments e ON e.id = d.environment_id \
              JOIN projects p ON p.id = d.project_id \
              WHERE d.id = $1{}",
@@ -54,8 +59,10 @@ impl Store {
             return Ok(ApplyOutcome::NotFound);
         };
         let live: Option<String> = row.try_get("live_deployment_id")?;
-        if live.as_deref() == Some(deployment_id) {
-            return Ok(ApplyOutcome::IsLive);
+        let traffic_routes: i64 = row.try_get("traffic_routes")?;
+        let serves = live.as_deref() == Some(deployment_id) || traffic_routes > 0;
+        if serves && state != DesiredState::Running {
+            return Ok(ApplyOutcome::ServesTraffic);
         }
         let mut deployment = records::deployment(&row)?;
 

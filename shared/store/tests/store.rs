@@ -156,11 +156,37 @@ async fn apply_desired_state_outcomes(db: &TestDb) {
         .apply_desired_state("dep_1", DesiredState::Standby, "n3", 90)
         .await
         .unwrap();
-    assert_eq!(outcome, ApplyOutcome::IsLive);
+    assert_eq!(outcome, ApplyOutcome::ServesTraffic);
     assert_eq!(
         f.store.deployment("dep_1").await.unwrap().desired_state,
         "running"
     );
+    // Nor one behind an environment route (a pinned project's newer deploy), though not live;
+    // waking it is fine.
+    f.store
+        .set_live_deployment(&f.project_id, None, 91)
+        .await
+        .unwrap();
+    let env_route = [NewRoute {
+        fqdn: "shop-production-acme.example".into(),
+        sticky: "environment".into(),
+    }];
+    f.store
+        .ensure_routes(&f.project_id, &f.environment_id, "dep_1", &env_route, 92)
+        .await
+        .unwrap();
+    for (state, nonce, refused) in [
+        (DesiredState::Standby, "n5", true),
+        (DesiredState::Archived, "n6", true),
+        (DesiredState::Running, "n7", false),
+    ] {
+        let outcome = f
+            .store
+            .apply_desired_state("dep_1", state, nonce, 93)
+            .await
+            .unwrap();
+        assert_eq!(outcome == ApplyOutcome::ServesTraffic, refused, "{state:?}");
+    }
 
     let outcome = f
         .store

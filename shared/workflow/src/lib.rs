@@ -65,10 +65,17 @@ pub trait Workflow: Send + Sync + 'static {
     fn on_failure(
         &self,
         _input: &Self::Input,
-        _reason: &str,
+        _failure: &Failure<'_>,
     ) -> impl Future<Output = Result<(), StepError>> + Send {
         async { Ok(()) }
     }
+}
+
+/// What a failure handler is told about the failed workflow.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    pub workflow_id: &'a str,
+    pub reason: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +117,7 @@ trait Erased: Send + Sync {
     ) -> BoxFuture<'static, (Context, Result<Vec<u8>, WorkflowError>)>;
     fn on_failure(
         self: Arc<Self>,
+        workflow_id: String,
         input: Vec<u8>,
         reason: String,
     ) -> BoxFuture<'static, Result<(), StepError>>;
@@ -137,12 +145,17 @@ impl<W: Workflow> Erased for Typed<W> {
 
     fn on_failure(
         self: Arc<Self>,
+        workflow_id: String,
         input: Vec<u8>,
         reason: String,
     ) -> BoxFuture<'static, Result<(), StepError>> {
         Box::pin(async move {
+            let failure = Failure {
+                workflow_id: &workflow_id,
+                reason: &reason,
+            };
             match rmp_serde::from_slice::<W::Input>(&input) {
-                Ok(input) => self.0.on_failure(&input, &reason).await,
+                Ok(input) => self.0.on_failure(&input, &failure).await,
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable input: the failure handler cannot run");
                     Ok(())

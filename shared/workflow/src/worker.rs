@@ -206,7 +206,11 @@ async fn failure_handler(
     loop {
         match workflow
             .clone()
-            .on_failure(ctx.record.input.clone(), reason.clone())
+            .on_failure(
+                ctx.record.id.clone(),
+                ctx.record.input.clone(),
+                reason.clone(),
+            )
             .await
         {
             Ok(()) => break,

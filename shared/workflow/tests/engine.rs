@@ -15,7 +15,7 @@ use backon::ExponentialBuilder;
 use slipway_nats::provision;
 use slipway_testkit::NatsServer;
 use slipway_workflow::{
-    Context, Engine, EngineConfig, Leases, Status, StepError, Workflow, WorkflowError,
+    Context, Engine, EngineConfig, Failure, Leases, Status, StepError, Workflow, WorkflowError,
 };
 
 /// Counts what its steps and failure handler did.
@@ -74,7 +74,7 @@ impl Workflow for Probe {
         Ok(drawn)
     }
 
-    async fn on_failure(&self, _input: &ProbeInput, _reason: &str) -> Result<(), StepError> {
+    async fn on_failure(&self, _input: &ProbeInput, _failure: &Failure<'_>) -> Result<(), StepError> {
         self.0.failures.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
