@@ -6,8 +6,8 @@ use std::time::Duration;
 use slipway_nats::client::request as request_reply;
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, ClearScheduledStateChangesReply,
-    ClearScheduledStateChangesRequest, GetStateReply, GetStateRequest, ScheduleDesiredStateChangeReply,
-    ScheduleDesiredStateChangeRequest,
+    ClearScheduledStateChangesRequest, GetStateReply, GetStateRequest,
+    ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
 };
 use slipway_workflow::StepError;
 

@@ -153,7 +153,12 @@ impl Workflow for Deploy {
         if let Some(earlier) = earlier.filter(|e| *e != id && Some(*e) != previous.as_deref()) {
             let _: String = ctx
                 .step("schedule_standby_earlier", || async {
-                    if o.inner.store.serves_traffic(earlier).await.map_err(store_error)? {
+                    if o.inner
+                        .store
+                        .serves_traffic(earlier)
+                        .await
+                        .map_err(store_error)?
+                    {
                         return Ok(String::new());
                     }
                     o.schedule_standby(id, earlier).await
@@ -163,7 +168,11 @@ impl Workflow for Deploy {
         Ok(())
     }
 
-    async fn on_failure(&self, input: &DeployInput, failure: &Failure<'_>) -> Result<(), StepError> {
+    async fn on_failure(
+        &self,
+        input: &DeployInput,
+        failure: &Failure<'_>,
+    ) -> Result<(), StepError> {
         let o = &self.0;
         let reason = failure.reason;
         let deployment = match o.inner.store.deployment(&input.deployment_id).await {

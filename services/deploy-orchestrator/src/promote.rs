@@ -110,7 +110,11 @@ impl Workflow for Promote {
         Ok(())
     }
 
-    async fn on_failure(&self, input: &PromoteInput, failure: &Failure<'_>) -> Result<(), StepError> {
+    async fn on_failure(
+        &self,
+        input: &PromoteInput,
+        failure: &Failure<'_>,
+    ) -> Result<(), StepError> {
         self.0.settle_target(&input.target, failure).await
     }
 }

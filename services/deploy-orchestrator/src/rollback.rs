@@ -94,7 +94,11 @@ impl Workflow for Rollback {
         Ok(())
     }
 
-    async fn on_failure(&self, input: &RollbackInput, failure: &Failure<'_>) -> Result<(), StepError> {
+    async fn on_failure(
+        &self,
+        input: &RollbackInput,
+        failure: &Failure<'_>,
+    ) -> Result<(), StepError> {
         self.0.settle_target(&input.target, failure).await
     }
 }

@@ -96,7 +96,11 @@ impl Orchestrator {
         let key = format!("settle.{}", failure.workflow_id);
         self.schedule_state(target, self.inner.config.standby_delay, "standby", &key)
             .await?;
-        tracing::info!(target, reason = failure.reason, "target of a failed workflow goes back to standby");
+        tracing::info!(
+            target,
+            reason = failure.reason,
+            "target of a failed workflow goes back to standby"
+        );
         Ok(())
     }
 }

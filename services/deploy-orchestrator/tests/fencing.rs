@@ -16,11 +16,11 @@ fn step_names(record: &WorkflowRecord) -> Vec<&str> {
     record.steps.iter().map(|s| s.name.as_str()).collect()
 }
 
-/// A project with v1 and v2 deployed (v2 live), and a deploy of v3 whose orchestrator died
-/// right after journaling its route plan under the project lease. The lease (2 s) expires
-/// long before the invocation is redelivered (6 s): whatever runs next takes the lease
-/// first. Returns (plane, project, v1, v2, v3, v3's workflow).
-async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, String) {
+/// A project with v1 and v2 deployed (v2 live) and a lease TTL (2 s) well below the ack
+/// wait (6 s), so that after a crash whatever runs next takes the project's lease before the
+/// crashed workflow is redelivered; the only orchestrator left running aborts at `point`.
+/// Returns (plane, project, v1, v2, the faulty orchestrator).
+async fn two_deployed_then_faulty(point: &str) -> (Plane, String, String, String, usize) {
     let mut plane = Plane::without_orchestrator().await;
     plane.orchestrator_env = vec![
         ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
@@ -31,12 +31,24 @@ async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, 
     let v1 = plane.deployed(&project, "production", "v1").await;
     let v2 = plane.deployed(&project, "production", "v2").await;
     plane.orchestrators[normal].kill();
-    let point = "deploy.routes.after_journal";
     let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
-    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
+    (plane, project, v1, v2, faulty)
+}
+
+/// Waits for orchestrator `faulty` to abort at `point`, and starts a healthy one.
+fn crashed_at(plane: &mut Plane, faulty: usize, point: &str) {
     plane.orchestrator_logged(faulty, &format!("fault point {point} reached"));
     plane.orchestrators[faulty].kill();
     plane.spawn_orchestrator(&[]);
+}
+
+/// The deploy of v3 crashed right after journaling its route plan under the project lease.
+/// Returns (plane, project, v1, v2, v3, v3's workflow).
+async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, String) {
+    let point = "deploy.routes.after_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
+    crashed_at(&mut plane, faulty, point);
     (plane, project, v1, v2, v3, wf3)
 }
 
@@ -110,27 +122,15 @@ async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it
 /// target back on the way to standby.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
-    let mut plane = Plane::without_orchestrator().await;
-    plane.orchestrator_env = vec![
-        ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
-        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
-    ];
-    let normal = plane.spawn_orchestrator(&[]);
-    let project = plane.project().await;
-    let v1 = plane.deployed(&project, "production", "v1").await;
-    let v2 = plane.deployed(&project, "production", "v2").await;
-    plane.orchestrators[normal].kill();
     let point = "rollback.clear_target.after_journal";
-    let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
     let reply = plane
         .ok(
             "slipway.deploy.v1.rollback",
             json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
         )
         .await;
-    plane.orchestrator_logged(faulty, &format!("fault point {point} reached"));
-    plane.orchestrators[faulty].kill();
-    plane.spawn_orchestrator(&[]);
+    crashed_at(&mut plane, faulty, point);
     let v3 = plane.deployed(&project, "production", "v3").await;
 
     let record = plane
@@ -142,7 +142,10 @@ async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
     let p = plane.get_project(&project).await;
     assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
     assert_eq!(p["project"]["is_rolled_back"], false);
-    assert_eq!(plane.live_and_production_routes(&project).await, (v3.clone(), v3));
+    assert_eq!(
+        plane.live_and_production_routes(&project).await,
+        (v3.clone(), v3)
+    );
     assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
     plane.invariants().assert(&[project]).await;
 }

@@ -170,7 +170,7 @@ impl Store {
         }
 
         let created = self.create_missing(&mut tx, a, now_ms).await?;
-        let named = routes::routes_in(&mut *tx, a.route_ids).await?;
+        let named = routes::routes_in(&mut *tx, routes::RouteKey::Id, a.route_ids).await?;
         for id in a.route_ids {
             match named.iter().find(|r| &r.id == id) {
                 None => return Err(StoreError::NotFound(format!("route {id} not found"))),

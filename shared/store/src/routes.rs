@@ -10,24 +10,35 @@ pub struct NewRoute {
     pub sticky: String,
 }
 
-/// Routes by id, on the pool or inside a transaction.
+/// The routes whose `key` is one of `values`, on the pool or inside a transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RouteKey {
+    Id,
+    Fqdn,
+}
+
 pub(crate) async fn routes_in<'e, E>(
     executor: E,
-    route_ids: &[String],
+    key: RouteKey,
+    values: &[String],
 ) -> Result<Vec<Route>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    if route_ids.is_empty() {
+    if values.is_empty() {
         return Ok(vec![]);
     }
+    let column = match key {
+        RouteKey::Id => "id",
+        RouteKey::Fqdn => "fqdn",
+    };
     let sql = format!(
-        "SELECT * FROM frontline_routes WHERE id IN ({})",
-        placeholders(1, route_ids.len())
+        "SELECT * FROM frontline_routes WHERE {column} IN ({})",
+        placeholders(1, values.len())
     );
     let mut query = sqlx::query(&sql);
-    for id in route_ids {
-        query = query.bind(id);
+    for value in values {
+        query = query.bind(value);
     }
     query
         .fetch_all(executor)
@@ -125,23 +136,7 @@ impl Store {
 
     /// Routes by FQDN, in no particular order; unknown ones are skipped.
     pub async fn routes_by_fqdn(&self, fqdns: &[String]) -> Result<Vec<Route>, StoreError> {
-        if fqdns.is_empty() {
-            return Ok(vec![]);
-        }
-        let sql = format!(
-            "SELECT * FROM frontline_routes WHERE fqdn IN ({})",
-            placeholders(1, fqdns.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for fqdn in fqdns {
-            query = query.bind(fqdn);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(records::route)
-            .collect()
+        routes_in(&self.pool, RouteKey::Fqdn, fqdns).await
     }
 
     /// Whether the deployment is its project's live deployment or the target of a live or
@@ -159,7 +154,7 @@ impl Store {
 
     /// Routes by id, in no particular order; unknown ids are skipped.
     pub async fn routes_by_id(&self, route_ids: &[String]) -> Result<Vec<Route>, StoreError> {
-        routes_in(&self.pool, route_ids).await
+        routes_in(&self.pool, RouteKey::Id, route_ids).await
     }
 
     /// Every route, `limit` at a time, in FQDN order after `after_fqdn`.

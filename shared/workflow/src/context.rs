@@ -210,7 +210,7 @@ impl Context {
     }
 
     /// Takes the lease `name` for this workflow, waiting while another holds it; held until
-    /// [`release`](Self::release), the commit point or the end of the run. Returns the
+    /// the commit point or the end of the run. Returns the
     /// acquisition's epoch, the fencing token every write made under the lease must carry;
     /// `None` when the journal shows the workflow past its commit point (the lease is not
     /// taken again: only journaled results and post-commit steps remain).
@@ -242,16 +242,14 @@ impl Context {
                 "another holder had the lease since these steps were decided; deciding them again"
             );
             self.record.steps.truncate(self.cursor);
+            self.leases.push(lease);
+            // Written at once: the lease is ours now, so a run resuming after a crash here
+            // would find it "continuous" and replay the dropped steps.
+            self.save().await?;
+        } else {
+            self.leases.push(lease);
         }
-        self.leases.push(lease);
         Ok(Some(epoch))
-    }
-
-    pub async fn release(&mut self, name: &str) {
-        let key = format!("lease.{name}");
-        if let Some(i) = self.leases.iter().position(|l| l.name() == key) {
-            self.leases.swap_remove(i).release().await;
-        }
     }
 
     pub(crate) async fn release_all(&mut self) {

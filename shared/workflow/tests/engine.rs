@@ -74,7 +74,11 @@ impl Workflow for Probe {
         Ok(drawn)
     }
 
-    async fn on_failure(&self, _input: &ProbeInput, _failure: &Failure<'_>) -> Result<(), StepError> {
+    async fn on_failure(
+        &self,
+        _input: &ProbeInput,
+        _failure: &Failure<'_>,
+    ) -> Result<(), StepError> {
         self.0.failures.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
