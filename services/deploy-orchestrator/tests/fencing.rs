@@ -184,6 +184,53 @@ async fn a_stalled_holder_cannot_commit_after_its_lease_was_taken_over() {
     plane.invariants().assert(&[project]).await;
 }
 
+/// The narrowest window: a deploy's commit went through, and its orchestrator stalled before
+/// journaling it, long enough for another deploy to take the lease and go live. Resumed
+/// elsewhere, the first deploy decides again and goes live after the other one; both the
+/// other one and the deployment its own first commit replaced go to standby (that one's
+/// standby would otherwise be owed by a step that never ran).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_that_committed_then_stalled_supersedes_what_both_its_commits_replaced() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
+        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
+    ];
+    let normal = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    plane.orchestrators[normal].kill();
+    let point = "deploy.assign_routes.before_journal";
+    let stalled = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_STOP", point.into())]);
+    let (v2, wf2) = plane.deploy(&project, "production", "v2").await;
+    plane.orchestrator_logged(stalled, &format!("fault point {point} reached: stopping"));
+    assert_eq!(
+        plane.get_project(&project).await["project"]["live_deployment_id"],
+        v2.as_str(),
+        "the commit went through before the stall"
+    );
+    plane.spawn_orchestrator(&[]);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+
+    let record = plane.workflow_done(&wf2).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v2.as_str());
+    assert_eq!(
+        plane.live_and_production_routes(&project).await,
+        (v2.clone(), v2)
+    );
+    for superseded in [&v1, &v3] {
+        assert_eq!(
+            plane.pending(superseded).await.unwrap()["state"],
+            "standby",
+            "{superseded}"
+        );
+    }
+    plane.orchestrators[stalled].cont();
+    plane.invariants().assert(&[project]).await;
+}
+
 /// Reproduction 3: the deployment actor is down when a production deploy has committed
 /// (routes and live pointer moved). Its standby step retries past the retry budget of a
 /// step before the commit point, until the actor is back; the deployment is never marked
