@@ -84,7 +84,10 @@ async fn resumes(ack_wait: &str, rounds: usize, restart: bool) -> anyhow::Result
             plane.orchestrators[first].kill();
             plane.spawn_orchestrator(&[]);
         }
-        let mut watch = plane.workflows.watch_with_history(format!("wf.{wf}")).await?;
+        let mut watch = plane
+            .workflows
+            .watch_with_history(format!("wf.{wf}"))
+            .await?;
         let resumed = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(Ok(entry)) = watch.next().await {
                 let record: WorkflowRecord = rmp_serde::from_slice(&entry.value)?;

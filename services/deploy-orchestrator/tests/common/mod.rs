@@ -68,6 +68,9 @@ pub struct Plane {
     pub agent: Option<ServiceProcess>,
     /// Extra environment for every orchestrator started from now on.
     pub orchestrator_env: Vec<(&'static str, String)>,
+    /// How long a request waits for its reply before it is sent again: short while a
+    /// stopped (SIGSTOP) orchestrator is in the queue group and may take it.
+    pub request_timeout: Duration,
     /// With `nats/accounts.conf`: each service connects as its own user.
     secured: bool,
     seq: u32,
@@ -163,6 +166,7 @@ impl Plane {
             orchestrators: vec![],
             agent: None,
             orchestrator_env: vec![],
+            request_timeout: Duration::from_secs(10),
             secured,
             seq: 0,
         };
@@ -260,12 +264,14 @@ impl Plane {
     }
 
     /// A JSON request: Ok(reply JSON) or Err(error reply). Resent when unanswered (right
-    /// after a SIGKILL the server may still hand a request to the dead subscription).
+    /// after a SIGKILL the server may still hand a request to the dead subscription, and a
+    /// stopped process takes requests it answers only once continued).
     pub async fn call(&self, subject: &str, body: Value) -> Result<Value, ErrorReply> {
         let payload: bytes::Bytes = serde_json::to_vec(&body).unwrap().into();
-        for _ in 0..6 {
+        let attempts = (60_000 / self.request_timeout.as_millis().max(1)).max(6);
+        for _ in 0..attempts {
             let request = self.client.request(subject.to_string(), payload.clone());
-            let Ok(reply) = tokio::time::timeout(Duration::from_secs(10), request).await else {
+            let Ok(reply) = tokio::time::timeout(self.request_timeout, request).await else {
                 continue;
             };
             let Ok(reply) = reply else {
@@ -341,6 +347,9 @@ impl Plane {
                     "environment_slug": env,
                     "docker_image": image,
                     "git_commit": {"commit_sha": "0123456789abcdef0123456789abcdef01234567"},
+                    // A resent request (or one a stopped orchestrator answers late) is the
+                    // same deployment.
+                    "idempotency_key": slipway_core::ids::new("key"),
                 }),
             )
             .await;
