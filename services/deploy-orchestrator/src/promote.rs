@@ -115,7 +115,16 @@ impl Workflow for Promote {
         input: &PromoteInput,
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
-        self.0.settle_target(&input.target, failure).await
+        let o = &self.0;
+        // Live before this promote's commit, if that commit happened.
+        let replaced = match o.inner.store.replaced_live(&input.target).await {
+            Ok(replaced) => replaced,
+            Err(slipway_store::StoreError::NotFound(_)) => None,
+            Err(e) => return Err(StepError::from(ApiError::from(e))),
+        };
+        let mut settle = vec![input.target.as_str()];
+        settle.extend(replaced.as_deref());
+        o.settle(&settle, failure).await
     }
 }
 

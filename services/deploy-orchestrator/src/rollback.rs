@@ -99,7 +99,9 @@ impl Workflow for Rollback {
         input: &RollbackInput,
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
-        self.0.settle_target(&input.target, failure).await
+        self.0
+            .settle(&[&input.target, &input.source], failure)
+            .await
     }
 }
 

@@ -71,36 +71,38 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
-    /// The failure handler of rollback and promote: their target had its pending standby
-    /// cleared and may have been woken, but traffic never moved to it. Unless it serves traffic
-    /// (another workflow made it live meanwhile) or has a pending change again, it goes to
-    /// standby after the standby delay, as a superseded deployment does.
-    pub(crate) async fn settle_target(
+    /// The failure handler of rollback and promote: each of `deployments` (their target, and
+    /// the deployment live before them) that serves no traffic, runs, and has no pending
+    /// change goes to standby after the standby delay, as a superseded deployment does. The
+    /// target had its pending standby cleared and may have been woken; the one live before
+    /// may have been superseded by a commit of this workflow that was never journaled (its
+    /// run died right after it, and the run that resumed found the state changed and failed).
+    pub(crate) async fn settle(
         &self,
-        target: &str,
+        deployments: &[&str],
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
         let store = &self.inner.store;
-        let d = match store.find_deployment(target).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(StepError::from(slipway_core::ApiError::from(e))),
-        };
-        let serves = store
-            .serves_traffic(target)
-            .await
-            .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
-        if serves || d.desired_state != "running" || self.has_pending_change(target).await? {
-            return Ok(());
+        let api = |e: slipway_store::StoreError| StepError::from(slipway_core::ApiError::from(e));
+        for &id in deployments {
+            let Some(d) = store.find_deployment(id).await.map_err(api)? else {
+                continue;
+            };
+            if d.desired_state != "running"
+                || store.serves_traffic(id).await.map_err(api)?
+                || self.has_pending_change(id).await?
+            {
+                continue;
+            }
+            let key = format!("settle.{}", failure.workflow_id);
+            self.schedule_state(id, self.inner.config.standby_delay, "standby", &key)
+                .await?;
+            tracing::info!(
+                deployment = id,
+                reason = failure.reason,
+                "a deployment a failed workflow left serving nothing goes to standby"
+            );
         }
-        let key = format!("settle.{}", failure.workflow_id);
-        self.schedule_state(target, self.inner.config.standby_delay, "standby", &key)
-            .await?;
-        tracing::info!(
-            target,
-            reason = failure.reason,
-            "target of a failed workflow goes back to standby"
-        );
         Ok(())
     }
 }

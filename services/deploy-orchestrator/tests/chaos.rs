@@ -4,8 +4,8 @@
 //! the timing it meets); bounded in operations and time. At the end every deploy has
 //! completed and the invariant checker holds.
 //!
-//! `SLIPWAY_CHAOS_SEEDS` (default `1,2,3`) and `SLIPWAY_CHAOS_OPS` (default 14 operations a
-//! run) choose the runs on SQLite, `SLIPWAY_CHAOS_PG_SEEDS` (default `1`) on PostgreSQL;
+//! `SLIPWAY_CHAOS_SEEDS` (default `1,2,3`) and `SLIPWAY_CHAOS_OPS` (default 14 bursts of one
+//! to three operations a run) choose the runs on SQLite, `SLIPWAY_CHAOS_PG_SEEDS` (default `1`) on PostgreSQL;
 //! `scripts/chaos.sh` runs many more.
 
 mod common;
@@ -46,14 +46,29 @@ fn seeds(var: &str, default: &str) -> Vec<u64> {
 }
 
 const PROJECTS: usize = 2;
+/// Where a planted fault may strike: the windows under the project lease, around the commit.
+const LEASED_POINTS: [&str; 9] = [
+    "deploy.routes.after_journal",
+    "commit.before_request",
+    "deploy.assign_routes.before_journal",
+    "deploy.assign_routes.after_journal",
+    "rollback.validate.after_journal",
+    "rollback.clear_target.after_journal",
+    "rollback.assign_routes.before_journal",
+    "promote.validate.after_journal",
+    "promote.assign_routes.before_journal",
+];
 /// The lease TTL of the plane (common::Plane sets 2 s); stops last longer than it.
 const LEASE_TTL_MS: u64 = 2000;
 
 #[derive(Default, Debug)]
 struct Report {
     operations: usize,
+    /// Random SIGKILLs and SIGSTOPs, and faults planted at leased points that struck.
     kills: usize,
     stops: usize,
+    planted_kills: usize,
+    planted_stops: usize,
     workflows: usize,
     resumed: usize,
     redecided: usize,
@@ -74,6 +89,33 @@ async fn try_call(plane: &Plane, subject: &str, body: Value) -> Option<Value> {
     serde_json::from_slice(&reply.payload).ok()
 }
 
+/// Starts an orchestrator with a fault planted at a random leased point: it aborts there (as
+/// a SIGKILL would) or SIGSTOPs itself there, the first time it reaches it.
+fn spawn(plane: &mut Plane, rng: &mut Rng) -> usize {
+    let point = LEASED_POINTS[rng.below(LEASED_POINTS.len() as u64) as usize];
+    let mode = if rng.chance(50) {
+        "SLIPWAY_FAULT_POINT"
+    } else {
+        "SLIPWAY_FAULT_STOP"
+    };
+    plane.spawn_orchestrator(&[(mode, point.into())])
+}
+
+/// Continues process `pid` after `stall`, in the background.
+fn continue_later(pid: u32, stall: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(stall).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    });
+}
+
+/// A stall longer than the lease TTL.
+fn stall(rng: &mut Rng) -> Duration {
+    Duration::from_millis(LEASE_TTL_MS + 500 + rng.below(2000))
+}
+
 async fn run(seed: u64, db: TestDb) -> Report {
     let ops: usize = std::env::var("SLIPWAY_CHAOS_OPS")
         .ok()
@@ -82,8 +124,15 @@ async fn run(seed: u64, db: TestDb) -> Report {
     let mut rng = Rng(seed);
     let mut report = Report::default();
     let mut plane = Plane::without_orchestrator_on(db).await;
-    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "1h".into())];
-    let mut slots = [plane.spawn_orchestrator(&[]), plane.spawn_orchestrator(&[])];
+    // An ack wait twice the lease TTL: a crashed holder's lease is free before its workflow is
+    // redelivered, so contenders often take it in between (the resumed workflow must decide
+    // again) and stalled holders wake up to find it taken (their writes must be refused).
+    plane.orchestrator_env = vec![
+        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
+        ("SLIPWAY_WORKFLOW_ACK_WAIT", "4s".into()),
+    ];
+    let setup = plane.spawn_orchestrator(&[]);
+    let mut continued = Vec::new(); // processes that stopped at their planted point
     let mut projects = Vec::new();
     let mut deployments: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for _ in 0..PROJECTS {
@@ -92,6 +141,8 @@ async fn run(seed: u64, db: TestDb) -> Report {
         deployments.insert(project.clone(), vec![first]);
         projects.push(project);
     }
+    plane.orchestrators[setup].kill();
+    let mut slots = [spawn(&mut plane, &mut rng), spawn(&mut plane, &mut rng)];
 
     for op in 0..ops {
         report.operations += 1;
@@ -111,71 +162,88 @@ async fn run(seed: u64, db: TestDb) -> Report {
                 targets.push(id.clone());
             }
         }
-        let pick = match targets.len() {
-            0 => live.clone(),
-            n => targets[rng.below(n as u64) as usize].clone(),
-        };
-        match rng.below(10) {
-            0..=4 => {
-                let reply = try_call(
-                    &plane,
+        // A burst of one to three operations at once on the project, so that they contend
+        // for its lease.
+        let mut calls = Vec::new();
+        for n in 0..=rng.below(3) {
+            let pick = match targets.len() {
+                0 => live.clone(),
+                len => targets[rng.below(len as u64) as usize].clone(),
+            };
+            calls.push(match rng.below(10) {
+                0..=4 => (
                     "slipway.deploy.v1.create_deployment",
                     json!({
                         "project_id": project,
                         "environment_slug": "production",
-                        "docker_image": format!("exec:slipway demo-app --message s{seed}o{op}"),
+                        "docker_image": format!("exec:slipway demo-app --message s{seed}o{op}n{n}"),
                     }),
-                )
-                .await;
-                if let Some(id) = reply.as_ref().and_then(|r| r["deployment_id"].as_str()) {
-                    deployments.get_mut(&project).unwrap().push(id.to_string());
-                }
-            }
-            5..=7 => {
-                try_call(
-                    &plane,
+                ),
+                5..=7 => (
                     "slipway.deploy.v1.rollback",
                     json!({"source_deployment_id": live, "target_deployment_id": pick, "wait_ms": 1}),
-                )
-                .await;
-            }
-            _ => {
-                try_call(
-                    &plane,
+                ),
+                _ => (
                     "slipway.deploy.v1.promote",
                     json!({"target_deployment_id": pick, "wait_ms": 1}),
-                )
-                .await;
+                ),
+            });
+        }
+        report.operations += calls.len() - 1;
+        let replies = futures::future::join_all(
+            calls
+                .into_iter()
+                .map(|(subject, body)| try_call(&plane, subject, body)),
+        )
+        .await;
+        for reply in replies.iter().flatten() {
+            if let Some(id) = reply["deployment_id"].as_str() {
+                deployments.get_mut(&project).unwrap().push(id.to_string());
             }
         }
-        if rng.chance(40) {
+        // Somewhere inside the workflows just started: a deploy reaches its lease in about
+        // 150 ms, a rollback or promote holds it from the start.
+        tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        for slot in &mut slots {
+            let o = &plane.orchestrators[*slot];
+            if o.count_log("reached: aborting") > 0 {
+                report.planted_kills += 1;
+                plane.orchestrators[*slot].kill();
+                *slot = spawn(&mut plane, &mut rng);
+            } else if o.count_log("reached: stopping") > 0 && !continued.contains(slot) {
+                report.planted_stops += 1;
+                continued.push(*slot);
+                continue_later(o.pid(), stall(&mut rng));
+            }
+        }
+        if rng.chance(20) {
             let slot = rng.below(2) as usize;
             if rng.chance(50) {
                 report.kills += 1;
                 plane.orchestrators[slots[slot]].kill();
                 tokio::time::sleep(Duration::from_millis(rng.below(800))).await;
-                slots[slot] = plane.spawn_orchestrator(&[]);
+                slots[slot] = spawn(&mut plane, &mut rng);
             } else {
                 report.stops += 1;
                 let process = &plane.orchestrators[slots[slot]];
                 process.stop();
-                let pid = process.pid().to_string();
-                let stall = Duration::from_millis(LEASE_TTL_MS + 500 + rng.below(2000));
-                tokio::spawn(async move {
-                    tokio::time::sleep(stall).await;
-                    let _ = std::process::Command::new("kill")
-                        .args(["-CONT", &pid])
-                        .status();
-                });
+                continue_later(process.pid(), stall(&mut rng));
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
     }
 
-    // Settle: everyone runs again, every workflow of these projects finishes.
-    for slot in slots {
-        plane.orchestrators[slot].cont();
+    // Settle: everyone runs again, faults no longer planted, every workflow of these
+    // projects finishes.
+    for slot in &mut slots {
+        plane.orchestrators[*slot].cont();
+        if plane.orchestrators[*slot].count_log("reached: aborting") > 0 {
+            plane.orchestrators[*slot].kill();
+            *slot = plane.spawn_orchestrator(&[]);
+        }
     }
+    // Either may still carry a planted fault it has not reached yet: one more, clean.
+    plane.spawn_orchestrator(&[]);
     let records = settle(&plane, &projects).await;
     for record in &records {
         report.workflows += 1;

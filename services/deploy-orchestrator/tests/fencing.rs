@@ -150,6 +150,40 @@ async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
     plane.invariants().assert(&[project]).await;
 }
 
+/// Found by the chaos test: a rollback that died right after its commit (routes and live on
+/// the target, project pinned, never journaled), while a deploy took the lease, fails its
+/// re-validation when it resumes (its source is no longer live); the source its commit
+/// superseded still goes to standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind() {
+    let point = "rollback.assign_routes.before_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let reply = plane
+        .ok(
+            "slipway.deploy.v1.rollback",
+            json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
+        )
+        .await;
+    crashed_at(&mut plane, faulty, point);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        record.status.as_str(),
+        "failed",
+        "it decided again and refused"
+    );
+    // Its commit stands: pinned to v1, so v3 took the environment route only.
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
+    assert_eq!(p["project"]["is_rolled_back"], true);
+    assert_eq!(plane.live_and_production_routes(&project).await, (v1, v3));
+    assert_eq!(plane.pending(&v2).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project]).await;
+}
+
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
 /// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
 /// later deploy v4 goes live; the stalled one, continued, is refused by the store (its
