@@ -14,4 +14,4 @@ ops=${3:-20}
 seeds=$(seq -s, "$first" $((first + runs - 1)))
 SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
   cargo test --locked -p deploy-orchestrator --test chaos -- --nocapture --test-threads 1 2>&1 |
-  grep --line-buffered -E '^chaos |panicked|invariants violated|^test |test result'
+  grep --line-buffered -E '^chaos |panicked|invariants violated|^  proj_|^test |test result'

@@ -13,6 +13,16 @@ use slipway_workflow::StepError;
 
 use crate::Orchestrator;
 
+/// What a commit did to the live pointer (journaled as the commit step's result).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Committed {
+    /// The deployment that was live before.
+    pub previous: Option<String>,
+    /// The deployment an earlier commit making the same deployment live had replaced, if
+    /// not `previous`: that commit's follow-up may never have run, so it is settled too.
+    pub replaced_earlier: Option<String>,
+}
+
 /// How long a call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,7 +91,7 @@ impl Orchestrator {
         &self,
         project_id: &str,
         request: AssignFrontlineRoutesRequest,
-    ) -> Result<AssignFrontlineRoutesReply, StepError> {
+    ) -> Result<Committed, StepError> {
         slipway_core::fault::point("commit.before_request");
         let reply: AssignFrontlineRoutesReply = request_reply(
             &self.inner.client,
@@ -90,6 +100,9 @@ impl Orchestrator {
             CALL_TIMEOUT,
         )
         .await?;
-        Ok(reply)
+        Ok(Committed {
+            previous: reply.previous_live_deployment_id,
+            replaced_earlier: reply.replaced_earlier_deployment_id,
+        })
     }
 }

@@ -17,7 +17,11 @@ use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
 use slipway_store::StoreError;
 use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
 
-use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
+use crate::{
+    calls::{millis, Committed},
+    instances::ReadyInstance,
+    Orchestrator,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployInput {
@@ -46,10 +50,6 @@ struct RoutePlan {
     /// Existing routes this deployment takes over.
     to_move: Vec<String>,
     take_live: bool,
-    /// The deployment an earlier, unjournaled commit of this deploy replaced as live (its run
-    /// stalled before journaling it and another holder acted since): superseded too.
-    #[serde(default)]
-    replaced_earlier: Option<String>,
 }
 
 pub struct Deploy(pub Orchestrator);
@@ -119,9 +119,10 @@ impl Workflow for Deploy {
         let token = o.lease_project(ctx, &scope.project_id).await?;
         let plan: RoutePlan = ctx.step("routes", || o.plan_routes(&loaded)).await?;
         // The commit point: routes and the live pointer move together, or not at all.
-        let previous: Option<String> = ctx
+        let committed: Committed = ctx
             .commit("assign_routes", || o.commit_deploy(&loaded, &plan, token))
             .await?;
+        let previous = committed.previous.as_deref();
         // Past the commit point every step retries until it succeeds.
         ctx.step("ready", || async {
             o.set_status(scope, "ready").await?;
@@ -141,31 +142,14 @@ impl Workflow for Deploy {
         })
         .await?;
         if plan.take_live {
-            ctx.step("live", || o.live_event(scope, previous.as_deref()))
-                .await?;
-            if let Some(previous) = previous.as_deref().filter(|p| *p != id) {
+            ctx.step("live", || o.live_event(scope, previous)).await?;
+            if let Some(previous) = previous.filter(|p| *p != id) {
                 let _: String = ctx
                     .step("schedule_standby", || o.schedule_standby(id, previous))
                     .await?;
             }
         }
-        let earlier = plan.replaced_earlier.as_deref();
-        if let Some(earlier) = earlier.filter(|e| *e != id && Some(*e) != previous.as_deref()) {
-            let _: String = ctx
-                .step("schedule_standby_earlier", || async {
-                    if o.inner
-                        .store
-                        .serves_traffic(earlier)
-                        .await
-                        .map_err(store_error)?
-                    {
-                        return Ok(String::new());
-                    }
-                    o.schedule_standby(id, earlier).await
-                })
-                .await?;
-        }
-        Ok(())
+        o.settle_superseded(ctx, &committed).await
     }
 
     async fn on_failure(
@@ -385,29 +369,24 @@ impl Orchestrator {
                 to_move.push(r.id);
             }
         }
-        let replaced_earlier = store
-            .replaced_live(&scope.deployment_id)
-            .await
-            .map_err(store_error)?;
         Ok(RoutePlan {
             domains: domain_names,
             create,
             to_move,
             take_live,
-            replaced_earlier,
         })
     }
 
     /// Steps 10 and 12 as one commit: routes created and moved, and (when the plan takes
-    /// live) the live pointer swapped. Returns the deployment that was live before.
+    /// live) the live pointer swapped.
     async fn commit_deploy(
         &self,
         loaded: &Loaded,
         plan: &RoutePlan,
         fencing_token: u64,
-    ) -> Result<Option<String>, StepError> {
+    ) -> Result<Committed, StepError> {
         let scope = &loaded.scope;
-        let reply = self
+        let committed = self
             .commit_routes(
                 &scope.project_id,
                 AssignFrontlineRoutesRequest {
@@ -428,9 +407,9 @@ impl Orchestrator {
             )
             .await?;
         if plan.take_live {
-            tracing::info!(previous = ?reply.previous_live_deployment_id, "deployment is live");
+            tracing::info!(previous = ?committed.previous, "deployment is live");
         }
-        Ok(reply.previous_live_deployment_id)
+        Ok(committed)
     }
 
     /// The `live` event of a deploy that took live.

@@ -10,7 +10,7 @@ use slipway_nats::Call;
 use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
 use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
 
-use crate::Orchestrator;
+use crate::{calls::Committed, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
@@ -74,11 +74,12 @@ impl Workflow for Promote {
             PromotePlan::Move { route_ids } => {
                 o.wake(ctx, target).await?;
                 // The commit point: routes, live pointer and the cleared pin together.
-                let previous: Option<String> = ctx
+                let committed: Committed = ctx
                     .commit("assign_routes", || {
                         o.move_traffic(project_id, target, &route_ids, token, "take")
                     })
                     .await?;
+                let previous = committed.previous.clone();
                 ctx.step("promoted", || async {
                     #[derive(Serialize)]
                     struct Promoted<'a> {
@@ -104,6 +105,7 @@ impl Workflow for Promote {
                         })
                         .await?;
                 }
+                o.settle_superseded(ctx, &committed).await?;
             }
         }
         tracing::info!(target, "promoted");
@@ -124,7 +126,7 @@ impl Workflow for Promote {
         };
         let mut settle = vec![input.target.as_str()];
         settle.extend(replaced.as_deref());
-        o.settle(&settle, failure).await
+        o.settle(&settle, failure.workflow_id).await
     }
 }
 

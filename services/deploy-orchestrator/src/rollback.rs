@@ -10,7 +10,7 @@ use slipway_nats::Call;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RollbackRequest, WorkflowRunReply};
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
-use crate::Orchestrator;
+use crate::{calls::Committed, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackInput {
@@ -47,7 +47,7 @@ impl Workflow for Rollback {
         o.wake(ctx, target).await?;
         // The commit point: the live and environment routes move to the target, the live
         // pointer follows and the project is pinned, in one transaction.
-        let _: Option<String> = ctx
+        let committed: Committed = ctx
             .commit("assign_routes", || {
                 o.move_traffic(&plan.project_id, target, &plan.route_ids, token, "pin")
             })
@@ -90,6 +90,7 @@ impl Workflow for Rollback {
                 o.schedule_state(source, o.inner.config.standby_delay, "standby", &key)
             })
             .await?;
+        o.settle_superseded(ctx, &committed).await?;
         tracing::info!(source, target, "rolled back");
         Ok(())
     }
@@ -100,7 +101,7 @@ impl Workflow for Rollback {
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
         self.0
-            .settle(&[&input.target, &input.source], failure)
+            .settle(&[&input.target, &input.source], failure.workflow_id)
             .await
     }
 }
@@ -158,8 +159,7 @@ impl Orchestrator {
     }
 
     /// Rollback's and promote's commit: `route_ids` move to `target` and the live pointer
-    /// follows (`live`: "pin" or "take"), in one fenced transaction. Returns the deployment
-    /// that was live before.
+    /// follows (`live`: "pin" or "take"), in one fenced transaction.
     pub(crate) async fn move_traffic(
         &self,
         project_id: &str,
@@ -167,20 +167,18 @@ impl Orchestrator {
         route_ids: &[String],
         fencing_token: u64,
         live: &str,
-    ) -> Result<Option<String>, StepError> {
-        let reply = self
-            .commit_routes(
-                project_id,
-                AssignFrontlineRoutesRequest {
-                    deployment_id: target.into(),
-                    route_ids: route_ids.to_vec(),
-                    fencing_token,
-                    live: live.into(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(reply.previous_live_deployment_id)
+    ) -> Result<Committed, StepError> {
+        self.commit_routes(
+            project_id,
+            AssignFrontlineRoutesRequest {
+                deployment_id: target.into(),
+                route_ids: route_ids.to_vec(),
+                fencing_token,
+                live: live.into(),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// The live-sticky routes of the project and the environment-sticky ones of

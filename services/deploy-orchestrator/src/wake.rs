@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_core::time::now_ms;
-use slipway_workflow::{Context, Failure, StepError, WorkflowError};
+use slipway_workflow::{Context, StepError, WorkflowError};
 
-use crate::{calls::millis, instances::ReadyInstance, Orchestrator};
+use crate::{
+    calls::{millis, Committed},
+    instances::ReadyInstance,
+    Orchestrator,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Asleep {
@@ -71,16 +75,16 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
-    /// The failure handler of rollback and promote: each of `deployments` (their target, and
-    /// the deployment live before them) that serves no traffic, runs, and has no pending
-    /// change goes to standby after the standby delay, as a superseded deployment does. The
-    /// target had its pending standby cleared and may have been woken; the one live before
-    /// may have been superseded by a commit of this workflow that was never journaled (its
-    /// run died right after it, and the run that resumed found the state changed and failed).
+    /// Each of `deployments` that serves no traffic, runs, and has no pending change goes to
+    /// standby after the standby delay, as a superseded deployment does (keyed by
+    /// `workflow_id`). For the failure handler of rollback and promote (their target had its
+    /// pending standby cleared and may have been woken; the deployment live before them may
+    /// have been superseded by a commit of theirs that was never journaled), and after any
+    /// commit that reports a deployment an earlier, unjournaled commit replaced.
     pub(crate) async fn settle(
         &self,
         deployments: &[&str],
-        failure: &Failure<'_>,
+        workflow_id: &str,
     ) -> Result<(), StepError> {
         let store = &self.inner.store;
         let api = |e: slipway_store::StoreError| StepError::from(slipway_core::ApiError::from(e));
@@ -94,15 +98,29 @@ impl Orchestrator {
             {
                 continue;
             }
-            let key = format!("settle.{}", failure.workflow_id);
+            let key = format!("settle.{workflow_id}");
             self.schedule_state(id, self.inner.config.standby_delay, "standby", &key)
                 .await?;
             tracing::info!(
                 deployment = id,
-                reason = failure.reason,
-                "a deployment a failed workflow left serving nothing goes to standby"
+                "a deployment that serves nothing and waits for nothing goes to standby"
             );
         }
         Ok(())
+    }
+
+    /// The post-commit step that settles what an earlier, unjournaled commit replaced.
+    pub(crate) async fn settle_superseded(
+        &self,
+        ctx: &mut Context,
+        committed: &Committed,
+    ) -> Result<(), WorkflowError> {
+        let Some(earlier) = committed.replaced_earlier.as_deref() else {
+            return Ok(());
+        };
+        let wf = ctx.workflow_id().to_string();
+        let earlier = [earlier];
+        ctx.step("settle_superseded", || self.settle(&earlier, &wf))
+            .await
     }
 }

@@ -98,7 +98,7 @@ async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it
         .iter()
         .find(|s| s.name == "assign_routes")
         .unwrap();
-    let replaced: Option<String> = rmp_serde::from_slice(&live_step.result).unwrap();
+    let replaced = common::replaced_by_commit(live_step);
     assert_eq!(replaced.as_deref(), Some(v4.as_str()), "v3 replaced v4");
     let p = plane.get_project(&project).await;
     assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
@@ -184,6 +184,44 @@ async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind
     plane.invariants().assert(&[project]).await;
 }
 
+/// Found by the chaos test: a promote that died right after its commit (v1 live, v2
+/// replaced, never journaled), while a deploy took the lease and went live, decides again
+/// when it resumes and goes live after the deploy; v2, which its first commit replaced, still
+/// goes to standby (`settle_superseded`), as does the deploy it replaced now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_that_died_right_after_its_commit_leaves_no_deployment_behind() {
+    let point = "promote.assign_routes.before_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let reply = plane
+        .ok(
+            "slipway.deploy.v1.promote",
+            json!({"target_deployment_id": v1, "wait_ms": 0}),
+        )
+        .await;
+    crashed_at(&mut plane, faulty, point);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert!(step_names(&record).contains(&"settle_superseded"));
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
+    assert_eq!(
+        plane.live_and_production_routes(&project).await,
+        (v1.clone(), v1)
+    );
+    for superseded in [&v2, &v3] {
+        assert_eq!(
+            plane.pending(superseded).await.unwrap()["state"],
+            "standby",
+            "{superseded}"
+        );
+    }
+    plane.invariants().assert(&[project]).await;
+}
+
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
 /// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
 /// later deploy v4 goes live; the stalled one, continued, is refused by the store (its
@@ -245,7 +283,7 @@ async fn a_deploy_that_died_right_after_its_commit_supersedes_what_both_commits_
 
     let record = plane.workflow_done(&wf3).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
-    assert!(step_names(&record).contains(&"schedule_standby_earlier"));
+    assert!(step_names(&record).contains(&"settle_superseded"));
     let p = plane.get_project(&project).await;
     assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
     assert_eq!(

@@ -64,8 +64,7 @@ async fn ten_racing_promotes_end_in_a_serial_order() {
     records.sort_by_key(|(_, r)| step(r, "assign_routes").finished_at_ms);
     let mut previous = live_before;
     for (target, record) in &records {
-        let replaced: Option<String> =
-            rmp_serde::from_slice(&step(record, "assign_routes").result).unwrap();
+        let replaced = common::replaced_by_commit(step(record, "assign_routes"));
         assert_eq!(replaced.as_deref(), Some(previous.as_str()), "{target}");
         previous = target.clone();
     }

@@ -46,6 +46,11 @@ pub struct Assigned {
     pub moved: Vec<Route>,
     /// With a live change: the deployment that was live before (the same on a repeat).
     pub previous_live: Option<String>,
+    /// With a live change that swapped the pointer: the deployment an earlier commit making
+    /// this deployment live had replaced, when it is not `previous_live`. That commit's own
+    /// follow-up (the replaced one's standby) may never have run — its run may have died
+    /// right after it — so the caller settles this one too.
+    pub replaced_earlier: Option<String>,
 }
 
 /// Refuses `token` if the project has seen a newer epoch, and remembers it otherwise. The
@@ -199,8 +204,8 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        let previous_live = match a.live {
-            LiveChange::Leave => None,
+        let (previous_live, replaced_earlier) = match a.live {
+            LiveChange::Leave => (None, None),
             LiveChange::Take | LiveChange::Pin => {
                 self.swap_live(&mut tx, &project, a, now_ms).await?
             }
@@ -230,6 +235,7 @@ impl Store {
             routes,
             moved,
             previous_live,
+            replaced_earlier,
         })
     }
 
@@ -281,21 +287,24 @@ impl Store {
     }
 
     /// Points the live pointer at the deployment (pinned or not) and returns the deployment
-    /// it replaced, remembered on the new live one so a repeat answers the same.
+    /// it replaced, remembered on the new live one so a repeat answers the same, and the one
+    /// it had remembered before (see [`Assigned::replaced_earlier`]).
     async fn swap_live(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         project: &AnyRow,
         a: &Assignment<'_>,
         now_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
         let live: Option<String> = project.try_get("live_deployment_id")?;
-        let previous = if live.as_deref() == Some(a.deployment_id) {
+        let remembered: Option<String> =
             sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
                 .bind(a.deployment_id)
                 .fetch_one(&mut **tx)
                 .await?
-                .try_get("replaced_live_deployment_id")?
+                .try_get("replaced_live_deployment_id")?;
+        let (previous, earlier) = if live.as_deref() == Some(a.deployment_id) {
+            (remembered, None)
         } else {
             sqlx::query(
                 "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
@@ -305,7 +314,8 @@ impl Store {
             .bind(now_ms)
             .execute(&mut **tx)
             .await?;
-            live
+            let earlier = remembered.filter(|r| Some(r) != live.as_ref() && r != a.deployment_id);
+            (live, earlier)
         };
         sqlx::query(
             "UPDATE projects SET live_deployment_id = $2, is_rolled_back = $3, updated_at_ms = $4 WHERE id = $1",
@@ -316,6 +326,6 @@ impl Store {
         .bind(now_ms)
         .execute(&mut **tx)
         .await?;
-        Ok(previous)
+        Ok((previous, earlier))
     }
 }

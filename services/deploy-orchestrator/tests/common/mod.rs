@@ -534,3 +534,14 @@ pub fn kinds(events: &[Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The deployment a journaled commit step (`assign_routes`) replaced as live.
+pub fn replaced_by_commit(step: &slipway_workflow::StepRecord) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Committed {
+        previous: Option<String>,
+    }
+    rmp_serde::from_slice::<Committed>(&step.result)
+        .expect("a commit step's result")
+        .previous
+}
