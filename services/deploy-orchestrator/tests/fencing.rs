@@ -16,6 +16,21 @@ fn step_names(record: &WorkflowRecord) -> Vec<&str> {
     record.steps.iter().map(|s| s.name.as_str()).collect()
 }
 
+/// `live` is the live pointer and behind the live and production routes, each of
+/// `superseded` waits for standby, and the invariants hold.
+async fn assert_settled(plane: &Plane, project: &str, live: &str, superseded: &[&String]) {
+    let p = plane.get_project(project).await;
+    assert_eq!(p["project"]["live_deployment_id"], live);
+    assert_eq!(
+        plane.live_and_production_routes(project).await,
+        (live.to_string(), live.to_string())
+    );
+    for d in superseded {
+        assert_eq!(plane.pending(d).await.unwrap()["state"], "standby", "{d}");
+    }
+    plane.invariants().assert(&[project.to_string()]).await;
+}
+
 /// A project with v1 and v2 deployed (v2 live) and a lease TTL (2 s) well below the ack
 /// wait (6 s), so that after a crash whatever runs next takes the project's lease before the
 /// crashed workflow is redelivered; the only orchestrator left running aborts at `point`.
@@ -50,6 +65,28 @@ async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, 
     let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
     crashed_at(&mut plane, faulty, point);
     (plane, project, v1, v2, v3, wf3)
+}
+
+/// A rollback of v2 to v1 (`verb` "rollback") or a promote of v1 ("promote") whose
+/// orchestrator dies at `point`, then a deploy of v3 that takes the project's lease before
+/// the workflow is resumed. Returns (plane, project, v1, v2, v3, the workflow's record once it
+/// has finished).
+async fn crashed_then_v3(
+    verb: &str,
+    point: &str,
+) -> (Plane, String, String, String, String, WorkflowRecord) {
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let body = match verb {
+        "rollback" => json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
+        _ => json!({"target_deployment_id": v1, "wait_ms": 0}),
+    };
+    let reply = plane.ok(&format!("slipway.deploy.v1.{verb}"), body).await;
+    crashed_at(&mut plane, faulty, point);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    (plane, project, v1, v2, v3, record)
 }
 
 /// Reproduction 1: a rollback takes the lease of the crashed deploy and pins the project;
@@ -100,20 +137,7 @@ async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it
         .unwrap();
     let replaced = common::replaced_by_commit(live_step);
     assert_eq!(replaced.as_deref(), Some(v4.as_str()), "v3 replaced v4");
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
-    assert_eq!(
-        plane.live_and_production_routes(&project).await,
-        (v3.clone(), v3)
-    );
-    for superseded in [&v2, &v4] {
-        assert_eq!(
-            plane.pending(superseded).await.unwrap()["state"],
-            "standby",
-            "{superseded}"
-        );
-    }
-    plane.invariants().assert(&[project]).await;
+    assert_settled(&plane, &project, &v3, &[&v2, &v4]).await;
 }
 
 /// Rollback's journaled validation is decided again as well: a rollback that crashed after
@@ -122,32 +146,14 @@ async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it
 /// target back on the way to standby.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
-    let point = "rollback.clear_target.after_journal";
-    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
-    let reply = plane
-        .ok(
-            "slipway.deploy.v1.rollback",
-            json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
-        )
-        .await;
-    crashed_at(&mut plane, faulty, point);
-    let v3 = plane.deployed(&project, "production", "v3").await;
-
-    let record = plane
-        .workflow_done(reply["workflow_id"].as_str().unwrap())
-        .await;
+    let (plane, project, v1, _v2, v3, record) =
+        crashed_then_v3("rollback", "rollback.clear_target.after_journal").await;
     assert_eq!(record.status.as_str(), "failed");
     let error = record.error.unwrap_or_default();
     assert!(error.contains("is not the live deployment"), "{error}");
     let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
     assert_eq!(p["project"]["is_rolled_back"], false);
-    assert_eq!(
-        plane.live_and_production_routes(&project).await,
-        (v3.clone(), v3)
-    );
-    assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
-    plane.invariants().assert(&[project]).await;
+    assert_settled(&plane, &project, &v3, &[&v1]).await;
 }
 
 /// Found by the chaos test: a rollback that died right after its commit (routes and live on
@@ -156,20 +162,8 @@ async fn a_rollback_resumed_after_a_deploy_took_its_lease_validates_again() {
 /// superseded still goes to standby.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind() {
-    let point = "rollback.assign_routes.before_journal";
-    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
-    let reply = plane
-        .ok(
-            "slipway.deploy.v1.rollback",
-            json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0}),
-        )
-        .await;
-    crashed_at(&mut plane, faulty, point);
-    let v3 = plane.deployed(&project, "production", "v3").await;
-
-    let record = plane
-        .workflow_done(reply["workflow_id"].as_str().unwrap())
-        .await;
+    let (plane, project, v1, v2, v3, record) =
+        crashed_then_v3("rollback", "rollback.assign_routes.before_journal").await;
     assert_eq!(
         record.status.as_str(),
         "failed",
@@ -190,36 +184,11 @@ async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind
 /// goes to standby (`settle_superseded`), as does the deploy it replaced now.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_promote_that_died_right_after_its_commit_leaves_no_deployment_behind() {
-    let point = "promote.assign_routes.before_journal";
-    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
-    let reply = plane
-        .ok(
-            "slipway.deploy.v1.promote",
-            json!({"target_deployment_id": v1, "wait_ms": 0}),
-        )
-        .await;
-    crashed_at(&mut plane, faulty, point);
-    let v3 = plane.deployed(&project, "production", "v3").await;
-
-    let record = plane
-        .workflow_done(reply["workflow_id"].as_str().unwrap())
-        .await;
+    let (plane, project, v1, v2, v3, record) =
+        crashed_then_v3("promote", "promote.assign_routes.before_journal").await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert!(step_names(&record).contains(&"settle_superseded"));
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
-    assert_eq!(
-        plane.live_and_production_routes(&project).await,
-        (v1.clone(), v1)
-    );
-    for superseded in [&v2, &v3] {
-        assert_eq!(
-            plane.pending(superseded).await.unwrap()["state"],
-            "standby",
-            "{superseded}"
-        );
-    }
-    plane.invariants().assert(&[project]).await;
+    assert_settled(&plane, &project, &v1, &[&v2, &v3]).await;
 }
 
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
@@ -247,14 +216,7 @@ async fn a_stalled_holder_cannot_commit_after_its_lease_was_taken_over() {
 
     plane.orchestrators[stalled].cont();
     plane.orchestrator_logged(stalled, "stale fencing token");
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v4.as_str());
-    assert_eq!(
-        plane.live_and_production_routes(&project).await,
-        (v4.clone(), v4)
-    );
-    assert_eq!(plane.pending(&v3).await.unwrap()["state"], "standby");
-    plane.invariants().assert(&[project]).await;
+    assert_settled(&plane, &project, &v4, &[&v3]).await;
 }
 
 /// The narrowest window: a deploy's commit went through and its orchestrator died before
@@ -284,20 +246,7 @@ async fn a_deploy_that_died_right_after_its_commit_supersedes_what_both_commits_
     let record = plane.workflow_done(&wf3).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert!(step_names(&record).contains(&"settle_superseded"));
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v3.as_str());
-    assert_eq!(
-        plane.live_and_production_routes(&project).await,
-        (v3.clone(), v3)
-    );
-    for superseded in [&v2, &v4] {
-        assert_eq!(
-            plane.pending(superseded).await.unwrap()["state"],
-            "standby",
-            "{superseded}"
-        );
-    }
-    plane.invariants().assert(&[project]).await;
+    assert_settled(&plane, &project, &v3, &[&v2, &v4]).await;
 }
 
 /// Reproduction 3: the deployment actor is down when a production deploy has committed
