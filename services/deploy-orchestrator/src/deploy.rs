@@ -119,8 +119,11 @@ impl Workflow for Deploy {
         let token = o.lease_project(ctx, &scope.project_id).await?;
         let plan: RoutePlan = ctx.step("routes", || o.plan_routes(&loaded)).await?;
         // The commit point: routes and the live pointer move together, or not at all.
+        let wf = ctx.workflow_id().to_string();
         let committed: Committed = ctx
-            .commit("assign_routes", || o.commit_deploy(&loaded, &plan, token))
+            .commit("assign_routes", || {
+                o.commit_deploy(&loaded, &plan, token, &wf)
+            })
             .await?;
         let previous = committed.previous.as_deref();
         // Past the commit point every step retries until it succeeds.
@@ -384,6 +387,7 @@ impl Orchestrator {
         loaded: &Loaded,
         plan: &RoutePlan,
         fencing_token: u64,
+        commit_id: &str,
     ) -> Result<Committed, StepError> {
         let scope = &loaded.scope;
         let committed = self
@@ -393,6 +397,7 @@ impl Orchestrator {
                     deployment_id: scope.deployment_id.clone(),
                     route_ids: plan.to_move.clone(),
                     fencing_token,
+                    commit_id: commit_id.into(),
                     live: if plan.take_live { "take" } else { "" }.into(),
                     environment_id: loaded.environment_id.clone(),
                     create: plan

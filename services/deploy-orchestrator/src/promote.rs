@@ -76,7 +76,7 @@ impl Workflow for Promote {
                 // The commit point: routes, live pointer and the cleared pin together.
                 let committed: Committed = ctx
                     .commit("assign_routes", || {
-                        o.move_traffic(project_id, target, &route_ids, token, "take")
+                        o.move_traffic(project_id, target, &route_ids, token, &wf, "take")
                     })
                     .await?;
                 let previous = committed.previous.clone();
@@ -119,11 +119,12 @@ impl Workflow for Promote {
     ) -> Result<(), StepError> {
         let o = &self.0;
         // Live before this promote's commit, if that commit happened.
-        let replaced = match o.inner.store.replaced_live(&input.target).await {
-            Ok(replaced) => replaced,
-            Err(slipway_store::StoreError::NotFound(_)) => None,
-            Err(e) => return Err(StepError::from(ApiError::from(e))),
-        };
+        let replaced = o
+            .inner
+            .store
+            .replaced_by_commit(&input.target, failure.workflow_id)
+            .await
+            .map_err(|e| StepError::from(ApiError::from(e)))?;
         let mut settle = vec![input.target.as_str()];
         settle.extend(replaced.as_deref());
         o.settle(&settle, failure.workflow_id).await

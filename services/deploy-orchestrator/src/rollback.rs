@@ -47,13 +47,14 @@ impl Workflow for Rollback {
         o.wake(ctx, target).await?;
         // The commit point: the live and environment routes move to the target, the live
         // pointer follows and the project is pinned, in one transaction.
+        let wf = ctx.workflow_id().to_string();
         let committed: Committed = ctx
             .commit("assign_routes", || {
-                o.move_traffic(&plan.project_id, target, &plan.route_ids, token, "pin")
+                let ids = &plan.route_ids;
+                o.move_traffic(&plan.project_id, target, ids, token, &wf, "pin")
             })
             .await?;
         // Events are deduplicated per workflow: a replayed step does not repeat them.
-        let wf = ctx.workflow_id().to_string();
         let scope = ctx.scope().cloned().unwrap_or_default();
         ctx.step("rolled_back", || async {
             #[derive(Serialize)]
@@ -159,13 +160,15 @@ impl Orchestrator {
     }
 
     /// Rollback's and promote's commit: `route_ids` move to `target` and the live pointer
-    /// follows (`live`: "pin" or "take"), in one fenced transaction.
+    /// follows (`live`: "pin" or "take"), in one transaction fenced by `fencing_token`, as
+    /// the commit of workflow `commit_id`.
     pub(crate) async fn move_traffic(
         &self,
         project_id: &str,
         target: &str,
         route_ids: &[String],
         fencing_token: u64,
+        commit_id: &str,
         live: &str,
     ) -> Result<Committed, StepError> {
         self.commit_routes(
@@ -174,6 +177,7 @@ impl Orchestrator {
                 deployment_id: target.into(),
                 route_ids: route_ids.to_vec(),
                 fencing_token,
+                commit_id: commit_id.into(),
                 live: live.into(),
                 ..Default::default()
             },

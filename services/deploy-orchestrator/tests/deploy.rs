@@ -230,6 +230,7 @@ async fn preview_deploys_and_rolled_back_projects_leave_live_alone() {
                 environment_id: "",
                 fencing_token: 0,
                 live: slipway_store::LiveChange::Pin,
+                commit_id: "",
             },
             1,
         )

@@ -167,6 +167,7 @@ impl Routing {
                     environment_id: &req.environment_id,
                     fencing_token: req.fencing_token,
                     live,
+                    commit_id: &req.commit_id,
                 },
                 now_ms(),
             )

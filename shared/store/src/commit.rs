@@ -35,6 +35,9 @@ pub struct Assignment<'a> {
     /// The project lease's epoch; 0 for an unfenced write (an operator's own call).
     pub fencing_token: u64,
     pub live: LiveChange,
+    /// Who commits (the workflow id; "" for an operator's call): the same commit repeated
+    /// after the live pointer moved away reports what it first replaced.
+    pub commit_id: &'a str,
 }
 
 /// What a commit changed.
@@ -46,10 +49,11 @@ pub struct Assigned {
     pub moved: Vec<Route>,
     /// With a live change: the deployment that was live before (the same on a repeat).
     pub previous_live: Option<String>,
-    /// With a live change that swapped the pointer: the deployment an earlier commit making
-    /// this deployment live had replaced, when it is not `previous_live`. That commit's own
-    /// follow-up (the replaced one's standby) may never have run — its run may have died
-    /// right after it — so the caller settles this one too.
+    /// With a live change that swapped the pointer: when this same commit (`commit_id`) had
+    /// made the deployment live before and the pointer has moved away since, the deployment
+    /// that first time replaced. Its follow-up (that one's standby) may never have run — the
+    /// run died right after the commit, and the resumed run decided again — so the caller
+    /// settles it too.
     pub replaced_earlier: Option<String>,
 }
 
@@ -100,14 +104,24 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))
     }
 
-    /// The deployment the last commit that made `deployment_id` live replaced, if any.
-    pub async fn replaced_live(&self, deployment_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
-            .bind(deployment_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("deployment {deployment_id} not found")))?;
-        Ok(row.try_get("replaced_live_deployment_id")?)
+    /// The deployment that commit `commit_id` replaced when it made `deployment_id` live, if
+    /// that commit was the last to make it live.
+    pub async fn replaced_by_commit(
+        &self,
+        deployment_id: &str,
+        commit_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT replaced_live_deployment_id FROM deployments WHERE id = $1 AND live_commit_id = $2",
+        )
+        .bind(deployment_id)
+        .bind(commit_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(row.try_get("replaced_live_deployment_id")?),
+            None => Ok(None),
+        }
     }
 
     /// Registers a newly acquired lease epoch, so a former holder's writes are refused from
@@ -297,24 +311,29 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Option<String>, Option<String>), StoreError> {
         let live: Option<String> = project.try_get("live_deployment_id")?;
-        let remembered: Option<String> =
-            sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
-                .bind(a.deployment_id)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("replaced_live_deployment_id")?;
+        let row = sqlx::query(
+            "SELECT replaced_live_deployment_id, live_commit_id FROM deployments WHERE id = $1",
+        )
+        .bind(a.deployment_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let remembered: Option<String> = row.try_get("replaced_live_deployment_id")?;
+        let by: Option<String> = row.try_get("live_commit_id")?;
         let (previous, earlier) = if live.as_deref() == Some(a.deployment_id) {
             (remembered, None)
         } else {
             sqlx::query(
-                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+                "UPDATE deployments SET replaced_live_deployment_id = $2, live_commit_id = $3, updated_at_ms = $4 WHERE id = $1",
             )
             .bind(a.deployment_id)
             .bind(&live)
+            .bind(a.commit_id)
             .bind(now_ms)
             .execute(&mut **tx)
             .await?;
-            let earlier = remembered.filter(|r| Some(r) != live.as_ref() && r != a.deployment_id);
+            let same_commit = !a.commit_id.is_empty() && by.as_deref() == Some(a.commit_id);
+            let earlier = remembered
+                .filter(|r| same_commit && Some(r) != live.as_ref() && r != a.deployment_id);
             (live, earlier)
         };
         sqlx::query(

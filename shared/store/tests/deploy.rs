@@ -6,13 +6,14 @@ use slipway_store::{Idempotency, LiveChange, NewDeployment, StoreError, IDEMPOTE
 use slipway_testkit::TestDb;
 
 mod common;
-use common::{commit, deployment, fixture, Fixture};
+use common::{commit, commit_as, deployment, fixture, Fixture};
 
 on_both_backends!(
     idempotent_creation,
     live_swap_is_idempotent_and_respects_a_pin,
     promote_swaps_unpins_and_is_idempotent,
     writes_with_an_older_fencing_token_are_refused,
+    a_repeated_commit_reports_what_it_first_replaced,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
     listing_pages_newest_first,
@@ -106,6 +107,57 @@ async fn live_swap_is_idempotent_and_respects_a_pin(db: &TestDb) {
     let p = s.project(&f.project_id).await.unwrap();
     assert_eq!(p.live_deployment_id.as_deref(), Some("dep_1"));
     assert!(p.is_rolled_back);
+}
+
+/// A commit whose run died before journaling it, then repeated by the resumed run after
+/// another commit moved live away: it reports the deployment its first time replaced.
+async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2", "dep_3"] {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    commit(&f, "dep_1", &[], 0, LiveChange::Take).await.unwrap();
+    let first = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.previous_live.as_deref(), first.replaced_earlier),
+        (Some("dep_1"), None)
+    );
+    assert_eq!(
+        s.replaced_by_commit("dep_2", "wf_a")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("dep_1")
+    );
+    assert_eq!(s.replaced_by_commit("dep_2", "wf_b").await.unwrap(), None);
+    commit_as(&f, "wf_b", "dep_3", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again.previous_live.as_deref(),
+            again.replaced_earlier.as_deref()
+        ),
+        (Some("dep_3"), Some("dep_1"))
+    );
+    // Another commit of dep_2 (a later promote) is not that one: dep_3 it replaced long ago
+    // was handled by then.
+    commit_as(&f, "wf_c", "dep_1", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    let later = commit_as(&f, "wf_d", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.previous_live.as_deref(), later.replaced_earlier),
+        (Some("dep_1"), None)
+    );
 }
 
 async fn writes_with_an_older_fencing_token_are_refused(db: &TestDb) {

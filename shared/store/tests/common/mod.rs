@@ -89,6 +89,18 @@ pub async fn commit(
     fencing_token: u64,
     live: LiveChange,
 ) -> Result<Assigned, StoreError> {
+    commit_as(f, "", deployment, route_ids, fencing_token, live).await
+}
+
+/// [`commit`] as commit `commit_id` (a workflow id).
+pub async fn commit_as(
+    f: &Fixture,
+    commit_id: &str,
+    deployment: &str,
+    route_ids: &[String],
+    fencing_token: u64,
+    live: LiveChange,
+) -> Result<Assigned, StoreError> {
     f.store
         .assign_routes(
             &Assignment {
@@ -99,6 +111,7 @@ pub async fn commit(
                 environment_id: &f.environment_id,
                 fencing_token,
                 live,
+                commit_id,
             },
             100,
         )
