@@ -23,6 +23,9 @@ pub fn point(name: &str) {
         let _ = std::process::Command::new("kill")
             .args(["-STOP", &std::process::id().to_string()])
             .status();
+        // The group stop can land a moment after `kill` returns (seen: a request sent past
+        // this point); do not run on before it has.
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
