@@ -12,6 +12,7 @@ first=${1:-100}
 runs=${2:-20}
 ops=${3:-20}
 seeds=$(seq -s, "$first" $((first + runs - 1)))
-SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
+SLIPWAY_CHAOS_PLANT=${SLIPWAY_CHAOS_PLANT:-1} \
+  SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
   cargo test --locked -p deploy-orchestrator --test chaos -- --nocapture --test-threads 1 2>&1 |
   grep --line-buffered -E '^chaos |panicked|invariants violated|^  proj_|^test |test result'
