@@ -91,11 +91,6 @@ impl Context {
         Ok(value)
     }
 
-    /// Whether the workflow is past its commit point.
-    pub fn is_committed(&self) -> bool {
-        self.committed
-    }
-
     async fn run_step<T, F, Fut>(
         &mut self,
         name: &str,
