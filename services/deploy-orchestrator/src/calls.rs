@@ -21,6 +21,9 @@ pub(crate) struct Committed {
     /// The deployment an earlier commit making the same deployment live had replaced, if
     /// not `previous`: that commit's follow-up may never have run, so it is settled too.
     pub replaced_earlier: Option<String>,
+    /// The fencing token the commit carried; the follow-up schedules carry it too.
+    #[serde(default)]
+    pub fencing_token: u64,
 }
 
 /// How long a call may take before it counts as unavailable.
@@ -32,13 +35,16 @@ pub(crate) fn millis(d: Duration) -> i64 {
 
 impl Orchestrator {
     /// Schedules `deployment_id` to `state` after `delay` (0: now); the same
-    /// `idempotency_key` again schedules nothing new and returns the first nonce.
+    /// `idempotency_key` again schedules nothing new and returns the first nonce. A call
+    /// made under the project lease carries its `fencing_token` (0: none), and is refused
+    /// (`StepError::Fenced`) once a later holder's call reached the deployment.
     pub(crate) async fn schedule_state(
         &self,
         deployment_id: &str,
         delay: Duration,
         state: &str,
         idempotency_key: &str,
+        fencing_token: u64,
     ) -> Result<String, StepError> {
         let reply: ScheduleDesiredStateChangeReply = request_reply(
             &self.inner.client,
@@ -47,6 +53,7 @@ impl Orchestrator {
                 delay_ms: millis(delay),
                 state: state.into(),
                 idempotency_key: idempotency_key.into(),
+                fencing_token,
             },
             CALL_TIMEOUT,
         )
@@ -58,6 +65,30 @@ impl Orchestrator {
             "desired state change scheduled"
         );
         Ok(reply.nonce)
+    }
+
+    /// The standby, after the standby delay, of a deployment a commit superseded, fenced by
+    /// the commit's token. Refused when a later holder of the project's lease has decided
+    /// about that deployment since (it woke it for a rollback, say): that decision stands,
+    /// and there is nothing left to do.
+    pub(crate) async fn standby_superseded(
+        &self,
+        deployment_id: &str,
+        idempotency_key: &str,
+        committed: &Committed,
+    ) -> Result<String, StepError> {
+        let delay = self.inner.config.standby_delay;
+        let token = committed.fencing_token;
+        match self
+            .schedule_state(deployment_id, delay, "standby", idempotency_key, token)
+            .await
+        {
+            Err(StepError::Fenced(reason)) => {
+                tracing::info!(deployment = deployment_id, %reason, "a later lease holder decided about the superseded deployment; leaving it to that");
+                Ok(String::new())
+            }
+            scheduled => scheduled,
+        }
     }
 
     /// Whether `deployment_id` has a pending transition.
@@ -72,12 +103,18 @@ impl Orchestrator {
         Ok(reply.pending.is_some())
     }
 
-    /// Clears any pending transition of `deployment_id`; whether there was one.
-    pub(crate) async fn clear_schedule(&self, deployment_id: &str) -> Result<bool, StepError> {
+    /// Clears any pending transition of `deployment_id`, fenced as `schedule_state`; whether
+    /// there was one.
+    pub(crate) async fn clear_schedule(
+        &self,
+        deployment_id: &str,
+        fencing_token: u64,
+    ) -> Result<bool, StepError> {
+        slipway_core::fault::point("clear.before_request");
         let reply: ClearScheduledStateChangesReply = request_reply(
             &self.inner.client,
             format!("slipway.deployment.v1.clear_scheduled_state_changes.{deployment_id}"),
-            &ClearScheduledStateChangesRequest {},
+            &ClearScheduledStateChangesRequest { fencing_token },
             CALL_TIMEOUT,
         )
         .await?;
@@ -93,6 +130,7 @@ impl Orchestrator {
         request: AssignFrontlineRoutesRequest,
     ) -> Result<Committed, StepError> {
         slipway_core::fault::point("commit.before_request");
+        let fencing_token = request.fencing_token;
         let reply: AssignFrontlineRoutesReply = request_reply(
             &self.inner.client,
             format!("slipway.routing.v1.assign_frontline_routes.{project_id}"),
@@ -103,6 +141,7 @@ impl Orchestrator {
         Ok(Committed {
             previous: reply.previous_live_deployment_id,
             replaced_earlier: reply.replaced_earlier_deployment_id,
+            fencing_token,
         })
     }
 }

@@ -148,7 +148,10 @@ impl Workflow for Deploy {
             ctx.step("live", || o.live_event(scope, previous)).await?;
             if let Some(previous) = previous.filter(|p| *p != id) {
                 let _: String = ctx
-                    .step("schedule_standby", || o.schedule_standby(id, previous))
+                    .step("schedule_standby", || {
+                        // Keyed by this deployment: a repeat schedules nothing new.
+                        o.standby_superseded(previous, id, &committed)
+                    })
                     .await?;
             }
         }
@@ -436,15 +439,5 @@ impl Orchestrator {
             },
         )
         .await
-    }
-
-    /// Step 12, second half: the previous live deployment to standby after the standby
-    /// delay, keyed by this deployment, so a repeat schedules nothing new.
-    async fn schedule_standby(&self, id: &str, previous: &str) -> Result<String, StepError> {
-        if previous == id {
-            return Ok(String::new());
-        }
-        self.schedule_state(previous, self.inner.config.standby_delay, "standby", id)
-            .await
     }
 }

@@ -72,7 +72,7 @@ impl Workflow for Promote {
                 .await?;
             }
             PromotePlan::Move { route_ids } => {
-                o.wake(ctx, target).await?;
+                o.wake(ctx, target, token).await?;
                 // The commit point: routes, live pointer and the cleared pin together.
                 let committed: Committed = ctx
                     .commit("assign_routes", || {
@@ -96,12 +96,7 @@ impl Workflow for Promote {
                     let key = format!("promote.{wf}");
                     let _: String = ctx
                         .step("schedule_standby", || {
-                            o.schedule_state(
-                                &previous,
-                                o.inner.config.standby_delay,
-                                "standby",
-                                &key,
-                            )
+                            o.standby_superseded(&previous, &key, &committed)
                         })
                         .await?;
                 }

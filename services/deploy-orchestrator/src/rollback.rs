@@ -44,7 +44,7 @@ impl Workflow for Rollback {
                     .map_err(StepError::from)
             })
             .await?;
-        o.wake(ctx, target).await?;
+        o.wake(ctx, target, token).await?;
         // The commit point: the live and environment routes move to the target, the live
         // pointer follows and the project is pinned, in one transaction.
         let wf = ctx.workflow_id().to_string();
@@ -88,7 +88,7 @@ impl Workflow for Rollback {
         let key = format!("rollback.{}", ctx.workflow_id());
         let _: String = ctx
             .step("schedule_standby", || {
-                o.schedule_state(source, o.inner.config.standby_delay, "standby", &key)
+                o.standby_superseded(source, &key, &committed)
             })
             .await?;
         o.settle_superseded(ctx, &committed).await?;

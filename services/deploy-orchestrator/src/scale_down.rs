@@ -85,7 +85,7 @@ impl Workflow for ScaleDown {
         let key = format!("scale_down.{}", ctx.workflow_id());
         ctx.step("scale_down", || async {
             for id in &idle {
-                o.schedule_state(id, Duration::ZERO, "standby", &key)
+                o.schedule_state(id, Duration::ZERO, "standby", &key, 0)
                     .await?;
             }
             Ok(())

@@ -24,10 +24,19 @@ struct Asleep {
 
 impl Orchestrator {
     /// The wake steps, journaled in `ctx`: `clear_target`, and for a target in standby
-    /// `wake_target`, `wait_target`, `record_target`.
-    pub(crate) async fn wake(&self, ctx: &mut Context, target: &str) -> Result<(), WorkflowError> {
+    /// `wake_target`, `wait_target`, `record_target`. The actor calls carry the project
+    /// lease's `fencing_token`: a holder that lost the lease cannot undo what the next one
+    /// decided about the target.
+    pub(crate) async fn wake(
+        &self,
+        ctx: &mut Context,
+        target: &str,
+        fencing_token: u64,
+    ) -> Result<(), WorkflowError> {
         let _: bool = ctx
-            .step("clear_target", || self.clear_schedule(target))
+            .step("clear_target", || {
+                self.clear_schedule(target, fencing_token)
+            })
             .await?;
         let asleep: Option<Asleep> = ctx
             .step("check_target", || async {
@@ -58,7 +67,8 @@ impl Orchestrator {
         let key = format!("wake.{}", ctx.workflow_id());
         let _: String = ctx
             .step("wake_target", || {
-                self.schedule_state(target, std::time::Duration::ZERO, "running", &key)
+                let now = std::time::Duration::ZERO;
+                self.schedule_state(target, now, "running", &key, fencing_token)
             })
             .await?;
         let instances: Vec<ReadyInstance> = ctx
@@ -99,7 +109,8 @@ impl Orchestrator {
                 continue;
             }
             let key = format!("settle.{workflow_id}");
-            self.schedule_state(id, self.inner.config.standby_delay, "standby", &key)
+            // Unfenced: a failure handler holds no lease, and only fills a gap.
+            self.schedule_state(id, self.inner.config.standby_delay, "standby", &key, 0)
                 .await?;
             tracing::info!(
                 deployment = id,

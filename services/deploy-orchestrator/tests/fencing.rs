@@ -26,7 +26,9 @@ async fn assert_settled(plane: &Plane, project: &str, live: &str, superseded: &[
         (live.to_string(), live.to_string())
     );
     for d in superseded {
-        assert_eq!(plane.pending(d).await.unwrap()["state"], "standby", "{d}");
+        let pending = plane.pending(d).await;
+        let pending = pending.unwrap_or_else(|| panic!("superseded {d} has no pending change"));
+        assert_eq!(pending["state"], "standby", "{d}");
     }
     plane.invariants().assert(&[project.to_string()]).await;
 }
@@ -217,6 +219,51 @@ async fn a_stalled_holder_cannot_commit_after_its_lease_was_taken_over() {
     plane.orchestrators[stalled].cont();
     plane.orchestrator_logged(stalled, "stale fencing token");
     assert_settled(&plane, &project, &v4, &[&v3]).await;
+}
+
+/// Found by the chaos test: an orchestrator stalled (SIGSTOP) inside a rollback's
+/// `clear_target` step, just before its call to the actor, past the lease TTL and the ack
+/// wait. Another orchestrator completes the rollback, and a promote of v2 supersedes v1 again
+/// (v1's standby scheduled under a newer lease epoch). The stalled one, continued, sends its
+/// clear: the actor refuses it (older fencing token) instead of cancelling v1's standby and
+/// leaving v1 running for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_holder_cannot_clear_what_a_later_holder_scheduled() {
+    let mut plane = Plane::without_orchestrator().await;
+    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "1h".into())];
+    let normal = plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    plane.orchestrators[normal].kill();
+
+    let point = "clear.before_request";
+    let stalled = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_STOP", point.into())]);
+    let body = json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0});
+    let reply = plane.ok("slipway.deploy.v1.rollback", body).await;
+    plane.orchestrator_logged(stalled, &format!("fault point {point} reached: stopping"));
+    plane.request_timeout = Duration::from_secs(1); // the stopped one takes requests too
+    plane.spawn_orchestrator(&[]);
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    let reply = plane
+        .ok(
+            "slipway.deploy.v1.promote",
+            json!({"target_deployment_id": v2, "wait_ms": 0}),
+        )
+        .await;
+    let record = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
+
+    plane.orchestrators[stalled].cont();
+    plane.orchestrator_logged(stalled, "workflow run aborted");
+    assert_settled(&plane, &project, &v2, &[&v1]).await;
+    plane.orchestrator_logged(stalled, "stale fencing token");
 }
 
 /// The narrowest window: a deploy's commit went through and its orchestrator died before

@@ -53,14 +53,14 @@ impl Actor {
         // Claim the transition first (compare-and-set): a clear or a newer schedule that
         // comes after the claim completes this apply before replying; one that came before
         // it makes the claim fail, and the apply is a no-op.
-        let (transition, revision) = loop {
+        let (transition, fencing_token, revision) = loop {
             let current = self.inner.transitions.get(deployment_id).await?;
             let Some(transition) = current.transition.filter(|t| t.nonce == nonce) else {
                 tracing::debug!("stale or cleared transition: no-op");
                 return Ok(Applied::Stale);
             };
             if transition.applying {
-                break (transition, current.revision);
+                break (transition, current.fencing_token, current.revision);
             }
             let claimed = Transition {
                 applying: true,
@@ -69,10 +69,15 @@ impl Actor {
             match self
                 .inner
                 .transitions
-                .put(deployment_id, &claimed, current.revision)
+                .put(
+                    deployment_id,
+                    &claimed,
+                    current.fencing_token,
+                    current.revision,
+                )
                 .await
             {
-                Ok(revision) => break (claimed, revision),
+                Ok(revision) => break (claimed, current.fencing_token, revision),
                 Err(TransitionError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -85,7 +90,8 @@ impl Actor {
             Err(e) => {
                 // Only validated states are ever stored; drop anything else rather than loop.
                 tracing::error!(state = %transition.state, error = %e, "stored transition has an unknown state; dropping it");
-                self.remove_transition(deployment_id, revision).await?;
+                self.remove_transition(deployment_id, fencing_token, revision)
+                    .await?;
                 return Ok(Applied::Stale);
             }
         };
@@ -124,7 +130,8 @@ impl Actor {
             }
         };
         fault::point("actor.before_transition_removed");
-        self.remove_transition(deployment_id, revision).await?;
+        self.remove_transition(deployment_id, fencing_token, revision)
+            .await?;
         Ok(applied)
     }
 
@@ -132,9 +139,15 @@ impl Actor {
     async fn remove_transition(
         &self,
         deployment_id: &str,
+        fencing_token: u64,
         revision: u64,
     ) -> Result<(), ApplyError> {
-        match self.inner.transitions.remove(deployment_id, revision).await {
+        match self
+            .inner
+            .transitions
+            .remove(deployment_id, fencing_token, revision)
+            .await
+        {
             Ok(()) | Err(TransitionError::Conflict) => Ok(()),
             Err(e) => Err(e.into()),
         }

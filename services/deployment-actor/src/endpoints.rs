@@ -1,6 +1,6 @@
 //! The three request/reply endpoints of API.md "slipway-deployment".
 
-use slipway_core::{ids, state::DesiredState, time::now_ms, ApiError};
+use slipway_core::{error::STALE_FENCING_TOKEN, ids, state::DesiredState, time::now_ms, ApiError};
 use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     ClearScheduledStateChangesReply, ClearScheduledStateChangesRequest, GetStateReply,
@@ -10,7 +10,7 @@ use slipway_proto::v1::{
 
 use crate::{
     timers::TimerError,
-    transitions::{Transition, TransitionError},
+    transitions::{Current, Transition, TransitionError},
     Actor, SERVICE_NAME,
 };
 
@@ -114,6 +114,7 @@ impl Actor {
             {
                 break t.clone();
             }
+            let fencing_token = stale(&deployment_id, &current, req.fencing_token)?;
             if self.finish_claimed(&deployment_id, &current).await? {
                 continue;
             }
@@ -125,7 +126,7 @@ impl Actor {
                 applying: false,
             };
             match transitions
-                .put(&deployment_id, &candidate, current.revision)
+                .put(&deployment_id, &candidate, fencing_token, current.revision)
                 .await
             {
                 Ok(_) => break candidate,
@@ -169,14 +170,20 @@ impl Actor {
                 .get(&deployment_id)
                 .await
                 .map_err(transition_err)?;
-            if current.transition.is_none() {
+            let fencing_token = stale(&deployment_id, &current, call.request.fencing_token)?;
+            if current.transition.is_none() && fencing_token == current.fencing_token {
                 break false;
             }
             if self.finish_claimed(&deployment_id, &current).await? {
                 continue;
             }
-            match transitions.remove(&deployment_id, current.revision).await {
-                Ok(()) => break true,
+            let had = current.transition.is_some();
+            match transitions
+                .remove(&deployment_id, fencing_token, current.revision)
+                .await
+            {
+                Ok(()) if had => break true,
+                Ok(()) => break false,
                 Err(TransitionError::Conflict) => continue,
                 Err(e) => return Err(transition_err(e)),
             }
@@ -196,7 +203,7 @@ impl Actor {
     async fn finish_claimed(
         &self,
         deployment_id: &str,
-        current: &crate::transitions::Current,
+        current: &Current,
     ) -> Result<bool, ApiError> {
         let Some(t) = current.transition.as_ref().filter(|t| t.applying) else {
             return Ok(false);
@@ -231,6 +238,18 @@ impl Actor {
             }),
         })
     }
+}
+
+/// The token to store with a call carrying `token`, or a 409 when the deployment has seen a
+/// newer one: the caller's project lease was taken over, and the newer holder's decision
+/// about this deployment stands.
+fn stale(deployment_id: &str, current: &Current, token: u64) -> Result<u64, ApiError> {
+    current.fence(token).map_err(|seen| {
+        tracing::warn!(token, seen, "refusing a call from a former lease holder");
+        ApiError::conflict(format!(
+            "{STALE_FENCING_TOKEN} {token} for deployment {deployment_id}: it has seen {seen}"
+        ))
+    })
 }
 
 fn reply(t: &Transition) -> ScheduleDesiredStateChangeReply {

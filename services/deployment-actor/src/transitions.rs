@@ -1,6 +1,13 @@
-//! The actor's state: the pending transition per deployment in KV `slipway_transitions`
-//! (MessagePack), read and written by compare-and-set on the key's revision; and the
-//! idempotency records that let a repeated schedule call return the first call's nonce.
+//! The actor's state: per deployment in KV `slipway_transitions` (MessagePack), the pending
+//! transition and the newest fencing token a schedule or clear carried, read and written by
+//! compare-and-set on the key's revision; and the idempotency records that let a repeated
+//! schedule call return the first call's nonce.
+//!
+//! Fencing: the orchestrator's schedules and clears made under a project lease carry its
+//! epoch. A call with an older token than the deployment has seen comes from a holder whose
+//! lease was taken over (it stalled, then woke up): it is refused, so a late clear or wake
+//! never undoes what the newer holder decided. The token outlives the transition: a clear
+//! (or an applied transition) leaves a record with the token and no transition.
 
 use std::time::Duration;
 
@@ -21,16 +28,38 @@ pub struct Transition {
     pub applying: bool,
 }
 
+/// The stored value. Flattened so that records written before fencing (a bare transition)
+/// still read.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    transition: Option<Transition>,
+    #[serde(default)]
+    fencing_token: u64,
+}
+
 /// What a key holds now, and the revision to compare-and-set against (0: never written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
     pub transition: Option<Transition>,
+    /// The newest fencing token a schedule or clear of this deployment carried (0: none).
+    pub fencing_token: u64,
     pub revision: u64,
 }
 
 impl Current {
     pub fn nonce(&self) -> Option<&str> {
         self.transition.as_ref().map(|t| t.nonce.as_str())
+    }
+
+    /// The token to store with a write that carries `token` (0: unfenced), or the newer token
+    /// this deployment has seen when `token` is older: the caller lost its lease.
+    pub fn fence(&self, token: u64) -> Result<u64, u64> {
+        match token {
+            0 => Ok(self.fencing_token),
+            t if t < self.fencing_token => Err(self.fencing_token),
+            t => Ok(t),
+        }
     }
 }
 
@@ -71,31 +100,52 @@ impl Transitions {
         Ok(match entry {
             None => Current {
                 transition: None,
+                fencing_token: 0,
                 revision: 0,
             },
             Some(e) if e.operation != kv::Operation::Put => Current {
                 transition: None,
+                fencing_token: 0,
                 revision: e.revision,
             },
-            Some(e) => Current {
-                transition: Some(decode(deployment_id, &e.value)?),
-                revision: e.revision,
-            },
+            Some(e) => {
+                let stored: Stored = decode(deployment_id, &e.value)?;
+                Current {
+                    transition: stored.transition,
+                    fencing_token: stored.fencing_token,
+                    revision: e.revision,
+                }
+            }
         })
     }
 
-    /// Stores `transition` if the key is still at `revision`.
+    /// Stores `transition` with `fencing_token` if the key is still at `revision`.
     pub async fn put(
         &self,
         deployment_id: &str,
         transition: &Transition,
+        fencing_token: u64,
         revision: u64,
     ) -> Result<u64, TransitionError> {
-        let value = rmp_serde::to_vec_named(transition)
-            .map_err(|e| TransitionError::Kv(e.into()))?
-            .into();
+        self.write(deployment_id, Some(transition), fencing_token, revision)
+            .await
+    }
+
+    /// Removes the transition if the key is still at `revision`, keeping `fencing_token`.
+    pub async fn remove(
+        &self,
+        deployment_id: &str,
+        fencing_token: u64,
+        revision: u64,
+    ) -> Result<(), TransitionError> {
+        if fencing_token > 0 {
+            return self
+                .write(deployment_id, None, fencing_token, revision)
+                .await
+                .map(drop);
+        }
         self.kv
-            .update(deployment_id, value, revision)
+            .delete_expect_revision(deployment_id, Some(revision))
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
@@ -103,10 +153,22 @@ impl Transitions {
             })
     }
 
-    /// Removes the transition if the key is still at `revision`.
-    pub async fn remove(&self, deployment_id: &str, revision: u64) -> Result<(), TransitionError> {
+    async fn write(
+        &self,
+        deployment_id: &str,
+        transition: Option<&Transition>,
+        fencing_token: u64,
+        revision: u64,
+    ) -> Result<u64, TransitionError> {
+        let stored = Stored {
+            transition: transition.cloned(),
+            fencing_token,
+        };
+        let value = rmp_serde::to_vec_named(&stored)
+            .map_err(|e| TransitionError::Kv(e.into()))?
+            .into();
         self.kv
-            .delete_expect_revision(deployment_id, Some(revision))
+            .update(deployment_id, value, revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
@@ -160,7 +222,7 @@ impl Transitions {
     }
 }
 
-fn decode(key: &str, value: &[u8]) -> Result<Transition, TransitionError> {
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, TransitionError> {
     rmp_serde::from_slice(value).map_err(|source| TransitionError::Corrupt {
         key: key.to_string(),
         source,

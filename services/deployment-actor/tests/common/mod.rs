@@ -12,8 +12,8 @@ use futures::StreamExt;
 use slipway_core::krane::{desired_deployment_key, DesiredDeployment};
 use slipway_nats::{codec::ApiMessage, provision};
 use slipway_proto::v1::{
-    ClearScheduledStateChangesReply, GetStateReply, ScheduleDesiredStateChangeReply,
-    ScheduleDesiredStateChangeRequest,
+    ClearScheduledStateChangesReply, ClearScheduledStateChangesRequest, GetStateReply,
+    ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
 };
 use slipway_store::{NewDeployment, Store};
 use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
@@ -168,6 +168,7 @@ impl Env {
             delay_ms,
             state: state.into(),
             idempotency_key: key.into(),
+            fencing_token: 0,
         };
         self.request(&schedule_subject(dep), serde_json::to_vec(&req).unwrap())
             .await
@@ -175,14 +176,39 @@ impl Env {
     }
 
     pub async fn clear(&self, dep: &str) -> bool {
-        let reply: ClearScheduledStateChangesReply = self
-            .request(
-                &format!("slipway.deployment.v1.clear_scheduled_state_changes.{dep}"),
-                "{}",
-            )
+        self.clear_fenced(dep, 0).await.expect("clear").cleared
+    }
+
+    /// A clear carrying a project-lease fencing token.
+    pub async fn clear_fenced(
+        &self,
+        dep: &str,
+        fencing_token: u64,
+    ) -> Result<ClearScheduledStateChangesReply, ErrorResponse> {
+        let req = ClearScheduledStateChangesRequest { fencing_token };
+        self.request(
+            &format!("slipway.deployment.v1.clear_scheduled_state_changes.{dep}"),
+            serde_json::to_vec(&req).unwrap(),
+        )
+        .await
+    }
+
+    /// A schedule carrying a project-lease fencing token.
+    pub async fn schedule_fenced(
+        &self,
+        dep: &str,
+        delay_ms: i64,
+        state: &str,
+        fencing_token: u64,
+    ) -> Result<ScheduleDesiredStateChangeReply, ErrorResponse> {
+        let req = ScheduleDesiredStateChangeRequest {
+            delay_ms,
+            state: state.into(),
+            fencing_token,
+            ..Default::default()
+        };
+        self.request(&schedule_subject(dep), serde_json::to_vec(&req).unwrap())
             .await
-            .expect("clear");
-        reply.cleared
     }
 
     pub async fn get_state(&self, dep: &str) -> GetStateReply {
@@ -220,11 +246,18 @@ impl Env {
     }
 
     /// Waits (on a KV watch, not a timer) until `dep` has no stored transition.
+    /// Waits until the deployment has no pending transition (the key is deleted, or holds
+    /// only a fencing token).
     pub async fn wait_transition_gone(&self, dep: &str) {
         let mut watch = self.transitions.watch_with_history(dep).await.unwrap();
         tokio::time::timeout(TIMEOUT, async {
             while let Some(entry) = watch.next().await {
-                if entry.unwrap().operation != kv::Operation::Put {
+                let entry = entry.unwrap();
+                if entry.operation != kv::Operation::Put {
+                    return;
+                }
+                let stored: serde_json::Value = rmp_serde::from_slice(&entry.value).unwrap();
+                if stored.get("nonce").is_none() {
                     return;
                 }
             }
