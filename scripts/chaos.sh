@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Many more seeded fault runs than CI makes: random SIGKILLs and SIGSTOPs (longer than the
-# lease TTL) of two orchestrators under concurrent deploys, rollbacks and promotes, on SQLite
+# Many more seeded fault runs than CI makes: faults planted at leased points, and random
+# SIGKILLs and SIGSTOPs (longer than the lease TTL), of two orchestrators under concurrent
+# deploys, rollbacks and promotes, on SQLite
 # and on PostgreSQL (SLIPWAY_TEST_POSTGRES_URL); the invariant checker after every run. Each
 # run prints its faults and what the orchestrators did about them.
 #
@@ -12,7 +13,6 @@ first=${1:-100}
 runs=${2:-20}
 ops=${3:-20}
 seeds=$(seq -s, "$first" $((first + runs - 1)))
-SLIPWAY_CHAOS_PLANT=${SLIPWAY_CHAOS_PLANT:-1} \
-  SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
+SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
   cargo test --locked -p deploy-orchestrator --test chaos -- --nocapture --test-threads 1 2>&1 |
   grep --line-buffered -E '^chaos |panicked|invariants violated|^  proj_|^test |test result'

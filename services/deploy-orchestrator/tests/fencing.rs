@@ -180,6 +180,39 @@ async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind
     plane.invariants().assert(&[project]).await;
 }
 
+/// Found by the chaos test: a deploy whose commit made it live went through and its
+/// orchestrator died before journaling it; a rollback to v1 pinned the project before the
+/// deploy was resumed. Resumed, the deploy decides again — pinned, it takes the environment
+/// route only — and v2, which its first commit replaced, still goes to standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_that_died_right_after_its_commit_and_was_pinned_out_leaves_nothing_behind() {
+    let point = "deploy.assign_routes.before_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
+    crashed_at(&mut plane, faulty, point);
+    let body = json!({"source_deployment_id": v3, "target_deployment_id": v1, "wait_ms": 0});
+    let reply = plane.ok("slipway.deploy.v1.rollback", body).await;
+    let rollback = plane
+        .workflow_done(reply["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        rollback.status.as_str(),
+        "completed",
+        "{:?}",
+        rollback.error
+    );
+
+    let record = plane.workflow_done(&wf3).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    assert!(step_names(&record).contains(&"settle_superseded"));
+    let p = plane.get_project(&project).await;
+    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
+    assert_eq!(p["project"]["is_rolled_back"], true);
+    assert_eq!(plane.live_and_production_routes(&project).await, (v1, v3));
+    assert_eq!(plane.pending(&v2).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project]).await;
+}
+
 /// Found by the chaos test: a promote that died right after its commit (v1 live, v2
 /// replaced, never journaled), while a deploy took the lease and went live, decides again
 /// when it resumes and goes live after the deploy; v2, which its first commit replaced, still

@@ -49,12 +49,18 @@ pub struct Assigned {
     pub moved: Vec<Route>,
     /// With a live change: the deployment that was live before (the same on a repeat).
     pub previous_live: Option<String>,
-    /// With a live change that swapped the pointer: when this same commit (`commit_id`) had
-    /// made the deployment live before and the pointer has moved away since, the deployment
-    /// that first time replaced. Its follow-up (that one's standby) may never have run — the
-    /// run died right after the commit, and the resumed run decided again — so the caller
-    /// settles it too.
+    /// When this same commit (`commit_id`) had made the deployment live before and the
+    /// pointer has moved away since, the deployment that first time replaced (if it is not
+    /// live now). Its follow-up (that one's standby) may never have run — the run died right
+    /// after the commit, and the resumed run decided again, whether to take live again or
+    /// not — so the caller settles it too.
     pub replaced_earlier: Option<String>,
+}
+
+/// The last commit that made a deployment live: which one (`commit_id`), and what it replaced.
+struct MadeLive {
+    replaced: Option<String>,
+    by: Option<String>,
 }
 
 /// Refuses `token` if the project has seen a newer epoch, and remembers it otherwise. The
@@ -219,7 +225,7 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         let (previous_live, replaced_earlier) = match a.live {
-            LiveChange::Leave => (None, None),
+            LiveChange::Leave => (None, self.replaced_earlier(&mut tx, &project, a).await?),
             LiveChange::Take | LiveChange::Pin => {
                 self.swap_live(&mut tx, &project, a, now_ms).await?
             }
@@ -311,17 +317,13 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Option<String>, Option<String>), StoreError> {
         let live: Option<String> = project.try_get("live_deployment_id")?;
-        let row = sqlx::query(
-            "SELECT replaced_live_deployment_id, live_commit_id FROM deployments WHERE id = $1",
-        )
-        .bind(a.deployment_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let remembered: Option<String> = row.try_get("replaced_live_deployment_id")?;
-        let by: Option<String> = row.try_get("live_commit_id")?;
         let (previous, earlier) = if live.as_deref() == Some(a.deployment_id) {
-            (remembered, None)
+            (
+                self.last_made_live(tx, a.deployment_id).await?.replaced,
+                None,
+            )
         } else {
+            let earlier = self.replaced_earlier(tx, project, a).await?;
             sqlx::query(
                 "UPDATE deployments SET replaced_live_deployment_id = $2, live_commit_id = $3, updated_at_ms = $4 WHERE id = $1",
             )
@@ -331,9 +333,6 @@ impl Store {
             .bind(now_ms)
             .execute(&mut **tx)
             .await?;
-            let same_commit = !a.commit_id.is_empty() && by.as_deref() == Some(a.commit_id);
-            let earlier = remembered
-                .filter(|r| same_commit && Some(r) != live.as_ref() && r != a.deployment_id);
             (live, earlier)
         };
         sqlx::query(
@@ -346,5 +345,44 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         Ok((previous, earlier))
+    }
+
+    /// See [`Assigned::replaced_earlier`]: what an earlier run of this commit replaced when
+    /// it made the deployment live, unless that is live now (or is the deployment itself).
+    async fn replaced_earlier(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        project: &AnyRow,
+        a: &Assignment<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let live: Option<String> = project.try_get("live_deployment_id")?;
+        if a.commit_id.is_empty() || live.as_deref() == Some(a.deployment_id) {
+            return Ok(None);
+        }
+        let made = self.last_made_live(tx, a.deployment_id).await?;
+        if made.by.as_deref() != Some(a.commit_id) {
+            return Ok(None);
+        }
+        Ok(made
+            .replaced
+            .filter(|r| Some(r) != live.as_ref() && r != a.deployment_id))
+    }
+
+    /// What the deployment's row remembers of the last commit that made it live.
+    async fn last_made_live(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        deployment_id: &str,
+    ) -> Result<MadeLive, StoreError> {
+        let row = sqlx::query(
+            "SELECT replaced_live_deployment_id, live_commit_id FROM deployments WHERE id = $1",
+        )
+        .bind(deployment_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(MadeLive {
+            replaced: row.try_get("replaced_live_deployment_id")?,
+            by: row.try_get("live_commit_id")?,
+        })
     }
 }

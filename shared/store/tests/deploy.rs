@@ -14,6 +14,7 @@ on_both_backends!(
     promote_swaps_unpins_and_is_idempotent,
     writes_with_an_older_fencing_token_are_refused,
     a_repeated_commit_reports_what_it_first_replaced,
+    a_repeated_commit_that_leaves_live_reports_what_it_first_replaced,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
     listing_pages_newest_first,
@@ -158,6 +159,41 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         (later.previous_live.as_deref(), later.replaced_earlier),
         (Some("dep_1"), None)
     );
+}
+
+/// The same, when the resumed run decided not to take live any more (a rollback pinned the
+/// project meanwhile): found by the chaos test, where dep_1 was left running for ever.
+async fn a_repeated_commit_that_leaves_live_reports_what_it_first_replaced(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2", "dep_3"] {
+        deployment(&f, id).await;
+    }
+    commit(&f, "dep_1", &[], 0, LiveChange::Take).await.unwrap();
+    commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    commit_as(&f, "wf_r", "dep_3", &[], 0, LiveChange::Pin)
+        .await
+        .unwrap();
+    let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Leave)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.previous_live, again.replaced_earlier.as_deref()),
+        (None, Some("dep_1"))
+    );
+    // Not when what it replaced is live again, nor for another commit.
+    commit_as(&f, "wf_s", "dep_1", &[], 0, LiveChange::Pin)
+        .await
+        .unwrap();
+    let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Leave)
+        .await
+        .unwrap();
+    assert_eq!(again.replaced_earlier, None);
+    let other = commit_as(&f, "wf_x", "dep_2", &[], 0, LiveChange::Leave)
+        .await
+        .unwrap();
+    assert_eq!(other.replaced_earlier, None);
 }
 
 async fn writes_with_an_older_fencing_token_are_refused(db: &TestDb) {
