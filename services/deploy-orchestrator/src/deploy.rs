@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{
-    domains::{self, DomainInput},
+    domains::{self, DomainInput, Sticky},
     ids,
+    state::{DeploymentStatus, PRODUCTION_ENVIRONMENT},
     time::now_ms,
     ApiError,
 };
@@ -46,7 +47,7 @@ struct Loaded {
 struct RoutePlan {
     domains: Vec<String>,
     /// Generated routes whose FQDN does not exist yet: (fqdn, sticky).
-    create: Vec<(String, String)>,
+    create: Vec<(String, Sticky)>,
     /// Existing routes this deployment takes over.
     to_move: Vec<String>,
     take_live: bool,
@@ -82,7 +83,7 @@ impl Workflow for Deploy {
             .await?;
         let deadline_ms: i64 = ctx
             .step("deploying", || async {
-                o.set_status(scope, "deploying").await?;
+                o.set_status(scope, DeploymentStatus::Deploying).await?;
                 Ok(now_ms() + millis(o.inner.config.ready_timeout))
             })
             .await?;
@@ -128,7 +129,7 @@ impl Workflow for Deploy {
         let previous = committed.previous.as_deref();
         // Past the commit point every step retries until it succeeds.
         ctx.step("ready", || async {
-            o.set_status(scope, "ready").await?;
+            o.set_status(scope, DeploymentStatus::Ready).await?;
             #[derive(Serialize)]
             struct Ready<'a> {
                 domains: &'a [String],
@@ -257,17 +258,22 @@ impl Orchestrator {
         })
     }
 
-    async fn set_status(&self, scope: &EventScope, status: &str) -> Result<(), StepError> {
+    async fn set_status(
+        &self,
+        scope: &EventScope,
+        status: DeploymentStatus,
+    ) -> Result<(), StepError> {
         self.inner
             .store
             .set_deployment_status(&scope.deployment_id, status, now_ms())
             .await
             .map_err(store_error)?;
         #[derive(Serialize)]
-        struct Status<'a> {
-            status: &'a str,
+        struct Status {
+            status: DeploymentStatus,
         }
-        self.event(scope, "status", status, Status { status }).await
+        self.event(scope, "status", status.as_str(), Status { status })
+            .await
     }
 
     /// Step 4: per region in sorted order, the topology row, then the desired state the
@@ -300,7 +306,7 @@ impl Orchestrator {
 
     /// Step 5: one sentinel per (environment, region); 3 replicas for production, else 1.
     async fn ensure_sentinels(&self, loaded: &Loaded) -> Result<Vec<String>, StepError> {
-        let replicas = if loaded.scope.environment_slug == "production" {
+        let replicas = if loaded.scope.environment_slug == PRODUCTION_ENVIRONMENT {
             3
         } else {
             1
@@ -349,12 +355,12 @@ impl Orchestrator {
             .project(&scope.project_id)
             .await
             .map_err(store_error)?;
-        let take_live = scope.environment_slug == "production" && !project.is_rolled_back;
-        let wanted = |sticky: &str, generated_here: bool| match sticky {
-            "branch" => generated_here,
-            "environment" => true,
-            "live" => take_live,
-            _ => false,
+        let take_live = scope.environment_slug == PRODUCTION_ENVIRONMENT && !project.is_rolled_back;
+        let wanted = |sticky: Sticky, generated_here: bool| match sticky {
+            Sticky::Branch => generated_here,
+            Sticky::Environment => true,
+            Sticky::Live => take_live,
+            Sticky::None => false,
         };
         let existing = store
             .routes_by_fqdn(&domain_names)
@@ -363,16 +369,16 @@ impl Orchestrator {
         let mut create = Vec::new();
         let mut to_move: Vec<String> = Vec::new();
         for d in &generated {
-            let sticky = d.sticky.as_str();
+            let sticky = d.sticky;
             match existing.iter().find(|r| r.fqdn == d.fqdn) {
                 // Another project's: the commit refuses it with a conflict.
                 Some(r) if r.project_id != scope.project_id => {
-                    create.push((d.fqdn.clone(), sticky.to_string()))
+                    create.push((d.fqdn.clone(), sticky))
                 }
-                Some(r) if wanted(&r.sticky, true) => to_move.push(r.id.clone()),
+                Some(r) if wanted(r.sticky, true) => to_move.push(r.id.clone()),
                 Some(_) => {}
-                None if sticky != "live" || take_live => {
-                    create.push((d.fqdn.clone(), sticky.to_string()))
+                None if sticky != Sticky::Live || take_live => {
+                    create.push((d.fqdn.clone(), sticky))
                 }
                 None => {}
             }
@@ -382,7 +388,7 @@ impl Orchestrator {
             .await
             .map_err(store_error)?;
         for r in stored {
-            if wanted(&r.sticky, false) && !to_move.contains(&r.id) {
+            if wanted(r.sticky, false) && !to_move.contains(&r.id) {
                 to_move.push(r.id);
             }
         }
@@ -419,7 +425,7 @@ impl Orchestrator {
                         .iter()
                         .map(|(fqdn, sticky)| RouteSpec {
                             fqdn: fqdn.clone(),
-                            sticky: sticky.clone(),
+                            sticky: sticky.to_string(),
                         })
                         .collect(),
                 },

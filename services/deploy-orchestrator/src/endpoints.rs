@@ -125,7 +125,7 @@ pub fn workflow_message(r: WorkflowRecord) -> Workflow {
             .into_iter()
             .map(|s| WorkflowStep {
                 name: s.name,
-                status: s.status,
+                status: s.status.as_str().into(),
                 attempts: s.attempts,
                 started_at_ms: s.started_at_ms,
                 finished_at_ms: s.finished_at_ms,

@@ -210,10 +210,10 @@ impl Orchestrator {
         instances: &[ReadyInstance],
     ) -> Result<(), StepError> {
         for region in regions {
-            let rows: Vec<(String, String, String)> = instances
+            let rows: Vec<(String, String, InstanceStatus)> = instances
                 .iter()
                 .filter(|i| &i.region == region)
-                .map(|i| (i.id.clone(), i.address.clone(), "running".to_string()))
+                .map(|i| (i.id.clone(), i.address.clone(), InstanceStatus::Running))
                 .collect();
             self.inner
                 .store

@@ -5,7 +5,12 @@
 //! standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_core::{
+    ids,
+    state::{DeploymentStatus, DesiredState},
+    time::now_ms,
+    ApiError,
+};
 use slipway_nats::Call;
 use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
 use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
@@ -163,13 +168,13 @@ impl Orchestrator {
         let store = &self.inner.store;
         let t = store.deployment(target).await?;
         let project = store.project(&t.project_id).await?;
-        if t.status != "ready" {
+        if t.status != DeploymentStatus::Ready {
             return Err(ApiError::invalid_argument(format!(
                 "{target} is {}, not ready",
                 t.status
             )));
         }
-        if t.desired_state == "archived" {
+        if t.desired_state == DesiredState::Archived {
             return Err(ApiError::invalid_argument(format!("{target} is archived")));
         }
         let Some(live) = project.live_deployment_id.as_deref() else {

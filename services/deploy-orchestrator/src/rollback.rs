@@ -5,7 +5,12 @@
 //! then tell it and schedule the rolled-back-from deployment to standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{ids, ApiError};
+use slipway_core::{
+    domains::Sticky,
+    ids,
+    state::{DeploymentStatus, DesiredState},
+    ApiError,
+};
 use slipway_nats::Call;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RollbackRequest, WorkflowRunReply};
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
@@ -137,13 +142,13 @@ impl Orchestrator {
                 project.live_deployment_id.as_deref().unwrap_or("none")
             )));
         }
-        if t.status != "ready" {
+        if t.status != DeploymentStatus::Ready {
             return Err(ApiError::invalid_argument(format!(
                 "{target} is {}, not ready",
                 t.status
             )));
         }
-        if t.desired_state == "archived" {
+        if t.desired_state == DesiredState::Archived {
             return Err(ApiError::invalid_argument(format!("{target} is archived")));
         }
         let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
@@ -199,8 +204,8 @@ impl Orchestrator {
             .await?
             .into_iter()
             .filter(|r| {
-                r.sticky == "live"
-                    || (r.sticky == "environment" && r.environment_id == environment_id)
+                r.sticky == Sticky::Live
+                    || (r.sticky == Sticky::Environment && r.environment_id == environment_id)
             })
             .map(|r| r.id)
             .collect())

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use slipway_core::time::now_ms;
+use slipway_core::{state::DesiredState, time::now_ms};
 use slipway_workflow::{Context, StepError, WorkflowError};
 
 use crate::{
@@ -45,7 +45,7 @@ impl Orchestrator {
                     .deployment(target)
                     .await
                     .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
-                if d.desired_state != "standby" {
+                if d.desired_state != DesiredState::Standby {
                     return Ok(None);
                 }
                 let regions = store
@@ -102,7 +102,7 @@ impl Orchestrator {
             let Some(d) = store.find_deployment(id).await.map_err(api)? else {
                 continue;
             };
-            if d.desired_state != "running"
+            if d.desired_state != DesiredState::Running
                 || store.serves_traffic(id).await.map_err(api)?
                 || self.has_pending_change(id).await?
             {

@@ -16,6 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::{Plane, TIMEOUT};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
+use slipway_core::state::DeploymentStatus;
 use slipway_testkit::TestDb;
 use slipway_workflow::WorkflowRecord;
 
@@ -160,7 +161,7 @@ async fn run(seed: u64, db: TestDb) -> Report {
         let mut targets = Vec::new();
         for id in &deployments[&project] {
             let d = plane.store.deployment(id).await.unwrap();
-            if d.status == "ready" && *id != live {
+            if d.status == DeploymentStatus::Ready && *id != live {
                 targets.push(id.clone());
             }
         }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use common::{Plane, DEPLOY_STEPS as STEPS, TIMEOUT};
 use serde_json::{json, Value};
+use slipway_core::domains::Sticky;
 use slipway_nats::provision;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,13 +85,14 @@ async fn check_effects_once(
     let routes = plane.store.routes(project, None).await.unwrap();
     assert_eq!(routes.len(), 5, "{point}: {routes:?}");
     for r in &routes {
-        let (owner, version) = if r.sticky == "none" && r.fqdn.contains(&first[first.len() - 4..]) {
-            (first, 1)
-        } else if r.sticky == "none" {
-            (second, 1)
-        } else {
-            (second, 2)
-        };
+        let (owner, version) =
+            if r.sticky == Sticky::None && r.fqdn.contains(&first[first.len() - 4..]) {
+                (first, 1)
+            } else if r.sticky == Sticky::None {
+                (second, 1)
+            } else {
+                (second, 2)
+            };
         assert_eq!(
             (r.deployment_id.as_str(), r.version),
             (owner, version),

@@ -78,7 +78,7 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
     assert!(record
         .steps
         .iter()
-        .all(|s| s.status == "completed" && s.attempts == 1));
+        .all(|s| s.status == slipway_workflow::StepStatus::Completed && s.attempts == 1));
     let wf_reply = plane
         .ok(
             "slipway.deploy.v1.get_workflow",

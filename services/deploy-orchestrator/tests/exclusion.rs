@@ -6,6 +6,7 @@
 mod common;
 
 use common::Plane;
+use slipway_core::domains::Sticky;
 use slipway_workflow::WorkflowRecord;
 
 const PROJECTS: usize = 20;
@@ -83,7 +84,7 @@ async fn two_orchestrators_keep_per_project_exclusion_across_twenty_projects() {
             "{project}"
         );
         for route in plane.store.routes(project, None).await.unwrap() {
-            if route.sticky == "live" || route.sticky == "environment" || route.sticky == "branch" {
+            if route.sticky != Sticky::None {
                 assert_eq!(&route.deployment_id, last, "{project}: {route:?}");
             }
         }

@@ -15,7 +15,7 @@ async fn plane_with_ready_timeout(ready_timeout: &str) -> Plane {
 
 fn failed_step(record: &slipway_workflow::WorkflowRecord) -> (&str, u32) {
     let last = record.steps.last().expect("a failed step");
-    assert_eq!(last.status, "failed");
+    assert_eq!(last.status, slipway_workflow::StepStatus::Failed);
     (last.name.as_str(), last.attempts)
 }
 

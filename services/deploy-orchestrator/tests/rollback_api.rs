@@ -6,11 +6,14 @@ mod common;
 use common::Plane;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use slipway_core::{state::DesiredState, time::now_ms};
+use slipway_core::{
+    state::{DeploymentStatus, DesiredState},
+    time::now_ms,
+};
 use slipway_store::NewDeployment;
 
 /// A deployment written straight to the store, in `status` (and optionally archived).
-async fn stored(plane: &Plane, env_id: &str, status: &str, archived: bool) -> String {
+async fn stored(plane: &Plane, env_id: &str, status: DeploymentStatus, archived: bool) -> String {
     let id = slipway_core::ids::new("dep");
     let s = &plane.store;
     s.insert_deployment(
@@ -81,21 +84,21 @@ async fn rollback_and_promote_validations_answer_at_once_and_write_nothing() {
     let b = plane.project().await;
     let b1 = plane.deployed(&b, "production", "b1").await;
     let a_prod = env_id(&plane, &a, "production").await;
-    let pending = stored(&plane, &a_prod, "pending", false).await;
-    let archived = stored(&plane, &a_prod, "ready", true).await;
+    let pending = stored(&plane, &a_prod, DeploymentStatus::Pending, false).await;
+    let archived = stored(&plane, &a_prod, DeploymentStatus::Ready, true).await;
     // C: a ready deployment, nothing live. D: live, but no routes at all.
     let c = plane.project().await;
     let c1 = stored(
         &plane,
         &env_id(&plane, &c, "production").await,
-        "ready",
+        DeploymentStatus::Ready,
         false,
     )
     .await;
     let d = plane.project().await;
     let d_prod = env_id(&plane, &d, "production").await;
-    let d1 = stored(&plane, &d_prod, "ready", false).await;
-    let d2 = stored(&plane, &d_prod, "ready", false).await;
+    let d1 = stored(&plane, &d_prod, DeploymentStatus::Ready, false).await;
+    let d2 = stored(&plane, &d_prod, DeploymentStatus::Ready, false).await;
     plane
         .store
         .set_live_deployment(&d, Some(&d1), now_ms())

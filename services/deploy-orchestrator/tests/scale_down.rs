@@ -173,7 +173,7 @@ async fn two_thousand_preview_environments_are_paged_a_hundred_at_a_time() {
             .unwrap();
         plane
             .store
-            .set_deployment_status(&id, "ready", long_ago)
+            .set_deployment_status(&id, slipway_core::state::DeploymentStatus::Ready, long_ago)
             .await
             .unwrap();
         expected.push(id);

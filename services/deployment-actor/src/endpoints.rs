@@ -230,7 +230,7 @@ impl Actor {
             .map_err(transition_err)?;
         Ok(GetStateReply {
             deployment_id: deployment.id,
-            desired_state: deployment.desired_state,
+            desired_state: deployment.desired_state.to_string(),
             pending: current.transition.map(|t| PendingTransition {
                 nonce: t.nonce,
                 state: t.state,

@@ -27,7 +27,7 @@ async fn a_clear_that_replied_is_never_followed_by_the_change_it_raced() {
         !cleared,
         "the clear claims to have cancelled a change under way"
     );
-    assert_eq!(at_reply, "standby");
+    assert_eq!(at_reply, slipway_core::state::DesiredState::Standby);
     assert!(env.get_state(&dep).await.pending.is_none());
 
     // The paused apply wakes up later and finds its work done: nothing changes.

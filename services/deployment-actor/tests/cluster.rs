@@ -110,6 +110,6 @@ async fn schedules_fire_on_a_three_node_cluster_and_survive_a_node_loss() {
     assert_eq!(event["nonce"], b.nonce.as_str());
     assert_eq!(
         store.deployment("dep_b").await.unwrap().desired_state,
-        "archived"
+        slipway_core::state::DesiredState::Archived
     );
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::{Env, TIMEOUT};
 use slipway_core::krane::Desired;
+use slipway_core::state::{DesiredState, TopologyStatus};
 
 /// Exactly one event, the database written once, desired state published, nothing left.
 async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
@@ -14,12 +15,12 @@ async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
     assert_eq!(events.len(), 1, "{dep}: {events:?}");
     assert_eq!(events[0]["nonce"], nonce);
     let d = env.store.deployment(dep).await.unwrap();
-    assert_eq!(d.desired_state, "standby");
+    assert_eq!(d.desired_state, DesiredState::Standby);
     let topology = env.store.topology(dep).await.unwrap();
     assert!(
         topology
             .iter()
-            .all(|t| t.version == 2 && t.desired_status == "stopped"),
+            .all(|t| t.version == 2 && t.desired_status == TopologyStatus::Stopped),
         "{topology:?}"
     );
     assert_eq!(

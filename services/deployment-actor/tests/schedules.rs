@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Env, TIMEOUT};
 use futures::StreamExt;
+use slipway_core::state::TopologyStatus;
 use slipway_core::{krane::Desired, time::now_ms};
 
 /// Subscribes to a deployment's desired_state events before anything is scheduled.
@@ -71,7 +72,7 @@ async fn a_change_scheduled_2s_ahead_is_applied_within_a_second_of_its_due_time(
     assert!(
         topology
             .iter()
-            .all(|t| t.desired_status == "stopped" && t.version == 2),
+            .all(|t| t.desired_status == TopologyStatus::Stopped && t.version == 2),
         "{topology:?}"
     );
     for (region, replicas) in [("eu", 2), ("us", 1)] {

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         let instance = (
             format!("inst_{i}"),
             format!("127.0.0.1:{}", 9000 + i),
-            "running".to_string(),
+            slipway_core::krane::InstanceStatus::Running,
         );
         store.record_instances(&id, "local", &[instance], 1).await?;
     }

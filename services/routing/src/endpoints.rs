@@ -64,7 +64,7 @@ fn message(r: Route) -> RouteMessage {
     RouteMessage {
         id: r.id,
         fqdn: r.fqdn,
-        sticky: r.sticky,
+        sticky: r.sticky.to_string(),
         project_id: r.project_id,
         environment_id: r.environment_id,
         deployment_id: r.deployment_id,
@@ -100,14 +100,12 @@ fn route_specs(specs: &[RouteSpec]) -> Result<Vec<NewRoute>, ApiError> {
     let mut wanted: Vec<NewRoute> = Vec::with_capacity(specs.len());
     for spec in specs {
         validate_fqdn(&spec.fqdn).map_err(ApiError::invalid_argument)?;
-        if Sticky::parse(&spec.sticky).is_none() {
-            return Err(ApiError::invalid_argument(format!(
-                "sticky {:?} of {} is not one of none, branch, environment, live",
-                spec.sticky, spec.fqdn
-            )));
-        }
+        let sticky: Sticky = spec
+            .sticky
+            .parse()
+            .map_err(|e| ApiError::invalid_argument(format!("{e} (route {})", spec.fqdn)))?;
         match wanted.iter().find(|w| w.fqdn == spec.fqdn) {
-            Some(w) if w.sticky != spec.sticky => {
+            Some(w) if w.sticky != sticky => {
                 return Err(ApiError::invalid_argument(format!(
                     "{} is named twice with different sticky",
                     spec.fqdn
@@ -116,7 +114,7 @@ fn route_specs(specs: &[RouteSpec]) -> Result<Vec<NewRoute>, ApiError> {
             Some(_) => {}
             None => wanted.push(NewRoute {
                 fqdn: spec.fqdn.clone(),
-                sticky: spec.sticky.clone(),
+                sticky,
             }),
         }
     }
@@ -274,7 +272,7 @@ impl Routing {
         struct MovedRoute<'a> {
             route_id: &'a str,
             fqdn: &'a str,
-            sticky: &'a str,
+            sticky: Sticky,
         }
         let event = Event {
             kind: "routes",
@@ -289,7 +287,7 @@ impl Routing {
                     .map(|r| MovedRoute {
                         route_id: &r.id,
                         fqdn: &r.fqdn,
-                        sticky: &r.sticky,
+                        sticky: r.sticky,
                     })
                     .collect(),
             },

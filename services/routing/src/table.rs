@@ -8,7 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use async_nats::jetstream::kv;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use slipway_core::domains::is_local_host;
+use slipway_core::{
+    domains::{is_local_host, Sticky},
+    krane::InstanceStatus,
+};
 use slipway_store::{Route, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,7 +21,7 @@ pub struct RouteEntry {
     pub project_id: String,
     pub environment_id: String,
     pub deployment_id: String,
-    pub sticky: String,
+    pub sticky: Sticky,
     /// Addresses of the target deployment's running instances.
     pub instances: Vec<String>,
     /// What the edge's sentinel enforces; `null` for local hosts.
@@ -94,7 +97,7 @@ impl RouteTable {
             .instances(deployment_id)
             .await?
             .into_iter()
-            .filter(|i| i.status == "running")
+            .filter(|i| i.status == InstanceStatus::Running)
             .map(|i| i.address)
             .collect();
         Ok(Target {
@@ -128,7 +131,7 @@ impl RouteTable {
             project_id: route.project_id.clone(),
             environment_id: route.environment_id.clone(),
             deployment_id: route.deployment_id.clone(),
-            sticky: route.sticky.clone(),
+            sticky: route.sticky,
             instances: target.instances.clone(),
             sentinel_config,
             version: route.version,

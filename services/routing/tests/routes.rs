@@ -91,7 +91,7 @@ impl Env {
             let instance = (
                 format!("inst_{i}"),
                 format!("127.0.0.1:{}", 9000 + i),
-                "running".to_string(),
+                slipway_core::krane::InstanceStatus::Running,
             );
             store
                 .record_instances(&id, "local", &[instance], 1)

@@ -15,7 +15,7 @@ use crate::api::{print, str_of, Api};
 pub struct DeployArgs {
     #[arg(long)]
     project: String,
-    #[arg(long = "env", default_value = "production")]
+    #[arg(long = "env", default_value = slipway_core::state::PRODUCTION_ENVIRONMENT)]
     environment: String,
     /// The image to run (`exec:<command line>` for krane-agent).
     #[arg(long)]

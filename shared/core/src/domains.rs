@@ -9,37 +9,24 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_APEX: &str = "slipway.localhost";
 pub const MAX_LABEL: usize = 63;
 
-/// Which routes follow a deployment (the route's `sticky`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Sticky {
-    /// Per commit: belongs to one deployment for ever.
-    None,
-    /// Per branch: moves to the newest deployment of the branch.
-    Branch,
-    /// Per environment: moves to the newest deployment of the environment.
-    Environment,
-    /// The project's live domain (production only).
-    Live,
+crate::state::wire_enum! {
+    /// Which routes follow a deployment (the route's `sticky`).
+    pub enum Sticky as "sticky" {
+        /// Per commit: belongs to one deployment for ever.
+        None = "none",
+        /// Per branch: moves to the newest deployment of the branch.
+        Branch = "branch",
+        /// Per environment: moves to the newest deployment of the environment.
+        Environment = "environment",
+        /// The project's live domain (production only).
+        Live = "live",
+    }
 }
 
 impl Sticky {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Branch => "branch",
-            Self::Environment => "environment",
-            Self::Live => "live",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "none" => Self::None,
-            "branch" => Self::Branch,
-            "environment" => Self::Environment,
-            "live" => Self::Live,
-            _ => return None,
-        })
+    /// Routes that carry a project's real traffic: the live and environment domains.
+    pub fn carries_traffic(self) -> bool {
+        matches!(self, Self::Live | Self::Environment)
     }
 }
 
@@ -95,7 +82,7 @@ pub fn generate(input: &DomainInput<'_>) -> Vec<Domain> {
         push(format!("{project}-git-{branch}-{ws}"), Sticky::Branch);
     }
     push(format!("{project}-{env}-{ws}"), Sticky::Environment);
-    if env == "production" {
+    if env == crate::state::PRODUCTION_ENVIRONMENT {
         push(format!("{project}-{ws}"), Sticky::Live);
     }
     out
@@ -374,14 +361,9 @@ mod tests {
 
     #[test]
     fn sticky_round_trips() {
-        for s in [
-            Sticky::None,
-            Sticky::Branch,
-            Sticky::Environment,
-            Sticky::Live,
-        ] {
-            assert_eq!(Sticky::parse(s.as_str()), Some(s));
+        for &s in Sticky::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
         }
-        assert_eq!(Sticky::parse("sometimes"), None);
+        assert!("sometimes".parse::<Sticky>().is_err());
     }
 }

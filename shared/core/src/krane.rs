@@ -14,11 +14,11 @@ pub fn instances_key(deployment_id: &str, region: &str) -> String {
     format!("{deployment_id}.{region}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Desired {
-    Running,
-    Stopped,
+crate::state::wire_enum! {
+    pub enum Desired as "desired" {
+        Running = "running",
+        Stopped = "stopped",
+    }
 }
 
 /// What an agent should run for one deployment in its region.
@@ -38,13 +38,13 @@ pub struct DesiredDeployment {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InstanceStatus {
-    Pending,
-    Running,
-    Failed,
-    Inactive,
+crate::state::wire_enum! {
+    pub enum InstanceStatus as "instance status" {
+        Pending = "pending",
+        Running = "running",
+        Failed = "failed",
+        Inactive = "inactive",
+    }
 }
 
 /// One instance as an agent reports it.

@@ -1,29 +1,99 @@
-//! Deployment states (BEHAVIOUR.md "Records").
-
-use std::{fmt, str::FromStr};
-
-use serde::{Deserialize, Serialize};
+//! Deployment states (BEHAVIOUR.md "Records"), and the wire-string enums they are made with.
 
 use crate::ApiError;
 
-/// What a deployment should be doing. `standby` and `archived` stop its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DesiredState {
-    Running,
-    Standby,
-    Archived,
+/// The environment whose deployments take the project's live domain and pointer.
+pub const PRODUCTION_ENVIRONMENT: &str = "production";
+/// The environment whose idle deployments are spun down (BEHAVIOUR.md "Idle previews").
+pub const PREVIEW_ENVIRONMENT: &str = "preview";
+
+/// A value that is not one of an enum's wire strings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not one of {}", expected.join(", "))]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+impl From<UnknownValue> for ApiError {
+    fn from(e: UnknownValue) -> Self {
+        ApiError::invalid_argument(e.to_string())
+    }
+}
+
+/// An enum whose values travel as fixed lower-case strings (SQL columns, JSON, KV, subjects):
+/// the one place each string is spelled. `as_str`, `Display`, `FromStr` and serde all use it.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $what:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::state::UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err($crate::state::UnknownValue {
+                        what: $what,
+                        value: other.to_string(),
+                        expected: &[$($text,)+],
+                    }),
+                }
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(::serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use wire_enum;
+
+wire_enum! {
+    /// What a deployment should be doing. `standby` and `archived` stop its instances.
+    pub enum DesiredState as "state" {
+        Running = "running",
+        Standby = "standby",
+        Archived = "archived",
+    }
 }
 
 impl DesiredState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Standby => "standby",
-            Self::Archived => "archived",
-        }
-    }
-
     /// The topology status the region agents act on.
     pub fn topology_status(self) -> TopologyStatus {
         match self {
@@ -33,40 +103,22 @@ impl DesiredState {
     }
 }
 
-impl fmt::Display for DesiredState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// Desired status of one (deployment, region) topology row.
+    pub enum TopologyStatus as "topology status" {
+        Started = "started",
+        Stopped = "stopped",
     }
 }
 
-impl FromStr for DesiredState {
-    type Err = ApiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "running" => Ok(Self::Running),
-            "standby" => Ok(Self::Standby),
-            "archived" => Ok(Self::Archived),
-            other => Err(ApiError::invalid_argument(format!(
-                "state {other:?} is not one of running, standby, archived"
-            ))),
-        }
-    }
-}
-
-/// Desired status of one (deployment, region) topology row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopologyStatus {
-    Started,
-    Stopped,
-}
-
-impl TopologyStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Stopped => "stopped",
-        }
+wire_enum! {
+    /// Where a deployment is in its deploy (API.md `deployment.status`).
+    pub enum DeploymentStatus as "deployment status" {
+        Pending = "pending",
+        Building = "building",
+        Deploying = "deploying",
+        Ready = "ready",
+        Failed = "failed",
     }
 }
 
@@ -77,8 +129,34 @@ mod tests {
     #[test]
     fn parses_only_the_three_states() {
         assert_eq!("standby".parse::<DesiredState>(), Ok(DesiredState::Standby));
-        let err = "Standby".parse::<DesiredState>().unwrap_err();
+        let err = ApiError::from("Standby".parse::<DesiredState>().unwrap_err());
         assert_eq!(err.status(), 400);
         assert!(err.message.contains("Standby"));
+        assert!(err.message.contains("running, standby, archived"));
+    }
+
+    #[test]
+    fn every_wire_string_round_trips() {
+        fn check<T>(all: &[T])
+        where
+            T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + std::str::FromStr,
+            T: serde::Serialize + serde::de::DeserializeOwned,
+            <T as std::str::FromStr>::Err: std::fmt::Debug,
+        {
+            for &v in all {
+                let text = v.to_string();
+                assert_eq!(text.parse::<T>().unwrap(), v);
+                let json = serde_json::to_string(&v).unwrap();
+                assert_eq!(json, format!("{text:?}"));
+                assert_eq!(serde_json::from_str::<T>(&json).unwrap(), v);
+            }
+        }
+        check(DesiredState::ALL);
+        check(TopologyStatus::ALL);
+        check(DeploymentStatus::ALL);
+        check(crate::domains::Sticky::ALL);
+        check(crate::krane::InstanceStatus::ALL);
+        check(crate::krane::Desired::ALL);
+        assert!(serde_json::from_str::<DeploymentStatus>("\"Ready\"").is_err());
     }
 }

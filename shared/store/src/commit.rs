@@ -289,7 +289,7 @@ impl Store {
             )
             .bind(&id)
             .bind(&route.fqdn)
-            .bind(&route.sticky)
+            .bind(route.sticky.as_str())
             .bind(a.project_id)
             .bind(a.environment_id)
             .bind(a.deployment_id)

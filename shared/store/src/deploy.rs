@@ -1,6 +1,7 @@
 //! What the Deploy workflow writes as it goes: status, instances' OpenAPI spec, domains,
 //! sentinels; and the deployment listing. The live pointer moves in `commit`.
 
+use slipway_core::state::DeploymentStatus;
 use sqlx::Row;
 
 use crate::{deployments, records, Deployment, Store, StoreError, Topology};
@@ -26,14 +27,14 @@ impl Store {
         Ok(())
     }
 
-    /// `pending | building | deploying | ready`; failures go through [`fail_deployment`](Self::fail_deployment).
+    /// Failures go through [`fail_deployment`](Self::fail_deployment), which also stops it.
     pub async fn set_deployment_status(
         &self,
         id: &str,
-        status: &str,
+        status: DeploymentStatus,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.update_deployment(id, "status", Some(status), now_ms)
+        self.update_deployment(id, "status", Some(status.as_str()), now_ms)
             .await
     }
 

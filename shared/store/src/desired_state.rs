@@ -10,7 +10,7 @@ pub enum ApplyOutcome {
     /// Written now.
     Applied {
         deployment: Deployment,
-        previous: String,
+        previous: DesiredState,
         topology: Vec<Topology>,
     },
     /// This nonce was applied before (a redelivery after a crash): nothing written.
@@ -97,7 +97,7 @@ impl Store {
         tx.commit().await?;
         topology.sort_by(|a, b| a.region.cmp(&b.region));
 
-        let previous = std::mem::replace(&mut deployment.desired_state, state.as_str().to_string());
+        let previous = std::mem::replace(&mut deployment.desired_state, state);
         deployment.desired_state_nonce = Some(nonce.to_string());
         deployment.updated_at_ms = now_ms;
         Ok(ApplyOutcome::Applied {

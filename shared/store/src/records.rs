@@ -2,6 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use slipway_core::{
+    domains::Sticky,
+    krane::InstanceStatus,
+    state::{DeploymentStatus, DesiredState, TopologyStatus, UnknownValue},
+};
 use sqlx::{any::AnyRow, Row};
 
 use crate::StoreError;
@@ -68,8 +73,8 @@ pub struct Deployment {
     pub project_id: String,
     pub environment_id: String,
     pub environment_slug: String,
-    pub status: String,
-    pub desired_state: String,
+    pub status: DeploymentStatus,
+    pub desired_state: DesiredState,
     pub desired_state_nonce: Option<String>,
     pub image: String,
     pub git_branch: String,
@@ -106,10 +111,9 @@ impl Deployment {
             port: self.port,
             command: self.command.clone(),
             env: self.env.clone(),
-            desired: if row.desired_status == "stopped" {
-                Desired::Stopped
-            } else {
-                Desired::Running
+            desired: match row.desired_status {
+                TopologyStatus::Started => Desired::Running,
+                TopologyStatus::Stopped => Desired::Stopped,
             },
             version: row.version,
         }
@@ -122,8 +126,7 @@ pub struct Topology {
     pub deployment_id: String,
     pub region: String,
     pub replicas: u32,
-    /// `started` | `stopped`
-    pub desired_status: String,
+    pub desired_status: TopologyStatus,
     pub version: i64,
 }
 
@@ -187,8 +190,8 @@ pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
         project_id: row.try_get("project_id")?,
         environment_id: row.try_get("environment_id")?,
         environment_slug: row.try_get("environment_slug")?,
-        status: row.try_get("status")?,
-        desired_state: row.try_get("desired_state")?,
+        status: parsed(row, "status")?,
+        desired_state: parsed(row, "desired_state")?,
         desired_state_nonce: row.try_get("desired_state_nonce")?,
         image: row.try_get("image")?,
         git_branch: row.try_get("git_branch")?,
@@ -219,9 +222,19 @@ pub(crate) fn topology(row: &AnyRow) -> Result<Topology, StoreError> {
         deployment_id: row.try_get("deployment_id")?,
         region: row.try_get("region")?,
         replicas: u32_of(row, "replicas")?,
-        desired_status: row.try_get("desired_status")?,
+        desired_status: parsed(row, "desired_status")?,
         version: row.try_get("version")?,
     })
+}
+
+/// A wire-string column, as its enum.
+pub(crate) fn parsed<T>(row: &AnyRow, column: &str) -> Result<T, StoreError>
+where
+    T: std::str::FromStr<Err = UnknownValue>,
+{
+    let text: String = row.try_get(column)?;
+    text.parse()
+        .map_err(|e: UnknownValue| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
 pub(crate) fn u32_of(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
@@ -234,8 +247,7 @@ pub(crate) fn u32_of(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
 pub struct Route {
     pub id: String,
     pub fqdn: String,
-    /// `none` | `branch` | `environment` | `live`
-    pub sticky: String,
+    pub sticky: Sticky,
     pub project_id: String,
     pub environment_id: String,
     pub deployment_id: String,
@@ -251,15 +263,14 @@ pub struct Instance {
     pub deployment_id: String,
     pub region: String,
     pub address: String,
-    /// `pending` | `running` | `failed` | `inactive`
-    pub status: String,
+    pub status: InstanceStatus,
 }
 
 pub(crate) fn route(row: &AnyRow) -> Result<Route, StoreError> {
     Ok(Route {
         id: row.try_get("id")?,
         fqdn: row.try_get("fqdn")?,
-        sticky: row.try_get("sticky")?,
+        sticky: parsed(row, "sticky")?,
         project_id: row.try_get("project_id")?,
         environment_id: row.try_get("environment_id")?,
         deployment_id: row.try_get("deployment_id")?,
@@ -275,6 +286,6 @@ pub(crate) fn instance(row: &AnyRow) -> Result<Instance, StoreError> {
         deployment_id: row.try_get("deployment_id")?,
         region: row.try_get("region")?,
         address: row.try_get("address")?,
-        status: row.try_get("status")?,
+        status: parsed(row, "status")?,
     })
 }

@@ -1,13 +1,13 @@
 //! Frontline routes and the instances they send traffic to.
 
 use crate::{records, Instance, Route, Store, StoreError};
-use slipway_core::ids;
+use slipway_core::{domains::Sticky, ids, krane::InstanceStatus};
 
 /// A route to create if its FQDN does not exist yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRoute {
     pub fqdn: String,
-    pub sticky: String,
+    pub sticky: Sticky,
 }
 
 /// The routes whose `key` is one of `values`, on the pool or inside a transaction.
@@ -83,7 +83,7 @@ impl Store {
             )
             .bind(ids::new(ids::ROUTE))
             .bind(&route.fqdn)
-            .bind(&route.sticky)
+            .bind(route.sticky.as_str())
             .bind(project_id)
             .bind(environment_id)
             .bind(deployment_id)
@@ -178,7 +178,7 @@ impl Store {
         &self,
         deployment_id: &str,
         region: &str,
-        instances: &[(String, String, String)],
+        instances: &[(String, String, InstanceStatus)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
@@ -195,7 +195,7 @@ impl Store {
             .bind(deployment_id)
             .bind(region)
             .bind(address)
-            .bind(status)
+            .bind(status.as_str())
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;

@@ -1,7 +1,7 @@
 //! What the Deploy workflow writes, on SQLite and on PostgreSQL: idempotent creation, the
 //! live swap of the commit (idempotent, pinned by a rollback, fenced), failure, listing.
 
-use slipway_core::error::STALE_FENCING_TOKEN;
+use slipway_core::{error::STALE_FENCING_TOKEN, state::DeploymentStatus};
 use slipway_store::{Idempotency, LiveChange, NewDeployment, StoreError, IDEMPOTENCY_WINDOW_MS};
 use slipway_testkit::TestDb;
 
@@ -276,8 +276,8 @@ async fn failing_stops_the_topology_once(db: &TestDb) {
     assert_eq!(again, topology, "a repeat bumps no version");
     let d = f.store.deployment("dep_1").await.unwrap();
     assert_eq!(
-        (d.status.as_str(), d.failure_reason.as_deref()),
-        ("failed", Some("it broke"))
+        (d.status, d.failure_reason.as_deref()),
+        (DeploymentStatus::Failed, Some("it broke"))
     );
     assert!(matches!(
         f.store.fail_deployment("dep_nope", "x", 4).await,
@@ -380,9 +380,9 @@ async fn idle_preview_candidates_page_by_environment(db: &TestDb) {
     }
     // env_p1: an old ready one (candidate), a fresh ready one, an old pending one.
     for (id, status, at) in [
-        ("dep_old", "ready", 10),
-        ("dep_new", "ready", 1000),
-        ("dep_pending", "pending", 10),
+        ("dep_old", DeploymentStatus::Ready, 10),
+        ("dep_new", DeploymentStatus::Ready, 1000),
+        ("dep_pending", DeploymentStatus::Pending, 10),
     ] {
         s.insert_deployment(
             &NewDeployment {

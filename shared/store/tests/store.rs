@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use slipway_core::state::DesiredState;
 use slipway_store::{ApplyOutcome, LiveChange, NewRoute, Store, StoreError};
 use slipway_testkit::TestDb;
 
 mod common;
 use common::{commit, deployment, fixture, Fixture};
+use slipway_core::{
+    domains::Sticky,
+    state::{DeploymentStatus, DesiredState, TopologyStatus},
+};
 
 on_both_backends!(
     concurrent_migrations_all_succeed,
@@ -50,8 +53,8 @@ async fn records_round_trip(db: &TestDb) {
 
     deployment(&f, "dep_1").await;
     let d = f.store.deployment("dep_1").await.unwrap();
-    assert_eq!(d.status, "pending");
-    assert_eq!(d.desired_state, "running");
+    assert_eq!(d.status, DeploymentStatus::Pending);
+    assert_eq!(d.desired_state, DesiredState::Running);
     assert_eq!(d.environment_slug, "production");
     assert_eq!(d.command, vec!["a".to_string(), "b c".to_string()]);
     assert_eq!(d.sentinel_config, r#"{"a":1}"#);
@@ -114,12 +117,12 @@ async fn apply_desired_state_outcomes(db: &TestDb) {
     else {
         panic!("expected Applied, got {outcome:?}")
     };
-    assert_eq!(previous, "running");
-    assert_eq!(deployment.desired_state, "standby");
+    assert_eq!(previous, DesiredState::Running);
+    assert_eq!(deployment.desired_state, DesiredState::Standby);
     assert_eq!(deployment.desired_state_nonce.as_deref(), Some("n1"));
     assert!(topology
         .iter()
-        .all(|t| t.desired_status == "stopped" && t.version == 2));
+        .all(|t| t.desired_status == TopologyStatus::Stopped && t.version == 2));
 
     // The same nonce again (a redelivery) writes nothing.
     let outcome = f
@@ -143,7 +146,7 @@ async fn apply_desired_state_outcomes(db: &TestDb) {
         .await
         .unwrap();
     assert!(
-        matches!(outcome, ApplyOutcome::Applied { ref topology, .. } if topology.iter().all(|t| t.desired_status == "started" && t.version == 3))
+        matches!(outcome, ApplyOutcome::Applied { ref topology, .. } if topology.iter().all(|t| t.desired_status == TopologyStatus::Started && t.version == 3))
     );
 
     // The live deployment is never changed.
@@ -159,7 +162,7 @@ async fn apply_desired_state_outcomes(db: &TestDb) {
     assert_eq!(outcome, ApplyOutcome::ServesTraffic);
     assert_eq!(
         f.store.deployment("dep_1").await.unwrap().desired_state,
-        "running"
+        DesiredState::Running
     );
     // Nor one behind an environment route (a pinned project's newer deploy), though not live;
     // waking it is fine.
@@ -169,7 +172,7 @@ async fn apply_desired_state_outcomes(db: &TestDb) {
         .unwrap();
     let env_route = [NewRoute {
         fqdn: "shop-production-acme.example".into(),
-        sticky: "environment".into(),
+        sticky: Sticky::Environment,
     }];
     f.store
         .ensure_routes(&f.project_id, &f.environment_id, "dep_1", &env_route, 92)
@@ -214,11 +217,11 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
     let wanted = vec![
         NewRoute {
             fqdn: "a.example".into(),
-            sticky: "environment".into(),
+            sticky: Sticky::Environment,
         },
         NewRoute {
             fqdn: "b.example".into(),
-            sticky: "live".into(),
+            sticky: Sticky::Live,
         },
     ];
     let first = f
@@ -299,7 +302,11 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
         .record_instances(
             "dep_2",
             "eu",
-            &[("inst_1".into(), "127.0.0.1:9000".into(), "running".into())],
+            &[(
+                "inst_1".into(),
+                "127.0.0.1:9000".into(),
+                slipway_core::krane::InstanceStatus::Running,
+            )],
             11,
         )
         .await

@@ -20,6 +20,10 @@ use std::{collections::BTreeMap, time::Duration};
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
 use serde_json::Value;
+use slipway_core::{
+    domains::Sticky,
+    state::{DeploymentStatus, DesiredState, PRODUCTION_ENVIRONMENT},
+};
 use slipway_store::Store;
 use slipway_workflow::WorkflowRecord;
 
@@ -115,15 +119,13 @@ impl Invariants {
                 }
                 Some(_) => {}
             }
-            if r.sticky == "live" && live.as_deref() != Some(r.deployment_id.as_str()) {
+            if r.sticky == Sticky::Live && live.as_deref() != Some(r.deployment_id.as_str()) {
                 out.push(format!(
                     "{project_id}: live route {} goes to {} but the live pointer is {:?} (rolled back: {})",
                     r.fqdn, r.deployment_id, live, project.is_rolled_back
                 ));
             }
-            if (r.sticky == "live" || r.sticky == "environment")
-                && !serving.contains(&r.deployment_id)
-            {
+            if r.sticky.carries_traffic() && !serving.contains(&r.deployment_id) {
                 serving.push(r.deployment_id.clone());
             }
         }
@@ -140,10 +142,13 @@ impl Invariants {
 
         for d in self
             .store
-            .list_deployments(project_id, Some("production"), None, 1000)
+            .list_deployments(project_id, Some(PRODUCTION_ENVIRONMENT), None, 1000)
             .await?
         {
-            if serving.contains(&d.id) || d.status != "ready" || d.desired_state == "standby" {
+            if serving.contains(&d.id)
+                || d.status != DeploymentStatus::Ready
+                || d.desired_state == DesiredState::Standby
+            {
                 continue;
             }
             let was_live = !stream_messages(
@@ -181,7 +186,7 @@ impl Invariants {
         out: &mut Vec<String>,
     ) -> Result<(), async_nats::Error> {
         let d = self.store.deployment(id).await?;
-        if d.status != "ready" || d.desired_state != "running" {
+        if d.status != DeploymentStatus::Ready || d.desired_state != DesiredState::Running {
             out.push(format!(
                 "{project_id}: {id} serves traffic but is {} / desired {}",
                 d.status, d.desired_state

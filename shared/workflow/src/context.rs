@@ -22,7 +22,7 @@ use slipway_core::{
 
 use crate::{
     lease::Lease,
-    record::{self, StepRecord, WorkflowRecord},
+    record::{self, StepRecord, StepStatus, WorkflowRecord},
     Shared, StepError, WorkflowError,
 };
 
@@ -111,7 +111,7 @@ impl Context {
                     done.name
                 )));
             }
-            if done.status == "completed" {
+            if done.status == StepStatus::Completed {
                 self.committed |= done.commit;
                 return rmp_serde::from_slice(&done.result).map_err(|e| {
                     WorkflowError::Failed(format!("journaled result of step {name}: {e}"))
@@ -172,7 +172,7 @@ impl Context {
                 fault::point(&format!("{kind}.{name}.before_journal"));
                 self.record.steps.push(StepRecord {
                     name: name.to_string(),
-                    status: "completed".into(),
+                    status: StepStatus::Completed,
                     attempts,
                     started_at_ms,
                     finished_at_ms: now_ms(),
@@ -190,7 +190,7 @@ impl Context {
             Err(message) => {
                 self.record.steps.push(StepRecord {
                     name: name.to_string(),
-                    status: "failed".into(),
+                    status: StepStatus::Failed,
                     attempts,
                     started_at_ms,
                     finished_at_ms: now_ms(),
@@ -215,7 +215,10 @@ impl Context {
     /// run again: they were decided on a state that may no longer hold.
     pub async fn lease(&mut self, name: &str) -> Result<Option<u64>, WorkflowError> {
         let later = self.record.steps.get(self.cursor..).unwrap_or_default();
-        if later.iter().any(|s| s.commit && s.status == "completed") {
+        if later
+            .iter()
+            .any(|s| s.commit && s.status == StepStatus::Completed)
+        {
             return Ok(None);
         }
         let lease = self

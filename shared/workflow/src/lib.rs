@@ -45,7 +45,7 @@ use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
 pub use context::Context;
 pub use error::{EngineError, StepError, WorkflowError};
 pub use lease::{Lease, Leases};
-pub use record::{EventScope, Status, StepRecord, WorkflowRecord};
+pub use record::{EventScope, Status, StepRecord, StepStatus, WorkflowRecord};
 
 /// A durable workflow. `run` must be deterministic apart from its steps: on resume it runs
 /// again from the top, and each completed step returns its journaled result.

@@ -40,11 +40,29 @@ pub struct EventScope {
     pub environment_slug: String,
 }
 
+/// How a journaled step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Its result is journaled and replayed on resume.
+    Completed,
+    /// It failed the workflow (kept for operators; a resumed run never replays it).
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub name: String,
-    /// `completed` | `failed`
-    pub status: String,
+    pub status: StepStatus,
     pub attempts: u32,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
@@ -86,7 +104,9 @@ pub struct WorkflowRecord {
 
 impl WorkflowRecord {
     pub fn completed_steps(&self) -> impl Iterator<Item = &StepRecord> {
-        self.steps.iter().filter(|s| s.status == "completed")
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Completed)
     }
 
     /// The output of a completed workflow.
