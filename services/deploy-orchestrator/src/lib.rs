@@ -82,6 +82,12 @@ pub struct Config {
     pub lease_ttl: Duration,
 }
 
+impl slipway_core::service::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 #[derive(Clone)]
 pub struct Orchestrator {
     inner: Arc<Inner>,
@@ -160,7 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await_reachable(&client)
         .await
         .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
-    tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deploy-orchestrator ready");
+    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
 
     slipway_nats::shutdown::signal().await;
     workers.abort();

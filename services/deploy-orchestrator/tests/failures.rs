@@ -88,7 +88,7 @@ async fn an_unavailable_dependency_is_retried_and_marks_nothing_failed() {
     });
     let mid = plane.deployment(&dep).await;
     assert_eq!(mid["status"], "deploying");
-    plane.respawn_service("routing", "routing ready");
+    plane.respawn_service("routing");
 
     let record = plane.workflow_done(&wf).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);

@@ -362,7 +362,7 @@ async fn a_failure_after_the_commit_point_never_stops_live_traffic() {
     assert_eq!(d["desired_state"], "running");
     assert!(d["failure_reason"].is_null(), "{d}");
 
-    plane.respawn_service("deployment-actor", "deployment-actor ready");
+    plane.respawn_service("deployment-actor");
     let record = plane.workflow_done(&wf).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");

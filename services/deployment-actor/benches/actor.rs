@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             ("RUST_LOG", "warn,slipway::ready=info".into()),
         ],
     )?;
-    actor.wait_for_log("deployment-actor ready", Duration::from_secs(30))?;
+    actor.wait_ready("deployment-actor", Duration::from_secs(30))?;
     println!("database: {}", db.url.split(':').next().unwrap_or("?"));
 
     let ids = seed(&store, DUE).await?;

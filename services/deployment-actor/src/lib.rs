@@ -43,6 +43,12 @@ pub struct Config {
     pub reconcile_every: Duration,
 }
 
+impl slipway_core::service::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct Actor {
@@ -97,8 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await_reachable(&client)
         .await
         .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
-    // Its own target, so `RUST_LOG=warn,slipway::ready=info` still shows it.
-    tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "deployment-actor ready");
+    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
 
     tokio::select! {
         _ = slipway_nats::shutdown::signal() => {}

@@ -55,9 +55,7 @@ async fn schedules_fire_on_a_three_node_cluster_and_survive_a_node_loss() {
             ],
         )
         .unwrap();
-        actor
-            .wait_for_log("deployment-actor ready", TIMEOUT)
-            .unwrap();
+        actor.wait_ready("deployment-actor", TIMEOUT).unwrap();
         actors.push(actor);
     }
 

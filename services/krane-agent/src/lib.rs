@@ -48,6 +48,12 @@ pub struct Config {
     pub crash_loop_after: u32,
 }
 
+impl slipway_core::service::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let state_dir = config.state_dir.join(&config.region);
     std::fs::create_dir_all(&state_dir)
@@ -83,7 +89,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(feed);
-    tracing::info!(target: "slipway::ready", region = %config.region, "krane-agent ready");
+    tracing::info!(region = %config.region, "serving region");
+    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     // One listener for the whole run, so a signal between two entries is not missed.

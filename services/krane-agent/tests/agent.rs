@@ -66,7 +66,7 @@ impl Env {
             ],
         )
         .unwrap();
-        agent.wait_for_log("krane-agent ready", TIMEOUT).unwrap();
+        agent.wait_ready("krane-agent", TIMEOUT).unwrap();
         self.agent = Some(agent);
     }
 

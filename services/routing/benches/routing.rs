@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             ("RUST_LOG", "warn,slipway::ready=info".into()),
         ],
     )?;
-    routing.wait_for_log("routing ready", Duration::from_secs(30))?;
+    routing.wait_ready("routing", Duration::from_secs(30))?;
 
     let single = ensure(
         &client,

@@ -38,6 +38,12 @@ pub struct Config {
     pub reconcile_every: Duration,
 }
 
+impl slipway_core::service::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 #[derive(Clone)]
 pub struct Routing {
     inner: Arc<Inner>,
@@ -84,7 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await_reachable(&client)
         .await
         .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
-    tracing::info!(target: "slipway::ready", service = SERVICE_NAME, "routing ready");
+    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
 
     slipway_nats::shutdown::signal().await;
     drop(service);

@@ -125,7 +125,7 @@ impl Env {
         vars.extend(extra.iter().cloned());
         let name = format!("routing{}", self.services.len());
         let process = ServiceProcess::spawn(&name, ROUTING, &[], &vars).unwrap();
-        process.wait_for_log("routing ready", TIMEOUT).unwrap();
+        process.wait_ready("routing", TIMEOUT).unwrap();
         self.services.push(process);
         self.services.len() - 1
     }

@@ -26,11 +26,11 @@ pub struct DevArgs {
 }
 
 /// The services, in start order.
-const SERVICES: &[(&str, &str)] = &[
-    ("deployment-actor", "deployment-actor ready"),
-    ("routing", "routing ready"),
-    ("krane-agent", "krane-agent ready"),
-    ("deploy-orchestrator", "deploy-orchestrator ready"),
+const SERVICES: &[&str] = &[
+    "deployment-actor",
+    "routing",
+    "krane-agent",
+    "deploy-orchestrator",
 ];
 const DEMO_PROJECT: &str = "proj_demo";
 
@@ -67,7 +67,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ("PATH", path),
     ];
     let mut running: Vec<ServiceProcess> = Vec::new();
-    for (name, ready) in SERVICES {
+    for name in SERVICES {
         let bin = bin_dir.join(name);
         anyhow::ensure!(
             bin.exists(),
@@ -76,7 +76,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         );
         let process = ServiceProcess::spawn(name, &bin, &[], &env)?;
         let started =
-            tokio::task::block_in_place(|| process.wait_for_log(ready, Duration::from_secs(60)));
+            tokio::task::block_in_place(|| process.wait_ready(name, Duration::from_secs(60)));
         started.with_context(|| format!("{name} did not start"))?;
         running.push(process);
     }
@@ -95,10 +95,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("Slipway dev control plane is up.");
     println!("  NATS      {}", nats.url());
     println!("  database  {database_url}");
-    println!(
-        "  services  {}",
-        SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
-    );
+    println!("  services  {}", SERVICES.join(", "));
     println!("  demo app  http://{demo_address}/  (deployment {demo_id}, run by krane-agent)");
     for domain in demo["domains"].as_array().into_iter().flatten() {
         println!("  domain    {}", domain.as_str().unwrap_or_default());

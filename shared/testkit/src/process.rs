@@ -85,6 +85,11 @@ impl ServiceProcess {
         }
     }
 
+    /// Waits until `service` (its binary's name) has logged that it is ready.
+    pub fn wait_ready(&self, service: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log(&slipway_core::service::ready_line(service), timeout)
+    }
+
     /// How many log lines contain `needle` so far.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log

@@ -170,17 +170,12 @@ impl Plane {
             secured,
             seq: 0,
         };
-        for (name, ready) in [
-            ("routing", "routing ready"),
-            ("deployment-actor", "deployment-actor ready"),
-        ] {
-            let p = ServiceProcess::spawn(name, bin(name), &[], &plane.env_for(name)).unwrap();
-            p.wait_for_log(ready, TIMEOUT).unwrap();
-            plane.services.push(p);
+        for name in ["routing", "deployment-actor"] {
+            plane.respawn_service(name);
         }
         let agent_env = plane.env_for("krane-agent-local");
         let agent = ServiceProcess::spawn("agent", bin("krane-agent"), &[], &agent_env).unwrap();
-        agent.wait_for_log("krane-agent ready", TIMEOUT).unwrap();
+        agent.wait_ready("krane-agent", TIMEOUT).unwrap();
         plane.agent = Some(agent);
         plane
     }
@@ -239,10 +234,11 @@ impl Plane {
         });
     }
 
-    /// Starts another routing process (after [`kill_service`](Self::kill_service)).
-    pub fn respawn_service(&mut self, name: &str, ready: &str) {
+    /// Starts service `name` (again, after [`kill_service`](Self::kill_service)) and waits
+    /// until it is ready.
+    pub fn respawn_service(&mut self, name: &str) {
         let p = ServiceProcess::spawn(name, bin(name), &[], &self.env_for(name)).unwrap();
-        p.wait_for_log(ready, TIMEOUT).unwrap();
+        p.wait_ready(name, TIMEOUT).unwrap();
         self.services.push(p);
     }
 
@@ -257,8 +253,7 @@ impl Plane {
         env.extend(extra.iter().cloned());
         let name = format!("orch{}", self.orchestrators.len());
         let p = ServiceProcess::spawn(&name, ORCHESTRATOR, &[], &env).unwrap();
-        p.wait_for_log("deploy-orchestrator ready", TIMEOUT)
-            .unwrap();
+        p.wait_ready("deploy-orchestrator", TIMEOUT).unwrap();
         self.orchestrators.push(p);
         self.orchestrators.len() - 1
     }

@@ -90,9 +90,7 @@ impl Env {
         env.extend(extra.iter().cloned());
         let name = format!("actor{}", self.actors.len());
         let actor = ServiceProcess::spawn(&name, ACTOR, &[], &env).unwrap();
-        actor
-            .wait_for_log("deployment-actor ready", TIMEOUT)
-            .unwrap();
+        actor.wait_ready("deployment-actor", TIMEOUT).unwrap();
         self.actors.push(actor);
         self.actors.len() - 1
     }
