@@ -18,12 +18,27 @@ use crate::Orchestrator;
 pub(crate) struct Committed {
     /// The deployment that was live before.
     pub previous: Option<String>,
-    /// The deployment an earlier commit making the same deployment live had replaced, if
-    /// not `previous`: that commit's follow-up may never have run, so it is settled too.
-    pub replaced_earlier: Option<String>,
+    /// What earlier runs of this commit replaced as live, but `previous`: their follow-up
+    /// may never have run, so they are settled too.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub replaced_earlier: Vec<String>,
     /// The fencing token the commit carried; the follow-up schedules carry it too.
     #[serde(default)]
     pub fencing_token: u64,
+}
+
+/// `replaced_earlier` as journaled before it became a list (one or none).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(Option<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::Many(many) => many,
+        OneOrMany::One(one) => one.into_iter().collect(),
+    })
 }
 
 /// How long a call may take before it counts as unavailable.
@@ -140,7 +155,7 @@ impl Orchestrator {
         .await?;
         Ok(Committed {
             previous: reply.previous_live_deployment_id,
-            replaced_earlier: reply.replaced_earlier_deployment_id,
+            replaced_earlier: reply.replaced_earlier_deployment_ids,
             fencing_token,
         })
     }

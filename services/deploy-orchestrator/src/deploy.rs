@@ -168,15 +168,7 @@ impl Workflow for Deploy {
         let reason = failure.reason;
         // A commit of this workflow that went through unjournaled may have replaced the live
         // deployment: that one still goes to standby.
-        let replaced = o
-            .inner
-            .store
-            .replaced_by_commit(&input.deployment_id, failure.workflow_id)
-            .await
-            .map_err(store_error)?;
-        if let Some(replaced) = replaced.as_deref() {
-            o.settle(&[replaced], failure.workflow_id).await?;
-        }
+        o.settle_failed(&[], failure.workflow_id).await?;
         let deployment = match o.inner.store.deployment(&input.deployment_id).await {
             Ok(d) => d,
             Err(StoreError::NotFound(_)) => return Ok(()),

@@ -117,17 +117,10 @@ impl Workflow for Promote {
         input: &PromoteInput,
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
-        let o = &self.0;
-        // Live before this promote's commit, if that commit happened.
-        let replaced = o
-            .inner
-            .store
-            .replaced_by_commit(&input.target, failure.workflow_id)
+        // Its target, and what its commit replaced if that commit happened.
+        self.0
+            .settle_failed(&[&input.target], failure.workflow_id)
             .await
-            .map_err(|e| StepError::from(ApiError::from(e)))?;
-        let mut settle = vec![input.target.as_str()];
-        settle.extend(replaced.as_deref());
-        o.settle(&settle, failure.workflow_id).await
     }
 }
 

@@ -107,7 +107,7 @@ impl Workflow for Rollback {
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
         self.0
-            .settle(&[&input.target, &input.source], failure.workflow_id)
+            .settle_failed(&[&input.target, &input.source], failure.workflow_id)
             .await
     }
 }

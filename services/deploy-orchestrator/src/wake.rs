@@ -120,17 +120,40 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// For a failure handler: settles `deployments` and every deployment a commit of the
+    /// failed workflow replaced as live (a commit that went through unjournaled, before the
+    /// run that failed decided again).
+    pub(crate) async fn settle_failed(
+        &self,
+        deployments: &[&str],
+        workflow_id: &str,
+    ) -> Result<(), StepError> {
+        let replaced = self
+            .inner
+            .store
+            .replaced_by_commit(workflow_id)
+            .await
+            .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+        let mut all = deployments.to_vec();
+        all.extend(replaced.iter().map(String::as_str));
+        self.settle(&all, workflow_id).await
+    }
+
     /// The post-commit step that settles what an earlier, unjournaled commit replaced.
     pub(crate) async fn settle_superseded(
         &self,
         ctx: &mut Context,
         committed: &Committed,
     ) -> Result<(), WorkflowError> {
-        let Some(earlier) = committed.replaced_earlier.as_deref() else {
+        if committed.replaced_earlier.is_empty() {
             return Ok(());
-        };
+        }
         let wf = ctx.workflow_id().to_string();
-        let earlier = [earlier];
+        let earlier: Vec<&str> = committed
+            .replaced_earlier
+            .iter()
+            .map(String::as_str)
+            .collect();
         ctx.step("settle_superseded", || self.settle(&earlier, &wf))
             .await
     }

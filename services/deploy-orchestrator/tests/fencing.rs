@@ -226,6 +226,32 @@ async fn a_promote_that_died_right_after_its_commit_leaves_no_deployment_behind(
     assert_settled(&plane, &project, &v1, &[&v2, &v3]).await;
 }
 
+/// Found by the chaos test: a promote of v1 whose commit went through (v1 live, v2 replaced)
+/// died before journaling it; before it was resumed, v3 went live and a second promote made
+/// v1 live again. Resumed, the first promote decides again and fails (v1 is live already); v2,
+/// which its commit replaced, still goes to standby although a later commit made v1 live
+/// since.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_that_died_after_its_commit_and_was_overtaken_leaves_nothing_behind() {
+    let point = "promote.assign_routes.before_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let promote = json!({"target_deployment_id": v1, "wait_ms": 0});
+    let first = plane.ok("slipway.deploy.v1.promote", promote.clone()).await;
+    crashed_at(&mut plane, faulty, point);
+    let v3 = plane.deployed(&project, "production", "v3").await;
+    let second = plane.ok("slipway.deploy.v1.promote", promote).await;
+    let second = plane
+        .workflow_done(second["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(second.status.as_str(), "completed", "{:?}", second.error);
+
+    let first = plane
+        .workflow_done(first["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(first.status.as_str(), "failed", "resumed after the second");
+    assert_settled(&plane, &project, &v1, &[&v2, &v3]).await;
+}
+
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
 /// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
 /// later deploy v4 goes live; the stalled one, continued, is refused by the store (its

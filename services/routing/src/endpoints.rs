@@ -201,7 +201,7 @@ impl Routing {
         Ok(AssignFrontlineRoutesReply {
             assigned: assigned.routes.len() as u32,
             previous_live_deployment_id: assigned.previous_live,
-            replaced_earlier_deployment_id: assigned.replaced_earlier,
+            replaced_earlier_deployment_ids: assigned.replaced_earlier,
             routes: assigned.routes.into_iter().map(message).collect(),
         })
     }

@@ -49,18 +49,12 @@ pub struct Assigned {
     pub moved: Vec<Route>,
     /// With a live change: the deployment that was live before (the same on a repeat).
     pub previous_live: Option<String>,
-    /// When this same commit (`commit_id`) had made the deployment live before and the
-    /// pointer has moved away since, the deployment that first time replaced (if it is not
-    /// live now). Its follow-up (that one's standby) may never have run — the run died right
-    /// after the commit, and the resumed run decided again, whether to take live again or
-    /// not — so the caller settles it too.
-    pub replaced_earlier: Option<String>,
-}
-
-/// The last commit that made a deployment live: which one (`commit_id`), and what it replaced.
-struct MadeLive {
-    replaced: Option<String>,
-    by: Option<String>,
+    /// The deployments earlier runs of this same commit (`commit_id`) replaced as live, other
+    /// than `previous_live`, the deployment itself and the one live now. Their follow-up
+    /// (their standby) may never have run — the run died right after the commit, and the
+    /// resumed run decided again, whether to take live again or not — so the caller settles
+    /// them too.
+    pub replaced_earlier: Vec<String>,
 }
 
 /// Refuses `token` if the project has seen a newer epoch, and remembers it otherwise. The
@@ -110,24 +104,9 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))
     }
 
-    /// The deployment that commit `commit_id` replaced when it made `deployment_id` live, if
-    /// that commit was the last to make it live.
-    pub async fn replaced_by_commit(
-        &self,
-        deployment_id: &str,
-        commit_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT replaced_live_deployment_id FROM deployments WHERE id = $1 AND live_commit_id = $2",
-        )
-        .bind(deployment_id)
-        .bind(commit_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(row.try_get("replaced_live_deployment_id")?),
-            None => Ok(None),
-        }
+    /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
+    pub async fn replaced_by_commit(&self, commit_id: &str) -> Result<Vec<String>, StoreError> {
+        replaced_by(&self.pool, commit_id).await
     }
 
     /// Registers a newly acquired lease epoch, so a former holder's writes are refused from
@@ -225,7 +204,11 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         let (previous_live, replaced_earlier) = match a.live {
-            LiveChange::Leave => (None, self.replaced_earlier(&mut tx, &project, a).await?),
+            LiveChange::Leave => {
+                let live: Option<String> = project.try_get("live_deployment_id")?;
+                let skip = [live.as_deref(), Some(a.deployment_id)];
+                (None, replaced_earlier(&mut tx, a.commit_id, &skip).await?)
+            }
             LiveChange::Take | LiveChange::Pin => {
                 self.swap_live(&mut tx, &project, a, now_ms).await?
             }
@@ -307,34 +290,49 @@ impl Store {
     }
 
     /// Points the live pointer at the deployment (pinned or not) and returns the deployment
-    /// it replaced, remembered on the new live one so a repeat answers the same, and the one
-    /// it had remembered before (see [`Assigned::replaced_earlier`]).
+    /// it replaced (remembered on the new live one, so a repeat answers the same; recorded
+    /// for the commit) and what earlier runs of the commit replaced.
     async fn swap_live(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         project: &AnyRow,
         a: &Assignment<'_>,
         now_ms: i64,
-    ) -> Result<(Option<String>, Option<String>), StoreError> {
+    ) -> Result<(Option<String>, Vec<String>), StoreError> {
         let live: Option<String> = project.try_get("live_deployment_id")?;
-        let (previous, earlier) = if live.as_deref() == Some(a.deployment_id) {
-            (
-                self.last_made_live(tx, a.deployment_id).await?.replaced,
-                None,
-            )
+        let previous = if live.as_deref() == Some(a.deployment_id) {
+            let row =
+                sqlx::query("SELECT replaced_live_deployment_id FROM deployments WHERE id = $1")
+                    .bind(a.deployment_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            row.try_get("replaced_live_deployment_id")?
         } else {
-            let earlier = self.replaced_earlier(tx, project, a).await?;
             sqlx::query(
-                "UPDATE deployments SET replaced_live_deployment_id = $2, live_commit_id = $3, updated_at_ms = $4 WHERE id = $1",
+                "UPDATE deployments SET replaced_live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
             )
             .bind(a.deployment_id)
             .bind(&live)
-            .bind(a.commit_id)
             .bind(now_ms)
             .execute(&mut **tx)
             .await?;
-            (live, earlier)
+            live.clone()
         };
+        let skip = [live.as_deref(), previous.as_deref(), Some(a.deployment_id)];
+        let earlier = replaced_earlier(tx, a.commit_id, &skip).await?;
+        if let (Some(replaced), false) = (previous.as_deref(), a.commit_id.is_empty()) {
+            sqlx::query(
+                "INSERT INTO live_commits (commit_id, replaced_deployment_id, project_id, deployment_id, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (commit_id, replaced_deployment_id) DO NOTHING",
+            )
+            .bind(a.commit_id)
+            .bind(replaced)
+            .bind(a.project_id)
+            .bind(a.deployment_id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE projects SET live_deployment_id = $2, is_rolled_back = $3, updated_at_ms = $4 WHERE id = $1",
         )
@@ -346,43 +344,35 @@ impl Store {
         .await?;
         Ok((previous, earlier))
     }
+}
 
-    /// See [`Assigned::replaced_earlier`]: what an earlier run of this commit replaced when
-    /// it made the deployment live, unless that is live now (or is the deployment itself).
-    async fn replaced_earlier(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        project: &AnyRow,
-        a: &Assignment<'_>,
-    ) -> Result<Option<String>, StoreError> {
-        let live: Option<String> = project.try_get("live_deployment_id")?;
-        if a.commit_id.is_empty() || live.as_deref() == Some(a.deployment_id) {
-            return Ok(None);
-        }
-        let made = self.last_made_live(tx, a.deployment_id).await?;
-        if made.by.as_deref() != Some(a.commit_id) {
-            return Ok(None);
-        }
-        Ok(made
-            .replaced
-            .filter(|r| Some(r) != live.as_ref() && r != a.deployment_id))
-    }
+/// Every deployment commit `commit_id` replaced as the live one.
+async fn replaced_by<'e, E>(executor: E, commit_id: &str) -> Result<Vec<String>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT replaced_deployment_id FROM live_commits WHERE commit_id = $1 ORDER BY created_at_ms, replaced_deployment_id",
+    )
+    .bind(commit_id)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get("replaced_deployment_id")?))
+        .collect()
+}
 
-    /// What the deployment's row remembers of the last commit that made it live.
-    async fn last_made_live(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        deployment_id: &str,
-    ) -> Result<MadeLive, StoreError> {
-        let row = sqlx::query(
-            "SELECT replaced_live_deployment_id, live_commit_id FROM deployments WHERE id = $1",
-        )
-        .bind(deployment_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(MadeLive {
-            replaced: row.try_get("replaced_live_deployment_id")?,
-            by: row.try_get("live_commit_id")?,
-        })
+/// See [`Assigned::replaced_earlier`]: what earlier runs of commit `commit_id` replaced, but
+/// `skip`.
+async fn replaced_earlier(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    commit_id: &str,
+    skip: &[Option<&str>],
+) -> Result<Vec<String>, StoreError> {
+    if commit_id.is_empty() {
+        return Ok(Vec::new());
     }
+    let mut replaced = replaced_by(&mut **tx, commit_id).await?;
+    replaced.retain(|r| !skip.contains(&Some(r.as_str())));
+    Ok(replaced)
 }

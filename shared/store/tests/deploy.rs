@@ -15,6 +15,7 @@ on_both_backends!(
     writes_with_an_older_fencing_token_are_refused,
     a_repeated_commit_reports_what_it_first_replaced,
     a_repeated_commit_that_leaves_live_reports_what_it_first_replaced,
+    what_a_commit_replaced_outlives_later_commits_of_the_same_deployment,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
     listing_pages_newest_first,
@@ -124,16 +125,10 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         .unwrap();
     assert_eq!(
         (first.previous_live.as_deref(), first.replaced_earlier),
-        (Some("dep_1"), None)
+        (Some("dep_1"), vec![])
     );
-    assert_eq!(
-        s.replaced_by_commit("dep_2", "wf_a")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("dep_1")
-    );
-    assert_eq!(s.replaced_by_commit("dep_2", "wf_b").await.unwrap(), None);
+    assert_eq!(s.replaced_by_commit("wf_a").await.unwrap(), ["dep_1"]);
+    assert!(s.replaced_by_commit("wf_b").await.unwrap().is_empty());
     commit_as(&f, "wf_b", "dep_3", &[], 0, LiveChange::Take)
         .await
         .unwrap();
@@ -141,11 +136,8 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        (
-            again.previous_live.as_deref(),
-            again.replaced_earlier.as_deref()
-        ),
-        (Some("dep_3"), Some("dep_1"))
+        (again.previous_live.as_deref(), again.replaced_earlier),
+        (Some("dep_3"), vec!["dep_1".to_string()])
     );
     // Another commit of dep_2 (a later promote) is not that one: dep_3 it replaced long ago
     // was handled by then.
@@ -157,7 +149,7 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         .unwrap();
     assert_eq!(
         (later.previous_live.as_deref(), later.replaced_earlier),
-        (Some("dep_1"), None)
+        (Some("dep_1"), vec![])
     );
 }
 
@@ -179,8 +171,8 @@ async fn a_repeated_commit_that_leaves_live_reports_what_it_first_replaced(db: &
         .await
         .unwrap();
     assert_eq!(
-        (again.previous_live, again.replaced_earlier.as_deref()),
-        (None, Some("dep_1"))
+        (again.previous_live, again.replaced_earlier),
+        (None, vec!["dep_1".to_string()])
     );
     // Not when what it replaced is live again, nor for another commit.
     commit_as(&f, "wf_s", "dep_1", &[], 0, LiveChange::Pin)
@@ -189,11 +181,37 @@ async fn a_repeated_commit_that_leaves_live_reports_what_it_first_replaced(db: &
     let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Leave)
         .await
         .unwrap();
-    assert_eq!(again.replaced_earlier, None);
+    assert!(again.replaced_earlier.is_empty());
     let other = commit_as(&f, "wf_x", "dep_2", &[], 0, LiveChange::Leave)
         .await
         .unwrap();
-    assert_eq!(other.replaced_earlier, None);
+    assert!(other.replaced_earlier.is_empty());
+}
+
+/// Found by the chaos test: promote A made dep_2 live (replacing dep_1) and died before
+/// journaling it; a deploy made dep_3 live, then promote B made dep_2 live again. A, resumed,
+/// fails (dep_2 is live already): what its commit replaced, dep_1, must still be known, though
+/// a later commit made the same deployment live since.
+async fn what_a_commit_replaced_outlives_later_commits_of_the_same_deployment(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2", "dep_3"] {
+        deployment(&f, id).await;
+    }
+    let s = &f.store;
+    commit(&f, "dep_1", &[], 0, LiveChange::Take).await.unwrap();
+    commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    commit_as(&f, "wf_d", "dep_3", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    let b = commit_as(&f, "wf_b", "dep_2", &[], 0, LiveChange::Take)
+        .await
+        .unwrap();
+    assert_eq!(b.previous_live.as_deref(), Some("dep_3"));
+    assert!(b.replaced_earlier.is_empty());
+    assert_eq!(s.replaced_by_commit("wf_a").await.unwrap(), ["dep_1"]);
+    assert_eq!(s.replaced_by_commit("wf_b").await.unwrap(), ["dep_3"]);
 }
 
 async fn writes_with_an_older_fencing_token_are_refused(db: &TestDb) {
