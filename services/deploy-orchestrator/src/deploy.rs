@@ -16,7 +16,9 @@ use slipway_core::{
 use slipway_nats::krane::put_desired_deployment;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
 use slipway_store::StoreError;
-use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
+use slipway_workflow::{
+    Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
+};
 
 use crate::{
     calls::{millis, Committed},
@@ -54,10 +56,6 @@ struct RoutePlan {
 }
 
 pub struct Deploy(pub Orchestrator);
-
-fn store_error(e: StoreError) -> StepError {
-    ApiError::from(e).into()
-}
 
 impl Workflow for Deploy {
     const KIND: &'static str = "deploy";
@@ -109,7 +107,7 @@ impl Workflow for Deploy {
                     .store
                     .set_openapi_spec(id, spec.as_deref(), now_ms())
                     .await
-                    .map_err(store_error)?;
+                    .step_err()?;
                 Ok(spec.is_some())
             })
             .await?;
@@ -172,7 +170,7 @@ impl Workflow for Deploy {
         let deployment = match o.inner.store.deployment(&input.deployment_id).await {
             Ok(d) => d,
             Err(StoreError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(StepError::from(ApiError::from(e))),
         };
         // A deployment that serves live or environment traffic is never stopped: it got
         // there through a commit that the failure came after (or a former run's commit).
@@ -180,7 +178,7 @@ impl Workflow for Deploy {
             .store
             .serves_traffic(&deployment.id)
             .await
-            .map_err(store_error)?
+            .step_err()?
         {
             tracing::warn!(deployment_id = %deployment.id, %reason, "the workflow failed, but the deployment serves traffic: leaving it running");
             return Ok(());
@@ -190,7 +188,7 @@ impl Workflow for Deploy {
             .store
             .fail_deployment(&deployment.id, reason, now_ms())
             .await
-            .map_err(store_error)?;
+            .step_err()?;
         // Its instances stop: a failed deployment must not crash-loop for ever.
         for row in &topology {
             put_desired_deployment(&o.inner.desired, &row.region, &deployment.desired_for(row))
@@ -218,16 +216,10 @@ impl Workflow for Deploy {
 impl Orchestrator {
     async fn load(&self, id: &str) -> Result<Loaded, StepError> {
         let store = &self.inner.store;
-        let d = store.deployment(id).await.map_err(store_error)?;
-        let workspace = store
-            .workspace(&d.workspace_id)
-            .await
-            .map_err(store_error)?;
-        let project = store.project(&d.project_id).await.map_err(store_error)?;
-        let environment = store
-            .environment(&d.environment_id)
-            .await
-            .map_err(store_error)?;
+        let d = store.deployment(id).await.step_err()?;
+        let workspace = store.workspace(&d.workspace_id).await.step_err()?;
+        let project = store.project(&d.project_id).await.step_err()?;
+        let environment = store.environment(&d.environment_id).await.step_err()?;
         let regions = if environment.regions.is_empty() {
             self.inner
                 .config
@@ -259,7 +251,7 @@ impl Orchestrator {
             .store
             .set_deployment_status(&scope.deployment_id, status, now_ms())
             .await
-            .map_err(store_error)?;
+            .step_err()?;
         #[derive(Serialize)]
         struct Status {
             status: DeploymentStatus,
@@ -279,13 +271,13 @@ impl Orchestrator {
         let d = store
             .deployment(&loaded.scope.deployment_id)
             .await
-            .map_err(store_error)?;
+            .step_err()?;
         let mut written = Vec::new();
         for (region, replicas) in &loaded.regions {
             let row = store
                 .upsert_topology(&d.id, region, *replicas, now_ms())
                 .await
-                .map_err(store_error)?;
+                .step_err()?;
             let mut doc = d.desired_for(&row);
             doc.image = image.to_string();
             put_desired_deployment(&self.inner.desired, region, &doc)
@@ -316,7 +308,7 @@ impl Orchestrator {
                     now_ms(),
                 )
                 .await
-                .map_err(store_error)?;
+                .step_err()?;
             out.push(id);
         }
         Ok(out)
@@ -342,11 +334,8 @@ impl Orchestrator {
         store
             .set_domains(&scope.deployment_id, &domain_names, now_ms())
             .await
-            .map_err(store_error)?;
-        let project = store
-            .project(&scope.project_id)
-            .await
-            .map_err(store_error)?;
+            .step_err()?;
+        let project = store.project(&scope.project_id).await.step_err()?;
         let take_live = scope.environment_slug == PRODUCTION_ENVIRONMENT && !project.is_rolled_back;
         let wanted = |sticky: Sticky, generated_here: bool| match sticky {
             Sticky::Branch => generated_here,
@@ -354,10 +343,7 @@ impl Orchestrator {
             Sticky::Live => take_live,
             Sticky::None => false,
         };
-        let existing = store
-            .routes_by_fqdn(&domain_names)
-            .await
-            .map_err(store_error)?;
+        let existing = store.routes_by_fqdn(&domain_names).await.step_err()?;
         let mut create = Vec::new();
         let mut to_move: Vec<String> = Vec::new();
         for d in &generated {
@@ -378,7 +364,7 @@ impl Orchestrator {
         let stored = store
             .routes(&scope.project_id, Some(&loaded.environment_id))
             .await
-            .map_err(store_error)?;
+            .step_err()?;
         for r in stored {
             if wanted(r.sticky, false) && !to_move.contains(&r.id) {
                 to_move.push(r.id);

@@ -1,12 +1,8 @@
 //! Lifecycle events of a deployment on `SLIPWAY_EVENTS`, each with a message id, so a step
 //! that runs again after a crash does not tell its part of the story twice.
 
-use async_nats::HeaderMap;
 use serde::Serialize;
-use slipway_core::{
-    events::{self, Event},
-    time::now_ms,
-};
+use slipway_core::{events::Event, time::now_ms};
 use slipway_workflow::{EventScope, StepError};
 
 use crate::Orchestrator;
@@ -30,25 +26,12 @@ impl Orchestrator {
             environment_slug: scope.environment_slug.clone(),
             detail,
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{kind}.{}.{id}", scope.deployment_id).as_str(),
-        );
-        let payload = serde_json::to_vec(&event)
-            .map_err(|e| StepError::terminal(format!("cannot encode a {kind} event: {e}")))?;
-        let retry = |e: String| StepError::retryable(format!("cannot publish a {kind} event: {e}"));
-        self.inner
-            .js
-            .publish_with_headers(
-                events::subject(&scope.project_id, &scope.deployment_id, kind),
-                headers,
-                payload.into(),
-            )
+        let msg_id = slipway_nats::events::message_id(kind, &scope.deployment_id, id);
+        slipway_nats::events::publish(&self.inner.js, &event, &msg_id)
             .await
-            .map_err(|e| retry(e.to_string()))?
-            .await
-            .map_err(|e| retry(e.to_string()))?;
-        Ok(())
+            .map_err(|e| match e.is_permanent() {
+                true => StepError::terminal(e.to_string()),
+                false => StepError::retryable(e.to_string()),
+            })
     }
 }

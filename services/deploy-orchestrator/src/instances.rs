@@ -13,7 +13,7 @@ use slipway_core::{
     krane::{InstanceStatus, InstancesReport},
     time::now_ms,
 };
-use slipway_workflow::StepError;
+use slipway_workflow::{StepError, StepResultExt};
 
 use crate::Orchestrator;
 
@@ -219,7 +219,7 @@ impl Orchestrator {
                 .store
                 .record_instances(deployment_id, region, &rows, now_ms())
                 .await
-                .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+                .step_err()?;
         }
         Ok(())
     }

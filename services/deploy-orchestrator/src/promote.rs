@@ -13,7 +13,9 @@ use slipway_core::{
 };
 use slipway_nats::Call;
 use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
-use slipway_workflow::{Context, EventScope, Failure, StepError, Workflow, WorkflowError};
+use slipway_workflow::{
+    Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
+};
 
 use crate::{calls::Committed, Orchestrator};
 
@@ -61,7 +63,7 @@ impl Workflow for Promote {
                         .store
                         .confirm_rollback(project_id, token, now_ms())
                         .await
-                        .map_err(|e| StepError::from(ApiError::from(e)))
+                        .step_err()
                 })
                 .await?;
                 ctx.step("promoted", || async {

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_nats::{
+    header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
     jetstream::{self, stream::LastRawMessageErrorKind, AckKind},
     HeaderMap,
 };
@@ -21,7 +22,7 @@ use slipway_nats::{
     Call,
 };
 use slipway_proto::v1::{ScaleDownIdlePreviewsRequest, WorkflowRunReply};
-use slipway_workflow::{Context, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
 
 use crate::{calls::millis, Orchestrator};
 
@@ -70,7 +71,7 @@ impl Workflow for ScaleDown {
                         .store
                         .idle_preview_candidates(after.as_deref(), PAGE, idle_before)
                         .await
-                        .map_err(|e| StepError::from(ApiError::from(e)))
+                        .step_err()
                 })
                 .await?;
             candidates.extend(found);
@@ -170,16 +171,16 @@ pub(crate) async fn ensure_schedule(js: &jetstream::Context, schedule: &str) -> 
     {
         let same = current
             .headers
-            .get("Nats-Schedule")
+            .get(NATS_SCHEDULE)
             .is_some_and(|v| v.as_str() == schedule);
         if same {
             return Ok(());
         }
     }
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Schedule", schedule);
-    headers.insert("Nats-Schedule-Target", FIRED_SUBJECT);
-    headers.insert("Nats-Schedule-TTL", "1h");
+    headers.insert(NATS_SCHEDULE, schedule);
+    headers.insert(NATS_SCHEDULE_TARGET, FIRED_SUBJECT);
+    headers.insert(NATS_SCHEDULE_TTL, "1h");
     js.publish_with_headers(SCHEDULE_SUBJECT, headers, "{}".into())
         .await?
         .await?;

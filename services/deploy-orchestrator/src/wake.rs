@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{state::DesiredState, time::now_ms};
-use slipway_workflow::{Context, StepError, WorkflowError};
+use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
 use crate::{
     calls::{millis, Committed},
@@ -41,17 +41,14 @@ impl Orchestrator {
         let asleep: Option<Asleep> = ctx
             .step("check_target", || async {
                 let store = &self.inner.store;
-                let d = store
-                    .deployment(target)
-                    .await
-                    .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+                let d = store.deployment(target).await.step_err()?;
                 if d.desired_state != DesiredState::Standby {
                     return Ok(None);
                 }
                 let regions = store
                     .topology(target)
                     .await
-                    .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?
+                    .step_err()?
                     .into_iter()
                     .map(|t| (t.region, t.replicas))
                     .collect();
@@ -97,13 +94,12 @@ impl Orchestrator {
         workflow_id: &str,
     ) -> Result<(), StepError> {
         let store = &self.inner.store;
-        let api = |e: slipway_store::StoreError| StepError::from(slipway_core::ApiError::from(e));
         for &id in deployments {
-            let Some(d) = store.find_deployment(id).await.map_err(api)? else {
+            let Some(d) = store.find_deployment(id).await.step_err()? else {
                 continue;
             };
             if d.desired_state != DesiredState::Running
-                || store.serves_traffic(id).await.map_err(api)?
+                || store.serves_traffic(id).await.step_err()?
                 || self.has_pending_change(id).await?
             {
                 continue;
@@ -133,7 +129,7 @@ impl Orchestrator {
             .store
             .replaced_by_commit(workflow_id)
             .await
-            .map_err(|e| StepError::from(slipway_core::ApiError::from(e)))?;
+            .step_err()?;
         let mut all = deployments.to_vec();
         all.extend(replaced.iter().map(String::as_str));
         self.settle(&all, workflow_id).await

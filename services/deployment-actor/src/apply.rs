@@ -5,14 +5,16 @@
 //! for agents, which never goes back a version; the event, deduplicated by a message id
 //! derived from the nonce; removal of the transition, by compare-and-set).
 
-use async_nats::HeaderMap;
 use slipway_core::{
-    events::{self, DesiredStateChanged, Event},
+    events::{DesiredStateChanged, Event},
     fault,
     state::DesiredState,
     time::now_ms,
 };
-use slipway_nats::krane::put_desired_deployment;
+use slipway_nats::{
+    events,
+    krane::{put_desired_deployment, DesiredError},
+};
 use slipway_store::{ApplyOutcome, Deployment, StoreError, Topology};
 
 use crate::{
@@ -43,8 +45,10 @@ pub enum ApplyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Transition(#[from] TransitionError),
-    #[error("{0}")]
-    Nats(String),
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Event(#[from] events::PublishError),
 }
 
 impl Actor {
@@ -168,8 +172,7 @@ impl Actor {
                 &row.region,
                 &deployment.desired_for(row),
             )
-            .await
-            .map_err(|e| ApplyError::Nats(e.to_string()))?;
+            .await?;
         }
 
         let event = Event {
@@ -184,23 +187,8 @@ impl Actor {
                 nonce: nonce.to_string(),
             },
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("desired_state.{}.{nonce}", deployment.id).as_str(),
-        );
-        let payload = serde_json::to_vec(&event).map_err(|e| ApplyError::Nats(e.to_string()))?;
-        self.inner
-            .js
-            .publish_with_headers(
-                events::subject(&deployment.project_id, &deployment.id, "desired_state"),
-                headers,
-                payload.into(),
-            )
-            .await
-            .map_err(|e| ApplyError::Nats(e.to_string()))?
-            .await
-            .map_err(|e| ApplyError::Nats(e.to_string()))?;
+        let msg_id = events::message_id("desired_state", &deployment.id, nonce);
+        events::publish(&self.inner.js, &event, &msg_id).await?;
         Ok(())
     }
 }

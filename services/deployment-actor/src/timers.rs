@@ -2,7 +2,10 @@
 //! `SLIPWAY_TIMERS` (`Nats-Schedule: @at …`), firing into the deployment's fired subject.
 //! A new message on the schedule subject replaces the schedule; a purge cancels it.
 
-use async_nats::{jetstream, HeaderMap};
+use async_nats::{
+    header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
+    jetstream, HeaderMap,
+};
 use serde::{Deserialize, Serialize};
 use slipway_core::time::to_system_time;
 use slipway_nats::provision::TIMERS;
@@ -59,12 +62,9 @@ impl Timers {
     async fn publish(&self, deployment_id: &str, t: &Transition) -> Result<(), TimerError> {
         let at = humantime::format_rfc3339_millis(to_system_time(t.fires_at_ms));
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Schedule", format!("@at {at}").as_str());
-        headers.insert(
-            "Nats-Schedule-Target",
-            fired_subject(deployment_id).as_str(),
-        );
-        headers.insert("Nats-Schedule-TTL", FIRED_TTL);
+        headers.insert(NATS_SCHEDULE, format!("@at {at}").as_str());
+        headers.insert(NATS_SCHEDULE_TARGET, fired_subject(deployment_id).as_str());
+        headers.insert(NATS_SCHEDULE_TTL, FIRED_TTL);
         let body = serde_json::to_vec(&Fired {
             deployment_id: deployment_id.to_string(),
             nonce: t.nonce.clone(),

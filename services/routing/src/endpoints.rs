@@ -1,10 +1,9 @@
 //! `assign_frontline_routes`, `list_routes` and the internal `ensure_routes`.
 
-use async_nats::HeaderMap;
 use sha2::{Digest, Sha256};
 use slipway_core::{
     domains::{validate_fqdn, Sticky},
-    events::{self, Event},
+    events::Event,
     fault, ids,
     time::now_ms,
     ApiError,
@@ -302,27 +301,9 @@ impl Routing {
             .take(12)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("routes.{deployment_id}.{id}").as_str(),
-        );
-        let Ok(payload) = serde_json::to_vec(&event) else {
-            return;
-        };
-        let subject = events::subject(&deployment.project_id, deployment_id, "routes");
-        match self
-            .inner
-            .js
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-        {
-            Ok(ack) => {
-                if let Err(e) = ack.await {
-                    tracing::warn!(error = %e, "routes event not stored");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot publish routes event"),
+        let msg_id = slipway_nats::events::message_id("routes", deployment_id, &id);
+        if let Err(e) = slipway_nats::events::publish(&self.inner.js, &event, &msg_id).await {
+            tracing::warn!(error = %e, "routes event not stored");
         }
     }
 }

@@ -46,10 +46,10 @@ impl Api {
             })?;
         let value: Value = serde_json::from_slice(&reply.payload)
             .with_context(|| format!("{subject}: the reply is not JSON"))?;
-        let failed = reply
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some());
+        let failed = reply.headers.as_ref().is_some_and(|h| {
+            h.get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+                .is_some()
+        });
         if failed {
             let error = &value["error"];
             bail!(

@@ -191,11 +191,10 @@ async fn call(client: &async_nats::Client, subject: &str, body: Value) -> Result
         .request(subject.to_string(), body.to_string().into())
         .await?;
     let value: Value = serde_json::from_slice(&reply.payload)?;
-    if reply
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some())
-    {
+    if reply.headers.as_ref().is_some_and(|h| {
+        h.get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+            .is_some()
+    }) {
         anyhow::bail!("{subject}: {}", value["error"]["message"]);
     }
     Ok(value)

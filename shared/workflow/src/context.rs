@@ -11,14 +11,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::{jetstream::kv, HeaderMap};
+use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
-use slipway_core::{
-    events::{self, Event},
-    fault,
-    time::now_ms,
-};
+use slipway_core::{events::Event, fault, time::now_ms};
 
 use crate::{
     lease::Lease,
@@ -334,27 +330,14 @@ impl Context {
                 attempts: step.attempts,
             },
         };
-        let mut headers = HeaderMap::new();
         // A step decided again under a later holding is a new event.
         let msg_id = match step.epoch {
             0 => format!("step.{}.{index}", self.record.id),
             epoch => format!("step.{}.{index}.{epoch}", self.record.id),
         };
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let aborted =
-            |e: String| WorkflowError::Aborted(format!("cannot publish a step event: {e}"));
-        let payload = serde_json::to_vec(&event).map_err(|e| aborted(e.to_string()))?;
-        self.shared
-            .js
-            .publish_with_headers(
-                events::subject(&scope.project_id, &scope.deployment_id, "step"),
-                headers,
-                payload.into(),
-            )
+        slipway_nats::events::publish(&self.shared.js, &event, &msg_id)
             .await
-            .map_err(|e| aborted(e.to_string()))?
-            .await
-            .map_err(|e| aborted(e.to_string()))?;
+            .map_err(|e| WorkflowError::Aborted(e.to_string()))?;
         Ok(())
     }
 

@@ -39,6 +39,18 @@ impl From<ApiError> for StepError {
     }
 }
 
+/// Errors that carry an API status (store errors, API errors) as step errors, so a step reads
+/// `store.deployment(id).await.step_err()?`; whether they are retried follows the status.
+pub trait StepResultExt<T> {
+    fn step_err(self) -> Result<T, StepError>;
+}
+
+impl<T, E: Into<ApiError>> StepResultExt<T> for Result<T, E> {
+    fn step_err(self) -> Result<T, StepError> {
+        self.map_err(|e| StepError::from(e.into()))
+    }
+}
+
 /// Why a run of a workflow stopped before completing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowError {
@@ -68,13 +80,15 @@ pub enum EngineError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("corrupt workflow record: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode a lease: {0}")]
+    Lease(#[source] serde_json::Error),
     #[error("JetStream: {0}")]
-    Nats(String),
+    Nats(#[source] async_nats::Error),
 }
 
 impl EngineError {
-    pub(crate) fn nats(e: impl std::fmt::Display) -> Self {
-        Self::Nats(e.to_string())
+    pub(crate) fn nats(e: impl Into<async_nats::Error>) -> Self {
+        Self::Nats(e.into())
     }
 }
 

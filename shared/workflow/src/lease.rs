@@ -106,26 +106,22 @@ impl Leases {
             let value = self.holding(holder)?;
             let written = if revision == 0 {
                 self.kv.create(key.as_str(), value).await.map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
+                    let lost_race = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                    (lost_race, EngineError::nats(e))
                 })
             } else {
                 self.kv
                     .update(key.as_str(), value, revision)
                     .await
                     .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
+                        let lost_race = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        (lost_race, EngineError::nats(e))
                     })
             };
             match written {
                 Ok(revision) => return Ok(self.held(key, holder, revision, ours)),
                 Err((true, _)) => continue, // lost a race: look again
-                Err((false, e)) => return Err(EngineError::Nats(e)),
+                Err((false, e)) => return Err(e),
             }
         }
     }
@@ -137,7 +133,7 @@ impl Leases {
         };
         serde_json::to_vec(&h)
             .map(Into::into)
-            .map_err(|e| EngineError::Nats(e.to_string()))
+            .map_err(EngineError::Lease)
     }
 
     fn held(&self, key: String, holder: &str, epoch: u64, continuous: bool) -> Lease {

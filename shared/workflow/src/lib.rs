@@ -43,7 +43,7 @@ use slipway_core::time::now_ms;
 use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
 
 pub use context::Context;
-pub use error::{EngineError, StepError, WorkflowError};
+pub use error::{EngineError, StepError, StepResultExt, WorkflowError};
 pub use lease::{Lease, Leases};
 pub use record::{EventScope, Status, StepRecord, StepStatus, WorkflowRecord};
 
@@ -263,7 +263,7 @@ impl Engine {
             Err(e) => return Err(EngineError::nats(e)),
         }
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", workflow_id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, workflow_id);
         self.shared
             .js
             .publish_with_headers(
