@@ -2,18 +2,9 @@
 //! workflows behind it. Deploy takes a deployment from a request to ready, routed and live
 //! (BEHAVIOUR.md "Deploy"), on the engine of `slipway-workflow`.
 
-mod calls;
-mod deploy;
-mod deployments;
-mod endpoints;
-mod events;
-mod instances;
-mod project_lease;
-mod projects;
-mod promote;
-mod rollback;
-mod scale_down;
-mod wake;
+mod api;
+mod clients;
+mod workflows;
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,10 +15,7 @@ use slipway_nats::provision::{self, DESIRED, INSTANCES};
 use slipway_store::Store;
 use slipway_workflow::{Engine, EngineConfig};
 
-pub use deploy::Deploy;
-pub use promote::Promote;
-pub use rollback::Rollback;
-pub use scale_down::ScaleDown;
+pub use workflows::{deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown};
 
 pub const SERVICE_NAME: &str = "slipway-deploy";
 
@@ -101,16 +89,6 @@ struct Inner {
     desired: kv::Store,
     instances: kv::Store,
     http: reqwest::Client,
-    engine: std::sync::OnceLock<Engine>,
-}
-
-impl Orchestrator {
-    fn engine(&self) -> &Engine {
-        self.inner
-            .engine
-            .get()
-            .expect("the engine is set before any endpoint or worker runs")
-    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -137,7 +115,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client: client.clone(),
             js: js.clone(),
             http,
-            engine: std::sync::OnceLock::new(),
         }),
     };
     let mut engine_config = EngineConfig::new("deploy-orchestrator");
@@ -151,17 +128,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register(ScaleDown(orchestrator.clone()))
         .build()
         .await?;
-    let _ = orchestrator.inner.engine.set(engine.clone());
+    let api = api::Api {
+        o: orchestrator.clone(),
+        engine: engine.clone(),
+    };
 
-    let service = endpoints::serve(&client, orchestrator.clone())
+    let service = api::serve(&client, api.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let workers = tokio::spawn(engine.run_workers());
-    tokio::spawn(deployments::restart_orphans(orchestrator.clone()));
-    scale_down::ensure_schedule(&orchestrator.inner.js, &config.scale_down_schedule)
+    tokio::spawn(api::restart_orphans(api.clone()));
+    api::cron::ensure_schedule(&orchestrator.inner.js, &config.scale_down_schedule)
         .await
         .context("writing the scale-down schedule")?;
-    tokio::spawn(scale_down::consume_fires(orchestrator.clone()));
+    tokio::spawn(api::cron::consume_fires(api));
     service
         .await_reachable(&client)
         .await

@@ -12,3 +12,8 @@ pub fn now_ms() -> i64 {
 pub fn to_system_time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
+
+/// A duration in whole milliseconds, as the API's `*_ms` fields carry it (saturating).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

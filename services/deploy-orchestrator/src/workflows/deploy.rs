@@ -21,8 +21,7 @@ use slipway_workflow::{
 };
 
 use crate::{
-    calls::{millis, Committed},
-    instances::ReadyInstance,
+    clients::{events::scope_of, instances::ReadyInstance, routing::Committed},
     Orchestrator,
 };
 
@@ -82,7 +81,7 @@ impl Workflow for Deploy {
         let deadline_ms: i64 = ctx
             .step("deploying", || async {
                 o.set_status(scope, DeploymentStatus::Deploying).await?;
-                Ok(now_ms() + millis(o.inner.config.ready_timeout))
+                Ok(now_ms() + slipway_core::time::millis(o.inner.config.ready_timeout))
             })
             .await?;
         let _: Vec<(String, i64)> = ctx
@@ -200,7 +199,7 @@ impl Workflow for Deploy {
             failure_reason: &'a str,
         }
         o.event(
-            &crate::deployments::scope_of(&deployment),
+            &scope_of(&deployment),
             "failed",
             "0",
             Failed {
@@ -231,7 +230,7 @@ impl Orchestrator {
             environment.regions.clone()
         };
         Ok(Loaded {
-            scope: crate::deployments::scope_of(&d),
+            scope: scope_of(&d),
             workspace_slug: workspace.slug,
             project_slug: project.slug,
             environment_id: environment.id,

@@ -9,7 +9,7 @@ use slipway_proto::v1::{
 };
 use slipway_store::{Environment, Project, Workspace};
 
-use crate::Orchestrator;
+use crate::api::Api;
 
 pub const MAX_NAME: usize = 256;
 pub const MAX_REPLICAS: u32 = 100;
@@ -89,7 +89,7 @@ pub fn environment_message(e: Environment) -> EnvironmentMessage {
     }
 }
 
-impl Orchestrator {
+impl Api {
     pub(crate) async fn create_workspace(
         &self,
         call: Call<CreateWorkspaceRequest>,
@@ -98,6 +98,7 @@ impl Orchestrator {
         validate_slug("slug", &req.slug)?;
         let name = name_or_slug(&req.name, &req.slug)?;
         let workspace = self
+            .o
             .inner
             .store
             .create_workspace(&ids::new(ids::WORKSPACE), &req.slug, &name, now_ms())
@@ -124,6 +125,7 @@ impl Orchestrator {
             branch
         };
         let project = self
+            .o
             .inner
             .store
             .create_project(
@@ -171,6 +173,7 @@ impl Orchestrator {
             ));
         }
         let environment = self
+            .o
             .inner
             .store
             .create_environment(
@@ -195,8 +198,8 @@ impl Orchestrator {
     ) -> Result<GetProjectReply, ApiError> {
         let req = call.request;
         ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
-        let project = self.inner.store.project(&req.project_id).await?;
-        let environments = self.inner.store.environments(&req.project_id).await?;
+        let project = self.o.inner.store.project(&req.project_id).await?;
+        let environments = self.o.inner.store.environments(&req.project_id).await?;
         Ok(GetProjectReply {
             project: Some(project_message(project)),
             environments: environments.into_iter().map(environment_message).collect(),

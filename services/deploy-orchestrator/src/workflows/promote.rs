@@ -11,13 +11,11 @@ use slipway_core::{
     time::now_ms,
     ApiError,
 };
-use slipway_nats::Call;
-use slipway_proto::v1::{PromoteRequest, WorkflowRunReply};
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
 
-use crate::{calls::Committed, Orchestrator};
+use crate::{clients::routing::Committed, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
@@ -189,23 +187,5 @@ impl Orchestrator {
         }
         let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
         Ok((project.id, PromotePlan::Move { route_ids }))
-    }
-
-    pub(crate) async fn promote(
-        &self,
-        call: Call<PromoteRequest>,
-    ) -> Result<WorkflowRunReply, ApiError> {
-        let req = call.request;
-        let wait = crate::endpoints::wait_of(req.wait_ms)?;
-        let (project_id, _) = self.check_promote(&req.target_deployment_id).await?;
-        let input = PromoteInput {
-            project_id: project_id.clone(),
-            target: req.target_deployment_id.clone(),
-        };
-        // Its steps are told on the target's events.
-        let (reply, _) = self
-            .run_and_wait::<Promote>(&project_id, &input, Some(&req.target_deployment_id), wait)
-            .await?;
-        Ok(reply)
     }
 }

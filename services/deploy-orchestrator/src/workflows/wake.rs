@@ -10,8 +10,7 @@ use slipway_core::{state::DesiredState, time::now_ms};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
 use crate::{
-    calls::{millis, Committed},
-    instances::ReadyInstance,
+    clients::{instances::ReadyInstance, routing::Committed},
     Orchestrator,
 };
 
@@ -53,7 +52,8 @@ impl Orchestrator {
                     .map(|t| (t.region, t.replicas))
                     .collect();
                 Ok(Some(Asleep {
-                    deadline_ms: now_ms() + millis(self.inner.config.ready_timeout),
+                    deadline_ms: now_ms()
+                        + slipway_core::time::millis(self.inner.config.ready_timeout),
                     regions,
                 }))
             })

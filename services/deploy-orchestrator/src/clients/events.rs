@@ -7,6 +7,16 @@ use slipway_workflow::{EventScope, StepError};
 
 use crate::Orchestrator;
 
+/// Where a deployment's events go.
+pub fn scope_of(d: &slipway_store::Deployment) -> EventScope {
+    EventScope {
+        workspace_id: d.workspace_id.clone(),
+        project_id: d.project_id.clone(),
+        deployment_id: d.id.clone(),
+        environment_slug: d.environment_slug.clone(),
+    }
+}
+
 impl Orchestrator {
     /// Publishes event `kind` of the scope's deployment; `id` makes it unique (per kind
     /// and deployment) for deduplication.

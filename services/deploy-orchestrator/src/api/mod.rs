@@ -7,14 +7,26 @@ use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     GetWorkflowReply, GetWorkflowRequest, Workflow, WorkflowRunReply, WorkflowStep,
 };
-use slipway_workflow::{Status, WorkflowRecord};
+use slipway_workflow::{Engine, Status, WorkflowRecord};
 
-use crate::{deployments::scope_of, Orchestrator, SERVICE_NAME};
+use crate::{clients::events::scope_of, Orchestrator, SERVICE_NAME};
 
-pub async fn serve(
-    client: &async_nats::Client,
-    o: Orchestrator,
-) -> Result<Micro, async_nats::Error> {
+pub(crate) mod cron;
+mod deployments;
+mod operations;
+mod projects;
+
+pub(crate) use deployments::restart_orphans;
+
+/// The service's handlers: what the workflows are made of, for the validations they share,
+/// and the engine that runs the workflows.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) o: Orchestrator,
+    pub(crate) engine: Engine,
+}
+
+pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, async_nats::Error> {
     let micro = Micro::start(
         client,
         SERVICE_NAME,
@@ -152,7 +164,7 @@ pub fn wait_of(wait_ms: Option<i64>) -> Result<Duration, ApiError> {
     }
 }
 
-impl Orchestrator {
+impl Api {
     /// Starts workflow `W` under a new id and answers when it has finished or `wait` has
     /// passed (then `status: running`, and `get_workflow` follows it).
     pub(crate) async fn run_and_wait<W: slipway_workflow::Workflow>(
@@ -163,14 +175,14 @@ impl Orchestrator {
         wait: Duration,
     ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
         let scope = match events_of {
-            Some(id) => Some(scope_of(&self.inner.store.deployment(id).await?)),
+            Some(id) => Some(scope_of(&self.o.inner.store.deployment(id).await?)),
             None => None,
         };
         let workflow_id = ids::new(ids::WORKFLOW);
-        self.engine()
+        self.engine
             .start::<W>(&workflow_id, key, input, scope)
             .await?;
-        let record = self.engine().wait(&workflow_id, wait).await?;
+        let record = self.engine.wait(&workflow_id, wait).await?;
         let status = match record.status {
             Status::Completed => "completed",
             Status::Failed => "failed",
@@ -191,7 +203,7 @@ impl Orchestrator {
         let id = &call.request.workflow_id;
         ids::validate(ids::WORKFLOW, "workflow_id", id)?;
         let record = self
-            .engine()
+            .engine
             .get(id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;

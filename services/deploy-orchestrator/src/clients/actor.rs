@@ -1,52 +1,20 @@
-//! The orchestrator's calls to the other services: the deployment actor (schedules) and
-//! routing (the commit: route moves with the live pointer). Unreachable or failing services come back as retryable errors.
+//! Calls to the deployment actor: schedule, clear and read a deployment's pending change.
+//! An unreachable or failing actor comes back as a retryable step error.
 
 use std::time::Duration;
 
+use slipway_core::time::millis;
 use slipway_nats::client::request as request_reply;
 use slipway_proto::v1::{
-    AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, ClearScheduledStateChangesReply,
-    ClearScheduledStateChangesRequest, GetStateReply, GetStateRequest,
-    ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
+    ClearScheduledStateChangesReply, ClearScheduledStateChangesRequest, GetStateReply,
+    GetStateRequest, ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
 };
 use slipway_workflow::StepError;
 
-use crate::Orchestrator;
-
-/// What a commit did to the live pointer (journaled as the commit step's result).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Committed {
-    /// The deployment that was live before.
-    pub previous: Option<String>,
-    /// What earlier runs of this commit replaced as live, but `previous`: their follow-up
-    /// may never have run, so they are settled too.
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub replaced_earlier: Vec<String>,
-    /// The fencing token the commit carried; the follow-up schedules carry it too.
-    #[serde(default)]
-    pub fencing_token: u64,
-}
-
-/// `replaced_earlier` as journaled before it became a list (one or none).
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<String>),
-        One(Option<String>),
-    }
-    Ok(match serde::Deserialize::deserialize(d)? {
-        OneOrMany::Many(many) => many,
-        OneOrMany::One(one) => one.into_iter().collect(),
-    })
-}
+use crate::{clients::routing::Committed, Orchestrator};
 
 /// How long a call may take before it counts as unavailable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Orchestrator {
     /// Schedules `deployment_id` to `state` after `delay` (0: now); the same
@@ -134,29 +102,5 @@ impl Orchestrator {
         )
         .await?;
         Ok(reply.cleared)
-    }
-
-    /// The commit point of deploy, rollback and promote: routing creates `create` where
-    /// missing, moves `route_ids` and applies `live`, in one transaction fenced by
-    /// `fencing_token`; the reply tells the deployment that was live before.
-    pub(crate) async fn commit_routes(
-        &self,
-        project_id: &str,
-        request: AssignFrontlineRoutesRequest,
-    ) -> Result<Committed, StepError> {
-        slipway_core::fault::point("commit.before_request");
-        let fencing_token = request.fencing_token;
-        let reply: AssignFrontlineRoutesReply = request_reply(
-            &self.inner.client,
-            format!("slipway.routing.v1.assign_frontline_routes.{project_id}"),
-            &request,
-            CALL_TIMEOUT,
-        )
-        .await?;
-        Ok(Committed {
-            previous: reply.previous_live_deployment_id,
-            replaced_earlier: reply.replaced_earlier_deployment_ids,
-            fencing_token,
-        })
     }
 }

@@ -11,11 +11,10 @@ use slipway_core::{
     state::{DeploymentStatus, DesiredState},
     ApiError,
 };
-use slipway_nats::Call;
-use slipway_proto::v1::{AssignFrontlineRoutesRequest, RollbackRequest, WorkflowRunReply};
+use slipway_proto::v1::AssignFrontlineRoutesRequest;
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
-use crate::{calls::Committed, Orchestrator};
+use crate::{clients::routing::Committed, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackInput {
@@ -209,31 +208,5 @@ impl Orchestrator {
             })
             .map(|r| r.id)
             .collect())
-    }
-
-    pub(crate) async fn rollback(
-        &self,
-        call: Call<RollbackRequest>,
-    ) -> Result<WorkflowRunReply, ApiError> {
-        let req = call.request;
-        let wait = crate::endpoints::wait_of(req.wait_ms)?;
-        let plan = self
-            .check_rollback(&req.source_deployment_id, &req.target_deployment_id)
-            .await?;
-        let input = RollbackInput {
-            project_id: plan.project_id.clone(),
-            source: req.source_deployment_id.clone(),
-            target: req.target_deployment_id.clone(),
-        };
-        // Its steps are told on the target's events.
-        let (reply, _) = self
-            .run_and_wait::<Rollback>(
-                &plan.project_id,
-                &input,
-                Some(&req.target_deployment_id),
-                wait,
-            )
-            .await?;
-        Ok(reply)
     }
 }

@@ -12,9 +12,12 @@ use slipway_proto::v1::{
     ListDeploymentsRequest,
 };
 use slipway_store::{Deployment, Idempotency, NewDeployment};
-use slipway_workflow::EventScope;
 
-use crate::{deploy::DeployInput, Deploy, Orchestrator};
+use crate::{
+    api::Api,
+    clients::events::scope_of,
+    workflows::deploy::{Deploy, DeployInput},
+};
 
 pub const MAX_COMMIT_MESSAGE: usize = 10 * 1024;
 pub const MAX_AUTHOR_HANDLE: usize = 256;
@@ -162,16 +165,7 @@ pub fn deployment_message(
     }
 }
 
-pub fn scope_of(d: &Deployment) -> EventScope {
-    EventScope {
-        workspace_id: d.workspace_id.clone(),
-        project_id: d.project_id.clone(),
-        deployment_id: d.id.clone(),
-        environment_slug: d.environment_slug.clone(),
-    }
-}
-
-impl Orchestrator {
+impl Api {
     #[tracing::instrument(skip_all, fields(project_id = %call.request.project_id, deployment_id = tracing::field::Empty, workflow_id = tracing::field::Empty))]
     pub(crate) async fn create_deployment(
         &self,
@@ -180,7 +174,7 @@ impl Orchestrator {
         let req = call.request;
         let now = now_ms();
         validate(&req, now)?;
-        let store = &self.inner.store;
+        let store = &self.o.inner.store;
         let project = store.project(&req.project_id).await?;
         let environment = store
             .environments(&project.id)
@@ -253,6 +247,7 @@ impl Orchestrator {
                 git_commit_sha: &deployment.git_commit_sha,
             };
             if let Err(e) = self
+                .o
                 .event(&scope_of(&deployment), "created", "0", detail)
                 .await
             {
@@ -271,7 +266,7 @@ impl Orchestrator {
         let Some(workflow_id) = &deployment.workflow_id else {
             return Ok(());
         };
-        self.engine()
+        self.engine
             .start::<Deploy>(
                 workflow_id,
                 &deployment.id,
@@ -296,8 +291,8 @@ impl Orchestrator {
     ) -> Result<GetDeploymentReply, ApiError> {
         let id = &call.request.deployment_id;
         ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
-        let deployment = self.inner.store.deployment(id).await?;
-        let instances = self.inner.store.instances(id).await?;
+        let deployment = self.o.inner.store.deployment(id).await?;
+        let instances = self.o.inner.store.instances(id).await?;
         Ok(GetDeploymentReply {
             deployment: Some(deployment_message(deployment, instances)),
         })
@@ -321,7 +316,7 @@ impl Orchestrator {
             }
             Some(n) => n,
         };
-        let store = &self.inner.store;
+        let store = &self.o.inner.store;
         store.project(&req.project_id).await?;
         // One more than asked tells whether there is a next page.
         let mut page = store
@@ -354,11 +349,12 @@ impl Orchestrator {
 /// whose workflow no worker has picked up: the process that wrote it died before it could
 /// start the workflow, or before it published the invocation (and its caller gave up).
 /// Starting is idempotent, so a workflow merely waiting for a worker is not started twice.
-pub(crate) async fn restart_orphans(orchestrator: Orchestrator) {
+pub(crate) async fn restart_orphans(api: Api) {
     const AGE_MS: i64 = 60_000;
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let pending = orchestrator
+        let pending = api
+            .o
             .inner
             .store
             .pending_deployments(now_ms() - AGE_MS)
@@ -374,14 +370,14 @@ pub(crate) async fn restart_orphans(orchestrator: Orchestrator) {
             let Some(workflow_id) = &deployment.workflow_id else {
                 continue;
             };
-            let unstarted = match orchestrator.engine().get(workflow_id).await {
+            let unstarted = match api.engine.get(workflow_id).await {
                 Ok(None) => true,
                 Ok(Some(record)) => record.status == slipway_workflow::Status::Pending,
                 Err(_) => false,
             };
             if unstarted {
                 tracing::warn!(deployment_id = %deployment.id, %workflow_id, "starting the workflow of an orphaned pending deployment");
-                let _ = orchestrator.start_deploy(&deployment).await;
+                let _ = api.start_deploy(&deployment).await;
             }
         }
     }

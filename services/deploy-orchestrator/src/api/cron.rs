@@ -1,0 +1,111 @@
+//! The scale-down cron: a JetStream message schedule whose fires start the scale-down
+//! workflow, one per fire.
+
+use std::time::Duration;
+
+use async_nats::{
+    header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
+    jetstream::{self, AckKind},
+    HeaderMap,
+};
+use futures::StreamExt;
+use slipway_nats::provision::{consumer_config, TIMERS};
+
+use crate::{
+    api::Api,
+    workflows::scale_down::{ScaleDown, ScaleDownInput},
+};
+
+pub const SCHEDULE_SUBJECT: &str = "slipway.timers.schedule.cron.scale_down_idle_previews";
+pub const FIRED_SUBJECT: &str = "slipway.timers.fired.cron.scale_down_idle_previews";
+const CRON_CONSUMER: &str = "deploy-orchestrator-cron";
+
+/// Writes the cron schedule unless the same one is in place (re-writing would restart its
+/// interval on every orchestrator start).
+pub(crate) async fn ensure_schedule(js: &jetstream::Context, schedule: &str) -> anyhow::Result<()> {
+    let stream = js.get_stream(TIMERS).await?;
+    if let Ok(current) = stream
+        .get_last_raw_message_by_subject(SCHEDULE_SUBJECT)
+        .await
+    {
+        let same = current
+            .headers
+            .get(NATS_SCHEDULE)
+            .is_some_and(|v| v.as_str() == schedule);
+        if same {
+            return Ok(());
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_SCHEDULE, schedule);
+    headers.insert(NATS_SCHEDULE_TARGET, FIRED_SUBJECT);
+    headers.insert(NATS_SCHEDULE_TTL, "1h");
+    js.publish_with_headers(SCHEDULE_SUBJECT, headers, "{}".into())
+        .await?
+        .await?;
+    tracing::info!(schedule, "scale-down schedule written");
+    Ok(())
+}
+
+/// Each fired cron message starts one workflow, whose id is derived from the message's
+/// stream sequence: a redelivery, or another orchestrator, starts the same one.
+pub(crate) async fn consume_fires(api: Api) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attached = async {
+            let stream = api.o.inner.js.get_stream(TIMERS).await?;
+            let consumer = stream
+                .create_consumer(consumer_config(CRON_CONSUMER)?)
+                .await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
+        }
+        .await;
+        match attached {
+            Ok(mut messages) => {
+                backoff = Duration::from_millis(100);
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(message) => fired(&api, message).await,
+                        Err(e) => tracing::warn!(error = %e, "cron consumer error"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot attach to the cron consumer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn fired(api: &Api, message: jetstream::Message) {
+    let sequence = match message.info() {
+        Ok(info) => info.stream_sequence,
+        Err(e) => {
+            tracing::warn!(error = %e, "fired cron message without metadata; dropping it");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let workflow_id = format!("wf_scale_down_{sequence:012}");
+    let input = ScaleDownInput {
+        trigger: "cron".into(),
+    };
+    match api
+        .engine
+        .start::<ScaleDown>(&workflow_id, "scale_down", &input, None)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(%workflow_id, "scale-down started by its schedule");
+            let _ = message.double_ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the scale-down workflow; will retry");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `rollback`, `promote` and `scale_down_idle_previews`: validated at once (a 4xx writes
+//! nothing), then run as workflows and awaited up to `wait_ms`.
+
+use slipway_core::ApiError;
+use slipway_nats::Call;
+use slipway_proto::v1::{
+    PromoteRequest, RollbackRequest, ScaleDownIdlePreviewsRequest, WorkflowRunReply,
+};
+
+use crate::{
+    api::{wait_of, Api},
+    workflows::{
+        promote::{Promote, PromoteInput},
+        rollback::{Rollback, RollbackInput},
+        scale_down::{ScaleDown, ScaleDownInput},
+    },
+};
+
+impl Api {
+    pub(crate) async fn rollback(
+        &self,
+        call: Call<RollbackRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let req = call.request;
+        let wait = wait_of(req.wait_ms)?;
+        let plan = self
+            .o
+            .check_rollback(&req.source_deployment_id, &req.target_deployment_id)
+            .await?;
+        let input = RollbackInput {
+            project_id: plan.project_id.clone(),
+            source: req.source_deployment_id.clone(),
+            target: req.target_deployment_id.clone(),
+        };
+        // Its steps are told on the target's events.
+        let (reply, _) = self
+            .run_and_wait::<Rollback>(
+                &plan.project_id,
+                &input,
+                Some(&req.target_deployment_id),
+                wait,
+            )
+            .await?;
+        Ok(reply)
+    }
+
+    pub(crate) async fn promote(
+        &self,
+        call: Call<PromoteRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let req = call.request;
+        let wait = wait_of(req.wait_ms)?;
+        let (project_id, _) = self.o.check_promote(&req.target_deployment_id).await?;
+        let input = PromoteInput {
+            project_id: project_id.clone(),
+            target: req.target_deployment_id.clone(),
+        };
+        // Its steps are told on the target's events.
+        let (reply, _) = self
+            .run_and_wait::<Promote>(&project_id, &input, Some(&req.target_deployment_id), wait)
+            .await?;
+        Ok(reply)
+    }
+
+    pub(crate) async fn scale_down_idle_previews(
+        &self,
+        call: Call<ScaleDownIdlePreviewsRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let wait = wait_of(call.request.wait_ms)?;
+        let input = ScaleDownInput {
+            trigger: "request".into(),
+        };
+        let (mut reply, record) = self
+            .run_and_wait::<ScaleDown>("scale_down", &input, None, wait)
+            .await?;
+        if record.status == slipway_workflow::Status::Completed {
+            reply.scaled_down = record
+                .output()
+                .map_err(|e| ApiError::internal(format!("unreadable workflow output: {e}")))?;
+        }
+        Ok(reply)
+    }
+}

@@ -1,0 +1,9 @@
+//! The durable workflows: deploy, rollback, promote and the idle-preview scale-down, with the
+//! pieces they share (the project lease, waking a target, settling what they superseded).
+
+pub(crate) mod deploy;
+pub(crate) mod project_lease;
+pub(crate) mod promote;
+pub(crate) mod rollback;
+pub(crate) mod scale_down;
+pub(crate) mod wake;

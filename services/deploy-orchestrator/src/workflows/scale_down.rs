@@ -1,0 +1,131 @@
+//! ScaleDownIdlePreviewDeployments (BEHAVIOUR.md): a durable workflow started by the
+//! JetStream cron schedule `slipway.timers.schedule.cron.scale_down_idle_previews` (one
+//! workflow per fire, its id derived from the fired message, so several orchestrators start
+//! it once) and by `scale_down_idle_previews`. Candidates: `ready`, desired `running`
+//! deployments of `preview` environments created and updated before the idle window, paged
+//! 100 environments at a time; kept if `SLIPWAY_TRAFFIC` shows a request in the window;
+//! the rest go to standby through the actor. If the traffic source cannot be read, the run
+//! fails and nothing is scaled down (the next fire tries again).
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use serde::{Deserialize, Serialize};
+use slipway_core::time::now_ms;
+use slipway_nats::provision::TRAFFIC;
+use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
+
+use crate::Orchestrator;
+
+/// Environments per page.
+pub const PAGE: u32 = 100;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScaleDownInput {
+    /// `cron` or `request`, for the logs.
+    pub trigger: String,
+}
+
+/// What `SLIPWAY_TRAFFIC` holds per deployment (API.md).
+#[derive(Debug, Deserialize)]
+struct TrafficReport {
+    window_end_ms: i64,
+}
+
+pub struct ScaleDown(pub Orchestrator);
+
+impl Workflow for ScaleDown {
+    const KIND: &'static str = "scale_down_idle_previews";
+    type Input = ScaleDownInput;
+    type Output = Vec<String>;
+
+    async fn run(
+        &self,
+        ctx: &mut Context,
+        input: ScaleDownInput,
+    ) -> Result<Vec<String>, WorkflowError> {
+        let o = &self.0;
+        let idle_before: i64 = ctx
+            .step("now", || async {
+                Ok(now_ms() - slipway_core::time::millis(o.inner.config.idle_window))
+            })
+            .await?;
+        let mut candidates: Vec<String> = Vec::new();
+        let mut after: Option<String> = None;
+        for page in 0.. {
+            let (found, next): (Vec<String>, Option<String>) = ctx
+                .step(&format!("page_{page}"), || async {
+                    o.inner
+                        .store
+                        .idle_preview_candidates(after.as_deref(), PAGE, idle_before)
+                        .await
+                        .step_err()
+                })
+                .await?;
+            candidates.extend(found);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let idle: Vec<String> = ctx
+            .step("traffic", || o.without_traffic(&candidates, idle_before))
+            .await?;
+        let key = format!("scale_down.{}", ctx.workflow_id());
+        ctx.step("scale_down", || async {
+            for id in &idle {
+                o.schedule_state(id, Duration::ZERO, "standby", &key, 0)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(trigger = %input.trigger, candidates = candidates.len(), scaled_down = idle.len(), "idle previews scaled down");
+        Ok(idle)
+    }
+}
+
+impl Orchestrator {
+    /// The candidates with no request reported since `idle_before`. Any failure to read
+    /// the traffic source is terminal: nothing is scaled down on a guess.
+    async fn without_traffic(
+        &self,
+        candidates: &[String],
+        idle_before: i64,
+    ) -> Result<Vec<String>, StepError> {
+        if candidates.is_empty() {
+            return Ok(vec![]);
+        }
+        let unreadable = |e: String| {
+            StepError::terminal(format!(
+                "cannot read traffic from {TRAFFIC}: {e}; nothing scaled down"
+            ))
+        };
+        let stream = self
+            .inner
+            .js
+            .get_stream(TRAFFIC)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        let mut idle = Vec::new();
+        for id in candidates {
+            match stream
+                .get_last_raw_message_by_subject(&format!("slipway.traffic.{id}"))
+                .await
+            {
+                Ok(message) => {
+                    let report: TrafficReport = serde_json::from_slice(&message.payload)
+                        .map_err(|e| unreadable(format!("report of {id}: {e}")))?;
+                    if report.window_end_ms < idle_before {
+                        idle.push(id.clone());
+                    }
+                }
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                    idle.push(id.clone())
+                }
+                Err(e) => return Err(unreadable(e.to_string())),
+            }
+        }
+        Ok(idle)
+    }
+}
