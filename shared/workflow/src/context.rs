@@ -3,11 +3,13 @@
 //! the workflow commits.
 //!
 //! Leases and replay: the steps journaled after a `lease` call were decided under that
-//! holding. A resumed run that re-takes the lease after another holder had it must not replay
-//! them (the state they were decided on may be gone), so they are dropped from the journal and
-//! run again under the new epoch — unless the workflow had reached its commit point
-//! ([`Context::commit`]): a committed workflow never takes its lease again, and the steps after
-//! the commit are retried until they succeed instead of failing the workflow.
+//! holding. A resumed run takes the lease anew (each run is its own holder) and does not
+//! replay them — another holder may have changed the state they were decided on, or an
+//! earlier run of this workflow may still be running on a journal it has not saved — so they
+//! are dropped from the journal and run again under the new epoch, unless the workflow had
+//! reached its commit point ([`Context::commit`]): a committed workflow never takes its lease
+//! again, and the steps after the commit are retried until they succeed instead of failing
+//! the workflow.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -17,7 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
 
 use crate::{
-    lease::Lease,
+    lease::{Holder, Lease},
     record::{self, StepRecord, StepStatus, WorkflowRecord},
     Shared, StepError, WorkflowError,
 };
@@ -206,9 +208,10 @@ impl Context {
     /// `None` when the journal shows the workflow past its commit point (the lease is not
     /// taken again: only journaled results and post-commit steps remain).
     ///
-    /// A resumed run re-takes its own lease at once (the holder is the workflow id). If
-    /// another holder had it in between, the steps journaled after this point are dropped and
-    /// run again: they were decided on a state that may no longer hold.
+    /// A resumed run takes the lease from an earlier run of its workflow at once, and drops
+    /// the steps journaled after this point to run them again: they were decided on a state
+    /// that may no longer hold. The journal is written at once, so a run whose view of it was
+    /// stale (another run saved since) stops here, before it acts.
     pub async fn lease(&mut self, name: &str) -> Result<Option<u64>, WorkflowError> {
         let later = self.record.steps.get(self.cursor..).unwrap_or_default();
         if later
@@ -220,7 +223,7 @@ impl Context {
         let lease = self
             .shared
             .leases
-            .acquire(name, &self.record.id)
+            .acquire(name, &self.holder())
             .await
             .map_err(|e| WorkflowError::Aborted(format!("cannot take lease {name}: {e}")))?;
         let epoch = lease.epoch();
@@ -233,17 +236,23 @@ impl Context {
                 lease = name,
                 epoch,
                 ?dropped,
-                "another holder had the lease since these steps were decided; deciding them again"
+                "these steps were decided under an earlier holding; deciding them again"
             );
             self.record.steps.truncate(self.cursor);
             self.leases.push(lease);
-            // Written at once: the lease is ours now, so a run resuming after a crash here
-            // would find it "continuous" and replay the dropped steps.
             self.save().await?;
         } else {
             self.leases.push(lease);
         }
         Ok(Some(epoch))
+    }
+
+    /// This run as a lease holder.
+    fn holder(&self) -> Holder {
+        Holder {
+            name: self.record.id.clone(),
+            run: self.record.runs,
+        }
     }
 
     pub(crate) async fn release_all(&mut self) {

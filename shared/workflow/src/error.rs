@@ -80,6 +80,9 @@ pub enum EngineError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("corrupt workflow record: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// A later run of the same workflow holds the lease: this run is stale.
+    #[error("superseded: {0}")]
+    Superseded(String),
     #[error("cannot encode a lease: {0}")]
     Lease(#[source] serde_json::Error),
     #[error("JetStream: {0}")]

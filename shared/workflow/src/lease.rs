@@ -7,9 +7,13 @@
 //! Every acquisition has an epoch: the KV revision it was written at. Revisions only grow, so
 //! a later acquisition always has a larger epoch; writes made under the lease carry it as a
 //! fencing token, and a store that has seen a larger one refuses them (BEHAVIOUR.md
-//! "Per-project exclusion", fencing). An acquisition also tells whether the lease was ours
-//! all along since our last holding (no other holder wrote or released it in between), so a
-//! resumed workflow knows whether what it decided under its earlier holding still stands.
+//! "Per-project exclusion", fencing).
+//!
+//! A holder is one run of a workflow (its id and run number): two runs of the same workflow —
+//! a resumed one and one that stalled and woke up, or two deliveries at once — fence each
+//! other like strangers. A later run takes the lease from an earlier run of its own workflow
+//! at once (it was handed the workflow, so the earlier run is presumed dead, and if it is not,
+//! its writes are refused from now on); an earlier run never takes it from a later one.
 //!
 //! Expiry times are the holder's clock: hosts should run NTP, and the TTL (seconds) dwarfs
 //! any sane skew.
@@ -33,7 +37,17 @@ use crate::EngineError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Holding {
     holder: String,
+    /// The holder's run: a later run of the same holder may take the lease at once.
+    #[serde(default)]
+    run: u32,
     expires_at_ms: i64,
+}
+
+/// Who holds a lease: a workflow (or any named holder) and its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub name: String,
+    pub run: u32,
 }
 
 #[derive(Clone)]
@@ -63,8 +77,9 @@ impl Leases {
         Self { kv, ttl }
     }
 
-    /// Waits until `name` is free, expired or already ours, and takes it for `holder`.
-    pub async fn acquire(&self, name: &str, holder: &str) -> Result<Lease, EngineError> {
+    /// Waits until `name` is free, expired, or held by an earlier run of `holder`, and takes
+    /// it. Fails with [`EngineError::Superseded`] if a later run of `holder` holds it.
+    pub async fn acquire(&self, name: &str, holder: &Holder) -> Result<Lease, EngineError> {
         let key = format!("lease.{name}");
         let mut watch = None;
         loop {
@@ -74,15 +89,25 @@ impl Leases {
                 .await
                 .map_err(EngineError::nats)?;
             let now = now_ms();
-            // `ours`: the last write was our own holding (nobody held it since).
+            // `ours`: the last write was this very holder's (nobody held it since).
             let (revision, busy_until, ours) = match entry {
                 None => (0, None, false),
                 Some(e) if e.operation != kv::Operation::Put => (e.revision, None, false),
                 Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
-                    Ok(h) if h.holder != holder && h.expires_at_ms > now => {
+                    Ok(h) if h.holder != holder.name && h.expires_at_ms > now => {
                         (e.revision, Some(h.expires_at_ms), false)
                     }
-                    Ok(h) => (e.revision, None, h.holder == holder),
+                    Ok(h) if h.holder == holder.name && h.run > holder.run => {
+                        return Err(EngineError::Superseded(format!(
+                            "run {} of {} holds lease {name}",
+                            h.run, h.holder
+                        )))
+                    }
+                    Ok(h) => (
+                        e.revision,
+                        None,
+                        h.holder == holder.name && h.run == holder.run,
+                    ),
                     Err(_) => (e.revision, None, false),
                 },
             };
@@ -126,9 +151,10 @@ impl Leases {
         }
     }
 
-    fn holding(&self, holder: &str) -> Result<bytes::Bytes, EngineError> {
+    fn holding(&self, holder: &Holder) -> Result<bytes::Bytes, EngineError> {
         let h = Holding {
-            holder: holder.to_string(),
+            holder: holder.name.clone(),
+            run: holder.run,
             expires_at_ms: now_ms() + ttl_ms(self.ttl),
         };
         serde_json::to_vec(&h)
@@ -136,13 +162,13 @@ impl Leases {
             .map_err(EngineError::Lease)
     }
 
-    fn held(&self, key: String, holder: &str, epoch: u64, continuous: bool) -> Lease {
+    fn held(&self, key: String, holder: &Holder, epoch: u64, continuous: bool) -> Lease {
         let revision = Arc::new(AtomicU64::new(epoch));
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew(
             self.clone(),
             key.clone(),
-            holder.to_string(),
+            holder.clone(),
             revision.clone(),
             lost.clone(),
         ));
@@ -163,7 +189,7 @@ impl Leases {
 async fn renew(
     leases: Leases,
     key: String,
-    holder: String,
+    holder: Holder,
     revision: Arc<AtomicU64>,
     lost: Arc<AtomicBool>,
 ) {
@@ -210,8 +236,8 @@ impl Lease {
         self.epoch
     }
 
-    /// Whether the lease was ours without a break since this holder last held it: no other
-    /// holder took it (or released it) in between. False on a first acquisition.
+    /// Whether this very holder (this run) held the lease last: nobody took it (or released
+    /// it) in between. False on a first acquisition and for a resumed run.
     pub fn is_continuous(&self) -> bool {
         self.continuous
     }

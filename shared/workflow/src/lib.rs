@@ -44,7 +44,7 @@ use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
 
 pub use context::Context;
 pub use error::{EngineError, StepError, StepResultExt, WorkflowError};
-pub use lease::{Lease, Leases};
+pub use lease::{Holder, Lease, Leases};
 pub use record::{EventScope, Status, StepRecord, StepStatus, WorkflowRecord};
 
 /// A durable workflow. `run` must be deterministic apart from its steps: on resume it runs

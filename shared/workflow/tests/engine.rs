@@ -15,7 +15,8 @@ use backon::ExponentialBuilder;
 use slipway_nats::provision;
 use slipway_testkit::NatsServer;
 use slipway_workflow::{
-    Context, Engine, EngineConfig, Failure, Leases, Status, StepError, Workflow, WorkflowError,
+    Context, Engine, EngineConfig, EngineError, Failure, Holder, Leases, Status, StepError,
+    Workflow, WorkflowError,
 };
 
 /// Counts what its steps and failure handler did.
@@ -237,10 +238,18 @@ async fn a_lease_excludes_and_expires_when_its_holder_dies() {
     let leases = Leases::new(kv, ttl);
 
     // Released: the waiter gets it at once.
-    let a = leases.acquire("project.p1", "holder-a").await.unwrap();
+    let a = leases
+        .acquire("project.p1", &holder("holder-a", 1))
+        .await
+        .unwrap();
     let waiter = {
         let leases = leases.clone();
-        tokio::spawn(async move { leases.acquire("project.p1", "holder-b").await.unwrap() })
+        tokio::spawn(async move {
+            leases
+                .acquire("project.p1", &holder("holder-b", 1))
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "took a held lease");
@@ -255,21 +264,48 @@ async fn a_lease_excludes_and_expires_when_its_holder_dies() {
     // Held and renewed well past its TTL: still excluded.
     tokio::time::sleep(ttl * 2).await;
     assert!(!b.is_lost());
-    let blocked = tokio::time::timeout(ttl / 2, leases.acquire("project.p1", "holder-c")).await;
+    let blocked = tokio::time::timeout(
+        ttl / 2,
+        leases.acquire("project.p1", &holder("holder-c", 1)),
+    )
+    .await;
     assert!(blocked.is_err(), "took a renewed lease");
 
     // Its holder dies (no renewal, no release): taken over after the TTL.
     drop(b);
     let died = Instant::now();
-    let c = leases.acquire("project.p1", "holder-c").await.unwrap();
+    let c = leases
+        .acquire("project.p1", &holder("holder-c", 1))
+        .await
+        .unwrap();
     let waited = died.elapsed();
     assert!(
         waited <= ttl + Duration::from_millis(700),
         "waited {waited:?}"
     );
-    // The same holder (a resumed workflow) re-takes its own lease at once.
-    drop(c);
+    // A later run of the same holder (a resumed workflow) takes it at once, though the
+    // earlier run still renews it; that one has lost it, and cannot take it back.
     let again = Instant::now();
-    let _c = leases.acquire("project.p1", "holder-c").await.unwrap();
+    let c2 = leases
+        .acquire("project.p1", &holder("holder-c", 2))
+        .await
+        .unwrap();
     assert!(again.elapsed() < Duration::from_millis(500));
+    assert!(!c2.is_continuous());
+    assert!(c2.epoch() > c.epoch());
+    let stale = leases.acquire("project.p1", &holder("holder-c", 1)).await;
+    assert!(
+        matches!(stale, Err(EngineError::Superseded(_))),
+        "{:?}",
+        stale.err()
+    );
+    tokio::time::sleep(ttl).await;
+    assert!(c.is_lost(), "the earlier run did not notice the takeover");
+}
+
+fn holder(name: &str, run: u32) -> Holder {
+    Holder {
+        name: name.into(),
+        run,
+    }
 }
