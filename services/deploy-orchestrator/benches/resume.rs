@@ -1,7 +1,7 @@
 //! How soon a crashed orchestrator's in-flight workflow resumes, over real processes (release
 //! builds, real nats-server, SQLite, krane-agent running `slipway demo-app`): an orchestrator
 //! aborts at a fault point right before a deploy's leased section (as a SIGKILL would; a step
-//! after the lease point is decided again on resume, and would reach the point again); measured
+//! after the lease point may be decided again on resume, reaching the point again); measured
 //! from that instant until the workflow record shows a second run, p50 / p99, when another
 //! orchestrator is running and when the crashed one is restarted. With the ack wait given
 //! as the first argument (default: 3s, the default of `SLIPWAY_WORKFLOW_ACK_WAIT`).

@@ -426,8 +426,8 @@ async fn a_crashed_orchestrators_workflows_resume_within_five_seconds() {
         ("SLIPWAY_WORKFLOW_ACK_WAIT", "3s".into()),
         ("SLIPWAY_LEASE_TTL", "15s".into()),
     ];
-    // Before the project lease: a resumed run replays that step (a step after the lease
-    // point is decided again, and would reach the point again).
+    // Before the project lease: a resumed run always replays that step (one after the lease
+    // point is decided again when another holder came in between, reaching the point again).
     let point = "deploy.openapi.after_journal";
     for restart_the_crashed_one in [false, true] {
         // Either every orchestrator running crashes at the point the first time it gets

@@ -3,10 +3,11 @@
 //! the workflow commits.
 //!
 //! Leases and replay: the steps journaled after a `lease` call were decided under that
-//! holding. A resumed run takes the lease anew (each run is its own holder) and does not
-//! replay them — another holder may have changed the state they were decided on, or an
-//! earlier run of this workflow may still be running on a journal it has not saved — so they
-//! are dropped from the journal and run again under the new epoch, unless the workflow had
+//! holding. Each run is its own holder. A resumed run that takes the lease after another
+//! holder had it must not replay them (the state they were decided on may be gone), so they
+//! are dropped from the journal and run again under the new epoch; one that takes it straight
+//! from an earlier run of its workflow replays them, but only if its journal is the newest
+//! (an earlier run that is still alive may have saved more since) — unless the workflow had
 //! reached its commit point ([`Context::commit`]): a committed workflow never takes its lease
 //! again, and the steps after the commit are retried until they succeed instead of failing
 //! the workflow.
@@ -208,10 +209,11 @@ impl Context {
     /// `None` when the journal shows the workflow past its commit point (the lease is not
     /// taken again: only journaled results and post-commit steps remain).
     ///
-    /// A resumed run takes the lease from an earlier run of its workflow at once, and drops
-    /// the steps journaled after this point to run them again: they were decided on a state
-    /// that may no longer hold. The journal is written at once, so a run whose view of it was
-    /// stale (another run saved since) stops here, before it acts.
+    /// A resumed run takes the lease from an earlier run of its workflow at once and replays
+    /// what that run decided, if its journal is still the newest (else it stops here, before
+    /// it acts: another run saved since). If another holder had the lease in between, the
+    /// steps journaled after this point are dropped and run again: they were decided on a
+    /// state that may no longer hold. The shortened journal is written at once.
     pub async fn lease(&mut self, name: &str) -> Result<Option<u64>, WorkflowError> {
         let later = self.record.steps.get(self.cursor..).unwrap_or_default();
         if later
@@ -227,7 +229,10 @@ impl Context {
             .await
             .map_err(|e| WorkflowError::Aborted(format!("cannot take lease {name}: {e}")))?;
         let epoch = lease.epoch();
-        if !lease.is_continuous() && self.record.steps.len() > self.cursor {
+        if lease.is_continuous() && self.record.steps.len() > self.cursor {
+            self.leases.push(lease);
+            self.check_journal_is_newest().await?;
+        } else if self.record.steps.len() > self.cursor {
             let dropped: Vec<&str> = self.record.steps[self.cursor..]
                 .iter()
                 .map(|s| s.name.as_str())
@@ -236,7 +241,7 @@ impl Context {
                 lease = name,
                 epoch,
                 ?dropped,
-                "these steps were decided under an earlier holding; deciding them again"
+                "another holder had the lease since these steps were decided; deciding them again"
             );
             self.record.steps.truncate(self.cursor);
             self.leases.push(lease);
@@ -245,6 +250,24 @@ impl Context {
             self.leases.push(lease);
         }
         Ok(Some(epoch))
+    }
+
+    /// Stops this run if another run of the workflow saved the journal since this one read
+    /// it: what this run would replay may not be all that was decided.
+    async fn check_journal_is_newest(&self) -> Result<(), WorkflowError> {
+        let key = record::key(&self.record.id);
+        let entry = self
+            .shared
+            .records
+            .entry(key.as_str())
+            .await
+            .map_err(|e| WorkflowError::Aborted(format!("cannot read the journal: {e}")))?;
+        match entry {
+            Some(e) if e.revision == self.revision => Ok(()),
+            _ => Err(WorkflowError::Aborted(
+                "another run of this workflow advanced its journal".into(),
+            )),
+        }
     }
 
     /// This run as a lease holder.

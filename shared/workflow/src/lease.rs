@@ -11,9 +11,11 @@
 //!
 //! A holder is one run of a workflow (its id and run number): two runs of the same workflow —
 //! a resumed one and one that stalled and woke up, or two deliveries at once — fence each
-//! other like strangers. A later run takes the lease from an earlier run of its own workflow
-//! at once (it was handed the workflow, so the earlier run is presumed dead, and if it is not,
-//! its writes are refused from now on); an earlier run never takes it from a later one.
+//! other. A later run takes the lease from an earlier run of its own workflow at once (it was
+//! handed the workflow, so the earlier run is presumed dead, and if it is not, its writes are
+//! refused from now on); an earlier run never takes it from a later one. An acquisition tells
+//! whether the lease was its workflow's all along (no other holder wrote or released it since
+//! its last holding), so a resumed run knows whether what was decided under it still stands.
 //!
 //! Expiry times are the holder's clock: hosts should run NTP, and the TTL (seconds) dwarfs
 //! any sane skew.
@@ -89,7 +91,7 @@ impl Leases {
                 .await
                 .map_err(EngineError::nats)?;
             let now = now_ms();
-            // `ours`: the last write was this very holder's (nobody held it since).
+            // `ours`: the last write was this workflow's holding (nobody else held it since).
             let (revision, busy_until, ours) = match entry {
                 None => (0, None, false),
                 Some(e) if e.operation != kv::Operation::Put => (e.revision, None, false),
@@ -103,11 +105,7 @@ impl Leases {
                             h.run, h.holder
                         )))
                     }
-                    Ok(h) => (
-                        e.revision,
-                        None,
-                        h.holder == holder.name && h.run == holder.run,
-                    ),
+                    Ok(h) => (e.revision, None, h.holder == holder.name),
                     Err(_) => (e.revision, None, false),
                 },
             };
@@ -236,8 +234,8 @@ impl Lease {
         self.epoch
     }
 
-    /// Whether this very holder (this run) held the lease last: nobody took it (or released
-    /// it) in between. False on a first acquisition and for a resumed run.
+    /// Whether this workflow (this run or an earlier one) held the lease last: nobody else
+    /// took it (or released it) in between. False on a first acquisition.
     pub fn is_continuous(&self) -> bool {
         self.continuous
     }
