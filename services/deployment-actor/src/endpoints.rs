@@ -31,7 +31,7 @@ pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, a
         .serve(
             a,
             "schedule_desired_state_change",
-            "slipway.deployment.v1.schedule_desired_state_change.*",
+            &slipway_core::subjects::deployment::SCHEDULE.all(),
             |a, call| async move { a.schedule(call).await },
         )
         .await?;
@@ -39,7 +39,7 @@ pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, a
         .serve(
             a,
             "clear_scheduled_state_changes",
-            "slipway.deployment.v1.clear_scheduled_state_changes.*",
+            &slipway_core::subjects::deployment::CLEAR.all(),
             |a, call| async move { a.clear(call).await },
         )
         .await?;
@@ -47,7 +47,7 @@ pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, a
         .serve(
             a,
             "get_state",
-            "slipway.deployment.v1.get_state.*",
+            &slipway_core::subjects::deployment::GET_STATE.all(),
             |a, call| async move { a.get_state(call).await },
         )
         .await?;

@@ -10,7 +10,7 @@ use slipway_nats::provision::TIMERS;
 
 use crate::Actor;
 
-const SCHEDULE_PREFIX: &str = "slipway.timers.schedule.deployment.";
+use slipway_core::subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {

@@ -18,13 +18,9 @@ use crate::transitions::{Current, Transition, TransitionError, Transitions};
 /// whose timer the reconcile puts back.
 const FIRED_TTL: &str = "1h";
 
-pub fn schedule_subject(deployment_id: &str) -> String {
-    format!("slipway.timers.schedule.deployment.{deployment_id}")
-}
-
-pub fn fired_subject(deployment_id: &str) -> String {
-    format!("slipway.timers.fired.deployment.{deployment_id}")
-}
+pub use slipway_core::subjects::timers::{
+    deployment_fired as fired_subject, deployment_schedule as schedule_subject,
+};
 
 /// The body of a schedule, delivered unchanged on the fired subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,7 +36,7 @@ pub async fn serve(
         .serve(
             r,
             "assign_frontline_routes",
-            "slipway.routing.v1.assign_frontline_routes.*",
+            &slipway_core::subjects::routing::ASSIGN.all(),
             |r, call| async move { r.assign(call).await },
         )
         .await?;
@@ -44,7 +44,7 @@ pub async fn serve(
         .serve(
             r,
             "list_routes",
-            "slipway.routing.v1.list_routes.*",
+            &slipway_core::subjects::routing::LIST.all(),
             |r, call| async move { r.list(call).await },
         )
         .await?;
@@ -52,7 +52,7 @@ pub async fn serve(
         .serve(
             r,
             "ensure_routes",
-            "slipway.routing.v1.ensure_routes.*",
+            &slipway_core::subjects::routing::ENSURE.all(),
             |r, call| async move { r.ensure(call).await },
         )
         .await?;

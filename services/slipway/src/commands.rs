@@ -65,7 +65,7 @@ pub async fn workspace(api: &Api, command: Create, json_out: bool) -> Result<()>
     let Create::Create { slug, name } = command;
     let reply = api
         .call(
-            "slipway.project.v1.create_workspace",
+            slipway_core::subjects::project::CREATE_WORKSPACE,
             json!({"slug": slug, "name": name}),
         )
         .await?;
@@ -84,7 +84,7 @@ pub async fn project(api: &Api, command: ProjectCommand, json_out: bool) -> Resu
     } = command;
     let reply = api
         .call(
-            "slipway.project.v1.create_project",
+            slipway_core::subjects::project::CREATE_PROJECT,
             json!({"workspace_id": workspace, "slug": slug, "name": name, "default_branch": default_branch}),
         )
         .await?;
@@ -105,7 +105,7 @@ pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
     let regions: BTreeMap<String, u32> = regions.into_iter().collect();
     let reply = api
         .call(
-            "slipway.project.v1.create_environment",
+            slipway_core::subjects::project::CREATE_ENVIRONMENT,
             json!({"project_id": project, "slug": slug, "regions": regions, "port": port, "sentinel_config": sentinel_config}),
         )
         .await?;
@@ -119,13 +119,13 @@ pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
 pub async fn status(api: &Api, deployment_id: &str, json_out: bool) -> Result<()> {
     let reply = api
         .call(
-            "slipway.deploy.v1.get_deployment",
+            slipway_core::subjects::deploy::GET_DEPLOYMENT,
             json!({ "deployment_id": deployment_id }),
         )
         .await?;
     let state = api
         .call(
-            &format!("slipway.deployment.v1.get_state.{deployment_id}"),
+            &slipway_core::subjects::deployment::GET_STATE.of(deployment_id),
             json!({}),
         )
         .await?;
@@ -175,7 +175,7 @@ pub async fn status(api: &Api, deployment_id: &str, json_out: bool) -> Result<()
 pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -> Result<()> {
     let p = api
         .call(
-            "slipway.project.v1.get_project",
+            slipway_core::subjects::project::GET_PROJECT,
             json!({ "project_id": project }),
         )
         .await?;
@@ -188,7 +188,7 @@ pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -
     loop {
         let page = api
             .call(
-                "slipway.deploy.v1.list_deployments",
+                slipway_core::subjects::deploy::LIST_DEPLOYMENTS,
                 json!({"project_id": project, "environment_slug": env, "limit": 500, "cursor": cursor}),
             )
             .await?;
@@ -224,7 +224,7 @@ pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -
 pub async fn routes(api: &Api, project: &str, json_out: bool) -> Result<()> {
     let reply = api
         .call(
-            &format!("slipway.routing.v1.list_routes.{project}"),
+            &slipway_core::subjects::routing::LIST.of(project),
             json!({}),
         )
         .await?;
@@ -259,7 +259,10 @@ pub async fn timers(api: &Api, json_out: bool) -> Result<()> {
     let mut pending = vec![];
     for id in keys {
         let state = api
-            .call(&format!("slipway.deployment.v1.get_state.{id}"), json!({}))
+            .call(
+                &slipway_core::subjects::deployment::GET_STATE.of(&id),
+                json!({}),
+            )
             .await?;
         if let Some(p) = state.get("pending") {
             pending.push(json!({"deployment_id": id, "state": p["state"], "fires_at_ms": p["fires_at_ms"], "nonce": p["nonce"]}));

@@ -45,7 +45,7 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
     });
     let created = api
         .call(
-            "slipway.deploy.v1.create_deployment",
+            slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
             json!({
                 "project_id": args.project,
                 "environment_slug": args.environment,
@@ -94,7 +94,7 @@ async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool)
         .context("reading the events stream")?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("slipway.events.{project}.{id}.>"),
+            filter_subject: slipway_core::subjects::events::of_deployment(project, id),
             ..Default::default()
         })
         .await?;
@@ -142,7 +142,7 @@ async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool)
     loop {
         let w = api
             .call(
-                "slipway.deploy.v1.get_workflow",
+                slipway_core::subjects::deploy::GET_WORKFLOW,
                 json!({ "workflow_id": workflow }),
             )
             .await?;
@@ -161,27 +161,25 @@ async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool)
     bar.finish_and_clear();
     let d = api
         .call(
-            "slipway.deploy.v1.get_deployment",
+            slipway_core::subjects::deploy::GET_DEPLOYMENT,
             json!({ "deployment_id": id }),
         )
         .await?;
     Ok(d["deployment"].clone())
 }
 
-/// Rollback or promote: waits for the workflow (up to `wait`), non-zero exit if it failed.
-pub async fn traffic(api: &Api, verb: &str, body: Value, json_out: bool) -> Result<()> {
+/// Rollback or promote (`subject`): waits for the workflow (up to `wait`), non-zero exit if it
+/// failed.
+pub async fn traffic(api: &Api, subject: &str, body: Value, json_out: bool) -> Result<()> {
     let reply = api
-        .call_with_timeout(
-            &format!("slipway.deploy.v1.{verb}"),
-            body,
-            Duration::from_secs(70),
-        )
+        .call_with_timeout(subject, body, Duration::from_secs(70))
         .await?;
+    let verb = subject.rsplit('.').next().unwrap_or(subject);
     let status = str_of(&reply, "status").to_string();
     if status == "failed" {
         let w = api
             .call(
-                "slipway.deploy.v1.get_workflow",
+                slipway_core::subjects::deploy::GET_WORKFLOW,
                 json!({ "workflow_id": reply["workflow_id"] }),
             )
             .await?;

@@ -143,7 +143,7 @@ async fn deploy_demo(nats_url: &str) -> Result<Value> {
     let client = async_nats::connect(nats_url).await?;
     let created = call(
         &client,
-        "slipway.deploy.v1.create_deployment",
+        slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
         json!({
             "project_id": DEMO_PROJECT,
             "environment_slug": "production",
@@ -162,8 +162,8 @@ async fn deploy_demo(nats_url: &str) -> Result<Value> {
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subjects: vec![
-                format!("slipway.events.{DEMO_PROJECT}.{id}.ready"),
-                format!("slipway.events.{DEMO_PROJECT}.{id}.failed"),
+                slipway_core::subjects::events::event(DEMO_PROJECT, id, "ready"),
+                slipway_core::subjects::events::event(DEMO_PROJECT, id, "failed"),
             ],
             ..Default::default()
         })
@@ -179,7 +179,7 @@ async fn deploy_demo(nats_url: &str) -> Result<Value> {
     }
     let got = call(
         &client,
-        "slipway.deploy.v1.get_deployment",
+        slipway_core::subjects::deploy::GET_DEPLOYMENT,
         json!({ "deployment_id": id }),
     )
     .await?;

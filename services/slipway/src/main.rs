@@ -104,11 +104,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_ms,
         } => {
             let body = json!({"source_deployment_id": source, "target_deployment_id": target, "wait_ms": wait_ms});
-            deploy::traffic(&api, "rollback", body, json_out).await
+            deploy::traffic(
+                &api,
+                slipway_core::subjects::deploy::ROLLBACK,
+                body,
+                json_out,
+            )
+            .await
         }
         Command::Promote { target, wait_ms } => {
             let body = json!({"target_deployment_id": target, "wait_ms": wait_ms});
-            deploy::traffic(&api, "promote", body, json_out).await
+            deploy::traffic(
+                &api,
+                slipway_core::subjects::deploy::PROMOTE,
+                body,
+                json_out,
+            )
+            .await
         }
         Command::Status { deployment } => commands::status(&api, &deployment, json_out).await,
         Command::Ls {

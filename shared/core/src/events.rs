@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// `slipway.events.<project_id>.<deployment_id>.<type>`
 pub fn subject(project_id: &str, deployment_id: &str, kind: &str) -> String {
-    format!("slipway.events.{project_id}.{deployment_id}.{kind}")
+    crate::subjects::events::event(project_id, deployment_id, kind)
 }
 
 /// The fields every event carries; `detail` holds the type's own fields, flattened.

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod krane;
 pub mod service;
 pub mod state;
+pub mod subjects;
 pub mod time;
 
 pub use error::{ApiError, ErrorCode};

@@ -154,7 +154,7 @@ impl Invariants {
             let was_live = !stream_messages(
                 &self.js,
                 "SLIPWAY_EVENTS",
-                &format!("slipway.events.{project_id}.{}.live", d.id),
+                &slipway_core::subjects::events::event(project_id, &d.id, "live"),
             )
             .await
             .is_empty();
@@ -165,7 +165,7 @@ impl Invariants {
             let schedules = stream_messages(
                 &self.js,
                 "SLIPWAY_TIMERS",
-                &format!("slipway.timers.schedule.deployment.{}", d.id),
+                &slipway_core::subjects::timers::deployment_schedule(&d.id),
             )
             .await;
             if state["pending"]["state"] != "standby" || schedules.len() != 1 {
@@ -215,7 +215,7 @@ impl Invariants {
         let reply = self
             .client
             .request(
-                format!("slipway.deployment.v1.get_state.{deployment_id}"),
+                slipway_core::subjects::deployment::GET_STATE.of(deployment_id),
                 "{}".into(),
             )
             .await?;

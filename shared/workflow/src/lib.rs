@@ -267,7 +267,7 @@ impl Engine {
         self.shared
             .js
             .publish_with_headers(
-                format!("slipway.workflows.{}.{workflow_id}", W::KIND),
+                slipway_core::subjects::workflow(W::KIND, workflow_id),
                 headers,
                 bytes::Bytes::new(),
             )

@@ -16,8 +16,9 @@ use crate::{
     workflows::scale_down::{ScaleDown, ScaleDownInput},
 };
 
-pub const SCHEDULE_SUBJECT: &str = "slipway.timers.schedule.cron.scale_down_idle_previews";
-pub const FIRED_SUBJECT: &str = "slipway.timers.fired.cron.scale_down_idle_previews";
+use slipway_core::subjects::timers::{
+    SCALE_DOWN_FIRED as FIRED_SUBJECT, SCALE_DOWN_SCHEDULE as SCHEDULE_SUBJECT,
+};
 const CRON_CONSUMER: &str = "deploy-orchestrator-cron";
 
 /// Writes the cron schedule unless the same one is in place (re-writing would restart its

@@ -39,7 +39,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "create_workspace",
-            "slipway.project.v1.create_workspace",
+            slipway_core::subjects::project::CREATE_WORKSPACE,
             |o, c| async move { o.create_workspace(c).await },
         )
         .await?;
@@ -47,7 +47,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "create_project",
-            "slipway.project.v1.create_project",
+            slipway_core::subjects::project::CREATE_PROJECT,
             |o, c| async move { o.create_project(c).await },
         )
         .await?;
@@ -55,7 +55,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "create_environment",
-            "slipway.project.v1.create_environment",
+            slipway_core::subjects::project::CREATE_ENVIRONMENT,
             |o, c| async move { o.create_environment(c).await },
         )
         .await?;
@@ -63,7 +63,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "get_project",
-            "slipway.project.v1.get_project",
+            slipway_core::subjects::project::GET_PROJECT,
             |o, c| async move { o.get_project(c).await },
         )
         .await?;
@@ -71,7 +71,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "create_deployment",
-            "slipway.deploy.v1.create_deployment",
+            slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
             |o, c| async move { o.create_deployment(c).await },
         )
         .await?;
@@ -79,7 +79,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "get_deployment",
-            "slipway.deploy.v1.get_deployment",
+            slipway_core::subjects::deploy::GET_DEPLOYMENT,
             |o, c| async move { o.get_deployment(c).await },
         )
         .await?;
@@ -87,7 +87,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "list_deployments",
-            "slipway.deploy.v1.list_deployments",
+            slipway_core::subjects::deploy::LIST_DEPLOYMENTS,
             |o, c| async move { o.list_deployments(c).await },
         )
         .await?;
@@ -95,7 +95,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "rollback",
-            "slipway.deploy.v1.rollback",
+            slipway_core::subjects::deploy::ROLLBACK,
             |o, c| async move { o.rollback(c).await },
         )
         .await?;
@@ -103,7 +103,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "promote",
-            "slipway.deploy.v1.promote",
+            slipway_core::subjects::deploy::PROMOTE,
             |o, c| async move { o.promote(c).await },
         )
         .await?;
@@ -111,7 +111,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "scale_down_idle_previews",
-            "slipway.deploy.v1.scale_down_idle_previews",
+            slipway_core::subjects::deploy::SCALE_DOWN_IDLE_PREVIEWS,
             |o, c| async move { o.scale_down_idle_previews(c).await },
         )
         .await?;
@@ -119,7 +119,7 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
         .serve(
             o,
             "get_workflow",
-            "slipway.deploy.v1.get_workflow",
+            slipway_core::subjects::deploy::GET_WORKFLOW,
             |o, c| async move { o.get_workflow(c).await },
         )
         .await?;

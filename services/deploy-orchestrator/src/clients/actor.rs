@@ -31,7 +31,7 @@ impl Orchestrator {
     ) -> Result<String, StepError> {
         let reply: ScheduleDesiredStateChangeReply = request_reply(
             &self.inner.client,
-            format!("slipway.deployment.v1.schedule_desired_state_change.{deployment_id}"),
+            slipway_core::subjects::deployment::SCHEDULE.of(deployment_id),
             &ScheduleDesiredStateChangeRequest {
                 delay_ms: millis(delay),
                 state: state.into(),
@@ -78,7 +78,7 @@ impl Orchestrator {
     pub(crate) async fn has_pending_change(&self, deployment_id: &str) -> Result<bool, StepError> {
         let reply: GetStateReply = request_reply(
             &self.inner.client,
-            format!("slipway.deployment.v1.get_state.{deployment_id}"),
+            slipway_core::subjects::deployment::GET_STATE.of(deployment_id),
             &GetStateRequest {},
             CALL_TIMEOUT,
         )
@@ -96,7 +96,7 @@ impl Orchestrator {
         slipway_core::fault::point("clear.before_request");
         let reply: ClearScheduledStateChangesReply = request_reply(
             &self.inner.client,
-            format!("slipway.deployment.v1.clear_scheduled_state_changes.{deployment_id}"),
+            slipway_core::subjects::deployment::CLEAR.of(deployment_id),
             &ClearScheduledStateChangesRequest { fencing_token },
             CALL_TIMEOUT,
         )

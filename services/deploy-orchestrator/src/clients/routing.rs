@@ -48,7 +48,7 @@ impl Orchestrator {
         let fencing_token = request.fencing_token;
         let reply: AssignFrontlineRoutesReply = request_reply(
             &self.inner.client,
-            format!("slipway.routing.v1.assign_frontline_routes.{project_id}"),
+            slipway_core::subjects::routing::ASSIGN.of(project_id),
             &request,
             CALL_TIMEOUT,
         )

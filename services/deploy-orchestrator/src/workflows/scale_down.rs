@@ -110,7 +110,7 @@ impl Orchestrator {
         let mut idle = Vec::new();
         for id in candidates {
             match stream
-                .get_last_raw_message_by_subject(&format!("slipway.traffic.{id}"))
+                .get_last_raw_message_by_subject(&slipway_core::subjects::traffic(id))
                 .await
             {
                 Ok(message) => {

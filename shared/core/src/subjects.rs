@@ -1,0 +1,98 @@
+//! Every NATS subject Slipway serves, requests or publishes on (API.md "Subjects"), spelled
+//! once: services, the CLI and the tests take them from here.
+
+/// A request/reply endpoint whose subject ends in the key it acts on (a deployment or a
+/// project id): served on [`Keyed::all`], requested on [`Keyed::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keyed(&'static str);
+
+impl Keyed {
+    pub fn of(self, key: &str) -> String {
+        format!("{}.{key}", self.0)
+    }
+
+    /// The subject a service subscribes to: every key.
+    pub fn all(self) -> String {
+        format!("{}.*", self.0)
+    }
+}
+
+/// `slipway-deploy`, project endpoints.
+pub mod project {
+    pub const CREATE_WORKSPACE: &str = "slipway.project.v1.create_workspace";
+    pub const CREATE_PROJECT: &str = "slipway.project.v1.create_project";
+    pub const CREATE_ENVIRONMENT: &str = "slipway.project.v1.create_environment";
+    pub const GET_PROJECT: &str = "slipway.project.v1.get_project";
+}
+
+/// `slipway-deploy`, deployment and workflow endpoints.
+pub mod deploy {
+    pub const CREATE_DEPLOYMENT: &str = "slipway.deploy.v1.create_deployment";
+    pub const GET_DEPLOYMENT: &str = "slipway.deploy.v1.get_deployment";
+    pub const LIST_DEPLOYMENTS: &str = "slipway.deploy.v1.list_deployments";
+    pub const ROLLBACK: &str = "slipway.deploy.v1.rollback";
+    pub const PROMOTE: &str = "slipway.deploy.v1.promote";
+    pub const SCALE_DOWN_IDLE_PREVIEWS: &str = "slipway.deploy.v1.scale_down_idle_previews";
+    pub const GET_WORKFLOW: &str = "slipway.deploy.v1.get_workflow";
+}
+
+/// `slipway-deployment` (the deployment actor), keyed by deployment id.
+pub mod deployment {
+    use super::Keyed;
+
+    pub const SCHEDULE: Keyed = Keyed("slipway.deployment.v1.schedule_desired_state_change");
+    pub const CLEAR: Keyed = Keyed("slipway.deployment.v1.clear_scheduled_state_changes");
+    pub const GET_STATE: Keyed = Keyed("slipway.deployment.v1.get_state");
+}
+
+/// `slipway-routing`, keyed by project id.
+pub mod routing {
+    use super::Keyed;
+
+    pub const ASSIGN: Keyed = Keyed("slipway.routing.v1.assign_frontline_routes");
+    pub const LIST: Keyed = Keyed("slipway.routing.v1.list_routes");
+    pub const ENSURE: Keyed = Keyed("slipway.routing.v1.ensure_routes");
+}
+
+/// Lifecycle events on `SLIPWAY_EVENTS`: `slipway.events.<project>.<deployment>.<type>`.
+pub mod events {
+    pub fn event(project_id: &str, deployment_id: &str, kind: &str) -> String {
+        format!("slipway.events.{project_id}.{deployment_id}.{kind}")
+    }
+
+    /// Every event of one deployment.
+    pub fn of_deployment(project_id: &str, deployment_id: &str) -> String {
+        format!("slipway.events.{project_id}.{deployment_id}.>")
+    }
+
+    /// Every event of one project.
+    pub fn of_project(project_id: &str) -> String {
+        format!("slipway.events.{project_id}.>")
+    }
+}
+
+/// Message schedules and what they fire into, on `SLIPWAY_TIMERS`.
+pub mod timers {
+    /// The prefix of every deployment's standby/archive schedule.
+    pub const DEPLOYMENT_SCHEDULE_PREFIX: &str = "slipway.timers.schedule.deployment.";
+    pub const SCALE_DOWN_SCHEDULE: &str = "slipway.timers.schedule.cron.scale_down_idle_previews";
+    pub const SCALE_DOWN_FIRED: &str = "slipway.timers.fired.cron.scale_down_idle_previews";
+
+    pub fn deployment_schedule(deployment_id: &str) -> String {
+        format!("{DEPLOYMENT_SCHEDULE_PREFIX}{deployment_id}")
+    }
+
+    pub fn deployment_fired(deployment_id: &str) -> String {
+        format!("slipway.timers.fired.deployment.{deployment_id}")
+    }
+}
+
+/// A deployment's traffic reports on `SLIPWAY_TRAFFIC`.
+pub fn traffic(deployment_id: &str) -> String {
+    format!("slipway.traffic.{deployment_id}")
+}
+
+/// A workflow's invocation on `SLIPWAY_WORKFLOWS`.
+pub fn workflow(kind: &str, workflow_id: &str) -> String {
+    format!("slipway.workflows.{kind}.{workflow_id}")
+}
