@@ -22,6 +22,7 @@ use slipway_workflow::{
 
 use crate::{
     clients::{events::scope_of, instances::ReadyInstance, routing::Committed},
+    workflows::route_plan,
     Orchestrator,
 };
 
@@ -314,9 +315,7 @@ impl Orchestrator {
     }
 
     /// Step 9: the domains, the routes to create where missing, and the existing routes this
-    /// deployment takes over: the per-branch route (wherever it was created), every
-    /// environment-sticky route of this environment (custom ones included), and the live
-    /// routes only when this deploy takes live (production, project not rolled back).
+    /// deployment takes over ([`route_plan::decide`]).
     async fn plan_routes(&self, loaded: &Loaded) -> Result<RoutePlan, StepError> {
         let scope = &loaded.scope;
         let generated = domains::generate(&DomainInput {
@@ -335,40 +334,19 @@ impl Orchestrator {
             .await
             .step_err()?;
         let project = store.project(&scope.project_id).await.step_err()?;
-        let take_live = scope.environment_slug == PRODUCTION_ENVIRONMENT && !project.is_rolled_back;
-        let wanted = |sticky: Sticky, generated_here: bool| match sticky {
-            Sticky::Branch => generated_here,
-            Sticky::Environment => true,
-            Sticky::Live => take_live,
-            Sticky::None => false,
-        };
+        let take_live = route_plan::takes_live(&scope.environment_slug, project.is_rolled_back);
         let existing = store.routes_by_fqdn(&domain_names).await.step_err()?;
-        let mut create = Vec::new();
-        let mut to_move: Vec<String> = Vec::new();
-        for d in &generated {
-            let sticky = d.sticky;
-            match existing.iter().find(|r| r.fqdn == d.fqdn) {
-                // Another project's: the commit refuses it with a conflict.
-                Some(r) if r.project_id != scope.project_id => {
-                    create.push((d.fqdn.clone(), sticky))
-                }
-                Some(r) if wanted(r.sticky, true) => to_move.push(r.id.clone()),
-                Some(_) => {}
-                None if sticky != Sticky::Live || take_live => {
-                    create.push((d.fqdn.clone(), sticky))
-                }
-                None => {}
-            }
-        }
-        let stored = store
+        let environment_routes = store
             .routes(&scope.project_id, Some(&loaded.environment_id))
             .await
             .step_err()?;
-        for r in stored {
-            if wanted(r.sticky, false) && !to_move.contains(&r.id) {
-                to_move.push(r.id);
-            }
-        }
+        let route_plan::Decision { create, to_move } = route_plan::decide(&route_plan::Inputs {
+            project_id: &scope.project_id,
+            take_live,
+            generated: &generated,
+            existing: &existing,
+            environment_routes: &environment_routes,
+        });
         Ok(RoutePlan {
             domains: domain_names,
             create,

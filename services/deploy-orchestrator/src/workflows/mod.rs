@@ -5,5 +5,6 @@ pub(crate) mod deploy;
 pub(crate) mod project_lease;
 pub(crate) mod promote;
 pub(crate) mod rollback;
+pub(crate) mod route_plan;
 pub(crate) mod scale_down;
 pub(crate) mod wake;
