@@ -5,6 +5,7 @@
 pub mod client;
 pub mod codec;
 pub mod connect;
+pub mod consumer;
 pub mod events;
 pub mod krane;
 pub mod micro;

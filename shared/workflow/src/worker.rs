@@ -1,13 +1,16 @@
-//! Workers: the shared durable consumer of `SLIPWAY_WORKFLOWS`, one task per invocation,
-//! kept alive with in-progress acks; acked once the workflow has finished (completed, or
-//! failed with its failure handler done), handed back (nak) when a run aborts.
+//! Workers: the shared durable consumer of `SLIPWAY_WORKFLOWS` (`slipway_nats::consumer`),
+//! each invocation kept with in-progress acks while it runs; acked once the workflow has
+//! finished (completed, or failed with its failure handler done), handed back (nak) when a
+//! run aborts.
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, kv, AckKind};
+use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
-use futures::StreamExt;
-use slipway_nats::provision::{consumer_config, WORKFLOWS};
+use slipway_nats::{
+    consumer::{self, Disposition, Durable},
+    provision::{consumer_config, WORKFLOWS},
+};
 use tracing::Instrument;
 
 use crate::{record, Context, EngineError, Erased, Shared, Status, WorkflowError, WorkflowRecord};
@@ -29,76 +32,33 @@ pub(crate) async fn read(
 }
 
 pub(crate) async fn consume(shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match attach(&shared).await {
-            Ok(mut messages) => {
-                backoff = Duration::from_millis(100);
-                while let Some(message) = messages.next().await {
-                    match message {
-                        // One task each: a long wait in one workflow holds up no other; the
-                        // consumer's max_ack_pending bounds how many run at once.
-                        Ok(message) => {
-                            tokio::spawn(handle(shared.clone(), message));
-                        }
-                        Err(e) => tracing::warn!(error = %e, "workflow consumer error"),
-                    }
-                }
-                tracing::warn!("workflow consumer ended; re-attaching");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot attach to the workflow consumer; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    let mut config = match consumer_config(&shared.config.consumer) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "no definition of the workflow consumer; no worker runs");
+            return;
         }
-    }
-}
-
-async fn attach(shared: &Shared) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
-    let stream = shared.js.get_stream(WORKFLOWS).await?;
-    let mut config = consumer_config(&shared.config.consumer)?;
+    };
     config.ack_wait = shared.config.ack_wait;
-    let consumer = stream.create_consumer(config).await?;
-    Ok(consumer.messages().await?)
-}
-
-/// What to do with the invocation message.
-enum Disposition {
-    Ack,
-    /// Redeliver after this delay.
-    Retry(Duration),
-    Drop,
-}
-
-async fn handle(shared: Arc<Shared>, message: jetstream::Message) {
-    let workflow_id = message
-        .subject
-        .rsplit('.')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let span = tracing::info_span!("workflow", workflow_id = %workflow_id, kind = tracing::field::Empty, deployment_id = tracing::field::Empty);
-    let work = process(shared.clone(), workflow_id).instrument(span);
-    tokio::pin!(work);
-    let mut progress = tokio::time::interval(shared.config.ack_wait / 3);
-    progress.tick().await;
-    let disposition = loop {
-        tokio::select! {
-            d = &mut work => break d,
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
-        }
+    let durable = Durable {
+        stream: WORKFLOWS,
+        config,
+        // A long wait in one workflow holds up no other; the consumer's max_ack_pending
+        // bounds how many run at once.
+        concurrency: None,
+        progress_every: shared.config.ack_wait / 3,
     };
-    let acked = match disposition {
-        Disposition::Ack => message.double_ack().await,
-        Disposition::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
-        Disposition::Drop => message.ack_with(AckKind::Term).await,
-    };
-    if let Err(e) = acked {
-        tracing::warn!(error = %e, "cannot ack a workflow invocation; it will be redelivered");
-    }
+    consumer::run(shared.js.clone(), durable, |message| {
+        let workflow_id = message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let span = tracing::info_span!("workflow", workflow_id = %workflow_id, kind = tracing::field::Empty, deployment_id = tracing::field::Empty);
+        process(shared.clone(), workflow_id).instrument(span)
+    })
+    .await
 }
 
 async fn process(shared: Arc<Shared>, workflow_id: String) -> Disposition {

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use async_nats::{
     header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
-    jetstream::{self, AckKind},
-    HeaderMap,
+    jetstream, HeaderMap,
 };
-use futures::StreamExt;
-use slipway_nats::provision::{consumer_config, TIMERS};
+use slipway_nats::{
+    consumer::{self, Disposition, Durable},
+    provision::{consumer_config, TIMERS},
+};
 
 use crate::{
     api::Api,
@@ -20,6 +21,8 @@ use slipway_core::subjects::timers::{
     SCALE_DOWN_FIRED as FIRED_SUBJECT, SCALE_DOWN_SCHEDULE as SCHEDULE_SUBJECT,
 };
 const CRON_CONSUMER: &str = "deploy-orchestrator-cron";
+/// Well inside the consumer's ack wait (nats/consumers/).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Writes the cron schedule unless the same one is in place (re-writing would restart its
 /// interval on every orchestrator start).
@@ -51,42 +54,29 @@ pub(crate) async fn ensure_schedule(js: &jetstream::Context, schedule: &str) -> 
 /// Each fired cron message starts one workflow, whose id is derived from the message's
 /// stream sequence: a redelivery, or another orchestrator, starts the same one.
 pub(crate) async fn consume_fires(api: Api) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let attached = async {
-            let stream = api.o.inner.js.get_stream(TIMERS).await?;
-            let consumer = stream
-                .create_consumer(consumer_config(CRON_CONSUMER)?)
-                .await?;
-            Ok::<_, async_nats::Error>(consumer.messages().await?)
+    let config = match consumer_config(CRON_CONSUMER) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "no definition of the cron consumer");
+            return;
         }
-        .await;
-        match attached {
-            Ok(mut messages) => {
-                backoff = Duration::from_millis(100);
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(message) => fired(&api, message).await,
-                        Err(e) => tracing::warn!(error = %e, "cron consumer error"),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot attach to the cron consumer; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    };
+    let durable = Durable {
+        stream: TIMERS,
+        config,
+        concurrency: Some(1),
+        progress_every: PROGRESS_EVERY,
+    };
+    let js = api.o.inner.js.clone();
+    consumer::run(js, durable, |message| fired(&api, message)).await
 }
 
-async fn fired(api: &Api, message: jetstream::Message) {
+async fn fired(api: &Api, message: jetstream::Message) -> Disposition {
     let sequence = match message.info() {
         Ok(info) => info.stream_sequence,
         Err(e) => {
             tracing::warn!(error = %e, "fired cron message without metadata; dropping it");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
+            return Disposition::Drop;
         }
     };
     let workflow_id = format!("wf_scale_down_{sequence:012}");
@@ -100,13 +90,11 @@ async fn fired(api: &Api, message: jetstream::Message) {
     {
         Ok(()) => {
             tracing::info!(%workflow_id, "scale-down started by its schedule");
-            let _ = message.double_ack().await;
+            Disposition::Ack
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the scale-down workflow; will retry");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            Disposition::Retry(Duration::from_secs(1))
         }
     }
 }

@@ -1,0 +1,104 @@
+//! A durable pull consumer, run for ever: attached (create-or-update, so the definition in
+//! `nats/` is the truth after an upgrade) and re-attached with backoff whenever the server
+//! goes away; its messages handled concurrently, each kept with in-progress acks while its
+//! handler runs (so a short ack wait returns a dead process's work quickly), then acked,
+//! redelivered later, or dropped as the handler says.
+
+use std::{future::Future, time::Duration};
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use futures::StreamExt;
+
+/// What to do with a handled message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done: acked (double ack, so a lost ack is noticed).
+    Ack,
+    /// Redelivered after this delay.
+    Retry(Duration),
+    /// Never redelivered (it cannot be handled, ever).
+    Drop,
+}
+
+/// Which consumer, and how its messages are handled.
+pub struct Durable {
+    pub stream: &'static str,
+    pub config: pull::Config,
+    /// How many messages are handled at once (`None`: as many as the consumer's
+    /// `max_ack_pending` lets through).
+    pub concurrency: Option<usize>,
+    /// How often a message being handled is acked in progress: well inside the ack wait.
+    pub progress_every: Duration,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `durable` for ever, calling `handle` with each message.
+pub async fn run<F, Fut>(js: jetstream::Context, durable: Durable, handle: F)
+where
+    F: Fn(jetstream::Message) -> Fut,
+    Fut: Future<Output = Disposition>,
+{
+    let name = durable.config.durable_name.clone().unwrap_or_default();
+    let mut backoff = BACKOFF_START;
+    loop {
+        match attach(&js, &durable).await {
+            Ok(messages) => {
+                backoff = BACKOFF_START;
+                messages
+                    .for_each_concurrent(durable.concurrency, |message| async {
+                        match message {
+                            Ok(message) => handled(&handle, message, durable.progress_every).await,
+                            Err(e) => {
+                                tracing::warn!(consumer = %name, error = %e, "consumer error")
+                            }
+                        }
+                    })
+                    .await;
+                tracing::warn!(consumer = %name, "consumer ended; re-attaching");
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "cannot attach to the consumer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn attach(
+    js: &jetstream::Context,
+    durable: &Durable,
+) -> Result<pull::Stream, async_nats::Error> {
+    let stream = js.get_stream(durable.stream).await?;
+    let consumer = stream.create_consumer(durable.config.clone()).await?;
+    Ok(consumer.messages().await?)
+}
+
+async fn handled<F, Fut>(handle: &F, message: jetstream::Message, progress_every: Duration)
+where
+    F: Fn(jetstream::Message) -> Fut,
+    Fut: Future<Output = Disposition>,
+{
+    let work = handle(message.clone());
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(progress_every);
+    progress.tick().await;
+    let disposition = loop {
+        tokio::select! {
+            d = &mut work => break d,
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let acked = match disposition {
+        Disposition::Ack => message.double_ack().await,
+        Disposition::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::Drop => message.ack_with(AckKind::Term).await,
+    };
+    if let Err(e) = acked {
+        tracing::warn!(subject = %message.subject, error = %e, "cannot ack; the message will be redelivered");
+    }
+}
