@@ -214,7 +214,19 @@ impl Context {
     /// it acts: another run saved since). If another holder had the lease in between, the
     /// steps journaled after this point are dropped and run again: they were decided on a
     /// state that may no longer hold. The shortened journal is written at once.
-    pub async fn lease(&mut self, name: &str) -> Result<Option<u64>, WorkflowError> {
+    ///
+    /// `register` is called with the new epoch right after the lease is taken, before
+    /// anything else, so the stores that fence writes refuse a former holder's from then on —
+    /// also when this run stops right here.
+    pub async fn lease<F, Fut>(
+        &mut self,
+        name: &str,
+        register: F,
+    ) -> Result<Option<u64>, WorkflowError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<(), WorkflowError>>,
+    {
         let later = self.record.steps.get(self.cursor..).unwrap_or_default();
         if later
             .iter()
@@ -228,26 +240,26 @@ impl Context {
             .acquire(name, &self.holder())
             .await
             .map_err(|e| WorkflowError::Aborted(format!("cannot take lease {name}: {e}")))?;
-        let epoch = lease.epoch();
-        if lease.is_continuous() && self.record.steps.len() > self.cursor {
-            self.leases.push(lease);
-            self.check_journal_is_newest().await?;
-        } else if self.record.steps.len() > self.cursor {
-            let dropped: Vec<&str> = self.record.steps[self.cursor..]
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect();
-            tracing::warn!(
-                lease = name,
-                epoch,
-                ?dropped,
-                "another holder had the lease since these steps were decided; deciding them again"
-            );
-            self.record.steps.truncate(self.cursor);
-            self.leases.push(lease);
-            self.save().await?;
-        } else {
-            self.leases.push(lease);
+        let (epoch, continuous) = (lease.epoch(), lease.is_continuous());
+        self.leases.push(lease);
+        register(epoch).await?;
+        if self.record.steps.len() > self.cursor {
+            if continuous {
+                self.check_journal_is_newest().await?;
+            } else {
+                let dropped: Vec<&str> = self.record.steps[self.cursor..]
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                tracing::warn!(
+                    lease = name,
+                    epoch,
+                    ?dropped,
+                    "another holder had the lease since these steps were decided; deciding them again"
+                );
+                self.record.steps.truncate(self.cursor);
+                self.save().await?;
+            }
         }
         Ok(Some(epoch))
     }

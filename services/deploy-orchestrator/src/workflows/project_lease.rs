@@ -16,17 +16,21 @@ impl Orchestrator {
         ctx: &mut Context,
         project_id: &str,
     ) -> Result<u64, WorkflowError> {
-        let Some(epoch) = ctx.lease(&format!("project.{project_id}")).await? else {
-            return Ok(0);
+        let store = &self.inner.store;
+        let register = |epoch| async move {
+            match store.fence(project_id, epoch).await {
+                Ok(()) => Ok(()),
+                Err(StoreError::Conflict(e)) => Err(WorkflowError::Aborted(format!(
+                    "the project lease was taken over right away: {e}"
+                ))),
+                Err(e) => Err(WorkflowError::Aborted(format!(
+                    "cannot register the project lease's epoch: {e}"
+                ))),
+            }
         };
-        match self.inner.store.fence(project_id, epoch).await {
-            Ok(()) => Ok(epoch),
-            Err(StoreError::Conflict(e)) => Err(WorkflowError::Aborted(format!(
-                "the project lease was taken over right away: {e}"
-            ))),
-            Err(e) => Err(WorkflowError::Aborted(format!(
-                "cannot register the project lease's epoch: {e}"
-            ))),
-        }
+        let lease = ctx
+            .lease(&format!("project.{project_id}"), register)
+            .await?;
+        Ok(lease.unwrap_or(0))
     }
 }
