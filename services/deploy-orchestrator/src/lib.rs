@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
-use slipway_core::config::{parse_duration, CommonConfig};
+use slipway_core::config::{parse_duration, CommonConfig, DatabaseConfig};
 use slipway_nats::provision::{self, DESIRED, INSTANCES};
 use slipway_store::Store;
 use slipway_workflow::{Engine, EngineConfig};
@@ -28,6 +28,8 @@ pub const SERVICE_NAME: &str = "slipway-deploy";
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
     /// Regions a deployment runs in when its environment names none (comma-separated).
     #[arg(
         long,
@@ -99,7 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = slipway_nats::connect(&config.common.nats, "deploy-orchestrator").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
-    let store = Store::open(&config.common.database_url)
+    let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;
     let http = reqwest::Client::builder()

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use slipway_core::config::CommonConfig;
+use slipway_core::config::{CommonConfig, DatabaseConfig};
 use slipway_nats::provision::{self, DESIRED, TRANSITIONS};
 use slipway_store::Store;
 
@@ -32,6 +32,8 @@ pub const SERVICE_NAME: &str = "slipway-deployment";
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
     /// How many fired changes one process applies at once.
     #[arg(long, env = "SLIPWAY_ACTOR_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -74,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = slipway_nats::connect(&config.common.nats, "deployment-actor").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
-    let store = Store::open(&config.common.database_url)
+    let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;
 

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use slipway_core::config::CommonConfig;
+use slipway_core::config::{CommonConfig, DatabaseConfig};
 use slipway_nats::provision::{self, ROUTES};
 use slipway_store::Store;
 
@@ -30,6 +30,8 @@ pub const SERVICE_NAME: &str = "slipway-routing";
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
     /// Apex of generated domains: its hosts always get sentinel configs.
     #[arg(long, env = "SLIPWAY_APEX_DOMAIN", default_value = slipway_core::domains::DEFAULT_APEX)]
     pub apex_domain: String,
@@ -59,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = slipway_nats::connect(&config.common.nats, "routing").await?;
     let js = jetstream::new(client.clone());
     provision::provision(&js, config.common.js_replicas).await?;
-    let store = Store::open(&config.common.database_url)
+    let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;
     let table = table::RouteTable::new(

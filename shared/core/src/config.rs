@@ -10,6 +10,15 @@ pub struct CommonConfig {
     /// Replicas of the streams and KV buckets provisioned at start-up (3 on a 3-node cluster).
     #[arg(long, env = "SLIPWAY_JS_REPLICAS", default_value_t = 1)]
     pub js_replicas: usize,
+    /// `text` or `json`.
+    #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The database of the services that keep records (not the region agents). Flatten into a
+/// service's own `clap::Parser`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`.
     #[arg(
         long,
@@ -17,9 +26,6 @@ pub struct CommonConfig {
         default_value = "sqlite://slipway.db"
     )]
     pub database_url: String,
-    /// `text` or `json`.
-    #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 /// Where NATS is and how to authenticate: what every process, the CLI included, needs.
