@@ -165,30 +165,11 @@ impl RouteTable {
 
     /// Writes `entry` unless the stored one is newer, or the same.
     async fn write(&self, entry: &RouteEntry) -> Result<bool, TableError> {
-        let payload: bytes::Bytes = serde_json::to_vec(entry).map_err(kv_err)?.into();
-        loop {
-            let current = self.kv.entry(entry.fqdn.as_str()).await.map_err(kv_err)?;
-            let revision = match &current {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    let stored: Option<RouteEntry> = serde_json::from_slice(&e.value).ok();
-                    match stored {
-                        Some(s) if s.version > entry.version || &s == entry => return Ok(false),
-                        _ => e.revision,
-                    }
-                }
-                Some(e) => e.revision,
-                None => 0,
-            };
-            match self
-                .kv
-                .update(entry.fqdn.as_str(), payload.clone(), revision)
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(kv_err(e)),
-            }
-        }
+        slipway_nats::kv::put_unless(&self.kv, &entry.fqdn, entry, |stored: &RouteEntry| {
+            stored.version > entry.version || stored == entry
+        })
+        .await
+        .map_err(kv_err)
     }
 
     /// Makes the whole KV table equal to the database: every route written where it

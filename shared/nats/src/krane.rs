@@ -21,28 +21,9 @@ pub async fn put_desired_deployment(
     doc: &DesiredDeployment,
 ) -> Result<bool, DesiredError> {
     let key = desired_deployment_key(region, &doc.deployment_id);
-    let err = |source: async_nats::Error| DesiredError::Kv {
-        key: key.clone(),
-        source,
-    };
-    let payload: bytes::Bytes = serde_json::to_vec(doc).map_err(|e| err(e.into()))?.into();
-    loop {
-        let current = kv.entry(key.as_str()).await.map_err(|e| err(e.into()))?;
-        let revision = match &current {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let stored: Option<DesiredDeployment> = serde_json::from_slice(&entry.value).ok();
-                if stored.is_some_and(|s| s.version >= doc.version) {
-                    return Ok(false);
-                }
-                entry.revision
-            }
-            Some(entry) => entry.revision,
-            None => 0,
-        };
-        match kv.update(key.as_str(), payload.clone(), revision).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(err(e.into())),
-        }
-    }
+    crate::kv::put_unless(kv, &key, doc, |stored: &DesiredDeployment| {
+        stored.version >= doc.version
+    })
+    .await
+    .map_err(|source| DesiredError::Kv { key, source })
 }

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod consumer;
 pub mod events;
 pub mod krane;
+pub mod kv;
 pub mod micro;
 pub mod provision;
 pub mod shutdown;

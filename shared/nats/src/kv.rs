@@ -1,0 +1,39 @@
+//! Writes that only move a KV entry forward: a late or repeated writer never puts an older
+//! document back (compare-and-set on the key's revision, retried when another writer won).
+
+use async_nats::jetstream::kv;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Writes `value` (JSON) at `key` unless `keep(stored)` says the stored document wins (it is
+/// newer, or the same). Returns whether it wrote. A stored value that does not parse is
+/// overwritten.
+pub async fn put_unless<T, F>(
+    store: &kv::Store,
+    key: &str,
+    value: &T,
+    keep: F,
+) -> Result<bool, async_nats::Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: Fn(&T) -> bool,
+{
+    let payload: bytes::Bytes = serde_json::to_vec(value)?.into();
+    loop {
+        let revision = match store.entry(key).await? {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let stored: Option<T> = serde_json::from_slice(&entry.value).ok();
+                if stored.as_ref().is_some_and(&keep) {
+                    return Ok(false);
+                }
+                entry.revision
+            }
+            Some(entry) => entry.revision,
+            None => 0,
+        };
+        match store.update(key, payload.clone(), revision).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
