@@ -135,7 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The bucket once it exists, retrying with backoff (logged every ~30 s).
 async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream::kv::Store {
-    let mut delay = Duration::from_millis(100);
+    let mut delays = slipway_nats::retry::reattach();
     let mut waited = Duration::ZERO;
     let mut told = Duration::ZERO;
     loop {
@@ -146,9 +146,9 @@ async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream::kv
                     tracing::warn!(bucket, error = %e, "waiting for the control plane to provision the bucket");
                     told = waited + Duration::from_secs(30);
                 }
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tokio::time::sleep(delay).await;
                 waited += delay;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -31,9 +31,6 @@ pub struct Durable {
     pub progress_every: Duration,
 }
 
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Runs `durable` for ever, calling `handle` with each message.
 pub async fn run<F, Fut>(js: jetstream::Context, durable: Durable, handle: F)
 where
@@ -41,11 +38,11 @@ where
     Fut: Future<Output = Disposition>,
 {
     let name = durable.config.durable_name.clone().unwrap_or_default();
-    let mut backoff = BACKOFF_START;
+    let mut backoff = crate::retry::reattach();
     loop {
         match attach(&js, &durable).await {
             Ok(messages) => {
-                backoff = BACKOFF_START;
+                backoff = crate::retry::reattach();
                 messages
                     .for_each_concurrent(durable.concurrency, |message| async {
                         match message {
@@ -60,8 +57,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(consumer = %name, error = %e, "cannot attach to the consumer; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
             }
         }
     }

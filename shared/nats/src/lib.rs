@@ -11,6 +11,7 @@ pub mod krane;
 pub mod kv;
 pub mod micro;
 pub mod provision;
+pub mod retry;
 pub mod shutdown;
 
 pub use connect::{connect, ConnectError, MIN_SERVER_VERSION};

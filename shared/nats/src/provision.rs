@@ -167,23 +167,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempt = 0;
+    let mut delays = crate::retry::blip();
     loop {
-        match op().await {
+        let error: async_nats::Error = match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt < 5 => {
-                let e: async_nats::Error = e.into();
-                tracing::debug!(resource = name, error = %e, "provisioning raced; retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => {
-                return Err(ProvisionError::JetStream {
-                    name: name.to_string(),
-                    source: e.into(),
-                })
-            }
-        }
+            Err(e) => e.into(),
+        };
+        let Some(delay) = delays.next() else {
+            return Err(ProvisionError::JetStream {
+                name: name.to_string(),
+                source: error,
+            });
+        };
+        tracing::debug!(resource = name, error = %error, "provisioning raced; retrying");
+        tokio::time::sleep(delay).await;
     }
 }
 

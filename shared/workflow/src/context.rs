@@ -12,7 +12,7 @@
 //! again, and the steps after the commit are retried until they succeed instead of failing
 //! the workflow.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
@@ -313,8 +313,8 @@ impl Context {
             .map_err(|e| WorkflowError::Aborted(format!("cannot encode the record: {e}")))?
             .into();
         let key = record::key(&self.record.id);
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1.. {
+        let mut delays = slipway_nats::retry::blip();
+        loop {
             match self
                 .shared
                 .records
@@ -330,19 +330,19 @@ impl Context {
                         "another run of this workflow advanced its journal".into(),
                     ))
                 }
-                Err(e) if attempt < 5 => {
-                    tracing::warn!(error = %e, "cannot write the journal; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    return Err(WorkflowError::Aborted(format!(
-                        "cannot write the journal: {e}"
-                    )))
-                }
+                Err(e) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(error = %e, "cannot write the journal; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        return Err(WorkflowError::Aborted(format!(
+                            "cannot write the journal: {e}"
+                        )))
+                    }
+                },
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// The `step` event of journaled step `index`, deduplicated by workflow and index, so a
