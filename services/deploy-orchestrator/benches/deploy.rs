@@ -73,17 +73,12 @@ fn rss(plane: &common::Plane) -> Vec<(String, u64)> {
     out
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn summary(label: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
+fn summary(label: &str, ms: Vec<f64>) {
+    let ms = slipway_testkit::Samples::new(ms);
     println!(
         "  {label:<34} p50 {:>7.1} ms  p99 {:>7.1} ms  (n={})",
-        percentile(&ms, 0.5),
-        percentile(&ms, 0.99),
+        ms.at(0.5),
+        ms.at(0.99),
         ms.len()
     );
 }

@@ -31,13 +31,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(label: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+fn summary(label: &str, ms: Vec<f64>) {
+    let ms = slipway_testkit::Samples::new(ms);
     println!(
         "  {label:<30} request -> live route switched: p50 {:>7.1} ms  p99 {:>7.1} ms  (n={})",
-        at(0.5),
-        at(0.99),
+        ms.at(0.5),
+        ms.at(0.99),
         ms.len()
     );
 }

@@ -90,20 +90,9 @@ async fn seed(store: &Store, n: usize) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (
-        percentile(&v, 0.5),
-        percentile(&v, 0.99),
-        v.last().copied().unwrap_or(f64::NAN),
-    )
+fn summary(v: Vec<f64>) -> (f64, f64, f64) {
+    let v = slipway_testkit::Samples::new(v);
+    (v.at(0.5), v.at(0.99), v.max())
 }
 
 async fn round_trips(

@@ -8,10 +8,12 @@ pub mod invariants;
 pub mod nats_server;
 pub mod ports;
 pub mod process;
+pub mod stats;
 pub mod streams;
 
 pub use database::TestDb;
 pub use invariants::Invariants;
 pub use nats_server::{NatsCluster, NatsServer};
 pub use process::ServiceProcess;
+pub use stats::Samples;
 pub use streams::stream_messages;
