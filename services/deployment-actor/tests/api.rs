@@ -92,7 +92,7 @@ async fn bad_input_gets_a_4xx_error_reply_and_writes_nothing() {
             .request::<ScheduleDesiredStateChangeReply>(&subject, body.to_vec())
             .await
             .expect_err(what);
-        assert_eq!(err.header_code, status.to_string(), "{what}");
+        assert_eq!(err.status, status, "{what}");
         assert!(err.header_message.contains(mentions), "{what}: {err:?}");
         assert_eq!(err.body["error"]["status"], status, "{what}: {err:?}");
         let code = if status == 404 {

@@ -11,7 +11,7 @@ use slipway_core::error::STALE_FENCING_TOKEN;
 
 fn assert_stale(result: Result<impl std::fmt::Debug, ErrorResponse>, what: &str) {
     let e = result.expect_err(what);
-    assert_eq!(e.header_code, "409", "{what}: {e:?}");
+    assert_eq!(e.status, 409, "{what}: {e:?}");
     assert!(
         e.header_message.starts_with(STALE_FENCING_TOKEN),
         "{what}: {e:?}"

@@ -8,6 +8,7 @@ pub mod invariants;
 pub mod nats_server;
 pub mod ports;
 pub mod process;
+pub mod reply;
 pub mod stats;
 pub mod streams;
 
@@ -15,5 +16,6 @@ pub use database::TestDb;
 pub use invariants::Invariants;
 pub use nats_server::{NatsCluster, NatsServer};
 pub use process::ServiceProcess;
+pub use reply::{decode_reply, ErrorReply};
 pub use stats::Samples;
 pub use streams::stream_messages;

@@ -45,13 +45,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// An error reply: the status header and the body's error.
-#[derive(Debug)]
-pub struct ErrorReply {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
+pub use slipway_testkit::ErrorReply;
 
 pub struct Plane {
     pub nats: NatsServer,
@@ -274,16 +268,7 @@ impl Plane {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let headers = reply.headers.clone().unwrap_or_default();
-            let body: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
-            if let Some(code) = headers.get("Nats-Service-Error-Code") {
-                return Err(ErrorReply {
-                    status: code.as_str().parse().unwrap_or(0),
-                    code: body["error"]["code"].as_str().unwrap_or_default().into(),
-                    message: body["error"]["message"].as_str().unwrap_or_default().into(),
-                });
-            }
-            return Ok(body);
+            return slipway_testkit::decode_reply(&reply);
         }
         panic!("no reply to {subject}");
     }

@@ -34,12 +34,7 @@ pub struct Env {
 }
 
 /// An error reply: the micro-service headers and the body.
-#[derive(Debug)]
-pub struct ErrorResponse {
-    pub header_code: String,
-    pub header_message: String,
-    pub body: serde_json::Value,
-}
+pub use slipway_testkit::ErrorReply as ErrorResponse;
 
 impl Env {
     /// nats-server, database and one actor.
@@ -288,21 +283,7 @@ pub fn schedule_subject(dep: &str) -> String {
     format!("slipway.deployment.v1.schedule_desired_state_change.{dep}")
 }
 
-pub fn decode_reply<Rep: ApiMessage>(msg: &async_nats::Message) -> Result<Rep, ErrorResponse> {
-    let headers = msg.headers.clone().unwrap_or_default();
-    if let Some(code) = headers.get("Nats-Service-Error-Code") {
-        return Err(ErrorResponse {
-            header_code: code.to_string(),
-            header_message: headers
-                .get("Nats-Service-Error")
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-            body: serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null),
-        });
-    }
-    Ok(serde_json::from_slice(&msg.payload)
-        .unwrap_or_else(|e| panic!("bad reply {:?}: {e}", String::from_utf8_lossy(&msg.payload))))
-}
+pub use slipway_testkit::decode_reply;
 
 pub fn protobuf_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
