@@ -38,16 +38,8 @@ async fn assert_settled(plane: &Plane, project: &str, live: &str, superseded: &[
 /// crashed workflow is redelivered; the only orchestrator left running aborts at `point`.
 /// Returns (plane, project, v1, v2, the faulty orchestrator).
 async fn two_deployed_then_faulty(point: &str) -> (Plane, String, String, String, usize) {
-    let mut plane = Plane::without_orchestrator().await;
-    plane.orchestrator_env = vec![
-        ("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into()),
-        ("SLIPWAY_STANDBY_DELAY", "1h".into()),
-    ];
-    let normal = plane.spawn_orchestrator(&[]);
-    let project = plane.project().await;
-    let v1 = plane.deployed(&project, "production", "v1").await;
-    let v2 = plane.deployed(&project, "production", "v2").await;
-    plane.orchestrators[normal].kill();
+    let env = vec![("SLIPWAY_WORKFLOW_ACK_WAIT", "6s".into())];
+    let (mut plane, project, v1, v2) = Plane::two_deployed(env).await;
     let faulty = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_POINT", point.into())]);
     (plane, project, v1, v2, faulty)
 }
@@ -191,10 +183,7 @@ async fn a_deploy_that_died_right_after_its_commit_and_was_pinned_out_leaves_not
     let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
     crashed_at(&mut plane, faulty, point);
     let body = json!({"source_deployment_id": v3, "target_deployment_id": v1, "wait_ms": 0});
-    let reply = plane.ok("slipway.deploy.v1.rollback", body).await;
-    let rollback = plane
-        .workflow_done(reply["workflow_id"].as_str().unwrap())
-        .await;
+    let rollback = plane.workflow("slipway.deploy.v1.rollback", body).await;
     assert_eq!(
         rollback.status.as_str(),
         "completed",
@@ -239,10 +228,7 @@ async fn a_promote_that_died_after_its_commit_and_was_overtaken_leaves_nothing_b
     let first = plane.ok("slipway.deploy.v1.promote", promote.clone()).await;
     crashed_at(&mut plane, faulty, point);
     let v3 = plane.deployed(&project, "production", "v3").await;
-    let second = plane.ok("slipway.deploy.v1.promote", promote).await;
-    let second = plane
-        .workflow_done(second["workflow_id"].as_str().unwrap())
-        .await;
+    let second = plane.workflow("slipway.deploy.v1.promote", promote).await;
     assert_eq!(second.status.as_str(), "completed", "{:?}", second.error);
 
     let first = plane
@@ -288,13 +274,7 @@ async fn a_stalled_holder_cannot_commit_after_its_lease_was_taken_over() {
 /// leaving v1 running for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_holder_cannot_clear_what_a_later_holder_scheduled() {
-    let mut plane = Plane::without_orchestrator().await;
-    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "1h".into())];
-    let normal = plane.spawn_orchestrator(&[]);
-    let project = plane.project().await;
-    let v1 = plane.deployed(&project, "production", "v1").await;
-    let v2 = plane.deployed(&project, "production", "v2").await;
-    plane.orchestrators[normal].kill();
+    let (mut plane, project, v1, v2) = Plane::two_deployed(vec![]).await;
 
     let point = "clear.before_request";
     let stalled = plane.spawn_orchestrator(&[("SLIPWAY_FAULT_STOP", point.into())]);
@@ -307,15 +287,8 @@ async fn a_stalled_holder_cannot_clear_what_a_later_holder_scheduled() {
         .workflow_done(reply["workflow_id"].as_str().unwrap())
         .await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
-    let reply = plane
-        .ok(
-            "slipway.deploy.v1.promote",
-            json!({"target_deployment_id": v2, "wait_ms": 0}),
-        )
-        .await;
-    let record = plane
-        .workflow_done(reply["workflow_id"].as_str().unwrap())
-        .await;
+    let promote = json!({"target_deployment_id": v2, "wait_ms": 0});
+    let record = plane.workflow("slipway.deploy.v1.promote", promote).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert_eq!(plane.pending(&v1).await.unwrap()["state"], "standby");
 

@@ -140,13 +140,7 @@ async fn a_rollback_racing_a_deploy_ends_in_a_serial_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_and_promote_killed_midway_complete_once() {
-    let mut plane = Plane::without_orchestrator().await;
-    plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "1h".into())];
-    let normal = plane.spawn_orchestrator(&[]);
-    let project = plane.project().await;
-    let v1 = plane.deployed(&project, "production", "v1").await;
-    let v2 = plane.deployed(&project, "production", "v2").await;
-    plane.orchestrators[normal].kill();
+    let (mut plane, project, v1, v2) = Plane::two_deployed(vec![]).await;
 
     for (verb, body, point) in [
         (

@@ -108,6 +108,30 @@ impl Plane {
         plane
     }
 
+    /// A project with v1 and v2 deployed to production (v2 live, v1 waiting an hour for
+    /// standby), by an orchestrator that is gone again; `orchestrator_env` as `env`.
+    /// Returns (plane, project, v1, v2).
+    pub async fn two_deployed(env: Vec<(&'static str, String)>) -> (Plane, String, String, String) {
+        let mut plane = Plane::without_orchestrator().await;
+        plane.orchestrator_env = env;
+        plane
+            .orchestrator_env
+            .push(("SLIPWAY_STANDBY_DELAY", "1h".into()));
+        let normal = plane.spawn_orchestrator(&[]);
+        let project = plane.project().await;
+        let v1 = plane.deployed(&project, "production", "v1").await;
+        let v2 = plane.deployed(&project, "production", "v2").await;
+        plane.orchestrators[normal].kill();
+        (plane, project, v1, v2)
+    }
+
+    /// Starts a workflow with request `subject` and waits until it has finished.
+    pub async fn workflow(&self, subject: &str, body: Value) -> WorkflowRecord {
+        let reply = self.ok(subject, body).await;
+        self.workflow_done(reply["workflow_id"].as_str().unwrap())
+            .await
+    }
+
     pub async fn without_orchestrator() -> Plane {
         Self::without_orchestrator_on(TestDb::sqlite().unwrap()).await
     }
