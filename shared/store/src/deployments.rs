@@ -23,7 +23,8 @@ pub struct Created {
 
 impl Store {
     /// Writes a `pending` deployment of an existing environment, copying the environment's
-    /// port and sentinel config onto it.
+    /// port and sentinel config onto it (tests: services go through `create_deployment`).
+    #[cfg(feature = "testing")]
     pub async fn insert_deployment(
         &self,
         new: &NewDeployment,
@@ -32,8 +33,8 @@ impl Store {
         Ok(self.create_deployment(new, None, now_ms).await?.deployment)
     }
 
-    /// [`insert_deployment`](Self::insert_deployment), idempotent per (project, key) for
-    /// 24 h: a repeat of the same request returns the first one's deployment, a different
+    /// Writes a `pending` deployment of an existing environment, copying the environment's
+    /// port and sentinel config onto it; idempotent per (project, key) for 24 h: a repeat of the same request returns the first one's deployment, a different
     /// request with the same key is a conflict.
     pub async fn create_deployment(
         &self,
@@ -168,7 +169,8 @@ impl Store {
         row.as_ref().map(records::deployment).transpose()
     }
 
-    /// Removes a deployment and everything that hangs off it.
+    /// Removes a deployment and everything that hangs off it (tests).
+    #[cfg(feature = "testing")]
     pub async fn delete_deployment(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         for table in ["deployment_topology", "instances"] {

@@ -69,32 +69,23 @@ impl Store {
         records::project(&row)
     }
 
-    /// Points the project's live pointer at `deployment_id` (or clears it).
+    /// Points the project's live pointer at `deployment_id` (or clears it), outside any
+    /// commit (tests: services move it only through `assign_routes`).
+    #[cfg(feature = "testing")]
     pub async fn set_live_deployment(
         &self,
         project_id: &str,
         deployment_id: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.update_project(project_id, "live_deployment_id = $2", deployment_id, now_ms)
-            .await
-    }
-
-    /// `UPDATE projects SET <set> …` where `set` uses `$2` for `value`; missing is not found.
-    pub(crate) async fn update_project(
-        &self,
-        project_id: &str,
-        set: &str,
-        value: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let sql = format!("UPDATE projects SET {set}, updated_at_ms = $3 WHERE id = $1");
-        let done = sqlx::query(&sql)
-            .bind(project_id)
-            .bind(value)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE projects SET live_deployment_id = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(project_id)
+        .bind(deployment_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
                 "project {project_id} not found"
