@@ -9,8 +9,8 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use slipway_core::time::now_ms;
+use slipway_local::{NatsServer, ServiceProcess};
 use slipway_store::{Store, StoreError};
-use slipway_testkit::{NatsServer, ServiceProcess};
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
