@@ -1,10 +1,7 @@
 //! Deploy steps 6 and 8: waiting, event-driven, for the region agents to report healthy
 //! instances (KV `slipway_instances`), and scraping the app's OpenAPI spec from them.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -15,7 +12,10 @@ use slipway_core::{
 };
 use slipway_workflow::{StepError, StepResultExt};
 
-use crate::Orchestrator;
+use crate::{
+    clients::instance_wait::{InstanceWait, Verdict},
+    Orchestrator,
+};
 
 /// An instance as the deployment records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,85 +25,24 @@ pub struct ReadyInstance {
     pub address: String,
 }
 
-/// Reports in which one instance is `failed` before the deploy gives up on it (an app that
-/// exits is restarted and fails again; three times is a crash loop, not bad luck).
-const FAILED_REPORTS: u32 = 3;
-
-#[derive(Default)]
-struct Region {
-    wanted: u32,
-    report: Option<InstancesReport>,
-}
-
-impl Region {
-    fn ready(&self) -> bool {
-        self.report.as_ref().is_some_and(|r| {
-            r.instances.len() >= self.wanted as usize
-                && r.instances
-                    .iter()
-                    .all(|i| i.status == InstanceStatus::Running)
-        })
-    }
-
-    fn describe(&self, region: &str) -> String {
-        let Some(report) = &self.report else {
-            return format!("region {region}: no report from its agent");
-        };
-        let running = report
-            .instances
-            .iter()
-            .filter(|i| i.status == InstanceStatus::Running)
-            .count();
-        let others: Vec<String> = report
-            .instances
-            .iter()
-            .filter(|i| i.status != InstanceStatus::Running)
-            .map(|i| {
-                let status = serde_json::to_value(i.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                match &i.message {
-                    Some(m) => format!("{} {status} ({m})", i.id),
-                    None if i.status == InstanceStatus::Pending => {
-                        format!("{} {status} (not healthy yet)", i.id)
-                    }
-                    None => format!("{} {status}", i.id),
-                }
-            })
-            .collect();
-        format!(
-            "region {region}: {running} of {} running{}{}",
-            self.wanted,
-            if others.is_empty() { "" } else { "; " },
-            others.join(", ")
-        )
-    }
-}
-
 impl Orchestrator {
     /// Waits until every region reports at least its replicas, all `running`. Fails at
     /// `deadline_ms`, when an instance reports `failed` again and again, or when one stays
-    /// `failed` longer than the grace period.
+    /// `failed` longer than the grace period (the rules: [`InstanceWait`]).
     pub(crate) async fn wait_for_instances(
         &self,
         deployment_id: &str,
         replicas: &BTreeMap<String, u32>,
         deadline_ms: i64,
     ) -> Result<Vec<ReadyInstance>, StepError> {
+        let config = &self.inner.config;
+        let mut wait = InstanceWait::new(
+            replicas,
+            deadline_ms,
+            config.ready_timeout,
+            config.failed_grace,
+        );
         let kv = &self.inner.instances;
-        let mut regions: BTreeMap<String, Region> = replicas
-            .iter()
-            .map(|(r, n)| {
-                (
-                    r.clone(),
-                    Region {
-                        wanted: *n,
-                        report: None,
-                    },
-                )
-            })
-            .collect();
         // The watch delivers each key's current value first, then every change.
         let mut watch = kv
             .watch_with_history(format!("{deployment_id}.*"))
@@ -111,95 +50,46 @@ impl Orchestrator {
             .map_err(|e| StepError::retryable(format!("cannot watch instance reports: {e}")))?;
         // A resumed deploy may find its deadline already passed: it judges what the agents
         // report now, not the absence of a report it has not read yet.
-        for (region, slot) in regions.iter_mut() {
+        let regions: Vec<String> = wait.regions().cloned().collect();
+        for region in regions {
             let current = kv
                 .entry(format!("{deployment_id}.{region}"))
                 .await
                 .map_err(|e| StepError::retryable(format!("cannot read instance reports: {e}")))?;
-            if let Some(entry) = current.filter(|e| e.operation == kv::Operation::Put) {
-                slot.report = serde_json::from_slice::<InstancesReport>(&entry.value).ok();
+            let report = current
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<InstancesReport>(&e.value).ok());
+            if let Some(report) = report {
+                wait.seed(&region, report);
             }
         }
-        let mut failed_reports: HashMap<String, u32> = HashMap::new();
-        let mut failed_since: HashMap<String, i64> = HashMap::new();
-        let grace_ms =
-            i64::try_from(self.inner.config.failed_grace.as_millis()).unwrap_or(i64::MAX);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if regions.values().all(Region::ready) {
-                break;
-            }
             let now = now_ms();
-            let summary = || {
-                regions
-                    .iter()
-                    .map(|(name, r)| r.describe(name))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            if now >= deadline_ms {
-                return Err(StepError::terminal(format!(
-                    "instances did not become healthy within the ready timeout ({}): {}",
-                    humanize(self.inner.config.ready_timeout),
-                    summary()
-                )));
+            match wait.verdict(now) {
+                Verdict::Ready(instances) => return Ok(instances),
+                Verdict::Failed(reason) => return Err(StepError::terminal(reason)),
+                Verdict::Wait => {}
             }
-            if let Some((id, _)) = failed_since
-                .iter()
-                .find(|(_, since)| now - **since >= grace_ms)
-            {
-                return Err(StepError::terminal(format!(
-                    "instance {id} stayed failed for {}: {}",
-                    humanize(self.inner.config.failed_grace),
-                    summary()
-                )));
-            }
-            if let Some((id, n)) = failed_reports.iter().find(|(_, n)| **n >= FAILED_REPORTS) {
-                return Err(StepError::terminal(format!(
-                    "instance {id} failed {n} times: {}",
-                    summary()
-                )));
-            }
-            let wait = Duration::from_millis((deadline_ms - now).max(0) as u64);
+            let until_deadline = Duration::from_millis((deadline_ms - now).max(0) as u64);
             tokio::select! {
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                         let Some(region) = entry.key.strip_prefix(&format!("{deployment_id}.")) else { continue };
-                        let Some(slot) = regions.get_mut(region) else { continue };
                         let Ok(report) = serde_json::from_slice::<InstancesReport>(&entry.value) else {
                             tracing::warn!(key = %entry.key, "unreadable instance report; ignoring it");
                             continue;
                         };
-                        for i in &report.instances {
-                            if i.status == InstanceStatus::Failed {
-                                *failed_reports.entry(i.id.clone()).or_default() += 1;
-                                failed_since.entry(i.id.clone()).or_insert(now);
-                            } else {
-                                failed_since.remove(&i.id);
-                            }
-                        }
-                        slot.report = Some(report);
+                        wait.report(region, report, now_ms());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(StepError::retryable(format!("instance report watch failed: {e}"))),
                     None => return Err(StepError::retryable("instance report watch ended")),
                 },
                 _ = tick.tick() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(until_deadline) => {}
             }
         }
-        Ok(regions
-            .iter()
-            .flat_map(|(region, r)| {
-                r.report.iter().flat_map(move |report| {
-                    report.instances.iter().map(move |i| ReadyInstance {
-                        id: i.id.clone(),
-                        region: region.clone(),
-                        address: i.address.clone(),
-                    })
-                })
-            })
-            .collect())
     }
 
     /// Records the ready instances on the deployment, region by region.
@@ -240,8 +130,4 @@ impl Orchestrator {
         }
         None
     }
-}
-
-fn humanize(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }

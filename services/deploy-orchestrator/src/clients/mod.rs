@@ -3,5 +3,6 @@
 
 pub(crate) mod actor;
 pub(crate) mod events;
+pub(crate) mod instance_wait;
 pub(crate) mod instances;
 pub(crate) mod routing;
