@@ -7,4 +7,5 @@ pub(crate) mod promote;
 pub(crate) mod rollback;
 pub(crate) mod route_plan;
 pub(crate) mod scale_down;
+pub(crate) mod validation;
 pub(crate) mod wake;

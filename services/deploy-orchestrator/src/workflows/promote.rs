@@ -5,17 +5,12 @@
 //! standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{
-    ids,
-    state::{DeploymentStatus, DesiredState},
-    time::now_ms,
-    ApiError,
-};
+use slipway_core::{ids, time::now_ms, ApiError};
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
 
-use crate::{clients::routing::Committed, Orchestrator};
+use crate::{clients::routing::Committed, workflows::validation, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
@@ -23,7 +18,7 @@ pub struct PromoteInput {
     pub target: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PromotePlan {
     /// The target is live on a rolled-back project: clear the pin, move nothing.
     ConfirmRollback,
@@ -161,31 +156,8 @@ impl Orchestrator {
         let store = &self.inner.store;
         let t = store.deployment(target).await?;
         let project = store.project(&t.project_id).await?;
-        if t.status != DeploymentStatus::Ready {
-            return Err(ApiError::invalid_argument(format!(
-                "{target} is {}, not ready",
-                t.status
-            )));
-        }
-        if t.desired_state == DesiredState::Archived {
-            return Err(ApiError::invalid_argument(format!("{target} is archived")));
-        }
-        let Some(live) = project.live_deployment_id.as_deref() else {
-            return Err(ApiError::invalid_argument(format!(
-                "project {} has no live deployment",
-                project.id
-            )));
-        };
-        if live == target {
-            if project.is_rolled_back {
-                return Ok((project.id, PromotePlan::ConfirmRollback));
-            }
-            return Err(ApiError::invalid_argument(format!(
-                "{target} is already the live deployment of project {}",
-                project.id
-            )));
-        }
         let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
-        Ok((project.id, PromotePlan::Move { route_ids }))
+        let plan = validation::promote(&t, &project, route_ids)?;
+        Ok((project.id, plan))
     }
 }

@@ -5,16 +5,11 @@
 //! then tell it and schedule the rolled-back-from deployment to standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{
-    domains::Sticky,
-    ids,
-    state::{DeploymentStatus, DesiredState},
-    ApiError,
-};
+use slipway_core::{domains::Sticky, ids, ApiError};
 use slipway_proto::v1::AssignFrontlineRoutesRequest;
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
-use crate::{clients::routing::Committed, Orchestrator};
+use crate::{clients::routing::Committed, workflows::validation, Orchestrator};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackInput {
@@ -112,7 +107,8 @@ impl Workflow for Rollback {
 }
 
 impl Orchestrator {
-    /// BEHAVIOUR.md "Rollback" validations, in its order.
+    /// BEHAVIOUR.md "Rollback" validations, in its order ([`validation::rollback`] on
+    /// what the store holds).
     pub(crate) async fn check_rollback(
         &self,
         source: &str,
@@ -129,34 +125,8 @@ impl Orchestrator {
         let s = store.deployment(source).await?;
         let t = store.deployment(target).await?;
         let project = store.project(&s.project_id).await?;
-        if s.project_id != t.project_id || s.environment_id != t.environment_id {
-            return Err(ApiError::invalid_argument(format!(
-                "{source} and {target} are not in the same project and environment"
-            )));
-        }
-        if project.live_deployment_id.as_deref() != Some(source) {
-            return Err(ApiError::invalid_argument(format!(
-                "{source} is not the live deployment of project {} (live: {})",
-                project.id,
-                project.live_deployment_id.as_deref().unwrap_or("none")
-            )));
-        }
-        if t.status != DeploymentStatus::Ready {
-            return Err(ApiError::invalid_argument(format!(
-                "{target} is {}, not ready",
-                t.status
-            )));
-        }
-        if t.desired_state == DesiredState::Archived {
-            return Err(ApiError::invalid_argument(format!("{target} is archived")));
-        }
         let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
-        if route_ids.is_empty() {
-            return Err(ApiError::invalid_argument(format!(
-                "project {} has no live or environment routes to move",
-                project.id
-            )));
-        }
+        validation::rollback(&s, &t, &project, &route_ids)?;
         Ok(RollbackPlan {
             project_id: project.id,
             route_ids,

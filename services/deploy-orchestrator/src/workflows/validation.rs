@@ -1,0 +1,185 @@
+//! BEHAVIOUR.md's rollback and promote validations, in its order, on what the store holds:
+//! pure, so the endpoints (a 4xx before anything is written) and the workflows (again, under
+//! the project lease) decide alike.
+
+use slipway_core::{
+    state::{DeploymentStatus, DesiredState},
+    ApiError,
+};
+use slipway_store::{Deployment, Project};
+
+use crate::workflows::promote::PromotePlan;
+
+/// Rolling `project`'s live deployment `s` back to `t`, moving `route_ids` (the project's
+/// live routes and the environment routes of `t`'s environment).
+pub(crate) fn rollback(
+    s: &Deployment,
+    t: &Deployment,
+    project: &Project,
+    route_ids: &[String],
+) -> Result<(), ApiError> {
+    if s.project_id != t.project_id || s.environment_id != t.environment_id {
+        return Err(ApiError::invalid_argument(format!(
+            "{} and {} are not in the same project and environment",
+            s.id, t.id
+        )));
+    }
+    if project.live_deployment_id.as_deref() != Some(s.id.as_str()) {
+        return Err(ApiError::invalid_argument(format!(
+            "{} is not the live deployment of project {} (live: {})",
+            s.id,
+            project.id,
+            project.live_deployment_id.as_deref().unwrap_or("none")
+        )));
+    }
+    target_can_serve(t)?;
+    if route_ids.is_empty() {
+        return Err(ApiError::invalid_argument(format!(
+            "project {} has no live or environment routes to move",
+            project.id
+        )));
+    }
+    Ok(())
+}
+
+/// Promoting `t` in `project`, moving `route_ids`: a move, or, for the live deployment of a
+/// rolled-back project, confirming the rollback.
+pub(crate) fn promote(
+    t: &Deployment,
+    project: &Project,
+    route_ids: Vec<String>,
+) -> Result<PromotePlan, ApiError> {
+    target_can_serve(t)?;
+    let Some(live) = project.live_deployment_id.as_deref() else {
+        return Err(ApiError::invalid_argument(format!(
+            "project {} has no live deployment",
+            project.id
+        )));
+    };
+    if live == t.id {
+        if project.is_rolled_back {
+            return Ok(PromotePlan::ConfirmRollback);
+        }
+        return Err(ApiError::invalid_argument(format!(
+            "{} is already the live deployment of project {}",
+            t.id, project.id
+        )));
+    }
+    Ok(PromotePlan::Move { route_ids })
+}
+
+/// A target must be ready and not archived.
+fn target_can_serve(t: &Deployment) -> Result<(), ApiError> {
+    if t.status != DeploymentStatus::Ready {
+        return Err(ApiError::invalid_argument(format!(
+            "{} is {}, not ready",
+            t.id, t.status
+        )));
+    }
+    if t.desired_state == DesiredState::Archived {
+        return Err(ApiError::invalid_argument(format!("{} is archived", t.id)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(id: &str, environment: &str, status: DeploymentStatus) -> Deployment {
+        Deployment {
+            id: id.into(),
+            workspace_id: "ws".into(),
+            project_id: "p".into(),
+            environment_id: environment.into(),
+            environment_slug: "production".into(),
+            status,
+            desired_state: DesiredState::Running,
+            desired_state_nonce: None,
+            image: "exec:true".into(),
+            git_branch: String::new(),
+            git_commit_sha: String::new(),
+            git_commit_message: String::new(),
+            git_commit_author_handle: String::new(),
+            git_commit_author_avatar_url: String::new(),
+            git_commit_timestamp_ms: None,
+            key_auth_id: String::new(),
+            command: vec![],
+            env: Default::default(),
+            port: 8080,
+            sentinel_config: String::new(),
+            openapi_spec: None,
+            failure_reason: None,
+            workflow_id: None,
+            domains: vec![],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn project(live: Option<&str>, rolled_back: bool) -> Project {
+        Project {
+            id: "p".into(),
+            workspace_id: "ws".into(),
+            slug: "shop".into(),
+            name: "Shop".into(),
+            default_branch: "main".into(),
+            live_deployment_id: live.map(str::to_string),
+            is_rolled_back: rolled_back,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn refused(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        let e = result.expect_err("refused");
+        assert_eq!(e.status(), 400, "{e:?}");
+        e.message
+    }
+
+    #[test]
+    fn rollback_checks_in_order() {
+        let s = deployment("dep_s", "env", DeploymentStatus::Ready);
+        let t = deployment("dep_t", "env", DeploymentStatus::Ready);
+        let routes = ["r_live".to_string()];
+        let live_s = project(Some("dep_s"), false);
+        assert!(rollback(&s, &t, &live_s, &routes).is_ok());
+
+        let other_env = deployment("dep_t", "env_2", DeploymentStatus::Ready);
+        assert!(refused(rollback(&s, &other_env, &live_s, &routes)).contains("same project"));
+        let live_t = project(Some("dep_t"), false);
+        assert!(refused(rollback(&s, &t, &live_t, &routes)).contains("not the live deployment"));
+        let pending = deployment("dep_t", "env", DeploymentStatus::Pending);
+        assert!(refused(rollback(&s, &pending, &live_s, &routes)).contains("pending, not ready"));
+        let mut archived = t.clone();
+        archived.desired_state = DesiredState::Archived;
+        assert!(refused(rollback(&s, &archived, &live_s, &routes)).contains("archived"));
+        assert!(refused(rollback(&s, &t, &live_s, &[])).contains("no live or environment routes"));
+        // The first rule that fails is the one reported.
+        assert!(refused(rollback(&s, &pending, &live_t, &[])).contains("not the live deployment"));
+    }
+
+    #[test]
+    fn promote_moves_confirms_or_refuses() {
+        let t = deployment("dep_t", "env", DeploymentStatus::Ready);
+        let routes = vec!["r_live".to_string()];
+        assert_eq!(
+            promote(&t, &project(Some("dep_s"), false), routes.clone()).unwrap(),
+            PromotePlan::Move {
+                route_ids: routes.clone()
+            }
+        );
+        assert_eq!(
+            promote(&t, &project(Some("dep_t"), true), routes.clone()).unwrap(),
+            PromotePlan::ConfirmRollback
+        );
+        let already = refused(promote(&t, &project(Some("dep_t"), false), routes.clone()));
+        assert!(already.contains("already the live deployment"));
+        assert!(refused(promote(&t, &project(None, false), routes.clone())).contains("no live"));
+        let failed = deployment("dep_t", "env", DeploymentStatus::Failed);
+        assert!(
+            refused(promote(&failed, &project(Some("dep_s"), false), routes))
+                .contains("failed, not ready")
+        );
+    }
+}
