@@ -33,6 +33,26 @@ async fn assert_settled(plane: &Plane, project: &str, live: &str, superseded: &[
     plane.invariants().assert(&[project.to_string()]).await;
 }
 
+/// The project is pinned to `live` by a rollback, the production route is on `production`,
+/// `superseded` waits for standby, and the invariants hold.
+async fn assert_pinned(
+    plane: &Plane,
+    project: &str,
+    live: &str,
+    production: &str,
+    superseded: &str,
+) {
+    let p = plane.get_project(project).await;
+    assert_eq!(p["project"]["live_deployment_id"], live);
+    assert_eq!(p["project"]["is_rolled_back"], true);
+    assert_eq!(
+        plane.live_and_production_routes(project).await,
+        (live.to_string(), production.to_string())
+    );
+    assert_eq!(plane.pending(superseded).await.unwrap()["state"], "standby");
+    plane.invariants().assert(&[project.to_string()]).await;
+}
+
 /// A project with v1 and v2 deployed (v2 live) and a lease TTL (2 s) well below the ack
 /// wait (6 s), so that after a crash whatever runs next takes the project's lease before the
 /// crashed workflow is redelivered; the only orchestrator left running aborts at `point`.
@@ -51,10 +71,9 @@ fn crashed_at(plane: &mut Plane, faulty: usize, point: &str) {
     plane.spawn_orchestrator(&[]);
 }
 
-/// The deploy of v3 crashed right after journaling its route plan under the project lease.
-/// Returns (plane, project, v1, v2, v3, v3's workflow).
-async fn v3_crashed_after_planning() -> (Plane, String, String, String, String, String) {
-    let point = "deploy.routes.after_journal";
+/// The deploy of v3 crashed at `point` (under the project lease), and a healthy
+/// orchestrator runs. Returns (plane, project, v1, v2, v3, v3's workflow).
+async fn v3_crashed_at(point: &str) -> (Plane, String, String, String, String, String) {
     let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
     let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
     crashed_at(&mut plane, faulty, point);
@@ -88,7 +107,7 @@ async fn crashed_then_v3(
 /// of replaying a plan that moved the live route.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_resumed_after_a_rollback_took_its_lease_decides_again() {
-    let (plane, project, v1, v2, v3, wf3) = v3_crashed_after_planning().await;
+    let (plane, project, v1, v2, v3, wf3) = v3_crashed_at("deploy.routes.after_journal").await;
     let rollback = plane
         .ok(
             "slipway.deploy.v1.rollback",
@@ -119,7 +138,7 @@ async fn a_deploy_resumed_after_a_rollback_took_its_lease_decides_again() {
 /// left the routes on v4.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_resumed_after_another_deploy_took_its_lease_goes_live_after_it() {
-    let (plane, project, _v1, v2, v3, wf3) = v3_crashed_after_planning().await;
+    let (plane, project, _v1, v2, v3, wf3) = v3_crashed_at("deploy.routes.after_journal").await;
     let v4 = plane.deployed(&project, "production", "v4").await;
     let record = plane.workflow_done(&wf3).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
@@ -164,12 +183,7 @@ async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind
         "it decided again and refused"
     );
     // Its commit stands: pinned to v1, so v3 took the environment route only.
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
-    assert_eq!(p["project"]["is_rolled_back"], true);
-    assert_eq!(plane.live_and_production_routes(&project).await, (v1, v3));
-    assert_eq!(plane.pending(&v2).await.unwrap()["state"], "standby");
-    plane.invariants().assert(&[project]).await;
+    assert_pinned(&plane, &project, &v1, &v3, &v2).await;
 }
 
 /// Found by the chaos test: a deploy whose commit made it live went through and its
@@ -178,10 +192,8 @@ async fn a_rollback_that_died_right_after_its_commit_leaves_no_deployment_behind
 /// route only — and v2, which its first commit replaced, still goes to standby.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_that_died_right_after_its_commit_and_was_pinned_out_leaves_nothing_behind() {
-    let point = "deploy.assign_routes.before_journal";
-    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
-    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
-    crashed_at(&mut plane, faulty, point);
+    let (plane, project, v1, v2, v3, wf3) =
+        v3_crashed_at("deploy.assign_routes.before_journal").await;
     let body = json!({"source_deployment_id": v3, "target_deployment_id": v1, "wait_ms": 0});
     let rollback = plane.workflow("slipway.deploy.v1.rollback", body).await;
     assert_eq!(
@@ -194,12 +206,7 @@ async fn a_deploy_that_died_right_after_its_commit_and_was_pinned_out_leaves_not
     let record = plane.workflow_done(&wf3).await;
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert!(step_names(&record).contains(&"settle_superseded"));
-    let p = plane.get_project(&project).await;
-    assert_eq!(p["project"]["live_deployment_id"], v1.as_str());
-    assert_eq!(p["project"]["is_rolled_back"], true);
-    assert_eq!(plane.live_and_production_routes(&project).await, (v1, v3));
-    assert_eq!(plane.pending(&v2).await.unwrap()["state"], "standby");
-    plane.invariants().assert(&[project]).await;
+    assert_pinned(&plane, &project, &v1, &v3, &v2).await;
 }
 
 /// Found by the chaos test: a promote that died right after its commit (v1 live, v2
@@ -305,10 +312,8 @@ async fn a_stalled_holder_cannot_clear_what_a_later_holder_scheduled() {
 /// owed by a step that never ran).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_that_died_right_after_its_commit_supersedes_what_both_commits_replaced() {
-    let point = "deploy.assign_routes.before_journal";
-    let (mut plane, project, _v1, v2, faulty) = two_deployed_then_faulty(point).await;
-    let (v3, wf3) = plane.deploy(&project, "production", "v3").await;
-    crashed_at(&mut plane, faulty, point);
+    let (plane, project, _v1, v2, v3, wf3) =
+        v3_crashed_at("deploy.assign_routes.before_journal").await;
     let live = plane
         .store
         .project(&project)
