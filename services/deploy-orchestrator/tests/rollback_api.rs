@@ -105,6 +105,7 @@ async fn rollback_and_promote_validations_answer_at_once_and_write_nothing() {
         .await
         .unwrap();
 
+    let preview = plane.deployed(&a, "preview", "p1").await;
     let before = snapshot(&plane, &[&a, &b, &c, &d], &[&v1, &v2]).await;
     let rollback = |source: &str, target: &str| json!({"source_deployment_id": source, "target_deployment_id": target});
     let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
@@ -219,6 +220,13 @@ async fn rollback_and_promote_validations_answer_at_once_and_write_nothing() {
             json!({"target_deployment_id": c1}),
             400,
             "no live deployment",
+        ),
+        (
+            "promote",
+            "a preview deployment",
+            json!({"target_deployment_id": preview}),
+            400,
+            "environment preview",
         ),
         (
             "promote",

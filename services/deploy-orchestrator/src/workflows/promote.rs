@@ -156,8 +156,12 @@ impl Orchestrator {
         let store = &self.inner.store;
         let t = store.deployment(target).await?;
         let project = store.project(&t.project_id).await?;
+        let live = match project.live_deployment_id.as_deref() {
+            Some(id) => store.find_deployment(id).await?,
+            None => None,
+        };
         let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
-        let plan = validation::promote(&t, &project, route_ids)?;
+        let plan = validation::promote(&t, &project, live.as_ref(), route_ids)?;
         Ok((project.id, plan))
     }
 }

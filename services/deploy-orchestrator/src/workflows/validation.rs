@@ -42,21 +42,30 @@ pub(crate) fn rollback(
     Ok(())
 }
 
-/// Promoting `t` in `project`, moving `route_ids`: a move, or, for the live deployment of a
-/// rolled-back project, confirming the rollback.
+/// Promoting `t` in `project`, whose live deployment is `live`, moving `route_ids`: a move,
+/// or, for the live deployment of a rolled-back project, confirming the rollback. The target
+/// must be of the live deployment's environment, whose routes a promote moves (a preview
+/// build never goes live).
 pub(crate) fn promote(
     t: &Deployment,
     project: &Project,
+    live: Option<&Deployment>,
     route_ids: Vec<String>,
 ) -> Result<PromotePlan, ApiError> {
     target_can_serve(t)?;
-    let Some(live) = project.live_deployment_id.as_deref() else {
+    let Some(live) = live else {
         return Err(ApiError::invalid_argument(format!(
             "project {} has no live deployment",
             project.id
         )));
     };
-    if live == t.id {
+    if live.environment_id != t.environment_id {
+        return Err(ApiError::invalid_argument(format!(
+            "{} is a deployment of environment {}; promote moves the routes of {}, the live deployment's",
+            t.id, t.environment_slug, live.environment_slug
+        )));
+    }
+    if live.id == t.id {
         if project.is_rolled_back {
             return Ok(PromotePlan::ConfirmRollback);
         }
@@ -162,24 +171,32 @@ mod tests {
     #[test]
     fn promote_moves_confirms_or_refuses() {
         let t = deployment("dep_t", "env", DeploymentStatus::Ready);
+        let s = deployment("dep_s", "env", DeploymentStatus::Ready);
         let routes = vec!["r_live".to_string()];
+        let live_s = project(Some("dep_s"), false);
         assert_eq!(
-            promote(&t, &project(Some("dep_s"), false), routes.clone()).unwrap(),
+            promote(&t, &live_s, Some(&s), routes.clone()).unwrap(),
             PromotePlan::Move {
                 route_ids: routes.clone()
             }
         );
+        let pinned_t = project(Some("dep_t"), true);
         assert_eq!(
-            promote(&t, &project(Some("dep_t"), true), routes.clone()).unwrap(),
+            promote(&t, &pinned_t, Some(&t), routes.clone()).unwrap(),
             PromotePlan::ConfirmRollback
         );
-        let already = refused(promote(&t, &project(Some("dep_t"), false), routes.clone()));
+        let live_t = project(Some("dep_t"), false);
+        let already = refused(promote(&t, &live_t, Some(&t), routes.clone()));
         assert!(already.contains("already the live deployment"));
-        assert!(refused(promote(&t, &project(None, false), routes.clone())).contains("no live"));
+        let no_live = project(None, false);
+        assert!(refused(promote(&t, &no_live, None, routes.clone())).contains("no live"));
         let failed = deployment("dep_t", "env", DeploymentStatus::Failed);
-        assert!(
-            refused(promote(&failed, &project(Some("dep_s"), false), routes))
-                .contains("failed, not ready")
-        );
+        let not_ready = refused(promote(&failed, &live_s, Some(&s), routes.clone()));
+        assert!(not_ready.contains("failed, not ready"));
+        // A preview build never goes live.
+        let mut preview = deployment("dep_p", "env_preview", DeploymentStatus::Ready);
+        preview.environment_slug = "preview".into();
+        let other_env = refused(promote(&preview, &live_s, Some(&s), routes));
+        assert!(other_env.contains("environment preview"), "{other_env}");
     }
 }
