@@ -6,29 +6,20 @@ use std::time::Duration;
 
 use slipway_nats::{
     consumer::{self, Disposition, Durable},
-    provision::{consumer_config, TIMERS},
+    provision::TIMERS,
 };
 
 use crate::{timers::Fired, Actor};
 
 const CONSUMER: &str = "deployment-actor";
-/// Well inside the consumer's ack_wait (nats/consumers/SLIPWAY_TIMERS.deployment-actor.json).
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs for ever: re-attaches to the consumer when the server goes away and comes back.
 pub async fn consume(actor: Actor, concurrency: usize) {
-    let config = match consumer_config(CONSUMER) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "no definition of the fired-change consumer");
-            return;
-        }
-    };
     let durable = Durable {
         stream: TIMERS,
-        config,
+        name: CONSUMER.into(),
         concurrency: Some(concurrency),
-        progress_every: PROGRESS_EVERY,
+        ack_wait: None,
     };
     let js = actor.inner.js.clone();
     consumer::run(js, durable, |msg| {

@@ -235,3 +235,48 @@ fn idempotency_key(deployment_id: &str, key: &str) -> String {
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     format!("{deployment_id}.idem.{hex}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition() -> Transition {
+        Transition {
+            nonce: "n1".into(),
+            state: "standby".into(),
+            fires_at_ms: 5,
+            idempotency_key: "k".into(),
+            applying: false,
+        }
+    }
+
+    /// Records written before fencing (a bare transition) still read, with no token; a
+    /// cleared record keeps only its token.
+    #[test]
+    fn stored_records_old_and_new() {
+        let old = rmp_serde::to_vec_named(&transition()).unwrap();
+        let stored: Stored = decode("dep", &old).unwrap();
+        assert_eq!(stored.transition, Some(transition()));
+        assert_eq!(stored.fencing_token, 0);
+
+        let cleared = Stored {
+            transition: None,
+            fencing_token: 7,
+        };
+        let stored: Stored = decode("dep", &rmp_serde::to_vec_named(&cleared).unwrap()).unwrap();
+        assert_eq!((stored.transition, stored.fencing_token), (None, 7));
+    }
+
+    #[test]
+    fn an_older_token_is_refused_and_none_is_unfenced() {
+        let current = Current {
+            transition: None,
+            fencing_token: 7,
+            revision: 3,
+        };
+        assert_eq!(current.fence(0), Ok(7));
+        assert_eq!(current.fence(7), Ok(7));
+        assert_eq!(current.fence(9), Ok(9));
+        assert_eq!(current.fence(6), Err(7));
+    }
+}

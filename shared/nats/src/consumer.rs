@@ -9,6 +9,8 @@ use std::{future::Future, time::Duration};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
 
+use crate::provision::consumer_config;
+
 /// What to do with a handled message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -23,30 +25,44 @@ pub enum Disposition {
 /// Which consumer, and how its messages are handled.
 pub struct Durable {
     pub stream: &'static str,
-    pub config: pull::Config,
+    /// Its definition in `nats/consumers/` ([`consumer_config`]).
+    pub name: String,
     /// How many messages are handled at once (`None`: as many as the consumer's
     /// `max_ack_pending` lets through).
     pub concurrency: Option<usize>,
-    /// How often a message being handled is acked in progress: well inside the ack wait.
-    pub progress_every: Duration,
+    /// Instead of the definition's ack wait.
+    pub ack_wait: Option<Duration>,
 }
 
-/// Runs `durable` for ever, calling `handle` with each message.
+/// Runs `durable` for ever, calling `handle` with each message; a message being handled is
+/// acked in progress three times per ack wait. Returns only if the consumer has no
+/// definition (a bug, logged).
 pub async fn run<F, Fut>(js: jetstream::Context, durable: Durable, handle: F)
 where
     F: Fn(jetstream::Message) -> Fut,
     Fut: Future<Output = Disposition>,
 {
-    let name = durable.config.durable_name.clone().unwrap_or_default();
+    let name = durable.name.as_str();
+    let mut config = match consumer_config(name) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(consumer = name, error = %e, "no definition of the consumer; not consuming");
+            return;
+        }
+    };
+    if let Some(ack_wait) = durable.ack_wait {
+        config.ack_wait = ack_wait;
+    }
+    let progress_every = config.ack_wait / 3;
     let mut backoff = crate::retry::reattach();
     loop {
-        match attach(&js, &durable).await {
+        match attach(&js, durable.stream, &config).await {
             Ok(messages) => {
                 backoff = crate::retry::reattach();
                 messages
                     .for_each_concurrent(durable.concurrency, |message| async {
                         match message {
-                            Ok(message) => handled(&handle, message, durable.progress_every).await,
+                            Ok(message) => handled(&handle, message, progress_every).await,
                             Err(e) => {
                                 tracing::warn!(consumer = %name, error = %e, "consumer error")
                             }
@@ -65,10 +81,11 @@ where
 
 async fn attach(
     js: &jetstream::Context,
-    durable: &Durable,
+    stream: &str,
+    config: &pull::Config,
 ) -> Result<pull::Stream, async_nats::Error> {
-    let stream = js.get_stream(durable.stream).await?;
-    let consumer = stream.create_consumer(durable.config.clone()).await?;
+    let stream = js.get_stream(stream).await?;
+    let consumer = stream.create_consumer(config.clone()).await?;
     Ok(consumer.messages().await?)
 }
 

@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
 use slipway_nats::{
     consumer::{self, Disposition, Durable},
-    provision::{consumer_config, WORKFLOWS},
+    provision::WORKFLOWS,
 };
 use tracing::Instrument;
 
@@ -32,21 +32,13 @@ pub(crate) async fn read(
 }
 
 pub(crate) async fn consume(shared: Arc<Shared>) {
-    let mut config = match consumer_config(&shared.config.consumer) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "no definition of the workflow consumer; no worker runs");
-            return;
-        }
-    };
-    config.ack_wait = shared.config.ack_wait;
     let durable = Durable {
         stream: WORKFLOWS,
-        config,
+        name: shared.config.consumer.clone(),
         // A long wait in one workflow holds up no other; the consumer's max_ack_pending
         // bounds how many run at once.
         concurrency: None,
-        progress_every: shared.config.ack_wait / 3,
+        ack_wait: Some(shared.config.ack_wait),
     };
     consumer::run(shared.js.clone(), durable, |message| {
         let workflow_id = message

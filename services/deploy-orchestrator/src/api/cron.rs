@@ -9,7 +9,7 @@ use async_nats::{
 };
 use slipway_nats::{
     consumer::{self, Disposition, Durable},
-    provision::{consumer_config, TIMERS},
+    provision::TIMERS,
 };
 
 use crate::{
@@ -21,8 +21,6 @@ use slipway_core::subjects::timers::{
     SCALE_DOWN_FIRED as FIRED_SUBJECT, SCALE_DOWN_SCHEDULE as SCHEDULE_SUBJECT,
 };
 const CRON_CONSUMER: &str = "deploy-orchestrator-cron";
-/// Well inside the consumer's ack wait (nats/consumers/).
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Writes the cron schedule unless the same one is in place (re-writing would restart its
 /// interval on every orchestrator start).
@@ -54,18 +52,11 @@ pub(crate) async fn ensure_schedule(js: &jetstream::Context, schedule: &str) -> 
 /// Each fired cron message starts one workflow, whose id is derived from the message's
 /// stream sequence: a redelivery, or another orchestrator, starts the same one.
 pub(crate) async fn consume_fires(api: Api) {
-    let config = match consumer_config(CRON_CONSUMER) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "no definition of the cron consumer");
-            return;
-        }
-    };
     let durable = Durable {
         stream: TIMERS,
-        config,
+        name: CRON_CONSUMER.into(),
         concurrency: Some(1),
-        progress_every: PROGRESS_EVERY,
+        ack_wait: None,
     };
     let js = api.o.inner.js.clone();
     consumer::run(js, durable, |message| fired(&api, message)).await

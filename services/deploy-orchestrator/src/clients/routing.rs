@@ -60,3 +60,29 @@ impl Orchestrator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Journals written before `replaced_earlier` became a list still replay.
+    #[test]
+    fn an_older_journaled_commit_still_decodes() {
+        #[derive(serde::Serialize)]
+        struct Before {
+            previous: Option<String>,
+            replaced_earlier: Option<String>,
+        }
+        for (old, want) in [(Some("dep_1"), vec!["dep_1".to_string()]), (None, vec![])] {
+            let bytes = rmp_serde::to_vec_named(&Before {
+                previous: Some("dep_0".into()),
+                replaced_earlier: old.map(str::to_string),
+            })
+            .unwrap();
+            let c: Committed = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(c.previous.as_deref(), Some("dep_0"));
+            assert_eq!(c.replaced_earlier, want);
+            assert_eq!(c.fencing_token, 0);
+        }
+    }
+}

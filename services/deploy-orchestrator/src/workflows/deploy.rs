@@ -145,16 +145,9 @@ impl Workflow for Deploy {
         .await?;
         if plan.take_live {
             ctx.step("live", || o.live_event(scope, previous)).await?;
-            if let Some(previous) = previous.filter(|p| *p != id) {
-                let _: String = ctx
-                    .step("schedule_standby", || {
-                        // Keyed by this deployment: a repeat schedules nothing new.
-                        o.standby_superseded(previous, id, &committed)
-                    })
-                    .await?;
-            }
         }
-        o.settle_superseded(ctx, &committed).await
+        let superseded = previous.filter(|p| plan.take_live && *p != id);
+        o.supersede(ctx, superseded, id, &committed).await
     }
 
     async fn on_failure(

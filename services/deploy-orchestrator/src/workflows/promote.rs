@@ -92,15 +92,9 @@ impl Workflow for Promote {
                         .await
                 })
                 .await?;
-                if let Some(previous) = previous.filter(|p| p != target) {
-                    let key = format!("promote.{wf}");
-                    let _: String = ctx
-                        .step("schedule_standby", || {
-                            o.standby_superseded(&previous, &key, &committed)
-                        })
-                        .await?;
-                }
-                o.settle_superseded(ctx, &committed).await?;
+                let superseded = previous.as_deref().filter(|p| *p != target);
+                let key = format!("promote.{wf}");
+                o.supersede(ctx, superseded, &key, &committed).await?;
             }
         }
         tracing::info!(target, "promoted");

@@ -85,12 +85,7 @@ impl Workflow for Rollback {
         })
         .await?;
         let key = format!("rollback.{}", ctx.workflow_id());
-        let _: String = ctx
-            .step("schedule_standby", || {
-                o.standby_superseded(source, &key, &committed)
-            })
-            .await?;
-        o.settle_superseded(ctx, &committed).await?;
+        o.supersede(ctx, Some(source), &key, &committed).await?;
         tracing::info!(source, target, "rolled back");
         Ok(())
     }

@@ -135,12 +135,23 @@ impl Orchestrator {
         self.settle(&all, workflow_id).await
     }
 
-    /// The post-commit step that settles what an earlier, unjournaled commit replaced.
-    pub(crate) async fn settle_superseded(
+    /// The post-commit steps: `schedule_standby` of `superseded` (the deployment this commit
+    /// replaced, if it goes to standby; keyed by `key`, so a repeat schedules nothing new),
+    /// then `settle_superseded` of what earlier, unjournaled runs of the commit replaced.
+    pub(crate) async fn supersede(
         &self,
         ctx: &mut Context,
+        superseded: Option<&str>,
+        key: &str,
         committed: &Committed,
     ) -> Result<(), WorkflowError> {
+        if let Some(superseded) = superseded {
+            let _: String = ctx
+                .step("schedule_standby", || {
+                    self.standby_superseded(superseded, key, committed)
+                })
+                .await?;
+        }
         if committed.replaced_earlier.is_empty() {
             return Ok(());
         }
