@@ -6,14 +6,25 @@ mod api;
 mod clients;
 mod workflows;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, kv};
-use slipway_core::config::{parse_duration, CommonConfig, DatabaseConfig};
+use async_nats::jetstream;
+use slipway_core::{
+    config::{parse_duration, CommonConfig, DatabaseConfig},
+    time::SystemClock,
+};
 use slipway_nats::provision::{self, DESIRED, INSTANCES};
 use slipway_store::Store;
 use slipway_workflow::{Engine, EngineConfig};
+
+use crate::{
+    clients::{
+        actor::Actor, events::Events, instance_wait::ReadyTiming, instances::Instances,
+        routing::Routing,
+    },
+    workflows::handover::Handover,
+};
 
 pub use workflows::{deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown};
 
@@ -78,21 +89,6 @@ impl slipway_core::service::ServiceConfig for Config {
     }
 }
 
-#[derive(Clone)]
-pub struct Orchestrator {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: Config,
-    store: Store,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    desired: kv::Store,
-    instances: kv::Store,
-    http: reqwest::Client,
-}
-
 pub async fn run(config: Config) -> anyhow::Result<()> {
     anyhow::ensure!(
         !config.regions.is_empty() && config.regions.iter().all(|r| !r.trim().is_empty()),
@@ -108,31 +104,64 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(5))
         .build()
         .context("building the HTTP client")?;
-    let orchestrator = Orchestrator {
-        inner: Arc::new(Inner {
-            desired: js.get_key_value(DESIRED).await?,
-            instances: js.get_key_value(INSTANCES).await?,
-            config: config.clone(),
-            store,
-            client: client.clone(),
-            js: js.clone(),
-            http,
-        }),
+    let clock = SystemClock::shared();
+    let timing = ReadyTiming {
+        ready_timeout: config.ready_timeout,
+        failed_grace: config.failed_grace,
+    };
+    let reports = js.get_key_value(INSTANCES).await?;
+    let actor = Actor::new(client.clone());
+    let routing = Routing::new(client.clone());
+    let events = Events::new(js.clone(), clock.clone());
+    let handover = Handover {
+        store: store.clone(),
+        actor: actor.clone(),
+        instances: Instances::new(reports, http, timing, clock.clone()),
+        standby_delay: config.standby_delay,
+    };
+    let deploy = Deploy {
+        store: store.clone(),
+        handover: handover.clone(),
+        routing: routing.clone(),
+        events: events.clone(),
+        desired: js.get_key_value(DESIRED).await?,
+        apex_domain: config.apex_domain.clone(),
+        default_regions: config.regions.clone(),
+    };
+    let rollback = Rollback {
+        store: store.clone(),
+        handover: handover.clone(),
+        routing: routing.clone(),
+        events: events.clone(),
+    };
+    let promote = Promote {
+        store: store.clone(),
+        handover,
+        routing,
+        events: events.clone(),
+    };
+    let scale_down = ScaleDown {
+        store: store.clone(),
+        actor,
+        js: js.clone(),
+        idle_window: config.idle_window,
+        clock,
     };
     let mut engine_config = EngineConfig::new("deploy-orchestrator");
     engine_config.ack_wait = config.workflow_ack_wait;
     engine_config.lease_ttl = config.lease_ttl;
     engine_config.retry = engine_config.retry.with_max_times(config.step_retries);
-    let engine = Engine::builder(js, engine_config)
-        .register(Deploy(orchestrator.clone()))
-        .register(Rollback(orchestrator.clone()))
-        .register(Promote(orchestrator.clone()))
-        .register(ScaleDown(orchestrator.clone()))
+    let engine = Engine::builder(js.clone(), engine_config)
+        .register(deploy)
+        .register(rollback)
+        .register(promote)
+        .register(scale_down)
         .build()
         .await?;
     let api = api::Api {
-        o: orchestrator.clone(),
+        store,
         engine: engine.clone(),
+        events,
     };
 
     let service = api::serve(&client, api.clone())
@@ -140,10 +169,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let workers = tokio::spawn(engine.run_workers());
     tokio::spawn(api::restart_orphans(api.clone()));
-    api::cron::ensure_schedule(&orchestrator.inner.js, &config.scale_down_schedule)
+    api::cron::ensure_schedule(&js, &config.scale_down_schedule)
         .await
         .context("writing the scale-down schedule")?;
-    tokio::spawn(api::cron::consume_fires(api));
+    tokio::spawn(api::cron::consume_fires(js, api));
     service
         .await_reachable(&client)
         .await

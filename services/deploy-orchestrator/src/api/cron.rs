@@ -51,14 +51,13 @@ pub(crate) async fn ensure_schedule(js: &jetstream::Context, schedule: &str) -> 
 
 /// Each fired cron message starts one workflow, whose id is derived from the message's
 /// stream sequence: a redelivery, or another orchestrator, starts the same one.
-pub(crate) async fn consume_fires(api: Api) {
+pub(crate) async fn consume_fires(js: jetstream::Context, api: Api) {
     let durable = Durable {
         stream: TIMERS,
         name: CRON_CONSUMER.into(),
         concurrency: Some(1),
         ack_wait: None,
     };
-    let js = api.o.inner.js.clone();
     consumer::run(js, durable, |message| fired(&api, message)).await
 }
 

@@ -174,7 +174,7 @@ impl Api {
         let req = call.request;
         let now = now_ms();
         validate(&req, now)?;
-        let store = &self.o.inner.store;
+        let store = &self.store;
         let project = store.project(&req.project_id).await?;
         let environment = store
             .environments(&project.id)
@@ -247,8 +247,8 @@ impl Api {
                 git_commit_sha: &deployment.git_commit_sha,
             };
             if let Err(e) = self
-                .o
-                .event(&scope_of(&deployment), "created", "0", detail)
+                .events
+                .publish(&scope_of(&deployment), "created", "0", detail)
                 .await
             {
                 tracing::warn!(error = %e, "created event not published");
@@ -291,8 +291,8 @@ impl Api {
     ) -> Result<GetDeploymentReply, ApiError> {
         let id = &call.request.deployment_id;
         ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
-        let deployment = self.o.inner.store.deployment(id).await?;
-        let instances = self.o.inner.store.instances(id).await?;
+        let deployment = self.store.deployment(id).await?;
+        let instances = self.store.instances(id).await?;
         Ok(GetDeploymentReply {
             deployment: Some(deployment_message(deployment, instances)),
         })
@@ -316,7 +316,7 @@ impl Api {
             }
             Some(n) => n,
         };
-        let store = &self.o.inner.store;
+        let store = &self.store;
         store.project(&req.project_id).await?;
         // One more than asked tells whether there is a next page.
         let mut page = store
@@ -353,12 +353,7 @@ pub(crate) async fn restart_orphans(api: Api) {
     const AGE_MS: i64 = 60_000;
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let pending = api
-            .o
-            .inner
-            .store
-            .pending_deployments(now_ms() - AGE_MS)
-            .await;
+        let pending = api.store.pending_deployments(now_ms() - AGE_MS).await;
         let pending = match pending {
             Ok(list) => list,
             Err(e) => {

@@ -9,7 +9,12 @@ use slipway_proto::v1::{
 };
 use slipway_workflow::{Engine, Status, WorkflowRecord};
 
-use crate::{clients::events::scope_of, Orchestrator, SERVICE_NAME};
+use slipway_store::Store;
+
+use crate::{
+    clients::events::{scope_of, Events},
+    SERVICE_NAME,
+};
 
 pub(crate) mod cron;
 mod deployments;
@@ -18,12 +23,13 @@ mod projects;
 
 pub(crate) use deployments::restart_orphans;
 
-/// The service's handlers: what the workflows are made of, for the validations they share,
-/// and the engine that runs the workflows.
+/// The service's handlers: the store they read and validate against, the engine that runs
+/// the workflows, and the event publisher (a deployment's `created` event).
 #[derive(Clone)]
 pub(crate) struct Api {
-    pub(crate) o: Orchestrator,
+    pub(crate) store: Store,
     pub(crate) engine: Engine,
+    pub(crate) events: Events,
 }
 
 pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, async_nats::Error> {
@@ -175,7 +181,7 @@ impl Api {
         wait: Duration,
     ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
         let scope = match events_of {
-            Some(id) => Some(scope_of(&self.o.inner.store.deployment(id).await?)),
+            Some(id) => Some(scope_of(&self.store.deployment(id).await?)),
             None => None,
         };
         let workflow_id = ids::new(ids::WORKFLOW);

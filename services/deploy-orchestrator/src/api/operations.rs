@@ -10,8 +10,8 @@ use slipway_proto::v1::{
 use crate::{
     api::{wait_of, Api},
     workflows::{
-        promote::{Promote, PromoteInput},
-        rollback::{Rollback, RollbackInput},
+        promote::{self, Promote, PromoteInput},
+        rollback::{self, Rollback, RollbackInput},
         scale_down::{ScaleDown, ScaleDownInput},
     },
 };
@@ -23,10 +23,8 @@ impl Api {
     ) -> Result<WorkflowRunReply, ApiError> {
         let req = call.request;
         let wait = wait_of(req.wait_ms)?;
-        let plan = self
-            .o
-            .check_rollback(&req.source_deployment_id, &req.target_deployment_id)
-            .await?;
+        let (source, target) = (&req.source_deployment_id, &req.target_deployment_id);
+        let plan = rollback::check(&self.store, source, target).await?;
         let input = RollbackInput {
             project_id: plan.project_id.clone(),
             source: req.source_deployment_id.clone(),
@@ -50,7 +48,7 @@ impl Api {
     ) -> Result<WorkflowRunReply, ApiError> {
         let req = call.request;
         let wait = wait_of(req.wait_ms)?;
-        let (project_id, _) = self.o.check_promote(&req.target_deployment_id).await?;
+        let (project_id, _) = promote::check(&self.store, &req.target_deployment_id).await?;
         let input = PromoteInput {
             project_id: project_id.clone(),
             target: req.target_deployment_id.clone(),

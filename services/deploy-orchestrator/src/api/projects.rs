@@ -98,8 +98,6 @@ impl Api {
         validate_slug("slug", &req.slug)?;
         let name = name_or_slug(&req.name, &req.slug)?;
         let workspace = self
-            .o
-            .inner
             .store
             .create_workspace(&ids::new(ids::WORKSPACE), &req.slug, &name, now_ms())
             .await?;
@@ -125,8 +123,6 @@ impl Api {
             branch
         };
         let project = self
-            .o
-            .inner
             .store
             .create_project(
                 &ids::new(ids::PROJECT),
@@ -173,8 +169,6 @@ impl Api {
             ));
         }
         let environment = self
-            .o
-            .inner
             .store
             .create_environment(
                 &ids::new(ids::ENVIRONMENT),
@@ -198,8 +192,8 @@ impl Api {
     ) -> Result<GetProjectReply, ApiError> {
         let req = call.request;
         ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
-        let project = self.o.inner.store.project(&req.project_id).await?;
-        let environments = self.o.inner.store.environments(&req.project_id).await?;
+        let project = self.store.project(&req.project_id).await?;
+        let environments = self.store.environments(&req.project_id).await?;
         Ok(GetProjectReply {
             project: Some(project_message(project)),
             environments: environments.into_iter().map(environment_message).collect(),

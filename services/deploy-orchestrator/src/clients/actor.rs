@@ -11,17 +11,24 @@ use slipway_proto::v1::{
 };
 use slipway_workflow::StepError;
 
-use crate::{clients::routing::Committed, Orchestrator};
+use crate::clients::CALL_TIMEOUT;
 
-/// How long a call may take before it counts as unavailable.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deployment actor's client.
+#[derive(Clone)]
+pub(crate) struct Actor {
+    nats: async_nats::Client,
+}
 
-impl Orchestrator {
+impl Actor {
+    pub(crate) fn new(nats: async_nats::Client) -> Self {
+        Self { nats }
+    }
+
     /// Schedules `deployment_id` to `state` after `delay` (0: now); the same
     /// `idempotency_key` again schedules nothing new and returns the first nonce. A call
     /// made under the project lease carries its `fencing_token` (0: none), and is refused
     /// (`StepError::Fenced`) once a later holder's call reached the deployment.
-    pub(crate) async fn schedule_state(
+    pub(crate) async fn schedule(
         &self,
         deployment_id: &str,
         delay: Duration,
@@ -30,7 +37,7 @@ impl Orchestrator {
         fencing_token: u64,
     ) -> Result<String, StepError> {
         let reply: ScheduleDesiredStateChangeReply = request_reply(
-            &self.inner.client,
+            &self.nats,
             slipway_core::subjects::deployment::SCHEDULE.of(deployment_id),
             &ScheduleDesiredStateChangeRequest {
                 delay_ms: millis(delay),
@@ -50,34 +57,10 @@ impl Orchestrator {
         Ok(reply.nonce)
     }
 
-    /// The standby, after the standby delay, of a deployment a commit superseded, fenced by
-    /// the commit's token. Refused when a later holder of the project's lease has decided
-    /// about that deployment since (it woke it for a rollback, say): that decision stands,
-    /// and there is nothing left to do.
-    pub(crate) async fn standby_superseded(
-        &self,
-        deployment_id: &str,
-        idempotency_key: &str,
-        committed: &Committed,
-    ) -> Result<String, StepError> {
-        let delay = self.inner.config.standby_delay;
-        let token = committed.fencing_token;
-        match self
-            .schedule_state(deployment_id, delay, "standby", idempotency_key, token)
-            .await
-        {
-            Err(StepError::Fenced(reason)) => {
-                tracing::info!(deployment = deployment_id, %reason, "a later lease holder decided about the superseded deployment; leaving it to that");
-                Ok(String::new())
-            }
-            scheduled => scheduled,
-        }
-    }
-
     /// Whether `deployment_id` has a pending transition.
     pub(crate) async fn has_pending_change(&self, deployment_id: &str) -> Result<bool, StepError> {
         let reply: GetStateReply = request_reply(
-            &self.inner.client,
+            &self.nats,
             slipway_core::subjects::deployment::GET_STATE.of(deployment_id),
             &GetStateRequest {},
             CALL_TIMEOUT,
@@ -86,16 +69,16 @@ impl Orchestrator {
         Ok(reply.pending.is_some())
     }
 
-    /// Clears any pending transition of `deployment_id`, fenced as `schedule_state`; whether
+    /// Clears any pending transition of `deployment_id`, fenced as [`schedule`](Self::schedule); whether
     /// there was one.
-    pub(crate) async fn clear_schedule(
+    pub(crate) async fn clear(
         &self,
         deployment_id: &str,
         fencing_token: u64,
     ) -> Result<bool, StepError> {
         slipway_core::fault::point("clear.before_request");
         let reply: ClearScheduledStateChangesReply = request_reply(
-            &self.inner.client,
+            &self.nats,
             slipway_core::subjects::deployment::CLEAR.of(deployment_id),
             &ClearScheduledStateChangesRequest { fencing_token },
             CALL_TIMEOUT,

@@ -2,10 +2,15 @@
 //! that runs again after a crash does not tell its part of the story twice.
 
 use serde::Serialize;
-use slipway_core::{events::Event, time::now_ms};
+use slipway_core::{events::Event, time::SharedClock};
 use slipway_workflow::{EventScope, StepError};
 
-use crate::Orchestrator;
+/// The publisher of deployment lifecycle events.
+#[derive(Clone)]
+pub(crate) struct Events {
+    js: async_nats::jetstream::Context,
+    clock: SharedClock,
+}
 
 /// Where a deployment's events go.
 pub fn scope_of(d: &slipway_store::Deployment) -> EventScope {
@@ -17,10 +22,14 @@ pub fn scope_of(d: &slipway_store::Deployment) -> EventScope {
     }
 }
 
-impl Orchestrator {
+impl Events {
+    pub(crate) fn new(js: async_nats::jetstream::Context, clock: SharedClock) -> Self {
+        Self { js, clock }
+    }
+
     /// Publishes event `kind` of the scope's deployment; `id` makes it unique (per kind
     /// and deployment) for deduplication.
-    pub(crate) async fn event<D: Serialize>(
+    pub(crate) async fn publish<D: Serialize>(
         &self,
         scope: &EventScope,
         kind: &'static str,
@@ -29,7 +38,7 @@ impl Orchestrator {
     ) -> Result<(), StepError> {
         let event = Event {
             kind,
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
             workspace_id: scope.workspace_id.clone(),
             project_id: scope.project_id.clone(),
             deployment_id: scope.deployment_id.clone(),
@@ -37,7 +46,7 @@ impl Orchestrator {
             detail,
         };
         let msg_id = slipway_nats::events::message_id(kind, &scope.deployment_id, id);
-        slipway_nats::events::publish(&self.inner.js, &event, &msg_id)
+        slipway_nats::events::publish(&self.js, &event, &msg_id)
             .await
             .map_err(|e| match e.is_permanent() {
                 true => StepError::terminal(e.to_string()),

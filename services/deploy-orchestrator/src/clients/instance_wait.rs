@@ -1,13 +1,16 @@
 //! The rules of the instance watcher (deploy step 6, and waking a target), without I/O: fed the
-//! agents' reports and the time, it says whether to keep waiting, that every region runs
-//! its replicas, or why the deploy fails.
+//! agents' reports, and reading an injected clock, it says whether to keep waiting, that every
+//! region runs its replicas, or why the deploy fails.
 
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
-use slipway_core::krane::{InstanceStatus, InstancesReport};
+use slipway_core::{
+    krane::{InstanceStatus, InstancesReport},
+    time::SharedClock,
+};
 
 use crate::clients::instances::ReadyInstance;
 
@@ -34,18 +37,27 @@ pub(crate) struct InstanceWait {
     failed_reports: HashMap<String, u32>,
     failed_since: HashMap<String, i64>,
     deadline_ms: i64,
-    ready_timeout: Duration,
-    failed_grace: Duration,
+    timing: ReadyTiming,
+    clock: SharedClock,
+}
+
+/// How long instances get to become healthy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadyTiming {
+    /// From the start of a wait to its deadline.
+    pub ready_timeout: Duration,
+    /// How long one instance may stay `failed`.
+    pub failed_grace: Duration,
 }
 
 impl InstanceWait {
     /// Waiting for `replicas` (region → count) until `deadline_ms` (the ready timeout after
-    /// the wait began); an instance may stay `failed` for `failed_grace`.
+    /// the wait began), by `clock`.
     pub fn new(
         replicas: &BTreeMap<String, u32>,
         deadline_ms: i64,
-        ready_timeout: Duration,
-        failed_grace: Duration,
+        timing: ReadyTiming,
+        clock: SharedClock,
     ) -> Self {
         let regions = replicas
             .iter()
@@ -62,8 +74,8 @@ impl InstanceWait {
             failed_reports: HashMap::new(),
             failed_since: HashMap::new(),
             deadline_ms,
-            ready_timeout,
-            failed_grace,
+            timing,
+            clock,
         }
     }
 
@@ -79,8 +91,9 @@ impl InstanceWait {
         }
     }
 
-    /// A new report of `region`, received at `now_ms`.
-    pub fn report(&mut self, region: &str, report: InstancesReport, now_ms: i64) {
+    /// A new report of `region`, received now.
+    pub fn report(&mut self, region: &str, report: InstancesReport) {
+        let now_ms = self.clock.now_ms();
         let Some(slot) = self.regions.get_mut(region) else {
             return;
         };
@@ -95,15 +108,17 @@ impl InstanceWait {
         slot.report = Some(report);
     }
 
-    pub fn verdict(&self, now_ms: i64) -> Verdict {
+    /// What to do now; until when waiting makes sense (the deadline).
+    pub fn verdict(&self) -> Verdict {
+        let now_ms = self.clock.now_ms();
         if self.regions.values().all(Region::ready) {
             return Verdict::Ready(self.ready_instances());
         }
-        let grace_ms = i64::try_from(self.failed_grace.as_millis()).unwrap_or(i64::MAX);
+        let grace_ms = i64::try_from(self.timing.failed_grace.as_millis()).unwrap_or(i64::MAX);
         if now_ms >= self.deadline_ms {
             return Verdict::Failed(format!(
                 "instances did not become healthy within the ready timeout ({}): {}",
-                humanize(self.ready_timeout),
+                humanize(self.timing.ready_timeout),
                 self.summary()
             ));
         }
@@ -114,7 +129,7 @@ impl InstanceWait {
         {
             return Verdict::Failed(format!(
                 "instance {id} stayed failed for {}: {}",
-                humanize(self.failed_grace),
+                humanize(self.timing.failed_grace),
                 self.summary()
             ));
         }
@@ -201,7 +216,9 @@ fn humanize(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use slipway_core::krane::ReportedInstance;
+    use std::sync::Arc;
+
+    use slipway_core::{krane::ReportedInstance, time::ManualClock};
 
     use super::*;
 
@@ -222,47 +239,61 @@ mod tests {
         }
     }
 
-    /// Two regions (eu ×2, us ×1), ready timeout 60 s from t=0, failed grace 10 s.
-    fn wait() -> InstanceWait {
+    /// Two regions (eu ×2, us ×1), ready timeout 60 s from t=0, failed grace 10 s; the
+    /// clock, at t=0.
+    fn wait() -> (InstanceWait, Arc<ManualClock>) {
         let replicas = BTreeMap::from([("eu".to_string(), 2), ("us".to_string(), 1)]);
-        InstanceWait::new(
-            &replicas,
-            60 * SECOND,
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-        )
+        let clock = ManualClock::at(0);
+        let timing = ReadyTiming {
+            ready_timeout: Duration::from_secs(60),
+            failed_grace: Duration::from_secs(10),
+        };
+        let wait = InstanceWait::new(&replicas, 60 * SECOND, timing, clock.clone());
+        (wait, clock)
     }
 
     use InstanceStatus::{Failed, Pending, Running};
 
     #[test]
     fn ready_once_every_region_runs_its_replicas() {
-        let mut w = wait();
-        w.report("eu", report(&[("a", Running), ("b", Running)]), SECOND);
-        assert_eq!(w.verdict(SECOND), Verdict::Wait, "us has not reported");
-        w.report("us", report(&[("c", Pending)]), 2 * SECOND);
-        assert_eq!(w.verdict(2 * SECOND), Verdict::Wait);
-        w.report("us", report(&[("c", Running)]), 3 * SECOND);
-        let Verdict::Ready(ready) = w.verdict(3 * SECOND) else {
+        let (mut w, clock) = wait();
+        clock.set(SECOND);
+        w.report("eu", report(&[("a", Running), ("b", Running)]));
+        assert_eq!(w.verdict(), Verdict::Wait, "us has not reported");
+        clock.set(2 * SECOND);
+        w.report("us", report(&[("c", Pending)]));
+        assert_eq!(w.verdict(), Verdict::Wait);
+        clock.set(3 * SECOND);
+        w.report("us", report(&[("c", Running)]));
+        let Verdict::Ready(ready) = w.verdict() else {
             panic!("not ready")
         };
         assert_eq!(ready.len(), 3);
         // Reports of regions not waited for change nothing.
-        w.report("mars", report(&[("x", Failed)]), 4 * SECOND);
-        assert!(matches!(w.verdict(4 * SECOND), Verdict::Ready(_)));
+        clock.set(4 * SECOND);
+        w.report("mars", report(&[("x", Failed)]));
+        assert!(matches!(w.verdict(), Verdict::Ready(_)));
     }
 
     #[test]
     fn the_deadline_is_judged_on_the_reports_at_hand() {
-        let mut w = wait();
+        let (mut w, clock) = wait();
         // Seeded reports (read before the wait) count even when the deadline has passed.
         w.seed("eu", report(&[("a", Running), ("b", Running)]));
         w.seed("us", report(&[("c", Running)]));
-        assert!(matches!(w.verdict(120 * SECOND), Verdict::Ready(_)));
+        clock.set(120 * SECOND);
+        assert!(matches!(w.verdict(), Verdict::Ready(_)));
 
-        let mut w = wait();
+        let (mut w, clock) = wait();
         w.seed("eu", report(&[("a", Running), ("b", Pending)]));
-        let Verdict::Failed(reason) = w.verdict(60 * SECOND) else {
+        clock.set(60 * SECOND - 1);
+        assert_eq!(
+            w.verdict(),
+            Verdict::Wait,
+            "a millisecond before the deadline"
+        );
+        clock.advance(Duration::from_millis(1));
+        let Verdict::Failed(reason) = w.verdict() else {
             panic!("did not fail at the deadline")
         };
         assert!(reason.contains("within the ready timeout (1m)"), "{reason}");
@@ -278,18 +309,17 @@ mod tests {
 
     #[test]
     fn a_crash_loop_fails_at_the_third_failed_report() {
-        let mut w = wait();
-        for (n, t) in [(1, 1), (2, 2)] {
-            w.report("us", report(&[("c", Failed)]), t * SECOND);
-            assert_eq!(
-                w.verdict(t * SECOND),
-                Verdict::Wait,
-                "after {n} failed reports"
-            );
-            w.report("us", report(&[("c", Pending)]), t * SECOND + 500);
+        let (mut w, clock) = wait();
+        for n in 1..=2 {
+            clock.set(n * SECOND);
+            w.report("us", report(&[("c", Failed)]));
+            assert_eq!(w.verdict(), Verdict::Wait, "after {n} failed reports");
+            clock.advance(Duration::from_millis(500));
+            w.report("us", report(&[("c", Pending)]));
         }
-        w.report("us", report(&[("c", Failed)]), 3 * SECOND);
-        let Verdict::Failed(reason) = w.verdict(3 * SECOND) else {
+        clock.set(3 * SECOND);
+        w.report("us", report(&[("c", Failed)]));
+        let Verdict::Failed(reason) = w.verdict() else {
             panic!("a crash loop was not noticed")
         };
         assert!(reason.starts_with("instance c failed 3 times"), "{reason}");
@@ -297,17 +327,18 @@ mod tests {
 
     #[test]
     fn an_instance_failed_past_the_grace_fails_and_a_recovery_resets_it() {
-        let mut w = wait();
-        w.report("us", report(&[("c", Failed)]), SECOND);
-        assert_eq!(w.verdict(10 * SECOND), Verdict::Wait, "within the grace");
-        w.report("us", report(&[("c", Pending)]), 10 * SECOND);
-        assert_eq!(
-            w.verdict(20 * SECOND),
-            Verdict::Wait,
-            "recovered: the grace restarts"
-        );
-        w.report("us", report(&[("c", Failed)]), 21 * SECOND);
-        let Verdict::Failed(reason) = w.verdict(31 * SECOND) else {
+        let (mut w, clock) = wait();
+        clock.set(SECOND);
+        w.report("us", report(&[("c", Failed)]));
+        clock.set(SECOND + 10 * SECOND - 1);
+        assert_eq!(w.verdict(), Verdict::Wait, "within the grace");
+        w.report("us", report(&[("c", Pending)]));
+        clock.set(20 * SECOND);
+        assert_eq!(w.verdict(), Verdict::Wait, "recovered: the grace restarts");
+        clock.set(21 * SECOND);
+        w.report("us", report(&[("c", Failed)]));
+        clock.set(31 * SECOND);
+        let Verdict::Failed(reason) = w.verdict() else {
             panic!("stayed failed past the grace")
         };
         assert!(

@@ -6,16 +6,10 @@ use std::{collections::BTreeMap, time::Duration};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use slipway_core::{
-    krane::{InstanceStatus, InstancesReport},
-    time::now_ms,
-};
-use slipway_workflow::{StepError, StepResultExt};
+use slipway_core::{krane::InstancesReport, time::SharedClock};
+use slipway_workflow::StepError;
 
-use crate::{
-    clients::instance_wait::{InstanceWait, Verdict},
-    Orchestrator,
-};
+use crate::clients::instance_wait::{InstanceWait, ReadyTiming, Verdict};
 
 /// An instance as the deployment records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,24 +19,46 @@ pub struct ReadyInstance {
     pub address: String,
 }
 
-impl Orchestrator {
+/// The region agents' instance reports (KV `slipway_instances`) and the instances themselves.
+#[derive(Clone)]
+pub(crate) struct Instances {
+    reports: kv::Store,
+    http: reqwest::Client,
+    timing: ReadyTiming,
+    clock: SharedClock,
+}
+
+impl Instances {
+    pub(crate) fn new(
+        reports: kv::Store,
+        http: reqwest::Client,
+        timing: ReadyTiming,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            reports,
+            http,
+            timing,
+            clock,
+        }
+    }
+
+    /// The deadline of a wait that starts now.
+    pub(crate) fn deadline(&self) -> i64 {
+        self.clock.now_ms() + slipway_core::time::millis(self.timing.ready_timeout)
+    }
+
     /// Waits until every region reports at least its replicas, all `running`. Fails at
     /// `deadline_ms`, when an instance reports `failed` again and again, or when one stays
     /// `failed` longer than the grace period (the rules: [`InstanceWait`]).
-    pub(crate) async fn wait_for_instances(
+    pub(crate) async fn wait(
         &self,
         deployment_id: &str,
         replicas: &BTreeMap<String, u32>,
         deadline_ms: i64,
     ) -> Result<Vec<ReadyInstance>, StepError> {
-        let config = &self.inner.config;
-        let mut wait = InstanceWait::new(
-            replicas,
-            deadline_ms,
-            config.ready_timeout,
-            config.failed_grace,
-        );
-        let kv = &self.inner.instances;
+        let mut wait = InstanceWait::new(replicas, deadline_ms, self.timing, self.clock.clone());
+        let kv = &self.reports;
         // The watch delivers each key's current value first, then every change.
         let mut watch = kv
             .watch_with_history(format!("{deployment_id}.*"))
@@ -65,13 +81,13 @@ impl Orchestrator {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let now = now_ms();
-            match wait.verdict(now) {
+            match wait.verdict() {
                 Verdict::Ready(instances) => return Ok(instances),
                 Verdict::Failed(reason) => return Err(StepError::terminal(reason)),
                 Verdict::Wait => {}
             }
-            let until_deadline = Duration::from_millis((deadline_ms - now).max(0) as u64);
+            let until_deadline =
+                Duration::from_millis((deadline_ms - self.clock.now_ms()).max(0) as u64);
             tokio::select! {
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
@@ -80,7 +96,7 @@ impl Orchestrator {
                             tracing::warn!(key = %entry.key, "unreadable instance report; ignoring it");
                             continue;
                         };
-                        wait.report(region, report, now_ms());
+                        wait.report(region, report);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(StepError::retryable(format!("instance report watch failed: {e}"))),
@@ -92,34 +108,12 @@ impl Orchestrator {
         }
     }
 
-    /// Records the ready instances on the deployment, region by region.
-    pub(crate) async fn record_instances(
-        &self,
-        deployment_id: &str,
-        regions: impl Iterator<Item = &String>,
-        instances: &[ReadyInstance],
-    ) -> Result<(), StepError> {
-        for region in regions {
-            let rows: Vec<(String, String, InstanceStatus)> = instances
-                .iter()
-                .filter(|i| &i.region == region)
-                .map(|i| (i.id.clone(), i.address.clone(), InstanceStatus::Running))
-                .collect();
-            self.inner
-                .store
-                .record_instances(deployment_id, region, &rows, now_ms())
-                .await
-                .step_err()?;
-        }
-        Ok(())
-    }
-
     /// `GET http://<instance>/openapi.yaml`, each instance in turn (5 s timeout each); the
     /// first 200 wins. None is not an error.
     pub(crate) async fn scrape_openapi(&self, instances: &[ReadyInstance]) -> Option<String> {
         for instance in instances {
             let url = format!("http://{}/openapi.yaml", instance.address);
-            match self.inner.http.get(&url).send().await {
+            match self.http.get(&url).send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => match r.text().await {
                     Ok(spec) => return Some(spec),
                     Err(e) => tracing::debug!(%url, error = %e, "cannot read the OpenAPI spec"),

@@ -5,7 +5,7 @@ use slipway_nats::client::request as request_reply;
 use slipway_proto::v1::{AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest};
 use slipway_workflow::StepError;
 
-use crate::{clients::actor::CALL_TIMEOUT, Orchestrator};
+use crate::clients::CALL_TIMEOUT;
 
 /// What a commit did to the live pointer (journaled as the commit step's result).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -35,11 +35,21 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
-impl Orchestrator {
+/// Routing's client, for the commit.
+#[derive(Clone)]
+pub(crate) struct Routing {
+    nats: async_nats::Client,
+}
+
+impl Routing {
+    pub(crate) fn new(nats: async_nats::Client) -> Self {
+        Self { nats }
+    }
+
     /// The commit point of deploy, rollback and promote: routing creates `create` where
     /// missing, moves `route_ids` and applies `live`, in one transaction fenced by
     /// `fencing_token`; the reply tells the deployment that was live before.
-    pub(crate) async fn commit_routes(
+    pub(crate) async fn commit(
         &self,
         project_id: &str,
         request: AssignFrontlineRoutesRequest,
@@ -47,7 +57,7 @@ impl Orchestrator {
         slipway_core::fault::point("commit.before_request");
         let fencing_token = request.fencing_token;
         let reply: AssignFrontlineRoutesReply = request_reply(
-            &self.inner.client,
+            &self.nats,
             slipway_core::subjects::routing::ASSIGN.of(project_id),
             &request,
             CALL_TIMEOUT,
@@ -58,6 +68,29 @@ impl Orchestrator {
             replaced_earlier: reply.replaced_earlier_deployment_ids,
             fencing_token,
         })
+    }
+
+    /// Rollback's and promote's commit: `route_ids` move to `target` and the live pointer
+    /// follows (`live`: "pin" or "take"), in one transaction fenced by `fencing_token`, as
+    /// the commit of workflow `commit_id`.
+    pub(crate) async fn move_traffic(
+        &self,
+        project_id: &str,
+        target: &str,
+        route_ids: &[String],
+        fencing_token: u64,
+        commit_id: &str,
+        live: &str,
+    ) -> Result<Committed, StepError> {
+        let request = AssignFrontlineRoutesRequest {
+            deployment_id: target.into(),
+            route_ids: route_ids.to_vec(),
+            fencing_token,
+            commit_id: commit_id.into(),
+            live: live.into(),
+            ..Default::default()
+        };
+        self.commit(project_id, request).await
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use slipway_core::{
     domains::{self, DomainInput, Sticky},
@@ -15,15 +16,21 @@ use slipway_core::{
 };
 use slipway_nats::krane::put_desired_deployment;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
-use slipway_store::StoreError;
+use slipway_store::{Store, StoreError};
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
 
 use crate::{
-    clients::{events::scope_of, instances::ReadyInstance, routing::Committed},
-    workflows::route_plan,
-    Orchestrator,
+    clients::{
+        events::{scope_of, Events},
+        instances::ReadyInstance,
+        routing::{Committed, Routing},
+    },
+    workflows::{
+        handover::{record_instances, Handover},
+        route_plan,
+    },
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +62,19 @@ struct RoutePlan {
     take_live: bool,
 }
 
-pub struct Deploy(pub Orchestrator);
+/// The Deploy workflow and what it needs.
+pub struct Deploy {
+    pub(crate) store: Store,
+    pub(crate) handover: Handover,
+    pub(crate) routing: Routing,
+    pub(crate) events: Events,
+    /// KV `slipway_desired`, which the region agents watch.
+    pub(crate) desired: kv::Store,
+    /// Apex of generated domains.
+    pub(crate) apex_domain: String,
+    /// Regions of an environment that names none.
+    pub(crate) default_regions: Vec<String>,
+}
 
 impl Workflow for Deploy {
     const KIND: &'static str = "deploy";
@@ -63,7 +82,7 @@ impl Workflow for Deploy {
     type Output = ();
 
     async fn run(&self, ctx: &mut Context, input: DeployInput) -> Result<(), WorkflowError> {
-        let o = &self.0;
+        let o = self;
         let id = input.deployment_id.as_str();
 
         let loaded: Loaded = ctx.step("load", || o.load(id)).await?;
@@ -82,7 +101,7 @@ impl Workflow for Deploy {
         let deadline_ms: i64 = ctx
             .step("deploying", || async {
                 o.set_status(scope, DeploymentStatus::Deploying).await?;
-                Ok(now_ms() + slipway_core::time::millis(o.inner.config.ready_timeout))
+                Ok(o.handover.instances.deadline())
             })
             .await?;
         let _: Vec<(String, i64)> = ctx
@@ -93,18 +112,17 @@ impl Workflow for Deploy {
             .await?;
         let instances: Vec<ReadyInstance> = ctx
             .step("wait_instances", || {
-                o.wait_for_instances(id, &loaded.regions, deadline_ms)
+                o.handover.instances.wait(id, &loaded.regions, deadline_ms)
             })
             .await?;
         ctx.step("record_instances", || {
-            o.record_instances(id, loaded.regions.keys(), &instances)
+            record_instances(&o.store, id, loaded.regions.keys(), &instances)
         })
         .await?;
         let _: bool = ctx
             .step("openapi", || async {
-                let spec = o.scrape_openapi(&instances).await;
-                o.inner
-                    .store
+                let spec = o.handover.instances.scrape_openapi(&instances).await;
+                o.store
                     .set_openapi_spec(id, spec.as_deref(), now_ms())
                     .await
                     .step_err()?;
@@ -115,7 +133,7 @@ impl Workflow for Deploy {
         // Steps 9–12 under the project's lease: they read the rolled-back flag and the live
         // pointer there, so a rollback meanwhile is respected; the commit carries the lease's
         // fencing token, so a holder that lost the lease cannot commit.
-        let token = o.lease_project(ctx, &scope.project_id).await?;
+        let token = o.handover.lease_project(ctx, &scope.project_id).await?;
         let plan: RoutePlan = ctx.step("routes", || o.plan_routes(&loaded)).await?;
         // The commit point: routes and the live pointer move together, or not at all.
         let wf = ctx.workflow_id().to_string();
@@ -132,22 +150,23 @@ impl Workflow for Deploy {
             struct Ready<'a> {
                 domains: &'a [String],
             }
-            o.event(
-                scope,
-                "ready",
-                "0",
-                Ready {
-                    domains: &plan.domains,
-                },
-            )
-            .await
+            o.events
+                .publish(
+                    scope,
+                    "ready",
+                    "0",
+                    Ready {
+                        domains: &plan.domains,
+                    },
+                )
+                .await
         })
         .await?;
         if plan.take_live {
             ctx.step("live", || o.live_event(scope, previous)).await?;
         }
         let superseded = previous.filter(|p| plan.take_live && *p != id);
-        o.supersede(ctx, superseded, id, &committed).await
+        o.handover.supersede(ctx, superseded, id, &committed).await
     }
 
     async fn on_failure(
@@ -155,36 +174,30 @@ impl Workflow for Deploy {
         input: &DeployInput,
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
-        let o = &self.0;
+        let o = self;
         let reason = failure.reason;
         // A commit of this workflow that went through unjournaled may have replaced the live
         // deployment: that one still goes to standby.
-        o.settle_failed(&[], failure.workflow_id).await?;
-        let deployment = match o.inner.store.deployment(&input.deployment_id).await {
+        o.handover.settle_failed(&[], failure.workflow_id).await?;
+        let deployment = match o.store.deployment(&input.deployment_id).await {
             Ok(d) => d,
             Err(StoreError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(StepError::from(ApiError::from(e))),
         };
         // A deployment that serves live or environment traffic is never stopped: it got
         // there through a commit that the failure came after (or a former run's commit).
-        if o.inner
-            .store
-            .serves_traffic(&deployment.id)
-            .await
-            .step_err()?
-        {
+        if o.store.serves_traffic(&deployment.id).await.step_err()? {
             tracing::warn!(deployment_id = %deployment.id, %reason, "the workflow failed, but the deployment serves traffic: leaving it running");
             return Ok(());
         }
         let topology = o
-            .inner
             .store
             .fail_deployment(&deployment.id, reason, now_ms())
             .await
             .step_err()?;
         // Its instances stop: a failed deployment must not crash-loop for ever.
         for row in &topology {
-            put_desired_deployment(&o.inner.desired, &row.region, &deployment.desired_for(row))
+            put_desired_deployment(&o.desired, &row.region, &deployment.desired_for(row))
                 .await
                 .map_err(|e| StepError::retryable(e.to_string()))?;
         }
@@ -192,31 +205,30 @@ impl Workflow for Deploy {
         struct Failed<'a> {
             failure_reason: &'a str,
         }
-        o.event(
-            &scope_of(&deployment),
-            "failed",
-            "0",
-            Failed {
-                failure_reason: reason,
-            },
-        )
-        .await?;
+        o.events
+            .publish(
+                &scope_of(&deployment),
+                "failed",
+                "0",
+                Failed {
+                    failure_reason: reason,
+                },
+            )
+            .await?;
         tracing::warn!(deployment_id = %deployment.id, %reason, "deployment failed");
         Ok(())
     }
 }
 
-impl Orchestrator {
+impl Deploy {
     async fn load(&self, id: &str) -> Result<Loaded, StepError> {
-        let store = &self.inner.store;
+        let store = &self.store;
         let d = store.deployment(id).await.step_err()?;
         let workspace = store.workspace(&d.workspace_id).await.step_err()?;
         let project = store.project(&d.project_id).await.step_err()?;
         let environment = store.environment(&d.environment_id).await.step_err()?;
         let regions = if environment.regions.is_empty() {
-            self.inner
-                .config
-                .regions
+            self.default_regions
                 .iter()
                 .map(|r| (r.trim().to_string(), 1))
                 .collect()
@@ -240,8 +252,7 @@ impl Orchestrator {
         scope: &EventScope,
         status: DeploymentStatus,
     ) -> Result<(), StepError> {
-        self.inner
-            .store
+        self.store
             .set_deployment_status(&scope.deployment_id, status, now_ms())
             .await
             .step_err()?;
@@ -249,7 +260,8 @@ impl Orchestrator {
         struct Status {
             status: DeploymentStatus,
         }
-        self.event(scope, "status", status.as_str(), Status { status })
+        self.events
+            .publish(scope, "status", status.as_str(), Status { status })
             .await
     }
 
@@ -260,7 +272,7 @@ impl Orchestrator {
         loaded: &Loaded,
         image: &str,
     ) -> Result<Vec<(String, i64)>, StepError> {
-        let store = &self.inner.store;
+        let store = &self.store;
         let d = store
             .deployment(&loaded.scope.deployment_id)
             .await
@@ -273,7 +285,7 @@ impl Orchestrator {
                 .step_err()?;
             let mut doc = d.desired_for(&row);
             doc.image = image.to_string();
-            put_desired_deployment(&self.inner.desired, region, &doc)
+            put_desired_deployment(&self.desired, region, &doc)
                 .await
                 .map_err(|e| StepError::retryable(e.to_string()))?;
             written.push((region.clone(), row.version));
@@ -291,7 +303,6 @@ impl Orchestrator {
         let mut out = Vec::new();
         for region in loaded.regions.keys() {
             let id = self
-                .inner
                 .store
                 .ensure_sentinel(
                     &ids::new(ids::SENTINEL),
@@ -312,7 +323,7 @@ impl Orchestrator {
     async fn plan_routes(&self, loaded: &Loaded) -> Result<RoutePlan, StepError> {
         let scope = &loaded.scope;
         let generated = domains::generate(&DomainInput {
-            apex: &self.inner.config.apex_domain,
+            apex: &self.apex_domain,
             workspace_slug: &loaded.workspace_slug,
             project_slug: &loaded.project_slug,
             environment_slug: &scope.environment_slug,
@@ -320,7 +331,7 @@ impl Orchestrator {
             branch: &loaded.git_branch,
             commit_sha: &loaded.git_commit_sha,
         });
-        let store = &self.inner.store;
+        let store = &self.store;
         let domain_names: Vec<String> = generated.iter().map(|d| d.fqdn.clone()).collect();
         store
             .set_domains(&scope.deployment_id, &domain_names, now_ms())
@@ -359,7 +370,8 @@ impl Orchestrator {
     ) -> Result<Committed, StepError> {
         let scope = &loaded.scope;
         let committed = self
-            .commit_routes(
+            .routing
+            .commit(
                 &scope.project_id,
                 AssignFrontlineRoutesRequest {
                     deployment_id: scope.deployment_id.clone(),
@@ -395,14 +407,15 @@ impl Orchestrator {
         struct Live<'a> {
             previous_deployment_id: Option<&'a str>,
         }
-        self.event(
-            scope,
-            "live",
-            "0",
-            Live {
-                previous_deployment_id: previous,
-            },
-        )
-        .await
+        self.events
+            .publish(
+                scope,
+                "live",
+                "0",
+                Live {
+                    previous_deployment_id: previous,
+                },
+            )
+            .await
     }
 }

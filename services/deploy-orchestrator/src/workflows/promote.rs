@@ -6,11 +6,18 @@
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_store::Store;
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
 
-use crate::{clients::routing::Committed, workflows::validation, Orchestrator};
+use crate::{
+    clients::{
+        events::Events,
+        routing::{Committed, Routing},
+    },
+    workflows::{handover::Handover, rollback::traffic_routes, validation},
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
@@ -27,7 +34,13 @@ pub(crate) enum PromotePlan {
     },
 }
 
-pub struct Promote(pub Orchestrator);
+/// The Promote workflow and what it needs.
+pub struct Promote {
+    pub(crate) store: Store,
+    pub(crate) handover: Handover,
+    pub(crate) routing: Routing,
+    pub(crate) events: Events,
+}
 
 impl Workflow for Promote {
     const KIND: &'static str = "promote";
@@ -35,13 +48,13 @@ impl Workflow for Promote {
     type Output = ();
 
     async fn run(&self, ctx: &mut Context, input: PromoteInput) -> Result<(), WorkflowError> {
-        let o = &self.0;
+        let o = self;
         let target = input.target.as_str();
         let project_id = input.project_id.as_str();
-        let token = o.lease_project(ctx, project_id).await?;
+        let token = o.handover.lease_project(ctx, project_id).await?;
         let plan: PromotePlan = ctx
             .step("validate", || async {
-                o.check_promote(target)
+                check(&o.store, target)
                     .await
                     .map(|(_, plan)| plan)
                     .map_err(StepError::from)
@@ -52,8 +65,7 @@ impl Workflow for Promote {
         match plan {
             PromotePlan::ConfirmRollback => {
                 ctx.commit("confirm_rollback", || async {
-                    o.inner
-                        .store
+                    o.store
                         .confirm_rollback(project_id, token, now_ms())
                         .await
                         .step_err()
@@ -72,11 +84,13 @@ impl Workflow for Promote {
                 .await?;
             }
             PromotePlan::Move { route_ids } => {
-                o.wake(ctx, target, token).await?;
+                o.handover.wake(ctx, target, token).await?;
                 // The commit point: routes, live pointer and the cleared pin together.
                 let committed: Committed = ctx
                     .commit("assign_routes", || {
-                        o.move_traffic(project_id, target, &route_ids, token, &wf, "take")
+                        let ids = &route_ids;
+                        o.routing
+                            .move_traffic(project_id, target, ids, token, &wf, "take")
                     })
                     .await?;
                 let previous = committed.previous.clone();
@@ -94,7 +108,9 @@ impl Workflow for Promote {
                 .await?;
                 let superseded = previous.as_deref().filter(|p| *p != target);
                 let key = format!("promote.{wf}");
-                o.supersede(ctx, superseded, &key, &committed).await?;
+                o.handover
+                    .supersede(ctx, superseded, &key, &committed)
+                    .await?;
             }
         }
         tracing::info!(target, "promoted");
@@ -107,13 +123,13 @@ impl Workflow for Promote {
         failure: &Failure<'_>,
     ) -> Result<(), StepError> {
         // Its target, and what its commit replaced if that commit happened.
-        self.0
+        self.handover
             .settle_failed(&[&input.target], failure.workflow_id)
             .await
     }
 }
 
-impl Orchestrator {
+impl Promote {
     /// A `promoted` event, and a `live` one when the live pointer moved.
     async fn promoted_event<D: Serialize>(
         &self,
@@ -122,40 +138,39 @@ impl Orchestrator {
         detail: D,
         previous: Option<&str>,
     ) -> Result<(), StepError> {
-        self.event(scope, "promoted", workflow_id, detail).await?;
+        self.events
+            .publish(scope, "promoted", workflow_id, detail)
+            .await?;
         if let Some(previous) = previous {
             #[derive(Serialize)]
             struct Live<'a> {
                 previous_deployment_id: &'a str,
             }
-            self.event(
-                scope,
-                "live",
-                workflow_id,
-                Live {
-                    previous_deployment_id: previous,
-                },
-            )
-            .await?;
+            self.events
+                .publish(
+                    scope,
+                    "live",
+                    workflow_id,
+                    Live {
+                        previous_deployment_id: previous,
+                    },
+                )
+                .await?;
         }
         Ok(())
     }
+}
 
-    /// BEHAVIOUR.md "Promote" validations; returns the project id and what to do.
-    pub(crate) async fn check_promote(
-        &self,
-        target: &str,
-    ) -> Result<(String, PromotePlan), ApiError> {
-        ids::validate(ids::DEPLOYMENT, "target_deployment_id", target)?;
-        let store = &self.inner.store;
-        let t = store.deployment(target).await?;
-        let project = store.project(&t.project_id).await?;
-        let live = match project.live_deployment_id.as_deref() {
-            Some(id) => store.find_deployment(id).await?,
-            None => None,
-        };
-        let route_ids = self.traffic_routes(&project.id, &t.environment_id).await?;
-        let plan = validation::promote(&t, &project, live.as_ref(), route_ids)?;
-        Ok((project.id, plan))
-    }
+/// BEHAVIOUR.md "Promote" validations; returns the project id and what to do.
+pub(crate) async fn check(store: &Store, target: &str) -> Result<(String, PromotePlan), ApiError> {
+    ids::validate(ids::DEPLOYMENT, "target_deployment_id", target)?;
+    let t = store.deployment(target).await?;
+    let project = store.project(&t.project_id).await?;
+    let live = match project.live_deployment_id.as_deref() {
+        Some(id) => store.find_deployment(id).await?,
+        None => None,
+    };
+    let route_ids = traffic_routes(store, &project.id, &t.environment_id).await?;
+    let plan = validation::promote(&t, &project, live.as_ref(), route_ids)?;
+    Ok((project.id, plan))
 }

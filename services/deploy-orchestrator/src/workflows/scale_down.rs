@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use serde::{Deserialize, Serialize};
-use slipway_core::time::now_ms;
+use slipway_core::time::{millis, SharedClock};
 use slipway_nats::provision::TRAFFIC;
+use slipway_store::Store;
 use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
 
-use crate::Orchestrator;
+use crate::clients::actor::Actor;
 
 /// Environments per page.
 pub const PAGE: u32 = 100;
@@ -32,7 +33,16 @@ struct TrafficReport {
     window_end_ms: i64,
 }
 
-pub struct ScaleDown(pub Orchestrator);
+/// The scale-down workflow and what it needs.
+pub struct ScaleDown {
+    pub(crate) store: Store,
+    pub(crate) actor: Actor,
+    /// Where `SLIPWAY_TRAFFIC` is read.
+    pub(crate) js: jetstream::Context,
+    /// How long a preview may go without a request before it is idle.
+    pub(crate) idle_window: Duration,
+    pub(crate) clock: SharedClock,
+}
 
 impl Workflow for ScaleDown {
     const KIND: &'static str = "scale_down_idle_previews";
@@ -44,10 +54,10 @@ impl Workflow for ScaleDown {
         ctx: &mut Context,
         input: ScaleDownInput,
     ) -> Result<Vec<String>, WorkflowError> {
-        let o = &self.0;
+        let o = self;
         let idle_before: i64 = ctx
             .step("now", || async {
-                Ok(now_ms() - slipway_core::time::millis(o.inner.config.idle_window))
+                Ok(o.clock.now_ms() - millis(o.idle_window))
             })
             .await?;
         let mut candidates: Vec<String> = Vec::new();
@@ -55,8 +65,7 @@ impl Workflow for ScaleDown {
         for page in 0.. {
             let (found, next): (Vec<String>, Option<String>) = ctx
                 .step(&format!("page_{page}"), || async {
-                    o.inner
-                        .store
+                    o.store
                         .idle_preview_candidates(after.as_deref(), PAGE, idle_before)
                         .await
                         .step_err()
@@ -74,7 +83,8 @@ impl Workflow for ScaleDown {
         let key = format!("scale_down.{}", ctx.workflow_id());
         ctx.step("scale_down", || async {
             for id in &idle {
-                o.schedule_state(id, Duration::ZERO, "standby", &key, 0)
+                o.actor
+                    .schedule(id, Duration::ZERO, "standby", &key, 0)
                     .await?;
             }
             Ok(())
@@ -85,7 +95,7 @@ impl Workflow for ScaleDown {
     }
 }
 
-impl Orchestrator {
+impl ScaleDown {
     /// The candidates with no request reported since `idle_before`. Any failure to read
     /// the traffic source is terminal: nothing is scaled down on a guess.
     async fn without_traffic(
@@ -102,7 +112,6 @@ impl Orchestrator {
             ))
         };
         let stream = self
-            .inner
             .js
             .get_stream(TRAFFIC)
             .await
@@ -116,16 +125,38 @@ impl Orchestrator {
                 Ok(message) => {
                     let report: TrafficReport = serde_json::from_slice(&message.payload)
                         .map_err(|e| unreadable(format!("report of {id}: {e}")))?;
-                    if report.window_end_ms < idle_before {
+                    if is_idle(Some(&report), idle_before) {
                         idle.push(id.clone());
                     }
                 }
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                    idle.push(id.clone())
+                    if is_idle(None, idle_before) {
+                        idle.push(id.clone());
+                    }
                 }
                 Err(e) => return Err(unreadable(e.to_string())),
             }
         }
         Ok(idle)
+    }
+}
+
+/// Whether a candidate whose last traffic report is `last` served no request since
+/// `idle_before`.
+fn is_idle(last: Option<&TrafficReport>, idle_before: i64) -> bool {
+    last.is_none_or(|r| r.window_end_ms < idle_before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_is_no_request_reported_since_the_window_began() {
+        let report = |window_end_ms| TrafficReport { window_end_ms };
+        assert!(is_idle(Some(&report(999)), 1_000));
+        assert!(!is_idle(Some(&report(1_000)), 1_000));
+        assert!(!is_idle(Some(&report(5_000)), 1_000));
+        assert!(is_idle(None, 1_000), "never reported");
     }
 }

@@ -1,18 +1,36 @@
-//! Before traffic moves to a deployment (rollback, promote): clear its pending transition
-//! and, if it is in standby, set it running and wait until its instances are healthy, so a
+//! What deploy, rollback and promote share when traffic is handed from one deployment to
+//! another: the per-project lease (BEHAVIOUR.md "Per-project exclusion"), waking the target
+//! before traffic moves to it, and sending what a commit superseded to standby.
+//!
+//! The lease's epoch is registered with the store before anything is read under it, so from
+//! then on a former holder's writes are refused, and every write made under it carries the
+//! epoch as its fencing token. Before traffic moves to a deployment its pending transition is
+//! cleared and, if it is in standby, it is set running and its instances are waited for, so a
 //! live route never points at a deployment with nothing running. A rollback or promote that
-//! fails before its commit point puts its target back on the way to standby.
+//! fails puts its target back on the way to standby.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{state::DesiredState, time::now_ms};
+use slipway_core::{krane::InstanceStatus, state::DesiredState, time::now_ms};
+use slipway_store::{Store, StoreError};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
-use crate::{
-    clients::{instances::ReadyInstance, routing::Committed},
-    Orchestrator,
+use crate::clients::{
+    actor::Actor,
+    instances::{Instances, ReadyInstance},
+    routing::Committed,
 };
+
+/// The hand-over's dependencies.
+#[derive(Clone)]
+pub(crate) struct Handover {
+    pub(crate) store: Store,
+    pub(crate) actor: Actor,
+    pub(crate) instances: Instances,
+    /// Delay before a superseded deployment goes to standby.
+    pub(crate) standby_delay: Duration,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Asleep {
@@ -21,7 +39,32 @@ struct Asleep {
     regions: BTreeMap<String, u32>,
 }
 
-impl Orchestrator {
+impl Handover {
+    /// Takes the project's lease; returns the fencing token of writes made under it (0 when
+    /// the workflow is past its commit point, where nothing is written under it any more).
+    pub(crate) async fn lease_project(
+        &self,
+        ctx: &mut Context,
+        project_id: &str,
+    ) -> Result<u64, WorkflowError> {
+        let store = &self.store;
+        let register = |epoch| async move {
+            match store.fence(project_id, epoch).await {
+                Ok(()) => Ok(()),
+                Err(StoreError::Conflict(e)) => Err(WorkflowError::Aborted(format!(
+                    "the project lease was taken over right away: {e}"
+                ))),
+                Err(e) => Err(WorkflowError::Aborted(format!(
+                    "cannot register the project lease's epoch: {e}"
+                ))),
+            }
+        };
+        let lease = ctx
+            .lease(&format!("project.{project_id}"), register)
+            .await?;
+        Ok(lease.unwrap_or(0))
+    }
+
     /// The wake steps, journaled in `ctx`: `clear_target`, and for a target in standby
     /// `wake_target`, `wait_target`, `record_target`. The actor calls carry the project
     /// lease's `fencing_token`: a holder that lost the lease cannot undo what the next one
@@ -33,13 +76,11 @@ impl Orchestrator {
         fencing_token: u64,
     ) -> Result<(), WorkflowError> {
         let _: bool = ctx
-            .step("clear_target", || {
-                self.clear_schedule(target, fencing_token)
-            })
+            .step("clear_target", || self.actor.clear(target, fencing_token))
             .await?;
         let asleep: Option<Asleep> = ctx
             .step("check_target", || async {
-                let store = &self.inner.store;
+                let store = &self.store;
                 let d = store.deployment(target).await.step_err()?;
                 if d.desired_state != DesiredState::Standby {
                     return Ok(None);
@@ -52,8 +93,7 @@ impl Orchestrator {
                     .map(|t| (t.region, t.replicas))
                     .collect();
                 Ok(Some(Asleep {
-                    deadline_ms: now_ms()
-                        + slipway_core::time::millis(self.inner.config.ready_timeout),
+                    deadline_ms: self.instances.deadline(),
                     regions,
                 }))
             })
@@ -64,24 +104,24 @@ impl Orchestrator {
         let key = format!("wake.{}", ctx.workflow_id());
         let _: String = ctx
             .step("wake_target", || {
-                let now = std::time::Duration::ZERO;
-                self.schedule_state(target, now, "running", &key, fencing_token)
+                let now = Duration::ZERO;
+                self.actor
+                    .schedule(target, now, "running", &key, fencing_token)
             })
             .await?;
         let instances: Vec<ReadyInstance> = ctx
             .step("wait_target", || {
-                self.wait_for_instances(target, &asleep.regions, asleep.deadline_ms)
+                self.instances
+                    .wait(target, &asleep.regions, asleep.deadline_ms)
             })
             .await?;
         ctx.step("record_target", || {
-            self.record_instances(target, asleep.regions.keys(), &instances)
+            record_instances(&self.store, target, asleep.regions.keys(), &instances)
         })
         .await?;
         Ok(())
     }
-}
 
-impl Orchestrator {
     /// Each of `deployments` that serves no traffic, runs, and has no pending change goes to
     /// standby after the standby delay, as a superseded deployment does (keyed by
     /// `workflow_id`). For the failure handler of rollback and promote (their target had its
@@ -93,20 +133,21 @@ impl Orchestrator {
         deployments: &[&str],
         workflow_id: &str,
     ) -> Result<(), StepError> {
-        let store = &self.inner.store;
+        let store = &self.store;
         for &id in deployments {
             let Some(d) = store.find_deployment(id).await.step_err()? else {
                 continue;
             };
             if d.desired_state != DesiredState::Running
                 || store.serves_traffic(id).await.step_err()?
-                || self.has_pending_change(id).await?
+                || self.actor.has_pending_change(id).await?
             {
                 continue;
             }
             let key = format!("settle.{workflow_id}");
             // Unfenced: a failure handler holds no lease, and only fills a gap.
-            self.schedule_state(id, self.inner.config.standby_delay, "standby", &key, 0)
+            self.actor
+                .schedule(id, self.standby_delay, "standby", &key, 0)
                 .await?;
             tracing::info!(
                 deployment = id,
@@ -125,7 +166,6 @@ impl Orchestrator {
         workflow_id: &str,
     ) -> Result<(), StepError> {
         let replaced = self
-            .inner
             .store
             .replaced_by_commit(workflow_id)
             .await
@@ -164,4 +204,49 @@ impl Orchestrator {
         ctx.step("settle_superseded", || self.settle(&earlier, &wf))
             .await
     }
+
+    /// The standby, after the standby delay, of a deployment a commit superseded, fenced by
+    /// the commit's token. Refused when a later holder of the project's lease has decided
+    /// about that deployment since (it woke it for a rollback, say): that decision stands,
+    /// and there is nothing left to do.
+    async fn standby_superseded(
+        &self,
+        deployment_id: &str,
+        idempotency_key: &str,
+        committed: &Committed,
+    ) -> Result<String, StepError> {
+        let (delay, token) = (self.standby_delay, committed.fencing_token);
+        match self
+            .actor
+            .schedule(deployment_id, delay, "standby", idempotency_key, token)
+            .await
+        {
+            Err(StepError::Fenced(reason)) => {
+                tracing::info!(deployment = deployment_id, %reason, "a later lease holder decided about the superseded deployment; leaving it to that");
+                Ok(String::new())
+            }
+            scheduled => scheduled,
+        }
+    }
+}
+
+/// Records the ready instances on the deployment, region by region.
+pub(crate) async fn record_instances(
+    store: &Store,
+    deployment_id: &str,
+    regions: impl Iterator<Item = &String>,
+    instances: &[ReadyInstance],
+) -> Result<(), StepError> {
+    for region in regions {
+        let rows: Vec<(String, String, InstanceStatus)> = instances
+            .iter()
+            .filter(|i| &i.region == region)
+            .map(|i| (i.id.clone(), i.address.clone(), InstanceStatus::Running))
+            .collect();
+        store
+            .record_instances(deployment_id, region, &rows, now_ms())
+            .await
+            .step_err()?;
+    }
+    Ok(())
 }
