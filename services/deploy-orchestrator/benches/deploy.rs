@@ -18,10 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use futures::StreamExt;
-use slipway_nats::provision;
-use slipway_testkit::NatsServer;
+use slipway_testkit::Plane;
 use slipway_workflow::{Context, Engine, EngineConfig, EventScope, Workflow, WorkflowError};
 
 const SEQUENTIAL: usize = 30;
@@ -38,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     demo_app_startup().await?;
     step_cost().await?;
 
-    let mut plane = common::Plane::without_orchestrator().await;
+    let mut plane = Plane::without_orchestrator().await;
     plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "5s".into())];
     plane.spawn_orchestrator(&[]);
     println!("agent health checks every 100ms; standby delay 5s; SQLite");
@@ -59,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss(plane: &common::Plane) -> Vec<(String, u64)> {
+fn rss(plane: &Plane) -> Vec<(String, u64)> {
     let mut out = vec![];
     for (name, p) in ["routing", "deployment-actor"].iter().zip(&plane.services) {
         out.push((name.to_string(), p.rss_kib().unwrap_or(0)));
@@ -128,10 +126,9 @@ impl Workflow for NoOps {
 }
 
 async fn step_cost() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    provision::provision(&js, 1).await?;
-    let kv = js.get_key_value(provision::INSTANCES).await?;
+    let plane = Plane::builder().start().await;
+    let js = plane.js.clone();
+    let kv = plane.instances.clone();
     let mut puts = vec![];
     for i in 0..1000 {
         let t = Instant::now();
@@ -184,7 +181,7 @@ async fn step_cost() -> anyhow::Result<()> {
 }
 
 async fn ready_subscription(
-    plane: &common::Plane,
+    plane: &Plane,
     project: &str,
 ) -> anyhow::Result<async_nats::Subscriber> {
     Ok(plane
@@ -193,7 +190,7 @@ async fn ready_subscription(
         .await?)
 }
 
-async fn sequential(plane: &mut common::Plane) -> anyhow::Result<()> {
+async fn sequential(plane: &mut Plane) -> anyhow::Result<()> {
     let project = plane.project().await;
     let mut ready_sub = ready_subscription(plane, &project).await?;
     let (mut to_ready, mut to_done, mut overhead, mut waits) = (vec![], vec![], vec![], vec![]);
@@ -222,7 +219,7 @@ async fn sequential(plane: &mut common::Plane) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(plane: &mut common::Plane, projects: usize) -> anyhow::Result<()> {
+async fn throughput(plane: &mut Plane, projects: usize) -> anyhow::Result<()> {
     let mut ids = vec![];
     for _ in 0..projects {
         ids.push(plane.project().await);

@@ -17,43 +17,33 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_core::time::now_ms;
-use slipway_nats::provision;
 use slipway_store::Store;
-use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
-
-const ACTOR: &str = env!("CARGO_BIN_EXE_deployment-actor");
+use slipway_testkit::{
+    plane::{Plane, ACTOR},
+    NatsServer, ServiceProcess, TestDb,
+};
 const DUE: usize = 10_000;
 const DUE_WINDOW_MS: i64 = 3_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; nothing else to parse.
-    let nats = NatsServer::start().await?;
+    // Only warnings and readiness from the actor.
+    std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
     let db = match std::env::var("SLIPWAY_BENCH_DATABASE").as_deref() {
         Ok("postgres") => TestDb::postgres().await?,
         _ => TestDb::sqlite()?,
     };
-    let store = Store::open(&db.url).await?;
-    let client = async_nats::connect(nats.url()).await?;
-    let js = jetstream::new(client.clone());
-    provision::provision(&js, 1).await?;
-    let actor = ServiceProcess::spawn(
-        "actor",
-        ACTOR,
-        &[],
-        &[
-            ("SLIPWAY_NATS_URL", nats.url()),
-            ("SLIPWAY_DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn,slipway::ready=info".into()),
-        ],
-    )?;
-    actor.wait_ready("deployment-actor", Duration::from_secs(30))?;
-    println!("database: {}", db.url.split(':').next().unwrap_or("?"));
+    let mut plane = Plane::builder().database(db).service(ACTOR).start().await;
+    println!(
+        "database: {}",
+        plane.db.url.split(':').next().unwrap_or("?")
+    );
 
-    let ids = seed(&store, DUE).await?;
-    round_trips(&nats, &js, &ids).await?;
-    let mut actor = Some(actor);
-    due_storm(&client, &store, &ids, &mut actor).await?;
+    let ids = seed(&plane.store, DUE).await?;
+    round_trips(&plane.nats, &plane.js, &ids).await?;
+    let mut actor = plane.services.pop();
+    due_storm(&plane.client, &plane.store, &ids, &mut actor).await?;
     drop(actor);
     Ok(())
 }

@@ -6,11 +6,12 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use futures::TryStreamExt;
+use slipway_core::{
+    subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, transition_keys,
+};
 use slipway_nats::provision::TIMERS;
 
 use crate::Actor;
-
-use slipway_core::subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -26,8 +27,11 @@ pub async fn run_periodically(actor: Actor, every: Duration) {
 pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     let mut deployments = BTreeSet::new();
     let keys: Vec<String> = actor.inner.transitions.keys().await?.try_collect().await?;
-    // Idempotency records (`<id>.idem.<hash>`) are not transitions.
-    deployments.extend(keys.into_iter().filter(|k| !k.contains('.')));
+    deployments.extend(
+        keys.iter()
+            .filter_map(|k| transition_keys::deployment_of(k))
+            .map(str::to_string),
+    );
 
     let stream = actor.inner.js.get_stream(TIMERS).await?;
     let info = stream

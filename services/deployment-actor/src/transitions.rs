@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use slipway_core::transition_keys;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -187,7 +187,7 @@ impl Transitions {
         deployment_id: &str,
         key: &str,
     ) -> Result<Option<Transition>, TransitionError> {
-        let k = idempotency_key(deployment_id, key);
+        let k = transition_keys::idempotency(deployment_id, key);
         match self
             .kv
             .get(k.as_str())
@@ -206,7 +206,7 @@ impl Transitions {
         deployment_id: &str,
         transition: &Transition,
     ) -> Result<(), TransitionError> {
-        let k = idempotency_key(deployment_id, &transition.idempotency_key);
+        let k = transition_keys::idempotency(deployment_id, &transition.idempotency_key);
         let value = rmp_serde::to_vec_named(transition)
             .map_err(|e| TransitionError::Kv(e.into()))?
             .into();
@@ -227,13 +227,6 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
         key: key.to_string(),
         source,
     })
-}
-
-/// `<deployment_id>.idem.<hash>`: callers' keys may hold any character, KV keys may not.
-fn idempotency_key(deployment_id: &str, key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{deployment_id}.idem.{hex}")
 }
 
 #[cfg(test)]

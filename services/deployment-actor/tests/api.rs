@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{protobuf_headers, schedule_subject, Env};
+use common::{protobuf_headers, schedule_subject, ActorCalls};
 use prost::Message;
 use slipway_proto::v1::{
     ErrorReply, GetStateReply, ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
@@ -11,8 +11,8 @@ use slipway_proto::v1::{
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_error_reply_and_writes_nothing() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let unknown = "dep_doesnotexist";
 
     let cases: Vec<(&str, String, &[u8], u16, &str)> = vec![
@@ -151,18 +151,18 @@ async fn bad_input_gets_a_4xx_error_reply_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(timers.state.messages, 0);
-    assert!(env.events(&project).await.is_empty());
+    assert!(env.project_events(&project).await.is_empty());
     assert_eq!(env.store.deployment(&dep).await.unwrap().updated_at_ms, 1);
     assert!(
-        env.actors[0].is_running(),
+        env.services[0].is_running(),
         "bad input must not bring the service down"
     );
 }
 
 #[tokio::test]
 async fn json_and_protobuf_clients_both_work() {
-    let mut env = Env::start().await;
-    let (_, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (_, dep) = env.seed_deployment().await;
 
     let req = ScheduleDesiredStateChangeRequest {
         delay_ms: 60_000,
@@ -215,7 +215,7 @@ async fn json_and_protobuf_clients_both_work() {
 
 #[tokio::test]
 async fn srv_info_lists_the_endpoints() {
-    let env = Env::start().await;
+    let env = common::start().await;
     let msg = env
         .client
         .request("$SRV.INFO.slipway-deployment", "".into())

@@ -6,16 +6,19 @@
 
 mod common;
 
-use common::{Env, TIMEOUT};
+use common::{ActorCalls, ACTOR, TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clear_that_replied_is_never_followed_by_the_change_it_raced() {
-    let mut env = Env::without_actor().await;
-    let actor = env.spawn_actor(&[("SLIPWAY_FAULT_PAUSE", "actor.after_claim=3s".into())]);
-    let (_, dep) = env.deployment().await;
+    let mut env = common::without_actor().await;
+    let actor = env.spawn(
+        ACTOR,
+        &[("SLIPWAY_FAULT_PAUSE", "actor.after_claim=3s".into())],
+    );
+    let (_, dep) = env.seed_deployment().await;
     env.schedule(&dep, 300, "standby", "").await;
     tokio::task::block_in_place(|| {
-        env.actors[actor]
+        env.services[actor]
             .wait_for_log("fault pause actor.after_claim reached", TIMEOUT)
             .unwrap()
     });
@@ -32,7 +35,7 @@ async fn a_clear_that_replied_is_never_followed_by_the_change_it_raced() {
 
     // The paused apply wakes up later and finds its work done: nothing changes.
     tokio::task::block_in_place(|| {
-        env.actors[actor]
+        env.services[actor]
             .wait_for_log("desired state change completed after a redelivery", TIMEOUT)
             .unwrap()
     });

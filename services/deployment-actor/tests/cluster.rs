@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{decode_reply, schedule_subject, ACTOR, TIMEOUT};
+use common::{bin, decode_reply, schedule_subject, ACTOR, TIMEOUT};
 use futures::StreamExt;
 use slipway_proto::v1::ScheduleDesiredStateChangeReply;
 use slipway_store::{NewDeployment, Store};
@@ -46,7 +46,7 @@ async fn schedules_fire_on_a_three_node_cluster_and_survive_a_node_loss() {
         };
         let actor = ServiceProcess::spawn(
             &format!("actor{i}"),
-            ACTOR,
+            bin(ACTOR),
             &[],
             &[
                 ("SLIPWAY_NATS_URL", urls),

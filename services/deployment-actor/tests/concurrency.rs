@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{decode_reply, schedule_subject, Env};
+use common::{decode_reply, schedule_subject, ActorCalls, ACTOR};
 use slipway_proto::v1::{ClearScheduledStateChangesReply, ScheduleDesiredStateChangeReply};
 
 #[derive(Debug, Clone)]
@@ -22,9 +22,9 @@ const CALLS: usize = 200;
 
 #[tokio::test]
 async fn two_actors_and_200_concurrent_calls_end_in_the_last_writers_state() {
-    let mut env = Env::start().await;
-    env.spawn_actor(&[]);
-    let (_, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    env.spawn(ACTOR, &[]);
+    let (_, dep) = env.seed_deployment().await;
 
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
@@ -99,7 +99,7 @@ async fn two_actors_and_200_concurrent_calls_end_in_the_last_writers_state() {
     assert_eq!(in_stream, final_nonce);
 
     // Both actors served requests.
-    for actor in &env.actors {
+    for actor in &env.services {
         assert!(actor.count_log("schedule_desired_state_change") + actor.count_log("cleared") > 0);
     }
 }

@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::{Env, TIMEOUT};
+use common::{ActorCalls, Env, ACTOR, TIMEOUT};
 use slipway_core::krane::Desired;
 use slipway_core::state::{DesiredState, TopologyStatus};
 
 /// Exactly one event, the database written once, desired state published, nothing left.
 async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
     env.wait_transition_gone(dep).await;
-    let events = env.events(project).await;
+    let events = env.project_events(project).await;
     assert_eq!(events.len(), 1, "{dep}: {events:?}");
     assert_eq!(events[0]["nonce"], nonce);
     let d = env.store.deployment(dep).await.unwrap();
@@ -32,17 +32,17 @@ async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
 
 #[tokio::test]
 async fn actor_killed_before_the_due_time_and_nats_restarted_applies_every_change_once() {
-    let mut env = Env::start().await;
+    let mut env = common::start().await;
     let mut scheduled = Vec::new();
     for _ in 0..20 {
-        let (project, dep) = env.deployment().await;
+        let (project, dep) = env.seed_deployment().await;
         let reply = env.schedule(&dep, 2500, "standby", "").await;
         scheduled.push((project, dep, reply.nonce));
     }
-    env.actors[0].kill();
+    env.services[0].kill();
     env.restart_nats().await;
     // The schedules fire into the stream while no actor runs; the one started now applies them.
-    env.spawn_actor(&[]);
+    env.spawn(ACTOR, &[]);
 
     for (project, dep, nonce) in &scheduled {
         assert_applied_once(&env, project, dep, nonce).await;
@@ -51,14 +51,14 @@ async fn actor_killed_before_the_due_time_and_nats_restarted_applies_every_chang
 
 /// Crash at `point` while applying, restart nats-server, start a healthy actor.
 async fn crash_while_applying(point: &str) {
-    let mut env = Env::start().await;
-    env.actors[0].kill();
-    env.actors.clear();
-    let crashing = env.spawn_actor(&[("SLIPWAY_FAULT_POINT", point.to_string())]);
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    env.services[0].kill();
+    env.services.clear();
+    let crashing = env.spawn(ACTOR, &[("SLIPWAY_FAULT_POINT", point.to_string())]);
+    let (project, dep) = env.seed_deployment().await;
     let reply = env.schedule(&dep, 200, "standby", "").await;
 
-    let actor = &mut env.actors[crashing];
+    let actor = &mut env.services[crashing];
     actor
         .wait_for_log(&format!("fault point {point} reached"), TIMEOUT)
         .unwrap();
@@ -69,10 +69,10 @@ async fn crash_while_applying(point: &str) {
     }
 
     env.restart_nats().await;
-    let healthy = env.spawn_actor(&[]);
+    let healthy = env.spawn(ACTOR, &[]);
     assert_applied_once(&env, &project, &dep, &reply.nonce).await;
     assert_eq!(
-        env.actors[healthy].count_log("completed after a redelivery"),
+        env.services[healthy].count_log("completed after a redelivery"),
         1
     );
 }
@@ -90,14 +90,17 @@ async fn actor_crashing_before_removing_the_transition_completes_once_after_rest
 #[tokio::test]
 async fn actor_crashing_between_storing_a_transition_and_writing_its_timer_is_repaired_at_start_up()
 {
-    let mut env = Env::start().await;
-    env.actors[0].kill();
-    env.actors.clear();
-    let crashing = env.spawn_actor(&[(
-        "SLIPWAY_FAULT_POINT",
-        "actor.after_transition_stored".to_string(),
-    )]);
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    env.services[0].kill();
+    env.services.clear();
+    let crashing = env.spawn(
+        ACTOR,
+        &[(
+            "SLIPWAY_FAULT_POINT",
+            "actor.after_transition_stored".to_string(),
+        )],
+    );
+    let (project, dep) = env.seed_deployment().await;
     // The call dies with the actor: the transition is stored, no timer written. Resent until
     // it reaches the crashing actor (a request can go to the killed one's subscription).
     for _ in 0..10 {
@@ -110,11 +113,12 @@ async fn actor_crashing_between_storing_a_transition_and_writing_its_timer_is_re
             answered.map_or(true, |r| r.is_err()),
             "the crashing actor answered"
         );
-        if env.actors[crashing].count_log("fault point actor.after_transition_stored reached") > 0 {
+        if env.services[crashing].count_log("fault point actor.after_transition_stored reached") > 0
+        {
             break;
         }
     }
-    env.actors[crashing]
+    env.services[crashing]
         .wait_for_log("fault point actor.after_transition_stored reached", TIMEOUT)
         .unwrap();
     // No actor runs now: read the stored transition from the KV itself.
@@ -129,8 +133,8 @@ async fn actor_crashing_between_storing_a_transition_and_writing_its_timer_is_re
         .nonce;
     assert!(env.schedule_in_stream(&dep).await.is_none());
 
-    let healthy = env.spawn_actor(&[]);
-    env.actors[healthy]
+    let healthy = env.spawn(ACTOR, &[]);
+    env.services[healthy]
         .wait_for_log("timers reconciled", TIMEOUT)
         .unwrap();
     assert_applied_once(&env, &project, &dep, &nonce).await;

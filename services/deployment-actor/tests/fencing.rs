@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Env, ErrorResponse};
+use common::{ActorCalls, ErrorResponse};
 use slipway_core::error::STALE_FENCING_TOKEN;
 
 fn assert_stale(result: Result<impl std::fmt::Debug, ErrorResponse>, what: &str) {
@@ -20,8 +20,8 @@ fn assert_stale(result: Result<impl std::fmt::Debug, ErrorResponse>, what: &str)
 
 #[tokio::test]
 async fn an_older_token_changes_nothing() {
-    let mut env = Env::start().await;
-    let (_, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (_, dep) = env.seed_deployment().await;
 
     // A newer holder scheduled the standby; a former one may not clear it or wake the
     // deployment instead.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, TIMEOUT};
+use common::{ActorCalls, Env, TIMEOUT};
 use futures::StreamExt;
 use slipway_core::state::TopologyStatus;
 use slipway_core::{krane::Desired, time::now_ms};
@@ -31,8 +31,8 @@ async fn next_event(
 
 #[tokio::test]
 async fn a_change_scheduled_2s_ahead_is_applied_within_a_second_of_its_due_time() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let mut events = events_of(&env, &dep).await;
 
     let reply = env.schedule(&dep, 2000, "standby", "").await;
@@ -82,7 +82,7 @@ async fn a_change_scheduled_2s_ahead_is_applied_within_a_second_of_its_due_time(
             (Desired::Stopped, replicas, 2)
         );
     }
-    assert_eq!(env.events(&project).await.len(), 1);
+    assert_eq!(env.project_events(&project).await.len(), 1);
     assert!(
         env.schedule_in_stream(&dep).await.is_none(),
         "the schedule fired and is gone"
@@ -91,10 +91,10 @@ async fn a_change_scheduled_2s_ahead_is_applied_within_a_second_of_its_due_time(
 
 #[tokio::test]
 async fn rescheduling_applies_only_the_newest_at_its_own_time() {
-    let mut env = Env::start().await;
+    let mut env = common::start().await;
 
     // Earlier first, then later: only the later one, at its time.
-    let (project_a, a) = env.deployment().await;
+    let (project_a, a) = env.seed_deployment().await;
     let mut events_a = events_of(&env, &a).await;
     env.schedule(&a, 1000, "archived", "").await;
     let newest = env.schedule(&a, 2500, "standby", "").await;
@@ -108,7 +108,7 @@ async fn rescheduling_applies_only_the_newest_at_its_own_time() {
     );
 
     // Later first, then earlier: the earlier one at its time, and the later never fires.
-    let (project_b, b) = env.deployment().await;
+    let (project_b, b) = env.seed_deployment().await;
     let mut events_b = events_of(&env, &b).await;
     let superseded = env.schedule(&b, 3000, "archived", "").await;
     let newest = env.schedule(&b, 1000, "standby", "").await;
@@ -125,15 +125,15 @@ async fn rescheduling_applies_only_the_newest_at_its_own_time() {
         .await
         .is_none());
 
-    assert_eq!(env.events(&project_a).await.len(), 1);
-    assert_eq!(env.events(&project_b).await.len(), 1);
+    assert_eq!(env.project_events(&project_a).await.len(), 1);
+    assert_eq!(env.project_events(&project_b).await.len(), 1);
     assert_eq!(env.get_state(&b).await.desired_state, "standby");
 }
 
 #[tokio::test]
 async fn clearing_before_the_due_time_changes_nothing_and_leaves_no_schedule() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let mut events = events_of(&env, &dep).await;
 
     let reply = env.schedule(&dep, 1500, "standby", "").await;
@@ -150,7 +150,7 @@ async fn clearing_before_the_due_time_changes_nothing_and_leaves_no_schedule() {
         "a cleared schedule fired"
     );
     assert_eq!(env.get_state(&dep).await.desired_state, "running");
-    assert!(env.events(&project).await.is_empty());
+    assert!(env.project_events(&project).await.is_empty());
     assert!(env.desired_doc("eu", &dep).await.is_none());
     // Clearing again is harmless and says there was nothing.
     assert!(!env.clear(&dep).await);
@@ -158,15 +158,15 @@ async fn clearing_before_the_due_time_changes_nothing_and_leaves_no_schedule() {
 
 #[tokio::test]
 async fn delay_zero_applies_at_once() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let reply = env.schedule(&dep, 0, "standby", "").await;
     // Applied before the reply: no waiting.
     let state = env.get_state(&dep).await;
     assert_eq!(state.desired_state, "standby");
     assert!(state.pending.is_none());
     assert!(env.schedule_in_stream(&dep).await.is_none());
-    let events = env.events(&project).await;
+    let events = env.project_events(&project).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["nonce"], reply.nonce.as_str());
     // And back to running the same way.
@@ -179,8 +179,8 @@ async fn delay_zero_applies_at_once() {
 
 #[tokio::test]
 async fn a_fired_message_delivered_twice_is_applied_once() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let reply = env.schedule(&dep, 300, "standby", "").await;
     env.wait_transition_gone(&dep).await;
     env.wait_consumer_idle().await;
@@ -200,7 +200,7 @@ async fn a_fired_message_delivered_twice_is_applied_once() {
     }
     env.wait_consumer_idle().await;
 
-    assert_eq!(env.events(&project).await.len(), 1);
+    assert_eq!(env.project_events(&project).await.len(), 1);
     let topology = env.store.topology(&dep).await.unwrap();
     assert!(
         topology.iter().all(|t| t.version == 2),
@@ -210,8 +210,8 @@ async fn a_fired_message_delivered_twice_is_applied_once() {
 
 #[tokio::test]
 async fn the_live_deployment_is_never_changed_by_a_fired_standby() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     env.store
         .set_live_deployment(&project, Some(&dep), 2)
         .await
@@ -230,21 +230,21 @@ async fn the_live_deployment_is_never_changed_by_a_fired_standby() {
         .unwrap()
         .iter()
         .all(|t| t.version == 1));
-    assert!(env.events(&project).await.is_empty());
+    assert!(env.project_events(&project).await.is_empty());
     assert!(env.get_state(&dep).await.pending.is_none());
-    assert!(env.actors[0].count_log("refusing to stop a deployment that serves traffic") >= 2);
+    assert!(env.services[0].count_log("refusing to stop a deployment that serves traffic") >= 2);
 }
 
 #[tokio::test]
 async fn a_deployment_deleted_before_its_due_time_is_a_no_op_and_leaves_no_state() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     env.schedule(&dep, 500, "standby", "").await;
     assert!(env.store.delete_deployment(&dep).await.unwrap());
 
     env.wait_transition_gone(&dep).await;
     env.wait_consumer_idle().await;
-    assert!(env.events(&project).await.is_empty());
+    assert!(env.project_events(&project).await.is_empty());
     assert!(env.desired_doc("eu", &dep).await.is_none());
     assert!(env.schedule_in_stream(&dep).await.is_none());
     assert!(env.transitions.get(&dep).await.unwrap().is_none());
@@ -252,8 +252,8 @@ async fn a_deployment_deleted_before_its_due_time_is_a_no_op_and_leaves_no_state
 
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_first_nonce_and_schedules_nothing_new() {
-    let mut env = Env::start().await;
-    let (project, dep) = env.deployment().await;
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
     let first = env.schedule(&dep, 60_000, "standby", "dep_successor").await;
     let again = env.schedule(&dep, 1_000, "archived", "dep_successor").await;
     assert_eq!(first, again);
@@ -265,11 +265,11 @@ async fn the_same_idempotency_key_returns_the_first_nonce_and_schedules_nothing_
     // A different key replaces it (last writer wins)...
     let other = env.schedule(&dep, 0, "standby", "dep_other").await;
     assert_ne!(other.nonce, first.nonce);
-    assert_eq!(env.events(&project).await.len(), 1);
+    assert_eq!(env.project_events(&project).await.len(), 1);
     // ...and the first key, retried later, still schedules nothing.
     let retried = env.schedule(&dep, 0, "archived", "dep_successor").await;
     assert_eq!(retried, first);
     assert!(env.get_state(&dep).await.pending.is_none());
     assert_eq!(env.get_state(&dep).await.desired_state, "standby");
-    assert_eq!(env.events(&project).await.len(), 1);
+    assert_eq!(env.project_events(&project).await.len(), 1);
 }

@@ -1,6 +1,6 @@
 //! Instance processes: started in their own process group, recorded in the state directory
-//! (`<instance>.pid`, holding the group id) until stopped, so a restarted agent can kill what
-//! an earlier run left behind.
+//! ([`slipway_local::process_groups`]) until stopped, so a restarted agent can kill what an
+//! earlier run left behind.
 
 use std::{
     collections::BTreeMap,
@@ -56,8 +56,7 @@ pub fn start(
         .process_group(0)
         .spawn()?;
     let pgid = child.id().map(|p| p as i32).unwrap_or_default();
-    let pid_file = state_dir.join(format!("{instance_id}.pid"));
-    std::fs::write(&pid_file, pgid.to_string())?;
+    let pid_file = record(state_dir, instance_id, pgid)?;
     Ok(Instance {
         child,
         pgid,
@@ -80,36 +79,8 @@ impl Instance {
     }
 }
 
-fn kill_group(pgid: i32) {
-    if pgid > 0 {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Kills every process group recorded in `state_dir` and forgets them; returns how many.
-pub fn kill_recorded(state_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(state_dir) else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "pid") {
-            if let Some(pgid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                kill_group(pgid);
-                killed += 1;
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    killed
-}
+pub use slipway_local::process_groups::kill_recorded;
+use slipway_local::process_groups::{kill_group, record};
 
 #[cfg(test)]
 mod tests {

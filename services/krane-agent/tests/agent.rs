@@ -3,73 +3,40 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use slipway_core::krane::{
     desired_deployment_key, instances_key, Desired, DesiredDeployment, InstanceStatus,
     InstancesReport,
 };
-use slipway_nats::provision;
-use slipway_testkit::{NatsServer, ServiceProcess};
+use slipway_testkit::plane::{bin, Plane as Env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_krane-agent");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `slipway` binary next to ours (cargo builds every workspace binary before tests run).
+/// The `slipway` binary (cargo builds every workspace binary before tests run).
 fn slipway_bin() -> PathBuf {
-    let path = PathBuf::from(AGENT).with_file_name("slipway");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p slipway` (or cargo test --workspace)",
-        path.display()
-    );
-    path
+    bin("slipway")
 }
 
-struct Env {
-    nats: NatsServer,
-    state: tempfile::TempDir,
-    desired: kv::Store,
-    instances: kv::Store,
-    agent: Option<ServiceProcess>,
+/// A nats-server and the region agent of `local`.
+async fn start() -> Env {
+    Env::builder().agent().start().await
 }
 
-impl Env {
-    async fn start() -> Env {
-        let nats = NatsServer::start().await.unwrap();
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        provision::provision(&js, 1).await.unwrap();
-        let mut env = Env {
-            desired: js.get_key_value(provision::DESIRED).await.unwrap(),
-            instances: js.get_key_value(provision::INSTANCES).await.unwrap(),
-            nats,
-            state: tempfile::tempdir().unwrap(),
-            agent: None,
-        };
-        env.start_agent();
-        env
-    }
+/// The agent's side of KV, for its tests.
+#[allow(async_fn_in_trait)]
+trait AgentCalls {
+    /// Puts the desired state of deployment `id` in region `local`.
+    async fn desire(&self, id: &str, image: String, replicas: u32, desired: Desired, version: i64);
+    /// Waits, on a KV watch, for a report that satisfies `ok`.
+    async fn report_where(
+        &self,
+        id: &str,
+        ok: impl Fn(&InstancesReport) -> bool,
+    ) -> InstancesReport;
+}
 
-    fn start_agent(&mut self) {
-        let agent = ServiceProcess::spawn(
-            "agent",
-            AGENT,
-            &[],
-            &[
-                ("SLIPWAY_NATS_URL", self.nats.url()),
-                (
-                    "SLIPWAY_AGENT_STATE_DIR",
-                    self.state.path().display().to_string(),
-                ),
-                ("SLIPWAY_AGENT_CHECK_EVERY", "100ms".into()),
-            ],
-        )
-        .unwrap();
-        agent.wait_ready("krane-agent", TIMEOUT).unwrap();
-        self.agent = Some(agent);
-    }
-
+impl AgentCalls for Env {
     async fn desire(&self, id: &str, image: String, replicas: u32, desired: Desired, version: i64) {
         let doc = DesiredDeployment {
             deployment_id: id.into(),
@@ -93,7 +60,6 @@ impl Env {
             .unwrap();
     }
 
-    /// Waits, on a KV watch, for a report that satisfies `ok`.
     async fn report_where(
         &self,
         id: &str,
@@ -119,16 +85,6 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    /// The agent is SIGKILLed with the test; its instances would outlive it.
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            agent.kill();
-        }
-        krane_agent::process::kill_recorded(&self.state.path().join("local"));
-    }
-}
-
 fn all(report: &InstancesReport, n: usize, status: InstanceStatus) -> bool {
     report.instances.len() == n && report.instances.iter().all(|i| i.status == status)
 }
@@ -149,7 +105,7 @@ fn demo_app(args: &str) -> String {
 
 #[tokio::test]
 async fn runs_replicas_until_healthy_and_stops_them() {
-    let env = Env::start().await;
+    let env = start().await;
     env.desire(
         "dep_a",
         demo_app("--message 'hi there'"),
@@ -189,7 +145,7 @@ async fn runs_replicas_until_healthy_and_stops_them() {
 
 #[tokio::test]
 async fn crash_loops_and_other_image_schemes_are_reported_failed() {
-    let env = Env::start().await;
+    let env = start().await;
     env.desire(
         "dep_crash",
         demo_app("--exit-after 0s"),
@@ -269,7 +225,7 @@ async fn crash_loops_and_other_image_schemes_are_reported_failed() {
 
 #[tokio::test]
 async fn a_restarted_agent_leaves_no_orphans_and_converges() {
-    let mut env = Env::start().await;
+    let mut env = start().await;
     env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
         .await;
     let before = env
@@ -306,7 +262,7 @@ async fn a_restarted_agent_leaves_no_orphans_and_converges() {
 
 #[tokio::test]
 async fn a_stopped_agent_stops_its_instances() {
-    let mut env = Env::start().await;
+    let mut env = start().await;
     env.desire("dep_a", demo_app("--message bye"), 1, Desired::Running, 1)
         .await;
     let report = env
@@ -318,7 +274,7 @@ async fn a_stopped_agent_stops_its_instances() {
         get(&report.instances[0].address, "/").await.is_none(),
         "the instance outlived the agent"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(env.state.path().join("local"))
+    let leftovers: Vec<_> = std::fs::read_dir(env.agent_state.path().join("local"))
         .unwrap()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))

@@ -10,28 +10,22 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_nats::provision;
 use slipway_proto::v1::{EnsureRoutesReply, EnsureRoutesRequest, RouteSpec};
-use slipway_store::{NewDeployment, Store};
-use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
+use slipway_store::NewDeployment;
+use slipway_testkit::{
+    plane::{Plane, ROUTING},
+    seed,
+};
 
-const ROUTING: &str = env!("CARGO_BIN_EXE_routing");
 const ROUNDS: usize = 200;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let db = TestDb::sqlite()?;
-    let store = Store::open(&db.url).await?;
-    let client = async_nats::connect(nats.url()).await?;
-    let js = jetstream::new(client.clone());
-    provision::provision(&js, 1).await?;
-    store.create_workspace("ws_b", "bench", "Bench", 1).await?;
-    store
-        .create_project("proj_b", "ws_b", "shop", "Shop", "main", 1)
-        .await?;
+    // Only warnings and readiness from routing.
+    std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
+    let mut plane = Plane::builder().start().await;
+    let store = &plane.store;
     let regions = BTreeMap::from([("local".to_string(), 1)]);
-    store
-        .create_environment("env_b", "proj_b", "production", &regions, 8080, "{}", 1)
-        .await?;
+    seed::project(store, "b", "shop", "production", &regions).await;
     for i in 1..=2 {
         let id = format!("dep_{i}");
         let new = NewDeployment {
@@ -47,17 +41,8 @@ async fn main() -> anyhow::Result<()> {
         );
         store.record_instances(&id, "local", &[instance], 1).await?;
     }
-    let routing = ServiceProcess::spawn(
-        "routing",
-        ROUTING,
-        &[],
-        &[
-            ("SLIPWAY_NATS_URL", nats.url()),
-            ("SLIPWAY_DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn,slipway::ready=info".into()),
-        ],
-    )?;
-    routing.wait_ready("routing", Duration::from_secs(30))?;
+    plane.spawn(ROUTING, &[]);
+    let client = plane.client.clone();
 
     let single = ensure(
         &client,
@@ -73,13 +58,13 @@ async fn main() -> anyhow::Result<()> {
     println!("assignment request -> KV watcher sees every moved route ({ROUNDS} rounds, SQLite)");
     println!("routes | reply p50 / p99 ms | watcher saw all p50 / p99 ms");
     for (label, routes) in [("1", &single), ("100", &hundred)] {
-        let (reply, seen) = measure(&client, &js, routes).await?;
+        let (reply, seen) = measure(&client, &plane.js, routes).await?;
         println!(
             "{label:>6} | {:7.2} / {:6.2}    | {:7.2} / {:6.2}",
             reply.0, reply.1, seen.0, seen.1
         );
     }
-    drop(routing);
+    drop(plane);
     Ok(())
 }
 

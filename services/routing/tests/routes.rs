@@ -2,146 +2,82 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use routing::table::RouteEntry;
 use slipway_core::domains::{generate, DomainInput};
-use slipway_nats::{codec::ApiMessage, provision};
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, EnsureRoutesReply, EnsureRoutesRequest, ListRoutesReply, RouteSpec,
 };
-use slipway_store::{NewDeployment, Store};
-use slipway_testkit::{NatsServer, ServiceProcess, TestDb};
+use slipway_store::NewDeployment;
+use slipway_testkit::{
+    plane::{Plane as Env, ROUTING},
+    seed, ErrorReply as Refused, TestDb,
+};
 
-const ROUTING: &str = env!("CARGO_BIN_EXE_routing");
 const TIMEOUT: Duration = Duration::from_secs(20);
 const PROJECT: &str = "proj_1";
 
-struct Env {
-    nats: NatsServer,
-    db: TestDb,
-    store: Store,
-    client: async_nats::Client,
-    routes: kv::Store,
-    services: Vec<ServiceProcess>,
+/// nats-server, SQLite, a project with `deployments` production deployments (each with a
+/// running instance), and one routing process.
+async fn start(deployments: usize) -> Env {
+    start_on(TestDb::sqlite().unwrap(), deployments).await
 }
 
-use slipway_testkit::ErrorReply as Refused;
-
-impl Env {
-    /// nats-server, SQLite, a project with `deployments` production deployments (each with a
-    /// running instance), and one routing process.
-    async fn start(deployments: usize) -> Env {
-        Self::start_on(TestDb::sqlite().unwrap(), deployments).await
-    }
-
-    async fn start_on(db: TestDb, deployments: usize) -> Env {
-        let nats = NatsServer::start().await.unwrap();
-        let store = Store::open(&db.url).await.unwrap();
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = jetstream::new(client.clone());
-        provision::provision(&js, 1).await.unwrap();
-        let routes = js.get_key_value(provision::ROUTES).await.unwrap();
-        store
-            .create_workspace("ws_1", "acme", "Acme", 1)
-            .await
-            .unwrap();
-        store
-            .create_project(PROJECT, "ws_1", "shop", "Shop", "main", 1)
-            .await
-            .unwrap();
-        store
-            .create_project("proj_other", "ws_1", "other", "Other", "main", 1)
-            .await
-            .unwrap();
-        let regions = BTreeMap::from([("local".to_string(), 1)]);
-        store
-            .create_environment("env_1", PROJECT, "production", &regions, 8080, "{}", 1)
-            .await
-            .unwrap();
-        store
-            .create_environment(
-                "env_other",
-                "proj_other",
-                "production",
-                &regions,
-                8080,
-                "{}",
-                1,
-            )
-            .await
-            .unwrap();
-        for i in 1..=deployments {
-            let id = format!("dep_{i}");
-            let new = NewDeployment {
-                id: id.clone(),
-                environment_id: "env_1".into(),
-                key_auth_id: if i == 1 {
-                    "key_1".into()
-                } else {
-                    String::new()
-                },
-                ..Default::default()
-            };
-            store.insert_deployment(&new, 1).await.unwrap();
-            let instance = (
-                format!("inst_{i}"),
-                format!("127.0.0.1:{}", 9000 + i),
-                slipway_core::krane::InstanceStatus::Running,
-            );
-            store
-                .record_instances(&id, "local", &[instance], 1)
-                .await
-                .unwrap();
-        }
-        let other = NewDeployment {
-            id: "dep_other".into(),
-            environment_id: "env_other".into(),
+async fn start_on(db: TestDb, deployments: usize) -> Env {
+    let mut env = Env::builder().database(db).start().await;
+    let store = &env.store;
+    let regions = BTreeMap::from([("local".to_string(), 1)]);
+    seed::project(store, "1", "shop", "production", &regions).await;
+    seed::project(store, "other", "other", "production", &regions).await;
+    for i in 1..=deployments {
+        let id = format!("dep_{i}");
+        let new = NewDeployment {
+            id: id.clone(),
+            environment_id: "env_1".into(),
+            key_auth_id: if i == 1 {
+                "key_1".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
-        store.insert_deployment(&other, 1).await.unwrap();
-        let mut env = Env {
-            nats,
-            db,
-            store,
-            client,
-            routes,
-            services: vec![],
-        };
-        env.spawn_routing(&[]);
-        env
+        store.insert_deployment(&new, 1).await.unwrap();
+        let instance = (
+            format!("inst_{i}"),
+            format!("127.0.0.1:{}", 9000 + i),
+            slipway_core::krane::InstanceStatus::Running,
+        );
+        store
+            .record_instances(&id, "local", &[instance], 1)
+            .await
+            .unwrap();
     }
+    let other = NewDeployment {
+        id: "dep_other".into(),
+        environment_id: "env_other".into(),
+        ..Default::default()
+    };
+    store.insert_deployment(&other, 1).await.unwrap();
+    env.spawn(ROUTING, &[]);
+    env
+}
 
-    fn spawn_routing(&mut self, extra: &[(&str, String)]) -> usize {
-        let mut vars = vec![
-            ("SLIPWAY_NATS_URL", self.nats.url()),
-            ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
-            ("RUST_LOG", "info".to_string()),
-        ];
-        vars.extend(extra.iter().cloned());
-        let name = format!("routing{}", self.services.len());
-        let process = ServiceProcess::spawn(&name, ROUTING, &[], &vars).unwrap();
-        process.wait_ready("routing", TIMEOUT).unwrap();
-        self.services.push(process);
-        self.services.len() - 1
-    }
-
-    async fn request<Rep: ApiMessage>(
-        &self,
-        subject: &str,
-        body: impl Into<bytes::Bytes>,
-    ) -> Result<Rep, Refused> {
-        let msg = tokio::time::timeout(
-            TIMEOUT,
-            self.client.request(subject.to_string(), body.into()),
-        )
-        .await
-        .expect("request timed out")
-        .expect("request failed");
-        slipway_testkit::decode_reply(&msg)
-    }
-
+/// Routing's endpoints, for its tests.
+#[allow(async_fn_in_trait)]
+trait RoutingCalls {
     /// The generated domains of dep_1 (commit, branch, environment, live) plus a local host.
+    async fn ensure(&self) -> Vec<String>;
+    async fn assign(
+        &self,
+        deployment: &str,
+        route_ids: &[String],
+    ) -> Result<AssignFrontlineRoutesReply, Refused>;
+    async fn kv_entries(&self) -> BTreeMap<String, RouteEntry>;
+    /// The KV table equals the database, route by route.
+    async fn assert_kv_matches_db(&self);
+}
+
+impl RoutingCalls for Env {
     async fn ensure(&self) -> Vec<String> {
         let mut specs: Vec<RouteSpec> = generate(&DomainInput {
             apex: "slipway.localhost",
@@ -210,7 +146,6 @@ impl Env {
         out
     }
 
-    /// The KV table equals the database, route by route.
     async fn assert_kv_matches_db(&self) {
         let db = self.store.routes(PROJECT, None).await.unwrap();
         let kv = self.kv_entries().await;
@@ -229,7 +164,7 @@ impl Env {
 
 #[tokio::test]
 async fn routes_are_created_moved_published_and_announced() {
-    let env = Env::start(2).await;
+    let env = start(2).await;
     let mut watch = env.routes.watch_all().await.unwrap();
     let mut events = env
         .client
@@ -349,7 +284,7 @@ async fn routes_are_created_moved_published_and_announced() {
 
 #[tokio::test]
 async fn one_bad_route_id_moves_nothing_and_bad_input_writes_nothing() {
-    let env = Env::start(2).await;
+    let env = start(2).await;
     let ids = env.ensure().await;
     let before_kv = env.kv_entries().await;
     let before_db = env.store.routes(PROJECT, None).await.unwrap();
@@ -478,17 +413,17 @@ async fn one_bad_route_id_moves_nothing_and_bad_input_writes_nothing() {
 
 #[tokio::test]
 async fn two_instances_and_100_concurrent_assignments_never_mix_on_sqlite() {
-    never_mix(Env::start(5).await).await;
+    never_mix(start(5).await).await;
 }
 
 /// PostgreSQL is where the project row lock (not a single writer) keeps assignments apart.
 #[tokio::test]
 async fn two_instances_and_100_concurrent_assignments_never_mix_on_postgres() {
-    never_mix(Env::start_on(TestDb::postgres().await.unwrap(), 5).await).await;
+    never_mix(start_on(TestDb::postgres().await.unwrap(), 5).await).await;
 }
 
 async fn never_mix(mut env: Env) {
-    env.spawn_routing(&[]);
+    env.spawn(ROUTING, &[]);
     let ids = env.ensure().await;
 
     // A reader polls the routes the whole time: every read must show one deployment.
@@ -560,12 +495,14 @@ async fn never_mix(mut env: Env) {
 
 #[tokio::test]
 async fn killed_between_commit_and_kv_write_the_kv_matches_the_db_after_restart() {
-    let mut env = Env::start(2).await;
+    let mut env = start(2).await;
     let ids = env.ensure().await;
     env.services[0].kill();
     env.services.clear();
-    let crashing =
-        env.spawn_routing(&[("SLIPWAY_FAULT_POINT", "routing.after_commit".to_string())]);
+    let crashing = env.spawn(
+        ROUTING,
+        &[("SLIPWAY_FAULT_POINT", "routing.after_commit".to_string())],
+    );
 
     // Resend until it reaches the crashing instance: right after the SIGKILL the server may
     // still hand a request to the dead connection's subscription, and that one is lost.
@@ -601,7 +538,7 @@ async fn killed_between_commit_and_kv_write_the_kv_matches_the_db_after_restart(
         .values()
         .all(|e| e.deployment_id == "dep_1"));
 
-    let healthy = env.spawn_routing(&[]);
+    let healthy = env.spawn(ROUTING, &[]);
     env.services[healthy]
         .wait_for_log("route table reconciled", TIMEOUT)
         .unwrap();

@@ -1,11 +1,16 @@
-//! The CLI's side of the NATS API: JSON requests whose error replies become the server's
-//! message, and a connection built from the same settings every service reads.
+//! The CLI's side of the NATS API: typed requests (the messages of `slipway-proto`, sent as
+//! protobuf by `slipway_nats::client`) whose error replies become the server's message, and a
+//! connection built from the same settings every service reads.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
-use slipway_core::config::NatsConfig;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use slipway_core::{config::NatsConfig, ErrorCode};
+use slipway_nats::codec::ApiMessage;
+
+/// How long a request waits for its reply unless the command says otherwise.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Api {
     pub client: async_nats::Client,
@@ -20,51 +25,33 @@ impl Api {
     }
 
     /// A request; an error reply becomes an error carrying the server's message.
-    pub async fn call(&self, subject: &str, body: Value) -> Result<Value> {
-        self.call_with_timeout(subject, body, Duration::from_secs(10))
-            .await
+    pub async fn request<Req: ApiMessage, Rep: ApiMessage>(
+        &self,
+        subject: impl Into<String>,
+        request: &Req,
+    ) -> Result<Rep> {
+        self.request_with_timeout(subject, request, TIMEOUT).await
     }
 
-    pub async fn call_with_timeout(
+    pub async fn request_with_timeout<Req: ApiMessage, Rep: ApiMessage>(
         &self,
-        subject: &str,
-        body: Value,
+        subject: impl Into<String>,
+        request: &Req,
         timeout: Duration,
-    ) -> Result<Value> {
-        let request = async_nats::Request::new()
-            .payload(body.to_string().into())
-            .timeout(Some(timeout));
-        let reply = self
-            .client
-            .send_request(subject.to_string(), request)
+    ) -> Result<Rep> {
+        slipway_nats::client::request(&self.client, subject.into(), request, timeout)
             .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    anyhow::anyhow!("{subject}: no service answers (is the control plane running?)")
+            .map_err(|e| match e.code {
+                ErrorCode::Unavailable => {
+                    anyhow::anyhow!("{} (is the control plane running?)", e.message)
                 }
-                _ => anyhow::anyhow!("{subject}: {e}"),
-            })?;
-        let value: Value = serde_json::from_slice(&reply.payload)
-            .with_context(|| format!("{subject}: the reply is not JSON"))?;
-        let failed = reply.headers.as_ref().is_some_and(|h| {
-            h.get(async_nats::service::NATS_SERVICE_ERROR_CODE)
-                .is_some()
-        });
-        if failed {
-            let error = &value["error"];
-            bail!(
-                "{} ({} {})",
-                error["message"].as_str().unwrap_or("unknown error"),
-                error["status"],
-                error["code"].as_str().unwrap_or_default()
-            );
-        }
-        Ok(value)
+                code => anyhow::anyhow!("{} ({} {code})", e.message, code.status()),
+            })
     }
 }
 
-/// `--json`: the reply as it came; otherwise `human` renders it.
-pub fn print(json: bool, value: &Value, human: impl FnOnce(&Value)) {
+/// `--json`: the value as proto3 JSON; otherwise `human` renders it.
+pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) {
     if json {
         println!(
             "{}",
@@ -75,15 +62,7 @@ pub fn print(json: bool, value: &Value, human: impl FnOnce(&Value)) {
     }
 }
 
-pub fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
-    value[field].as_str().unwrap_or_default()
-}
-
-/// Unix milliseconds (a JSON number or a proto3 int64 string) as RFC 3339.
-pub fn time_of(value: &Value) -> String {
-    let ms = value
-        .as_i64()
-        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or_default();
+/// Unix milliseconds as RFC 3339.
+pub fn time_of(ms: i64) -> String {
     humantime::format_rfc3339_millis(slipway_core::time::to_system_time(ms)).to_string()
 }

@@ -1,13 +1,19 @@
 //! The CLI's commands on records and state: create workspaces, projects and environments;
 //! `status`, `ls`, `routes`, `timers`.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde::Serialize;
+use slipway_core::subjects;
+use slipway_proto::v1::{
+    CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
+    CreateWorkspaceReply, CreateWorkspaceRequest, Deployment, GetDeploymentReply,
+    GetDeploymentRequest, GetProjectReply, GetProjectRequest, GetStateReply, GetStateRequest,
+    ListDeploymentsReply, ListDeploymentsRequest, ListRoutesReply, ListRoutesRequest,
+    PendingTransition,
+};
 
-use crate::api::{print, str_of, time_of, Api};
+use crate::api::{print, time_of, Api};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Create {
@@ -63,14 +69,18 @@ fn parse_region(s: &str) -> Result<(String, u32), String> {
 
 pub async fn workspace(api: &Api, command: Create, json_out: bool) -> Result<()> {
     let Create::Create { slug, name } = command;
-    let reply = api
-        .call(
-            slipway_core::subjects::project::CREATE_WORKSPACE,
-            json!({"slug": slug, "name": name}),
-        )
+    let request = CreateWorkspaceRequest { slug, name };
+    let reply: CreateWorkspaceReply = api
+        .request(subjects::project::CREATE_WORKSPACE, &request)
         .await?;
     print(json_out, &reply, |r| {
-        println!("{}", str_of(&r["workspace"], "id"))
+        println!(
+            "{}",
+            r.workspace
+                .as_ref()
+                .map(|w| w.id.as_str())
+                .unwrap_or_default()
+        )
     });
     Ok(())
 }
@@ -82,14 +92,23 @@ pub async fn project(api: &Api, command: ProjectCommand, json_out: bool) -> Resu
         name,
         default_branch,
     } = command;
-    let reply = api
-        .call(
-            slipway_core::subjects::project::CREATE_PROJECT,
-            json!({"workspace_id": workspace, "slug": slug, "name": name, "default_branch": default_branch}),
-        )
+    let request = CreateProjectRequest {
+        workspace_id: workspace,
+        slug,
+        name,
+        default_branch,
+    };
+    let reply: CreateProjectReply = api
+        .request(subjects::project::CREATE_PROJECT, &request)
         .await?;
     print(json_out, &reply, |r| {
-        println!("{}", str_of(&r["project"], "id"))
+        println!(
+            "{}",
+            r.project
+                .as_ref()
+                .map(|p| p.id.as_str())
+                .unwrap_or_default()
+        )
     });
     Ok(())
 }
@@ -102,119 +121,157 @@ pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
         port,
         sentinel_config,
     } = command;
-    let regions: BTreeMap<String, u32> = regions.into_iter().collect();
-    let reply = api
-        .call(
-            slipway_core::subjects::project::CREATE_ENVIRONMENT,
-            json!({"project_id": project, "slug": slug, "regions": regions, "port": port, "sentinel_config": sentinel_config}),
-        )
+    let request = CreateEnvironmentRequest {
+        project_id: project,
+        slug,
+        regions: regions.into_iter().collect(),
+        port,
+        sentinel_config,
+    };
+    let reply: CreateEnvironmentReply = api
+        .request(subjects::project::CREATE_ENVIRONMENT, &request)
         .await?;
     print(json_out, &reply, |r| {
-        println!("{}", str_of(&r["environment"], "id"))
+        println!(
+            "{}",
+            r.environment
+                .as_ref()
+                .map(|e| e.id.as_str())
+                .unwrap_or_default()
+        )
     });
     Ok(())
 }
 
+/// A deployment as `slipway status` shows it: the deployment and its pending transition.
+#[derive(Serialize)]
+struct Status {
+    #[serde(flatten)]
+    deployment: Deployment,
+    pending_transition: Option<PendingTransition>,
+}
+
+/// The deployment, or a clear error if the reply holds none.
+pub async fn get_deployment(api: &Api, deployment_id: &str) -> Result<Deployment> {
+    let request = GetDeploymentRequest {
+        deployment_id: deployment_id.into(),
+    };
+    let reply: GetDeploymentReply = api
+        .request(subjects::deploy::GET_DEPLOYMENT, &request)
+        .await?;
+    reply.deployment.with_context(|| {
+        format!(
+            "{}: the reply holds no deployment",
+            subjects::deploy::GET_DEPLOYMENT
+        )
+    })
+}
+
 /// State, instances, domains and the pending transition of one deployment.
 pub async fn status(api: &Api, deployment_id: &str, json_out: bool) -> Result<()> {
-    let reply = api
-        .call(
-            slipway_core::subjects::deploy::GET_DEPLOYMENT,
-            json!({ "deployment_id": deployment_id }),
+    let deployment = get_deployment(api, deployment_id).await?;
+    let state: GetStateReply = api
+        .request(
+            subjects::deployment::GET_STATE.of(deployment_id),
+            &GetStateRequest {},
         )
         .await?;
-    let state = api
-        .call(
-            &slipway_core::subjects::deployment::GET_STATE.of(deployment_id),
-            json!({}),
-        )
-        .await?;
-    let mut out = reply["deployment"].clone();
-    out["pending_transition"] = state.get("pending").cloned().unwrap_or(Value::Null);
-    print(json_out, &out, |d| {
-        println!("deployment   {}", str_of(d, "id"));
-        println!(
-            "project      {}  ({})",
-            str_of(d, "project_id"),
-            str_of(d, "environment_slug")
-        );
-        println!("status       {}", str_of(d, "status"));
-        println!("desired      {}", str_of(d, "desired_state"));
-        println!("image        {}", str_of(d, "image"));
-        if let Some(reason) = d["failure_reason"].as_str() {
+    let out = Status {
+        deployment,
+        pending_transition: state.pending,
+    };
+    print(json_out, &out, |s| {
+        let d = &s.deployment;
+        println!("deployment   {}", d.id);
+        println!("project      {}  ({})", d.project_id, d.environment_slug);
+        println!("status       {}", d.status);
+        println!("desired      {}", d.desired_state);
+        println!("image        {}", d.image);
+        if let Some(reason) = &d.failure_reason {
             println!("failure      {reason}");
         }
-        for i in d["instances"].as_array().into_iter().flatten() {
+        for i in &d.instances {
             println!(
                 "instance     {}  {}  {}  {}",
-                str_of(i, "id"),
-                str_of(i, "region"),
-                str_of(i, "address"),
-                str_of(i, "status")
+                i.id, i.region, i.address, i.status
             );
         }
-        for domain in d["domains"].as_array().into_iter().flatten() {
-            println!(
-                "domain       http://{}/",
-                domain.as_str().unwrap_or_default()
-            );
+        for domain in &d.domains {
+            println!("domain       http://{domain}/");
         }
-        match d["pending_transition"].as_object() {
-            Some(p) => println!(
-                "pending      {} at {}",
-                p.get("state").and_then(Value::as_str).unwrap_or_default(),
-                time_of(p.get("fires_at_ms").unwrap_or(&Value::Null))
-            ),
+        match &s.pending_transition {
+            Some(p) => println!("pending      {} at {}", p.state, time_of(p.fires_at_ms)),
             None => println!("pending      none"),
         }
     });
     Ok(())
 }
 
+/// A deployment in `slipway ls`: whether it is the live one.
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    deployment: Deployment,
+    live: bool,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    live_deployment_id: String,
+    is_rolled_back: bool,
+    deployments: Vec<Listed>,
+}
+
 /// A project's deployments, newest first; `*` marks the live one.
 pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -> Result<()> {
-    let p = api
-        .call(
-            slipway_core::subjects::project::GET_PROJECT,
-            json!({ "project_id": project }),
-        )
+    let request = GetProjectRequest {
+        project_id: project.into(),
+    };
+    let reply: GetProjectReply = api
+        .request(subjects::project::GET_PROJECT, &request)
         .await?;
-    let live = p["project"]["live_deployment_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let p = reply.project.unwrap_or_default();
+    let live = p.live_deployment_id.unwrap_or_default();
     let mut deployments = vec![];
     let mut cursor: Option<String> = None;
     loop {
-        let page = api
-            .call(
-                slipway_core::subjects::deploy::LIST_DEPLOYMENTS,
-                json!({"project_id": project, "environment_slug": env, "limit": 500, "cursor": cursor}),
-            )
+        let request = ListDeploymentsRequest {
+            project_id: project.into(),
+            environment_slug: env.clone(),
+            limit: Some(500),
+            cursor,
+        };
+        let page: ListDeploymentsReply = api
+            .request(subjects::deploy::LIST_DEPLOYMENTS, &request)
             .await?;
-        deployments.extend(page["deployments"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_string()),
+        deployments.extend(page.deployments.into_iter().map(|d| Listed {
+            live: d.id == live,
+            deployment: d,
+        }));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
             None => break,
         }
     }
-    for d in &mut deployments {
-        d["live"] = json!(str_of(d, "id") == live);
-    }
-    let out = json!({"live_deployment_id": live, "is_rolled_back": p["project"]["is_rolled_back"], "deployments": deployments});
+    let out = Listing {
+        live_deployment_id: live,
+        is_rolled_back: p.is_rolled_back,
+        deployments,
+    };
     print(json_out, &out, |out| {
-        for d in out["deployments"].as_array().into_iter().flatten() {
+        for listed in &out.deployments {
+            let d = &listed.deployment;
             println!(
                 "{} {}  {:<11} {:<9} {:<8} {}",
-                if d["live"] == true { "*" } else { " " },
-                str_of(d, "id"),
-                str_of(d, "environment_slug"),
-                str_of(d, "status"),
-                str_of(d, "desired_state"),
-                time_of(&d["created_at_ms"]),
+                if listed.live { "*" } else { " " },
+                d.id,
+                d.environment_slug,
+                d.status,
+                d.desired_state,
+                time_of(d.created_at_ms),
             );
         }
-        if out["is_rolled_back"] == true {
+        if out.is_rolled_back {
             println!("(rolled back: production deploys do not go live until a promote)");
         }
     });
@@ -222,23 +279,34 @@ pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -
 }
 
 pub async fn routes(api: &Api, project: &str, json_out: bool) -> Result<()> {
-    let reply = api
-        .call(
-            &slipway_core::subjects::routing::LIST.of(project),
-            json!({}),
+    let reply: ListRoutesReply = api
+        .request(
+            subjects::routing::LIST.of(project),
+            &ListRoutesRequest::default(),
         )
         .await?;
     print(json_out, &reply, |r| {
-        for route in r["routes"].as_array().into_iter().flatten() {
+        for route in &r.routes {
             println!(
                 "{:<60} {:<12} {}",
-                str_of(route, "fqdn"),
-                str_of(route, "sticky"),
-                str_of(route, "deployment_id")
+                route.fqdn, route.sticky, route.deployment_id
             );
         }
     });
     Ok(())
+}
+
+/// A pending desired-state transition, in `slipway timers`.
+#[derive(Serialize)]
+struct Timer {
+    deployment_id: String,
+    #[serde(flatten)]
+    pending: PendingTransition,
+}
+
+#[derive(Serialize)]
+struct Timers {
+    timers: Vec<Timer>,
 }
 
 /// Every pending desired-state transition (from the actor's bucket) and when it fires.
@@ -248,44 +316,39 @@ pub async fn timers(api: &Api, json_out: bool) -> Result<()> {
         .get_key_value(slipway_nats::provision::TRANSITIONS)
         .await
         .context("reading the actor's transitions")?;
-    // Transition keys are deployment ids; idempotency records have dots in their keys.
     let keys: Vec<String> = kv
         .keys()
         .await
         .context("listing transitions")?
-        .filter_map(|k| async move { k.ok().filter(|k| !k.contains('.')) })
+        .filter_map(|k| async move {
+            k.ok()
+                .filter(|k| slipway_core::transition_keys::deployment_of(k).is_some())
+        })
         .collect()
         .await;
-    let mut pending = vec![];
+    let mut timers = vec![];
     for id in keys {
-        let state = api
-            .call(
-                &slipway_core::subjects::deployment::GET_STATE.of(&id),
-                json!({}),
-            )
+        let state: GetStateReply = api
+            .request(subjects::deployment::GET_STATE.of(&id), &GetStateRequest {})
             .await?;
-        if let Some(p) = state.get("pending") {
-            pending.push(json!({"deployment_id": id, "state": p["state"], "fires_at_ms": p["fires_at_ms"], "nonce": p["nonce"]}));
+        if let Some(pending) = state.pending {
+            timers.push(Timer {
+                deployment_id: id,
+                pending,
+            });
         }
     }
-    pending.sort_by_key(|p| {
-        p["fires_at_ms"]
-            .as_str()
-            .and_then(|s| s.parse::<i64>().ok())
-            .unwrap_or_default()
-    });
-    let out = json!({ "timers": pending });
-    print(json_out, &out, |out| {
-        let timers = out["timers"].as_array().cloned().unwrap_or_default();
-        if timers.is_empty() {
+    timers.sort_by_key(|t| t.pending.fires_at_ms);
+    print(json_out, &Timers { timers }, |out| {
+        if out.timers.is_empty() {
             println!("no pending transitions");
         }
-        for t in timers {
+        for t in &out.timers {
             println!(
                 "{}  -> {:<8} at {}",
-                str_of(&t, "deployment_id"),
-                str_of(&t, "state"),
-                time_of(&t["fires_at_ms"])
+                t.deployment_id,
+                t.pending.state,
+                time_of(t.pending.fires_at_ms)
             );
         }
     });

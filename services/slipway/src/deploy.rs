@@ -7,9 +7,30 @@ use anyhow::{bail, Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use slipway_core::subjects;
+use slipway_proto::v1::{
+    CreateDeploymentReply, CreateDeploymentRequest, Deployment, GetWorkflowReply,
+    GetWorkflowRequest, GitCommit, WorkflowRunReply,
+};
 
-use crate::api::{print, str_of, Api};
+use crate::{
+    api::{print, Api},
+    commands::get_deployment,
+};
+
+/// What the CLI reads of a lifecycle event (API.md "Events").
+#[derive(Debug, Deserialize)]
+pub struct FollowedEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub step: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub failure_reason: String,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
@@ -40,61 +61,62 @@ pub struct DeployArgs {
 }
 
 pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
-    let commit = args.commit.as_ref().map(|sha| {
-        json!({"commit_sha": sha, "commit_message": args.commit_message.clone().unwrap_or_default()})
+    let git_commit = args.commit.as_ref().map(|sha| GitCommit {
+        commit_sha: sha.clone(),
+        commit_message: args.commit_message.clone().unwrap_or_default(),
+        ..Default::default()
     });
-    let created = api
-        .call(
-            slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
-            json!({
-                "project_id": args.project,
-                "environment_slug": args.environment,
-                "docker_image": args.image,
-                "branch": args.branch,
-                "git_commit": commit,
-                "idempotency_key": args.idempotency_key.unwrap_or_default(),
-            }),
-        )
+    let request = CreateDeploymentRequest {
+        project_id: args.project.clone(),
+        environment_slug: args.environment.clone(),
+        docker_image: Some(args.image.clone()),
+        branch: args.branch.clone(),
+        git_commit,
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let created: CreateDeploymentReply = api
+        .request(subjects::deploy::CREATE_DEPLOYMENT, &request)
         .await?;
-    let id = str_of(&created, "deployment_id").to_string();
-    let workflow = str_of(&created, "workflow_id").to_string();
+    let id = created.deployment_id.clone();
     if args.no_follow {
         print(json_out, &created, |_| println!("{id}"));
         return Ok(());
     }
     let followed = tokio::time::timeout(
         args.timeout,
-        follow(api, &args.project, &id, &workflow, json_out),
+        follow(api, &args.project, &id, &created.workflow_id, json_out),
     )
     .await
     .with_context(|| format!("deployment {id} did not finish within {:?}", args.timeout))?;
     let deployment = followed?;
     print(json_out, &deployment, |d| {
-        println!("{} is {}", str_of(d, "id"), str_of(d, "status"));
-        for domain in d["domains"].as_array().into_iter().flatten() {
-            println!("  http://{}/", domain.as_str().unwrap_or_default());
+        println!("{} is {}", d.id, d.status);
+        for domain in &d.domains {
+            println!("  http://{domain}/");
         }
-        for i in d["instances"].as_array().into_iter().flatten() {
-            println!(
-                "  instance {} http://{}/ ({})",
-                str_of(i, "id"),
-                str_of(i, "address"),
-                str_of(i, "region")
-            );
+        for i in &d.instances {
+            println!("  instance {} http://{}/ ({})", i.id, i.address, i.region);
         }
     });
     Ok(())
 }
 
 /// Follows the deployment's events (from its first) until its workflow has finished.
-async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool) -> Result<Value> {
+async fn follow(
+    api: &Api,
+    project: &str,
+    id: &str,
+    workflow: &str,
+    quiet: bool,
+) -> Result<Deployment> {
     let stream = jetstream::new(api.client.clone())
         .get_stream(slipway_nats::provision::EVENTS)
         .await
         .context("reading the events stream")?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: slipway_core::subjects::events::of_deployment(project, id),
+            filter_subject: subjects::events::of_deployment(project, id),
             ..Default::default()
         })
         .await?;
@@ -111,25 +133,23 @@ async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool)
     bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(format!("{id}: pending"));
     while let Some(message) = events.next().await {
-        let event: Value = serde_json::from_slice(&message?.payload)?;
-        match str_of(&event, "type") {
+        let event: FollowedEvent = serde_json::from_slice(&message?.payload)
+            .context("an unreadable event on the events stream")?;
+        match event.kind.as_str() {
             "step" => {
-                let line = format!("  ✓ {}", str_of(&event, "step"));
+                let line = format!("  ✓ {}", event.step);
                 // Not a terminal (a script, CI): the bar draws nothing, so say it plainly.
                 if bar.is_hidden() && !quiet {
                     eprintln!("{line}");
                 } else {
                     bar.println(line);
                 }
-                bar.set_message(format!("{id}: after {}", str_of(&event, "step")));
+                bar.set_message(format!("{id}: after {}", event.step));
             }
-            "status" => bar.set_message(format!("{id}: {}", str_of(&event, "status"))),
+            "status" => bar.set_message(format!("{id}: {}", event.status)),
             "failed" => {
                 bar.finish_and_clear();
-                bail!(
-                    "deployment {id} failed: {}",
-                    str_of(&event, "failure_reason")
-                );
+                bail!("deployment {id} failed: {}", event.failure_reason);
             }
             "ready" => {
                 bar.set_message(format!("{id}: ready, finishing"));
@@ -140,53 +160,53 @@ async fn follow(api: &Api, project: &str, id: &str, workflow: &str, quiet: bool)
     }
     // Ready: what follows (live swap, standby of the previous) finishes within moments.
     loop {
-        let w = api
-            .call(
-                slipway_core::subjects::deploy::GET_WORKFLOW,
-                json!({ "workflow_id": workflow }),
-            )
-            .await?;
-        match str_of(&w["workflow"], "status") {
+        let w = workflow_of(api, workflow).await?;
+        match w.status.as_str() {
             "completed" => break,
             "failed" => {
                 bar.finish_and_clear();
-                bail!(
-                    "deployment {id} failed: {}",
-                    str_of(&w["workflow"], "error")
-                );
+                bail!("deployment {id} failed: {}", w.error.unwrap_or_default());
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     bar.finish_and_clear();
-    let d = api
-        .call(
-            slipway_core::subjects::deploy::GET_DEPLOYMENT,
-            json!({ "deployment_id": id }),
-        )
-        .await?;
-    Ok(d["deployment"].clone())
+    get_deployment(api, id).await
 }
 
-/// Rollback or promote (`subject`): waits for the workflow (up to `wait`), non-zero exit if it
-/// failed.
-pub async fn traffic(api: &Api, subject: &str, body: Value, json_out: bool) -> Result<()> {
-    let reply = api
-        .call_with_timeout(subject, body, Duration::from_secs(70))
+async fn workflow_of(api: &Api, workflow_id: &str) -> Result<slipway_proto::v1::Workflow> {
+    let request = GetWorkflowRequest {
+        workflow_id: workflow_id.into(),
+    };
+    let reply: GetWorkflowReply = api
+        .request(subjects::deploy::GET_WORKFLOW, &request)
+        .await?;
+    reply.workflow.with_context(|| {
+        format!(
+            "{}: the reply holds no workflow",
+            subjects::deploy::GET_WORKFLOW
+        )
+    })
+}
+
+/// Rollback or promote (`subject`, `request`): waits for the workflow (up to its `wait_ms`),
+/// non-zero exit if it failed.
+pub async fn traffic<Req: slipway_nats::codec::ApiMessage>(
+    api: &Api,
+    subject: &str,
+    request: &Req,
+    json_out: bool,
+) -> Result<()> {
+    let reply: WorkflowRunReply = api
+        .request_with_timeout(subject, request, Duration::from_secs(70))
         .await?;
     let verb = subject.rsplit('.').next().unwrap_or(subject);
-    let status = str_of(&reply, "status").to_string();
-    if status == "failed" {
-        let w = api
-            .call(
-                slipway_core::subjects::deploy::GET_WORKFLOW,
-                json!({ "workflow_id": reply["workflow_id"] }),
-            )
-            .await?;
-        bail!("{verb} failed: {}", str_of(&w["workflow"], "error"));
+    if reply.status == "failed" {
+        let w = workflow_of(api, &reply.workflow_id).await?;
+        bail!("{verb} failed: {}", w.error.unwrap_or_default());
     }
     print(json_out, &reply, |r| {
-        println!("{verb} {}: {}", str_of(r, "workflow_id"), status)
+        println!("{verb} {}: {}", r.workflow_id, r.status)
     });
     Ok(())
 }

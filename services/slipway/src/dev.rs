@@ -7,10 +7,12 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
-use serde_json::{json, Value};
-use slipway_core::time::now_ms;
+use slipway_core::{subjects, time::now_ms};
 use slipway_local::{NatsServer, ServiceProcess};
+use slipway_proto::v1::{CreateDeploymentReply, CreateDeploymentRequest, Deployment};
 use slipway_store::{Store, StoreError};
+
+use crate::{api::Api, commands::get_deployment, deploy::FollowedEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -88,8 +90,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
             return Err(e.context("deploying the demo app"));
         }
     };
-    let demo_address = demo["instances"][0]["address"].as_str().unwrap_or_default();
-    let demo_id = demo["id"].as_str().unwrap_or_default();
+    let demo_address = demo
+        .instances
+        .first()
+        .map(|i| i.address.as_str())
+        .unwrap_or_default();
+    let demo_id = demo.id.as_str();
 
     println!();
     println!("Slipway dev control plane is up.");
@@ -97,8 +103,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  database  {database_url}");
     println!("  services  {}", SERVICES.join(", "));
     println!("  demo app  http://{demo_address}/  (deployment {demo_id}, run by krane-agent)");
-    for domain in demo["domains"].as_array().into_iter().flatten() {
-        println!("  domain    {}", domain.as_str().unwrap_or_default());
+    for domain in &demo.domains {
+        println!("  domain    {domain}");
     }
     println!();
     println!("Deploy a new version (nats CLI):");
@@ -139,31 +145,30 @@ fn stop(running: &mut [ServiceProcess]) {
 
 /// Deploys the demo app through the orchestrator (idempotent across runs within a day)
 /// and follows its events until it is ready; returns the deployment.
-async fn deploy_demo(nats_url: &str) -> Result<Value> {
-    let client = async_nats::connect(nats_url).await?;
-    let created = call(
-        &client,
-        slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
-        json!({
-            "project_id": DEMO_PROJECT,
-            "environment_slug": "production",
-            "docker_image": "exec:slipway demo-app --message hello",
-            "idempotency_key": "slipway-dev-demo",
-        }),
-    )
-    .await?;
-    let id = created["deployment_id"]
-        .as_str()
-        .context("no deployment_id")?;
+async fn deploy_demo(nats_url: &str) -> Result<Deployment> {
+    let api = Api {
+        client: async_nats::connect(nats_url).await?,
+    };
+    let request = CreateDeploymentRequest {
+        project_id: DEMO_PROJECT.into(),
+        environment_slug: "production".into(),
+        docker_image: Some("exec:slipway demo-app --message hello".into()),
+        idempotency_key: "slipway-dev-demo".into(),
+        ..Default::default()
+    };
+    let created: CreateDeploymentReply = api
+        .request(subjects::deploy::CREATE_DEPLOYMENT, &request)
+        .await?;
+    let id = created.deployment_id.as_str();
     // Its ready or failed event, from the stream's start (an earlier run's deploy is there).
-    let stream = jetstream::new(client.clone())
-        .get_stream("SLIPWAY_EVENTS")
+    let stream = jetstream::new(api.client.clone())
+        .get_stream(slipway_nats::provision::EVENTS)
         .await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subjects: vec![
-                slipway_core::subjects::events::event(DEMO_PROJECT, id, "ready"),
-                slipway_core::subjects::events::event(DEMO_PROJECT, id, "failed"),
+                subjects::events::event(DEMO_PROJECT, id, "ready"),
+                subjects::events::event(DEMO_PROJECT, id, "failed"),
             ],
             ..Default::default()
         })
@@ -173,31 +178,11 @@ async fn deploy_demo(nats_url: &str) -> Result<Value> {
         .await
         .context("the demo deploy did not finish within 120 s")?
         .context("the events stream ended")??;
-    let event: Value = serde_json::from_slice(&event.payload)?;
-    if event["type"] == "failed" {
-        anyhow::bail!("the demo deploy failed: {}", event["failure_reason"]);
+    let event: FollowedEvent = serde_json::from_slice(&event.payload)?;
+    if event.kind == "failed" {
+        anyhow::bail!("the demo deploy failed: {}", event.failure_reason);
     }
-    let got = call(
-        &client,
-        slipway_core::subjects::deploy::GET_DEPLOYMENT,
-        json!({ "deployment_id": id }),
-    )
-    .await?;
-    Ok(got["deployment"].clone())
-}
-
-async fn call(client: &async_nats::Client, subject: &str, body: Value) -> Result<Value> {
-    let reply = client
-        .request(subject.to_string(), body.to_string().into())
-        .await?;
-    let value: Value = serde_json::from_slice(&reply.payload)?;
-    if reply.headers.as_ref().is_some_and(|h| {
-        h.get(async_nats::service::NATS_SERVICE_ERROR_CODE)
-            .is_some()
-    }) {
-        anyhow::bail!("{subject}: {}", value["error"]["message"]);
-    }
-    Ok(value)
+    get_deployment(&api, id).await
 }
 
 /// A demo workspace, project, production and preview environments; kept across runs.

@@ -7,8 +7,8 @@ mod deploy;
 mod dev;
 
 use clap::{Parser, Subcommand};
-use serde_json::json;
-use slipway_core::config::NatsConfig;
+use slipway_core::{config::NatsConfig, subjects};
+use slipway_proto::v1::{PromoteRequest, RollbackRequest};
 
 #[derive(Parser)]
 #[command(name = "slipway", version, about = "Slipway deployment control plane")]
@@ -103,24 +103,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             wait_ms,
         } => {
-            let body = json!({"source_deployment_id": source, "target_deployment_id": target, "wait_ms": wait_ms});
-            deploy::traffic(
-                &api,
-                slipway_core::subjects::deploy::ROLLBACK,
-                body,
-                json_out,
-            )
-            .await
+            let request = RollbackRequest {
+                source_deployment_id: source,
+                target_deployment_id: target,
+                wait_ms: Some(wait_ms),
+            };
+            deploy::traffic(&api, subjects::deploy::ROLLBACK, &request, json_out).await
         }
         Command::Promote { target, wait_ms } => {
-            let body = json!({"target_deployment_id": target, "wait_ms": wait_ms});
-            deploy::traffic(
-                &api,
-                slipway_core::subjects::deploy::PROMOTE,
-                body,
-                json_out,
-            )
-            .await
+            let request = PromoteRequest {
+                target_deployment_id: target,
+                wait_ms: Some(wait_ms),
+            };
+            deploy::traffic(&api, subjects::deploy::PROMOTE, &request, json_out).await
         }
         Command::Status { deployment } => commands::status(&api, &deployment, json_out).await,
         Command::Ls {

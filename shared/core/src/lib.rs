@@ -12,5 +12,6 @@ pub mod service;
 pub mod state;
 pub mod subjects;
 pub mod time;
+pub mod transition_keys;
 
 pub use error::{ApiError, ErrorCode};

@@ -6,6 +6,7 @@
 pub mod nats_server;
 pub mod ports;
 pub mod process;
+pub mod process_groups;
 
 pub use nats_server::{NatsCluster, NatsServer};
 pub use process::ServiceProcess;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::{service, HeaderMap};
+use async_nats::{service, HeaderMap, RequestErrorKind};
 use slipway_core::{ApiError, ErrorCode};
 use slipway_proto::v1::ErrorReply;
 
@@ -24,9 +24,19 @@ pub async fn request<Req: ApiMessage, Rep: ApiMessage>(
             .payload(Encoding::Protobuf.encode(request))
             .timeout(Some(timeout)),
     );
-    let reply = sent
-        .await
-        .map_err(|e| ApiError::unavailable(format!("{subject}: {e}")))?;
+    let reply = sent.await.map_err(|e| match e.kind() {
+        RequestErrorKind::NoResponders => {
+            ApiError::unavailable(format!("{subject}: no service answers"))
+        }
+        RequestErrorKind::TimedOut => ApiError::unavailable(format!(
+            "{subject}: no reply within {}",
+            humantime::format_duration(timeout)
+        )),
+        RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+            ApiError::invalid_argument(format!("{subject}: {e}"))
+        }
+        RequestErrorKind::Other => ApiError::unavailable(format!("{subject}: {e}")),
+    })?;
     let is_error = reply
         .headers
         .as_ref()

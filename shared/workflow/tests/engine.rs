@@ -13,7 +13,7 @@ use std::{
 use async_nats::jetstream;
 use backon::ExponentialBuilder;
 use slipway_nats::provision;
-use slipway_testkit::NatsServer;
+use slipway_testkit::Plane;
 use slipway_workflow::{
     Context, Engine, EngineConfig, EngineError, Failure, Holder, Leases, Status, StepError,
     Workflow, WorkflowError,
@@ -90,16 +90,16 @@ fn rand_like() -> u32 {
 }
 
 struct Env {
-    _nats: NatsServer,
+    /// The nats-server (no services: the engine under test is in this process).
+    _plane: Plane,
     js: jetstream::Context,
     engine: Engine,
     counters: Arc<Counters>,
 }
 
 async fn env() -> Env {
-    let nats = NatsServer::start().await.unwrap();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    provision::provision(&js, 1).await.unwrap();
+    let plane = Plane::builder().start().await;
+    let js = plane.js.clone();
     let counters = Arc::new(Counters::default());
     let mut config = EngineConfig::new("deploy-orchestrator");
     config.ack_wait = Duration::from_secs(2);
@@ -114,7 +114,7 @@ async fn env() -> Env {
         .unwrap();
     tokio::spawn(engine.clone().run_workers());
     Env {
-        _nats: nats,
+        _plane: plane,
         js,
         engine,
         counters,

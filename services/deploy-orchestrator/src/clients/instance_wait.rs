@@ -7,12 +7,19 @@ use std::{
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
 use slipway_core::{
     krane::{InstanceStatus, InstancesReport},
     time::SharedClock,
 };
 
-use crate::clients::instances::ReadyInstance;
+/// An instance as the deployment records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyInstance {
+    pub id: String,
+    pub region: String,
+    pub address: String,
+}
 
 /// Reports in which one instance is `failed` before the deploy gives up on it (an app that
 /// exits is restarted and fails again; three times is a crash loop, not bad luck).

@@ -5,19 +5,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use slipway_core::{krane::InstancesReport, time::SharedClock};
 use slipway_workflow::StepError;
 
+pub(crate) use crate::clients::instance_wait::ReadyInstance;
 use crate::clients::instance_wait::{InstanceWait, ReadyTiming, Verdict};
-
-/// An instance as the deployment records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadyInstance {
-    pub id: String,
-    pub region: String,
-    pub address: String,
-}
 
 /// The region agents' instance reports (KV `slipway_instances`) and the instances themselves.
 #[derive(Clone)]

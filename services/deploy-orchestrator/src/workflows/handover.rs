@@ -12,7 +12,9 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{krane::InstanceStatus, state::DesiredState, time::now_ms};
+use slipway_core::{
+    domains::Sticky, krane::InstanceStatus, state::DesiredState, time::now_ms, ApiError,
+};
 use slipway_store::{Store, StoreError};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
@@ -249,4 +251,23 @@ pub(crate) async fn record_instances(
             .step_err()?;
     }
     Ok(())
+}
+
+/// The live-sticky routes of the project and the environment-sticky ones of
+/// `environment_id`: what rollback and promote move.
+pub(crate) async fn traffic_routes(
+    store: &Store,
+    project_id: &str,
+    environment_id: &str,
+) -> Result<Vec<String>, ApiError> {
+    Ok(store
+        .routes(project_id, None)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r.sticky == Sticky::Live
+                || (r.sticky == Sticky::Environment && r.environment_id == environment_id)
+        })
+        .map(|r| r.id)
+        .collect())
 }

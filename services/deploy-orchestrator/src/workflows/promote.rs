@@ -16,22 +16,16 @@ use crate::{
         events::Events,
         routing::{Committed, Routing},
     },
-    workflows::{handover::Handover, rollback::traffic_routes, validation},
+    workflows::{
+        handover::{traffic_routes, Handover},
+        validation::{self, PromotePlan},
+    },
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteInput {
     pub project_id: String,
     pub target: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum PromotePlan {
-    /// The target is live on a rolled-back project: clear the pin, move nothing.
-    ConfirmRollback,
-    Move {
-        route_ids: Vec<String>,
-    },
 }
 
 /// The Promote workflow and what it needs.

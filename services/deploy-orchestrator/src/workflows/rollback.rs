@@ -5,7 +5,7 @@
 //! then tell it and schedule the rolled-back-from deployment to standby.
 
 use serde::{Deserialize, Serialize};
-use slipway_core::{domains::Sticky, ids, ApiError};
+use slipway_core::{ids, ApiError};
 use slipway_store::Store;
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
@@ -14,7 +14,10 @@ use crate::{
         events::Events,
         routing::{Committed, Routing},
     },
-    workflows::{handover::Handover, validation},
+    workflows::{
+        handover::{traffic_routes, Handover},
+        validation,
+    },
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,23 +144,4 @@ pub(crate) async fn check(
         project_id: project.id,
         route_ids,
     })
-}
-
-/// The live-sticky routes of the project and the environment-sticky ones of
-/// `environment_id`: what rollback and promote move.
-pub(crate) async fn traffic_routes(
-    store: &Store,
-    project_id: &str,
-    environment_id: &str,
-) -> Result<Vec<String>, ApiError> {
-    Ok(store
-        .routes(project_id, None)
-        .await?
-        .into_iter()
-        .filter(|r| {
-            r.sticky == Sticky::Live
-                || (r.sticky == Sticky::Environment && r.environment_id == environment_id)
-        })
-        .map(|r| r.id)
-        .collect())
 }

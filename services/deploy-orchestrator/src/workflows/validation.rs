@@ -8,7 +8,15 @@ use slipway_core::{
 };
 use slipway_store::{Deployment, Project};
 
-use crate::workflows::promote::PromotePlan;
+/// What a valid promote does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum PromotePlan {
+    /// The target is live on a rolled-back project: clear the pin, move nothing.
+    ConfirmRollback,
+    Move {
+        route_ids: Vec<String>,
+    },
+}
 
 /// Rolling `project`'s live deployment `s` back to `t`, moving `route_ids` (the project's
 /// live routes and the environment routes of `t`'s environment).
