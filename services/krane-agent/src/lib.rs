@@ -43,9 +43,14 @@ pub struct Config {
     /// How often instances are health-checked.
     #[arg(long, env = "SLIPWAY_AGENT_CHECK_EVERY", default_value = "500ms", value_parser = slipway_core::config::parse_duration)]
     pub check_every: Duration,
-    /// Consecutive exits after which an instance is reported `failed` as crash-looping.
+    /// Exits, without a stable period between them, after which an instance is reported
+    /// crash-looping (and `failed` while it does not answer its health check).
     #[arg(long, env = "SLIPWAY_AGENT_CRASH_LOOP_AFTER", default_value_t = 3)]
     pub crash_loop_after: u32,
+    /// How long an instance must stay healthy before its exits are forgotten: an app that
+    /// answers its health check and exits seconds later is crash-looping, not recovered.
+    #[arg(long, env = "SLIPWAY_AGENT_STABLE_AFTER", default_value = "30s", value_parser = slipway_core::config::parse_duration)]
+    pub stable_after: Duration,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -74,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         instances,
         check_every: config.check_every,
         crash_loop_after: config.crash_loop_after,
+        stable_after: config.stable_after,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?,

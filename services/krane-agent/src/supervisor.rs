@@ -22,6 +22,7 @@ pub struct Context {
     pub instances: kv::Store,
     pub check_every: Duration,
     pub crash_loop_after: u32,
+    pub stable_after: Duration,
     pub http: reqwest::Client,
 }
 
@@ -32,10 +33,13 @@ struct Slot {
     process: Option<process::Instance>,
     status: InstanceStatus,
     message: Option<String>,
-    /// Exits since it was last healthy, and how the last one went.
+    /// Exits since it last ran stably, and how the last one went.
     exits: u32,
     last_exit: Option<String>,
     restart_at: Option<Instant>,
+    /// Since when its health check has passed without a break.
+    healthy_since: Option<Instant>,
+    crash_looping: bool,
 }
 
 impl Slot {
@@ -49,6 +53,8 @@ impl Slot {
             exits: 0,
             last_exit: None,
             restart_at: None,
+            healthy_since: None,
+            crash_looping: false,
         }
     }
 
@@ -62,6 +68,8 @@ impl Slot {
             },
             status: self.status,
             message: self.message.clone(),
+            restarts: self.exits,
+            crash_looping: self.crash_looping,
         }
     }
 }
@@ -143,6 +151,7 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
                 p.reap();
             }
             slot.exits += 1;
+            slot.healthy_since = None;
             slot.last_exit = Some(format!("exited with {status}"));
             slot.status = InstanceStatus::Failed;
             slot.message = slot.last_exit.clone();
@@ -175,20 +184,31 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             let url = format!("http://127.0.0.1:{}/healthz", slot.port);
             let healthy =
                 matches!(ctx.http.get(&url).send().await, Ok(r) if r.status().is_success());
+            slot.crash_looping = slot.exits >= ctx.crash_loop_after;
+            let crash_loop = format!(
+                "crash-looping: exited {} times in a row, last {}",
+                slot.exits,
+                slot.last_exit.as_deref().unwrap_or("unknown")
+            );
             if healthy {
                 slot.status = InstanceStatus::Running;
-                slot.message = None;
-                slot.exits = 0;
-                slot.last_exit = None;
-            } else if slot.exits >= ctx.crash_loop_after {
+                let since = *slot.healthy_since.get_or_insert(now);
+                if now.duration_since(since) >= ctx.stable_after {
+                    // Ran stably: its earlier exits were bad luck, not a loop.
+                    slot.exits = 0;
+                    slot.last_exit = None;
+                    slot.crash_looping = false;
+                }
+                slot.message = slot.crash_looping.then_some(crash_loop);
+            } else if slot.crash_looping {
+                slot.healthy_since = None;
                 slot.status = InstanceStatus::Failed;
-                slot.message = Some(format!(
-                    "crash-looping: exited {} times in a row, last {}",
-                    slot.exits,
-                    slot.last_exit.as_deref().unwrap_or("unknown")
-                ));
+                slot.message = Some(crash_loop);
             } else if slot.status != InstanceStatus::Failed {
+                slot.healthy_since = None;
                 slot.status = InstanceStatus::Pending;
+            } else {
+                slot.healthy_since = None;
             }
         }
     }
@@ -205,6 +225,8 @@ async fn stop(slots: &mut [Slot]) {
         slot.exits = 0;
         slot.last_exit = None;
         slot.restart_at = None;
+        slot.healthy_since = None;
+        slot.crash_looping = false;
     }
 }
 

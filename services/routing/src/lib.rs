@@ -9,6 +9,7 @@
 //! commit and the KV write left behind.
 
 pub mod endpoints;
+mod observer;
 pub mod table;
 
 use std::{sync::Arc, time::Duration};
@@ -88,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::time::sleep(config.reconcile_every).await;
         }
     });
+    tokio::spawn(observer::run(routing.clone()));
     service
         .await_reachable(&client)
         .await

@@ -1,7 +1,9 @@
 //! The route table edges read: KV `slipway_routes`, key = FQDN, value = JSON
 //! `{route_id, fqdn, project_id, environment_id, deployment_id, sticky, instances,
-//! sentinel_config, version}`. Written from the database's committed state, only forward in
-//! route versions (compare-and-set), so concurrent or late writers converge on the DB.
+//! instances_revision, sentinel_config, version}`. Written from the database's committed
+//! state, only forward (compare-and-set) in route versions and, within one version, in the
+//! revision of the instance reports the entry's instances come from, so concurrent or late
+//! writers converge on the DB.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -22,8 +24,12 @@ pub struct RouteEntry {
     pub environment_id: String,
     pub deployment_id: String,
     pub sticky: Sticky,
-    /// Addresses of the target deployment's running instances.
+    /// Addresses of the target deployment's instances running now, as its agents last
+    /// reported them.
     pub instances: Vec<String>,
+    /// The newest instance report (KV `slipway_instances` revision) `instances` reflect.
+    #[serde(default)]
+    pub instances_revision: i64,
     /// What the edge's sentinel enforces; `null` for local hosts.
     pub sentinel_config: Option<SentinelConfig>,
     /// The route's version: grows with every move.
@@ -54,6 +60,7 @@ pub struct SentinelValidation {
 /// The parts of a route's entry that come from its target deployment.
 struct Target {
     instances: Vec<String>,
+    instances_revision: i64,
     key_auth_id: Option<String>,
     openapi_spec: Option<String>,
 }
@@ -92,6 +99,15 @@ impl RouteTable {
     /// What an entry needs from its target deployment, loaded once per deployment.
     async fn target(&self, deployment_id: &str) -> Result<Target, TableError> {
         let deployment = self.store.find_deployment(deployment_id).await?;
+        // The revision first, then the rows: the rows are at least as new as it says.
+        let instances_revision = self
+            .store
+            .topology(deployment_id)
+            .await?
+            .iter()
+            .map(|t| t.observed_revision)
+            .max()
+            .unwrap_or(0);
         let instances = self
             .store
             .instances(deployment_id)
@@ -107,6 +123,7 @@ impl RouteTable {
                 .filter(|k| !k.is_empty()),
             openapi_spec: deployment.and_then(|d| d.openapi_spec),
             instances,
+            instances_revision,
         })
     }
 
@@ -133,6 +150,7 @@ impl RouteTable {
             deployment_id: route.deployment_id.clone(),
             sticky: route.sticky,
             instances: target.instances.clone(),
+            instances_revision: target.instances_revision,
             sentinel_config,
             version: route.version,
         }
@@ -166,10 +184,19 @@ impl RouteTable {
     /// Writes `entry` unless the stored one is newer, or the same.
     async fn write(&self, entry: &RouteEntry) -> Result<bool, TableError> {
         slipway_nats::kv::put_unless(&self.kv, &entry.fqdn, entry, |stored: &RouteEntry| {
-            stored.version > entry.version || stored == entry
+            let newer = (stored.version, stored.instances_revision)
+                > (entry.version, entry.instances_revision);
+            newer || stored == entry
         })
         .await
         .map_err(kv_err)
+    }
+
+    /// Brings the entries of every route to `deployment_id` up to date (its instances
+    /// changed). Returns how many were written.
+    pub async fn publish_deployment(&self, deployment_id: &str) -> Result<usize, TableError> {
+        let routes = self.store.routes_to(deployment_id).await?;
+        self.publish(&routes).await
     }
 
     /// Makes the whole KV table equal to the database: every route written where it

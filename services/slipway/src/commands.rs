@@ -186,13 +186,25 @@ pub async fn status(api: &Api, deployment_id: &str, json_out: bool) -> Result<()
         println!("project      {}  ({})", d.project_id, d.environment_slug);
         println!("status       {}", d.status);
         println!("desired      {}", d.desired_state);
+        if !d.health.is_empty() {
+            println!("health       {}", d.health);
+        }
         println!("image        {}", d.image);
         if let Some(reason) = &d.failure_reason {
             println!("failure      {reason}");
         }
         for i in &d.instances {
+            let restarts = match i.restarts {
+                0 => String::new(),
+                n => format!("  ({n} restarts)"),
+            };
+            let message = i
+                .message
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default();
             println!(
-                "instance     {}  {}  {}  {}",
+                "instance     {}  {}  {}  {}{restarts}{message}",
                 i.id, i.region, i.address, i.status
             );
         }

@@ -55,6 +55,17 @@ pub struct ReportedInstance {
     pub status: InstanceStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Exits since it last ran stably (healthy for the agent's stable period).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    /// It keeps exiting: `restarts` reached the agent's crash-loop threshold, even if it
+    /// answers its health check between exits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crash_looping: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// KV `slipway_instances` value for one deployment in one region.

@@ -122,6 +122,56 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// How a ready deployment's instances are doing, from its agents' latest reports (API.md
+    /// `deployment.health`).
+    pub enum Health as "health" {
+        /// Every region runs its replicas.
+        Healthy = "healthy",
+        /// Some region runs fewer than its replicas (an instance restarting, say).
+        Degraded = "degraded",
+        /// An instance keeps exiting, even if it answers between exits.
+        CrashLooping = "crash_looping",
+        /// Nothing should run: the deployment is in standby or archived.
+        Inactive = "inactive",
+    }
+}
+
+/// What one region of a deployment runs, for [`Health::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionRuns {
+    pub wanted: u32,
+    pub running: u32,
+    pub crash_looping: bool,
+}
+
+impl Health {
+    /// The health of a deployment in `status` and `desired` whose regions run `regions`;
+    /// None until it is ready (its deploy tells how that goes).
+    pub fn of(
+        status: DeploymentStatus,
+        desired: DesiredState,
+        regions: impl IntoIterator<Item = RegionRuns>,
+    ) -> Option<Health> {
+        if status != DeploymentStatus::Ready {
+            return None;
+        }
+        if desired != DesiredState::Running {
+            return Some(Health::Inactive);
+        }
+        let mut health = Health::Healthy;
+        for r in regions {
+            if r.crash_looping {
+                return Some(Health::CrashLooping);
+            }
+            if r.running < r.wanted {
+                health = Health::Degraded;
+            }
+        }
+        Some(health)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +183,35 @@ mod tests {
         assert_eq!(err.status(), 400);
         assert!(err.message.contains("Standby"));
         assert!(err.message.contains("running, standby, archived"));
+    }
+
+    #[test]
+    fn health_is_the_worst_region() {
+        let runs = |wanted, running, crash_looping| RegionRuns {
+            wanted,
+            running,
+            crash_looping,
+        };
+        let ready = DeploymentStatus::Ready;
+        let running = DesiredState::Running;
+        assert_eq!(Health::of(DeploymentStatus::Deploying, running, []), None);
+        assert_eq!(
+            Health::of(ready, DesiredState::Standby, [runs(2, 2, false)]),
+            Some(Health::Inactive)
+        );
+        assert_eq!(
+            Health::of(ready, running, [runs(2, 2, false), runs(1, 1, false)]),
+            Some(Health::Healthy)
+        );
+        assert_eq!(
+            Health::of(ready, running, [runs(2, 1, false), runs(1, 1, false)]),
+            Some(Health::Degraded)
+        );
+        assert_eq!(
+            Health::of(ready, running, [runs(2, 1, false), runs(1, 1, true)]),
+            Some(Health::CrashLooping),
+            "a crash loop is worse than a missing replica"
+        );
     }
 
     #[test]
@@ -154,6 +233,7 @@ mod tests {
         check(DesiredState::ALL);
         check(TopologyStatus::ALL);
         check(DeploymentStatus::ALL);
+        check(Health::ALL);
         check(crate::domains::Sticky::ALL);
         check(crate::krane::InstanceStatus::ALL);
         check(crate::krane::Desired::ALL);

@@ -71,6 +71,10 @@ const CONSUMERS: &[(&str, &str)] = &[
         "deploy-orchestrator-cron",
         include_str!("../../../nats/consumers/SLIPWAY_TIMERS.deploy-orchestrator-cron.json"),
     ),
+    (
+        "routing-instances",
+        include_str!("../../../nats/consumers/KV_slipway_instances.routing-instances.json"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

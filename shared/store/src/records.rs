@@ -128,6 +128,8 @@ pub struct Topology {
     pub replicas: u32,
     pub desired_status: TopologyStatus,
     pub version: i64,
+    /// The KV revision of the instance report the region's instance rows come from.
+    pub observed_revision: i64,
 }
 
 pub(crate) fn workspace(row: &AnyRow) -> Result<Workspace, StoreError> {
@@ -224,6 +226,7 @@ pub(crate) fn topology(row: &AnyRow) -> Result<Topology, StoreError> {
         replicas: u32_of(row, "replicas")?,
         desired_status: parsed(row, "desired_status")?,
         version: row.try_get("version")?,
+        observed_revision: row.try_get("observed_revision")?,
     })
 }
 
@@ -264,6 +267,11 @@ pub struct Instance {
     pub region: String,
     pub address: String,
     pub status: InstanceStatus,
+    /// What the agent says about it (why it failed, a crash loop).
+    pub message: Option<String>,
+    /// Exits since it last ran stably.
+    pub restarts: u32,
+    pub crash_looping: bool,
 }
 
 pub(crate) fn route(row: &AnyRow) -> Result<Route, StoreError> {
@@ -287,5 +295,8 @@ pub(crate) fn instance(row: &AnyRow) -> Result<Instance, StoreError> {
         region: row.try_get("region")?,
         address: row.try_get("address")?,
         status: parsed(row, "status")?,
+        message: row.try_get("message")?,
+        restarts: u32_of(row, "restarts")?,
+        crash_looping: row.try_get::<i64, _>("crash_looping")? != 0,
     })
 }

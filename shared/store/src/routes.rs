@@ -1,7 +1,7 @@
 //! Frontline routes and the instances they send traffic to.
 
 use crate::{records, Instance, Route, Store, StoreError};
-use slipway_core::{domains::Sticky, ids, krane::InstanceStatus};
+use slipway_core::{domains::Sticky, ids, krane::ReportedInstance};
 
 /// A route to create if its FQDN does not exist yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,12 +173,74 @@ impl Store {
             .collect()
     }
 
-    /// Replaces what a region reported for a deployment.
+    /// Replaces a deployment's instance rows in `region` with what its agent reported, if the
+    /// report (KV revision `revision`) is newer than the one they come from. Returns the rows
+    /// it replaced, or None when the report is stale or the deployment does not run there.
+    pub async fn observe_instances(
+        &self,
+        deployment_id: &str,
+        region: &str,
+        instances: &[ReportedInstance],
+        revision: u64,
+        now_ms: i64,
+    ) -> Result<Option<Vec<Instance>>, StoreError> {
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        let newer = sqlx::query(
+            "UPDATE deployment_topology SET observed_revision = $3 \
+             WHERE deployment_id = $1 AND region = $2 AND observed_revision < $3",
+        )
+        .bind(deployment_id)
+        .bind(region)
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?;
+        if newer.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let before = sqlx::query(
+            "SELECT * FROM instances WHERE deployment_id = $1 AND region = $2 ORDER BY id",
+        )
+        .bind(deployment_id)
+        .bind(region)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(records::instance)
+        .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("DELETE FROM instances WHERE deployment_id = $1 AND region = $2")
+            .bind(deployment_id)
+            .bind(region)
+            .execute(&mut *tx)
+            .await?;
+        for i in instances {
+            sqlx::query(
+                "INSERT INTO instances (id, deployment_id, region, address, status, message, restarts, crash_looping, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&i.id)
+            .bind(deployment_id)
+            .bind(region)
+            .bind(&i.address)
+            .bind(i.status.as_str())
+            .bind(i.message.as_deref())
+            .bind(i64::from(i.restarts))
+            .bind(i64::from(i.crash_looping))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(before))
+    }
+
+    /// Replaces what a region reported for a deployment, whatever was there (tests' seeding).
+    #[cfg(feature = "testing")]
     pub async fn record_instances(
         &self,
         deployment_id: &str,
         region: &str,
-        instances: &[(String, String, InstanceStatus)],
+        instances: &[(String, String, slipway_core::krane::InstanceStatus)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
@@ -202,6 +264,17 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The routes that send traffic to `deployment_id`.
+    pub async fn routes_to(&self, deployment_id: &str) -> Result<Vec<Route>, StoreError> {
+        sqlx::query("SELECT * FROM frontline_routes WHERE deployment_id = $1 ORDER BY fqdn")
+            .bind(deployment_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::route)
+            .collect()
     }
 
     pub async fn instances(&self, deployment_id: &str) -> Result<Vec<Instance>, StoreError> {

@@ -7,6 +7,8 @@
 //! - the live routes point at the live pointer (a rollback moves them with the pointer);
 //! - every deployment behind a live or environment route, and the live deployment, is ready,
 //!   desired `running`, and its agents report at least one running instance per region;
+//!   its running instances in SQL and in each of its route entries are exactly those its
+//!   agents report running now, and each of them accepts connections;
 //! - every production deployment that was once live and no longer serves traffic is in
 //!   standby or has exactly one pending standby (its transition and one schedule message);
 //! - no journal holds a step twice (a step re-decided under a later lease replaces its
@@ -22,6 +24,7 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use slipway_core::{
     domains::Sticky,
+    krane::InstanceStatus,
     state::{DeploymentStatus, DesiredState, PRODUCTION_ENVIRONMENT},
 };
 use slipway_store::Store;
@@ -137,7 +140,7 @@ impl Invariants {
             }
         }
         for d in &serving {
-            self.runs(project_id, d, out).await?;
+            self.runs(project_id, d, table, out).await?;
         }
 
         for d in self
@@ -178,11 +181,14 @@ impl Invariants {
         Ok(())
     }
 
-    /// A deployment that serves traffic is ready, desired running, and runs in every region.
+    /// A deployment that serves traffic is ready, desired running, runs in every region, and
+    /// what runs is what the database and the route entries say: the addresses its agents
+    /// report running now, each of which accepts connections.
     async fn runs(
         &self,
         project_id: &str,
         id: &str,
+        table: &BTreeMap<String, Value>,
         out: &mut Vec<String>,
     ) -> Result<(), async_nats::Error> {
         let d = self.store.deployment(id).await?;
@@ -193,18 +199,67 @@ impl Invariants {
             ));
         }
         let reports = self.js.get_key_value("slipway_instances").await?;
+        let mut reported: Vec<String> = Vec::new();
         for t in self.store.topology(id).await? {
-            let running = match reports.get(format!("{id}.{}", t.region)).await? {
+            let running: Vec<String> = match reports.get(format!("{id}.{}", t.region)).await? {
                 Some(v) => serde_json::from_slice::<Value>(&v)?["instances"]
                     .as_array()
-                    .map(|a| a.iter().filter(|i| i["status"] == "running").count())
-                    .unwrap_or(0),
-                None => 0,
+                    .map(|a| {
+                        a.iter()
+                            .filter(|i| i["status"] == "running")
+                            .filter_map(|i| i["address"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                None => vec![],
             };
-            if running == 0 {
+            if running.is_empty() {
                 out.push(format!(
                     "{project_id}: {id} serves traffic but runs no instance in {}",
                     t.region
+                ));
+            }
+            reported.extend(running);
+        }
+        reported.sort();
+        let mut recorded: Vec<String> = self
+            .store
+            .instances(id)
+            .await?
+            .into_iter()
+            .filter(|i| i.status == InstanceStatus::Running)
+            .map(|i| i.address)
+            .collect();
+        recorded.sort();
+        if recorded != reported {
+            out.push(format!(
+                "{project_id}: {id} runs {reported:?} as its agents report, but SQL says {recorded:?}"
+            ));
+        }
+        for (fqdn, entry) in table.iter().filter(|(_, e)| e["deployment_id"] == id) {
+            let mut routed: Vec<String> = entry["instances"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            routed.sort();
+            if routed != reported {
+                out.push(format!(
+                    "{project_id}: {fqdn} sends traffic to {routed:?}, but {id} runs {reported:?}"
+                ));
+            }
+        }
+        for address in &reported {
+            let connect = tokio::net::TcpStream::connect(address.as_str());
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(1), connect).await,
+                Ok(Ok(_))
+            ) {
+                out.push(format!(
+                    "{project_id}: {id}'s instance at {address} is reported running but does not answer"
                 ));
             }
         }

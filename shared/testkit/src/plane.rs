@@ -676,6 +676,58 @@ impl Plane {
         }
     }
 
+    /// Waits for an event of `kind` of a deployment that satisfies `ok` (delivered from the
+    /// stream's start).
+    pub async fn wait_event_where(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        kind: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let stream = self
+            .js
+            .get_stream(provision::EVENTS)
+            .await
+            .expect("the events stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("slipway.events.{project_id}.{deployment_id}.{kind}"),
+                ..Default::default()
+            })
+            .await
+            .expect("an ordered consumer");
+        let mut messages = consumer.messages().await.expect("its messages");
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(Ok(m)) = messages.next().await {
+                let event: Value = serde_json::from_slice(&m.payload).expect("a JSON event");
+                if ok(&event) {
+                    return event;
+                }
+            }
+            panic!("the events stream ended")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no such {kind} event for {deployment_id}"))
+    }
+
+    /// Asks `get_deployment` until its answer satisfies `ok` (nothing tells when a report
+    /// has been applied but the answer itself); returns it.
+    pub async fn deployment_where(&self, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let d = self.deployment(id).await;
+            if ok(&d) {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never became as expected: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the agent reports every instance of `deployment_id` in `local` with
     /// `status`.
     pub async fn wait_instances(&self, deployment_id: &str, status: &str) {
@@ -696,6 +748,46 @@ impl Plane {
         })
         .await
         .unwrap_or_else(|_| panic!("instances of {deployment_id} never all {status}"));
+    }
+
+    /// SIGKILLs instance `instance_id` (its process group), as a crash would: the agent sees
+    /// it exit and starts it again, on a new port.
+    pub fn kill_instance(&self, instance_id: &str) {
+        let pid_file = self
+            .agent_state
+            .path()
+            .join("local")
+            .join(format!("{instance_id}.pid"));
+        let pgid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .expect("a process group id");
+        slipway_local::process_groups::kill_group(pgid);
+    }
+
+    /// Waits (on a KV watch) until the `slipway_routes` entry of `fqdn` satisfies `ok`;
+    /// returns it.
+    pub async fn route_entry_where(&self, fqdn: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let mut watch = self
+            .routes
+            .watch_with_history(fqdn)
+            .await
+            .expect("watching slipway_routes");
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let Ok(value) = serde_json::from_slice::<Value>(&entry.value) else {
+                    continue;
+                };
+                if ok(&value) {
+                    return value;
+                }
+            }
+            panic!("watch ended")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the route entry of {fqdn} never became as expected"))
     }
 
     /// The `slipway_routes` entry of `fqdn`.

@@ -4,7 +4,13 @@ use std::time::Duration;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_core::{
+    ids,
+    krane::InstanceStatus,
+    state::{Health, RegionRuns},
+    time::now_ms,
+    ApiError,
+};
 use slipway_nats::Call;
 use slipway_proto::v1::{
     CreateDeploymentReply, CreateDeploymentRequest, Deployment as DeploymentMessage,
@@ -132,10 +138,25 @@ fn validate(req: &CreateDeploymentRequest, now: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A deployment as the API tells it: its record, its instances as last reported, and its
+/// health from those (against its topology's replicas).
 pub fn deployment_message(
     d: Deployment,
+    topology: &[slipway_store::Topology],
     instances: Vec<slipway_store::Instance>,
 ) -> DeploymentMessage {
+    let regions = topology.iter().map(|t| {
+        let here = instances.iter().filter(|i| i.region == t.region);
+        RegionRuns {
+            wanted: t.replicas,
+            running: here
+                .clone()
+                .filter(|i| i.status == InstanceStatus::Running)
+                .count() as u32,
+            crash_looping: here.clone().any(|i| i.crash_looping),
+        }
+    });
+    let health = Health::of(d.status, d.desired_state, regions);
     DeploymentMessage {
         id: d.id,
         workspace_id: d.workspace_id,
@@ -157,11 +178,15 @@ pub fn deployment_message(
                 region: i.region,
                 address: i.address,
                 status: i.status.to_string(),
+                message: i.message,
+                restarts: i.restarts,
+                crash_looping: i.crash_looping,
             })
             .collect(),
         failure_reason: d.failure_reason,
         created_at_ms: d.created_at_ms,
         updated_at_ms: d.updated_at_ms,
+        health: health.map(|h| h.to_string()).unwrap_or_default(),
     }
 }
 
@@ -292,9 +317,10 @@ impl Api {
         let id = &call.request.deployment_id;
         ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
         let deployment = self.store.deployment(id).await?;
+        let topology = self.store.topology(id).await?;
         let instances = self.store.instances(id).await?;
         Ok(GetDeploymentReply {
-            deployment: Some(deployment_message(deployment, instances)),
+            deployment: Some(deployment_message(deployment, &topology, instances)),
         })
     }
 
@@ -335,8 +361,9 @@ impl Api {
         };
         let mut deployments = Vec::with_capacity(page.len());
         for d in page {
+            let topology = store.topology(&d.id).await?;
             let instances = store.instances(&d.id).await?;
-            deployments.push(deployment_message(d, instances));
+            deployments.push(deployment_message(d, &topology, instances));
         }
         Ok(ListDeploymentsReply {
             deployments,

@@ -19,6 +19,9 @@ pub struct ReadyInstance {
     pub id: String,
     pub region: String,
     pub address: String,
+    /// The KV revision of its region's report (0 in journals written before it was kept).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Reports in which one instance is `failed` before the deploy gives up on it (an app that
@@ -37,6 +40,8 @@ pub(crate) enum Verdict {
 struct Region {
     wanted: u32,
     report: Option<InstancesReport>,
+    /// The KV revision of `report`.
+    revision: u64,
 }
 
 pub(crate) struct InstanceWait {
@@ -71,7 +76,7 @@ impl InstanceWait {
             .map(|(r, n)| {
                 let region = Region {
                     wanted: *n,
-                    report: None,
+                    ..Region::default()
                 };
                 (r.clone(), region)
             })
@@ -91,15 +96,17 @@ impl InstanceWait {
         self.regions.keys()
     }
 
-    /// The report a region has now, read before the wait (not counted as a new failure).
-    pub fn seed(&mut self, region: &str, report: InstancesReport) {
+    /// The report a region has now (KV revision `revision`), read before the wait (not
+    /// counted as a new failure).
+    pub fn seed(&mut self, region: &str, report: InstancesReport, revision: u64) {
         if let Some(slot) = self.regions.get_mut(region) {
             slot.report = Some(report);
+            slot.revision = revision;
         }
     }
 
-    /// A new report of `region`, received now.
-    pub fn report(&mut self, region: &str, report: InstancesReport) {
+    /// A new report of `region` (KV revision `revision`), received now.
+    pub fn report(&mut self, region: &str, report: InstancesReport, revision: u64) {
         let now_ms = self.clock.now_ms();
         let Some(slot) = self.regions.get_mut(region) else {
             return;
@@ -113,6 +120,7 @@ impl InstanceWait {
             }
         }
         slot.report = Some(report);
+        slot.revision = revision;
     }
 
     /// What to do now; until when waiting makes sense (the deadline).
@@ -162,6 +170,7 @@ impl InstanceWait {
                         id: i.id.clone(),
                         region: region.clone(),
                         address: i.address.clone(),
+                        revision: r.revision,
                     })
                 })
             })
@@ -240,6 +249,8 @@ mod tests {
                     address: format!("127.0.0.1:{}", 9000 + id.len()),
                     status: *status,
                     message: None,
+                    restarts: 0,
+                    crash_looping: false,
                 })
                 .collect(),
             reported_at_ms: 0,
@@ -265,20 +276,20 @@ mod tests {
     fn ready_once_every_region_runs_its_replicas() {
         let (mut w, clock) = wait();
         clock.set(SECOND);
-        w.report("eu", report(&[("a", Running), ("b", Running)]));
+        w.report("eu", report(&[("a", Running), ("b", Running)]), 1);
         assert_eq!(w.verdict(), Verdict::Wait, "us has not reported");
         clock.set(2 * SECOND);
-        w.report("us", report(&[("c", Pending)]));
+        w.report("us", report(&[("c", Pending)]), 1);
         assert_eq!(w.verdict(), Verdict::Wait);
         clock.set(3 * SECOND);
-        w.report("us", report(&[("c", Running)]));
+        w.report("us", report(&[("c", Running)]), 1);
         let Verdict::Ready(ready) = w.verdict() else {
             panic!("not ready")
         };
         assert_eq!(ready.len(), 3);
         // Reports of regions not waited for change nothing.
         clock.set(4 * SECOND);
-        w.report("mars", report(&[("x", Failed)]));
+        w.report("mars", report(&[("x", Failed)]), 1);
         assert!(matches!(w.verdict(), Verdict::Ready(_)));
     }
 
@@ -286,13 +297,13 @@ mod tests {
     fn the_deadline_is_judged_on_the_reports_at_hand() {
         let (mut w, clock) = wait();
         // Seeded reports (read before the wait) count even when the deadline has passed.
-        w.seed("eu", report(&[("a", Running), ("b", Running)]));
-        w.seed("us", report(&[("c", Running)]));
+        w.seed("eu", report(&[("a", Running), ("b", Running)]), 1);
+        w.seed("us", report(&[("c", Running)]), 1);
         clock.set(120 * SECOND);
         assert!(matches!(w.verdict(), Verdict::Ready(_)));
 
         let (mut w, clock) = wait();
-        w.seed("eu", report(&[("a", Running), ("b", Pending)]));
+        w.seed("eu", report(&[("a", Running), ("b", Pending)]), 1);
         clock.set(60 * SECOND - 1);
         assert_eq!(
             w.verdict(),
@@ -319,13 +330,13 @@ mod tests {
         let (mut w, clock) = wait();
         for n in 1..=2 {
             clock.set(n * SECOND);
-            w.report("us", report(&[("c", Failed)]));
+            w.report("us", report(&[("c", Failed)]), 1);
             assert_eq!(w.verdict(), Verdict::Wait, "after {n} failed reports");
             clock.advance(Duration::from_millis(500));
-            w.report("us", report(&[("c", Pending)]));
+            w.report("us", report(&[("c", Pending)]), 1);
         }
         clock.set(3 * SECOND);
-        w.report("us", report(&[("c", Failed)]));
+        w.report("us", report(&[("c", Failed)]), 1);
         let Verdict::Failed(reason) = w.verdict() else {
             panic!("a crash loop was not noticed")
         };
@@ -336,14 +347,14 @@ mod tests {
     fn an_instance_failed_past_the_grace_fails_and_a_recovery_resets_it() {
         let (mut w, clock) = wait();
         clock.set(SECOND);
-        w.report("us", report(&[("c", Failed)]));
+        w.report("us", report(&[("c", Failed)]), 1);
         clock.set(SECOND + 10 * SECOND - 1);
         assert_eq!(w.verdict(), Verdict::Wait, "within the grace");
-        w.report("us", report(&[("c", Pending)]));
+        w.report("us", report(&[("c", Pending)]), 1);
         clock.set(20 * SECOND);
         assert_eq!(w.verdict(), Verdict::Wait, "recovered: the grace restarts");
         clock.set(21 * SECOND);
-        w.report("us", report(&[("c", Failed)]));
+        w.report("us", report(&[("c", Failed)]), 1);
         clock.set(31 * SECOND);
         let Verdict::Failed(reason) = w.verdict() else {
             panic!("stayed failed past the grace")

@@ -64,11 +64,11 @@ impl Instances {
                 .entry(format!("{deployment_id}.{region}"))
                 .await
                 .map_err(|e| StepError::retryable(format!("cannot read instance reports: {e}")))?;
-            let report = current
-                .filter(|e| e.operation == kv::Operation::Put)
-                .and_then(|e| serde_json::from_slice::<InstancesReport>(&e.value).ok());
-            if let Some(report) = report {
-                wait.seed(&region, report);
+            let current = current.filter(|e| e.operation == kv::Operation::Put);
+            if let Some(entry) = current {
+                if let Ok(report) = serde_json::from_slice::<InstancesReport>(&entry.value) {
+                    wait.seed(&region, report, entry.revision);
+                }
             }
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -88,7 +88,7 @@ impl Instances {
                             tracing::warn!(key = %entry.key, "unreadable instance report; ignoring it");
                             continue;
                         };
-                        wait.report(region, report);
+                        wait.report(region, report, entry.revision);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(StepError::retryable(format!("instance report watch failed: {e}"))),

@@ -13,7 +13,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{
-    domains::Sticky, krane::InstanceStatus, state::DesiredState, time::now_ms, ApiError,
+    domains::Sticky,
+    krane::{InstanceStatus, ReportedInstance},
+    state::DesiredState,
+    time::now_ms,
+    ApiError,
 };
 use slipway_store::{Store, StoreError};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
@@ -232,7 +236,8 @@ impl Handover {
     }
 }
 
-/// Records the ready instances on the deployment, region by region.
+/// Records the ready instances on the deployment, region by region, unless a newer report
+/// of the region has been recorded since (routing observes every report).
 pub(crate) async fn record_instances(
     store: &Store,
     deployment_id: &str,
@@ -240,13 +245,23 @@ pub(crate) async fn record_instances(
     instances: &[ReadyInstance],
 ) -> Result<(), StepError> {
     for region in regions {
-        let rows: Vec<(String, String, InstanceStatus)> = instances
+        let ready: Vec<&ReadyInstance> = instances.iter().filter(|i| &i.region == region).collect();
+        let Some(revision) = ready.first().map(|i| i.revision) else {
+            continue;
+        };
+        let rows: Vec<ReportedInstance> = ready
             .iter()
-            .filter(|i| &i.region == region)
-            .map(|i| (i.id.clone(), i.address.clone(), InstanceStatus::Running))
+            .map(|i| ReportedInstance {
+                id: i.id.clone(),
+                address: i.address.clone(),
+                status: InstanceStatus::Running,
+                message: None,
+                restarts: 0,
+                crash_looping: false,
+            })
             .collect();
         store
-            .record_instances(deployment_id, region, &rows, now_ms())
+            .observe_instances(deployment_id, region, &rows, revision, now_ms())
             .await
             .step_err()?;
     }
