@@ -26,7 +26,9 @@ use crate::{
     workflows::handover::Handover,
 };
 
-pub use workflows::{deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown};
+pub use workflows::{
+    deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown, wake::Wake,
+};
 
 pub const SERVICE_NAME: &str = "slipway-deploy";
 
@@ -134,6 +136,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routing: routing.clone(),
         events: events.clone(),
     };
+    let wake = Wake {
+        handover: handover.clone(),
+    };
     let promote = Promote {
         store: store.clone(),
         handover,
@@ -156,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register(rollback)
         .register(promote)
         .register(scale_down)
+        .register(wake)
         .build()
         .await?;
     let api = api::Api {

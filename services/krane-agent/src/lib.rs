@@ -72,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
     // The control plane provisions the buckets; a region agent's NATS user may not
     // (nats/accounts.conf), so it waits for them.
-    let instances = wait_for_bucket(&js, INSTANCES).await;
+    let instances = slipway_nats::kv::wait_for_bucket(&js, INSTANCES).await;
     let ctx = supervisor::Context {
         region: config.region.clone(),
         state_dir,
@@ -137,25 +137,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(supervisors);
     while running.join_next().await.is_some() {}
     Ok(())
-}
-
-/// The bucket once it exists, retrying with backoff (logged every ~30 s).
-async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream::kv::Store {
-    let mut delays = slipway_nats::retry::reattach();
-    let mut waited = Duration::ZERO;
-    let mut told = Duration::ZERO;
-    loop {
-        match js.get_key_value(bucket).await {
-            Ok(kv) => return kv,
-            Err(e) => {
-                if waited >= told {
-                    tracing::warn!(bucket, error = %e, "waiting for the control plane to provision the bucket");
-                    told = waited + Duration::from_secs(30);
-                }
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tokio::time::sleep(delay).await;
-                waited += delay;
-            }
-        }
-    }
 }

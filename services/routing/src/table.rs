@@ -9,58 +9,16 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_nats::jetstream::kv;
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
-use slipway_core::{
-    domains::{is_local_host, Sticky},
-    krane::InstanceStatus,
-};
+use slipway_core::{domains::is_local_host, krane::InstanceStatus, state::DesiredState};
 use slipway_store::{Route, Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RouteEntry {
-    pub route_id: String,
-    pub fqdn: String,
-    pub project_id: String,
-    pub environment_id: String,
-    pub deployment_id: String,
-    pub sticky: Sticky,
-    /// Addresses of the target deployment's instances running now, as its agents last
-    /// reported them.
-    pub instances: Vec<String>,
-    /// The newest instance report (KV `slipway_instances` revision) `instances` reflect.
-    #[serde(default)]
-    pub instances_revision: i64,
-    /// What the edge's sentinel enforces; `null` for local hosts.
-    pub sentinel_config: Option<SentinelConfig>,
-    /// The route's version: grows with every move.
-    pub version: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentinelConfig {
-    pub deployment_id: String,
-    pub enabled: bool,
-    pub instances: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth: Option<SentinelAuth>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<SentinelValidation>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentinelAuth {
-    pub key_auth_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentinelValidation {
-    pub openapi_spec: String,
-}
+pub use slipway_core::routes::{RouteEntry, SentinelAuth, SentinelConfig, SentinelValidation};
 
 /// The parts of a route's entry that come from its target deployment.
 struct Target {
     instances: Vec<String>,
     instances_revision: i64,
+    desired_state: Option<DesiredState>,
     key_auth_id: Option<String>,
     openapi_spec: Option<String>,
 }
@@ -121,6 +79,7 @@ impl RouteTable {
                 .as_ref()
                 .map(|d| d.key_auth_id.clone())
                 .filter(|k| !k.is_empty()),
+            desired_state: deployment.as_ref().map(|d| d.desired_state),
             openapi_spec: deployment.and_then(|d| d.openapi_spec),
             instances,
             instances_revision,
@@ -151,6 +110,7 @@ impl RouteTable {
             sticky: route.sticky,
             instances: target.instances.clone(),
             instances_revision: target.instances_revision,
+            desired_state: target.desired_state,
             sentinel_config,
             version: route.version,
         }

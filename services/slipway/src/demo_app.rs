@@ -1,6 +1,6 @@
 //! `slipway demo-app`: a small HTTP app to deploy in the demo and the tests. Listens on
-//! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz` and
-//! `/openapi.yaml`. Switches make it misbehave the ways a deploy must cope with.
+//! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz`, `/headers` (what
+//! reached it) and `/openapi.yaml`. Switches make it misbehave the ways a deploy must cope with.
 
 use std::time::Duration;
 
@@ -51,6 +51,16 @@ pub async fn run(args: DemoAppArgs) -> Result<()> {
                         "unhealthy"
                     },
                 )
+            }),
+        )
+        .route(
+            "/headers",
+            get(|headers: axum::http::HeaderMap| async move {
+                // What reached the app, one `name: value` per line (tests look at proxies).
+                headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                    .collect::<String>()
             }),
         )
         .route(

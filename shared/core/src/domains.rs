@@ -23,13 +23,6 @@ crate::state::wire_enum! {
     }
 }
 
-impl Sticky {
-    /// Routes that carry a project's real traffic: the live and environment domains.
-    pub fn carries_traffic(self) -> bool {
-        matches!(self, Self::Live | Self::Environment)
-    }
-}
-
 /// What a deployment's domains are made of.
 #[derive(Debug, Clone, Default)]
 pub struct DomainInput<'a> {

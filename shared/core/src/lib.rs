@@ -8,6 +8,7 @@ pub mod events;
 pub mod fault;
 pub mod ids;
 pub mod krane;
+pub mod routes;
 pub mod service;
 pub mod state;
 pub mod subjects;

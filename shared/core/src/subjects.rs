@@ -34,6 +34,7 @@ pub mod deploy {
     pub const PROMOTE: &str = "slipway.deploy.v1.promote";
     pub const SCALE_DOWN_IDLE_PREVIEWS: &str = "slipway.deploy.v1.scale_down_idle_previews";
     pub const GET_WORKFLOW: &str = "slipway.deploy.v1.get_workflow";
+    pub const WAKE_DEPLOYMENT: &str = "slipway.deploy.v1.wake_deployment";
 }
 
 /// `slipway-deployment` (the deployment actor), keyed by deployment id.
@@ -52,6 +53,13 @@ pub mod routing {
     pub const ASSIGN: Keyed = Keyed("slipway.routing.v1.assign_frontline_routes");
     pub const LIST: Keyed = Keyed("slipway.routing.v1.list_routes");
     pub const ENSURE: Keyed = Keyed("slipway.routing.v1.ensure_routes");
+}
+
+/// `slipway-edge`: one endpoint per edge, keyed by its micro-service id.
+pub mod edge {
+    use super::Keyed;
+
+    pub const STATS: Keyed = Keyed("slipway.edge.v1.stats");
 }
 
 /// Lifecycle events on `SLIPWAY_EVENTS`: `slipway.events.<project>.<deployment>.<type>`.

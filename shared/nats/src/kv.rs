@@ -1,7 +1,9 @@
 //! Writes that only move a KV entry forward: a late or repeated writer never puts an older
 //! document back (compare-and-set on the key's revision, retried when another writer won).
 
-use async_nats::jetstream::kv;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Writes `value` (JSON) at `key` unless `keep(stored)` says the stored document wins (it is
@@ -34,6 +36,28 @@ where
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The bucket once it exists, for a service that does not provision (a region agent, an
+/// edge: their NATS users may not); retrying with backoff, logged every ~30 s.
+pub async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream::kv::Store {
+    let mut delays = crate::retry::reattach();
+    let mut waited = Duration::ZERO;
+    let mut told = Duration::ZERO;
+    loop {
+        match js.get_key_value(bucket).await {
+            Ok(kv) => return kv,
+            Err(e) => {
+                if waited >= told {
+                    tracing::warn!(bucket, error = %e, "waiting for the control plane to provision the bucket");
+                    told = waited + Duration::from_secs(30);
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
+                waited += delay;
+            }
         }
     }
 }

@@ -51,6 +51,32 @@ impl Micro {
         Ok(Self { service })
     }
 
+    /// As [`start`](Self::start), with `stats(endpoint, stats)` giving the `data` each
+    /// endpoint shows in `nats micro stats`.
+    pub async fn start_with_stats<F>(
+        client: &async_nats::Client,
+        name: &str,
+        version: &str,
+        description: &str,
+        stats: F,
+    ) -> Result<Self, async_nats::Error>
+    where
+        F: FnMut(String, service::endpoint::Stats) -> serde_json::Value + Send + Sync + 'static,
+    {
+        let service = client
+            .service_builder()
+            .description(description)
+            .stats_handler(stats)
+            .start(name, version)
+            .await?;
+        Ok(Self { service })
+    }
+
+    /// This instance's id (unique per process).
+    pub async fn id(&self) -> String {
+        self.service.info().await.id
+    }
+
     /// Returns once the server routes requests to this service: a `$SRV.PING` addressed to
     /// this instance's id, sent on the service's own connection and so processed after every
     /// subscription it made (a flush alone only empties the client's write buffer).

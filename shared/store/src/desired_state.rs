@@ -27,7 +27,7 @@ pub enum ApplyOutcome {
 
 impl Store {
     /// In one transaction: refuse to stop a deployment that serves traffic (live, or behind a
-    /// live or environment route: BEHAVIOUR.md "Commit points"); else write `desired_state`,
+    /// route that keeps it running: [`Store::serves_traffic`]); else write `desired_state`,
     /// remember `nonce`, and set the topology's desired status (bumping its version).
     /// The first statement reads the deployment with its project's live pointer and locks
     /// both rows, so a concurrent live-pointer swap cannot slip between guard and write;
@@ -41,14 +41,13 @@ impl Store {
     ) -> Result<ApplyOutcome, StoreError> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT {}, p.live_deployment_id, \
-             (SELECT COUNT(*) FROM frontline_routes r WHERE r.deployment_id = d.id \
-              AND r.sticky IN ('live', 'environment')) AS traffic_routes \
+            "SELECT {}, p.live_deployment_id, {} AS traffic_routes \
              FROM deployments d \
              JOIN environments e ON e.id = d.environment_id \
              JOIN projects p ON p.id = d.project_id \
              WHERE d.id = $1{}",
             records::DEPLOYMENT_COLUMNS,
+            crate::routes::keeping_routes("d.id"),
             self.for_update()
         );
         let Some(row) = sqlx::query(&sql)

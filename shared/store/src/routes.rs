@@ -1,7 +1,7 @@
 //! Frontline routes and the instances they send traffic to.
 
 use crate::{records, Instance, Route, Store, StoreError};
-use slipway_core::{domains::Sticky, ids, krane::ReportedInstance};
+use slipway_core::{domains::Sticky, ids, krane::ReportedInstance, state::PREVIEW_ENVIRONMENT};
 
 /// A route to create if its FQDN does not exist yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,16 +139,17 @@ impl Store {
         routes_in(&self.pool, RouteKey::Fqdn, fqdns).await
     }
 
-    /// Whether the deployment is its project's live deployment or the target of a live or
-    /// environment route: then it serves traffic and must keep running.
+    /// Whether the deployment is its project's live deployment or the target of a route that
+    /// keeps it running ([`keeping_routes`]): then it serves traffic and must keep running.
     pub async fn serves_traffic(&self, deployment_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM projects WHERE live_deployment_id = $1) \
-                  + (SELECT COUNT(*) FROM frontline_routes WHERE deployment_id = $1 AND sticky IN ('live', 'environment')) AS n",
-        )
-        .bind(deployment_id)
-        .fetch_one(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM projects WHERE live_deployment_id = $1) + {} AS n",
+            keeping_routes("$1")
+        );
+        let row = sqlx::query(&sql)
+            .bind(deployment_id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(sqlx::Row::try_get::<i64, _>(&row, "n")? > 0)
     }
 
@@ -286,4 +287,16 @@ impl Store {
             .map(records::instance)
             .collect()
     }
+}
+
+/// A SQL count of the routes to deployment `deployment` (an SQL expression) that keep it
+/// running: live routes, and the environment routes of every environment but `preview` — an
+/// idle preview is spun down behind its routes, and an edge wakes it on its next request.
+pub(crate) fn keeping_routes(deployment: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM frontline_routes kr \
+          LEFT JOIN environments ke ON ke.id = kr.environment_id \
+          WHERE kr.deployment_id = {deployment} AND (kr.sticky = 'live' \
+             OR (kr.sticky = 'environment' AND COALESCE(ke.slug, '') <> '{PREVIEW_ENVIRONMENT}')))"
+    )
 }

@@ -5,7 +5,8 @@
 //! - every route in SQL has its `slipway_routes` entry with the same target, and no entry of
 //!   the project lacks its route;
 //! - the live routes point at the live pointer (a rollback moves them with the pointer);
-//! - every deployment behind a live or environment route, and the live deployment, is ready,
+//! - every deployment behind a live route or an environment route (but `preview`'s: an idle
+//!   preview is spun down behind it, and woken by its next request), and the live deployment, is ready,
 //!   desired `running`, and its agents report at least one running instance per region;
 //!   its running instances in SQL and in each of its route entries are exactly those its
 //!   agents report running now, and each of them accepts connections;
@@ -25,7 +26,7 @@ use serde_json::Value;
 use slipway_core::{
     domains::Sticky,
     krane::InstanceStatus,
-    state::{DeploymentStatus, DesiredState, PRODUCTION_ENVIRONMENT},
+    state::{DeploymentStatus, DesiredState, PREVIEW_ENVIRONMENT, PRODUCTION_ENVIRONMENT},
 };
 use slipway_store::Store;
 use slipway_workflow::WorkflowRecord;
@@ -128,7 +129,16 @@ impl Invariants {
                     r.fqdn, r.deployment_id, live, project.is_rolled_back
                 ));
             }
-            if r.sticky.carries_traffic() && !serving.contains(&r.deployment_id) {
+            // As the store's `serves_traffic`: a preview behind its environment route may be
+            // in standby (spun down while idle; an edge wakes it).
+            let keeps_running = match r.sticky {
+                Sticky::Live => true,
+                Sticky::Environment => {
+                    self.store.environment(&r.environment_id).await?.slug != PREVIEW_ENVIRONMENT
+                }
+                _ => false,
+            };
+            if keeps_running && !serving.contains(&r.deployment_id) {
                 serving.push(r.deployment_id.clone());
             }
         }

@@ -31,6 +31,7 @@ pub const ROUTING: &str = "routing";
 pub const ACTOR: &str = "deployment-actor";
 pub const AGENT: &str = "krane-agent";
 pub const ORCHESTRATOR: &str = "deploy-orchestrator";
+pub const EDGE: &str = "edge";
 
 /// Where cargo puts the workspace's binaries: `target/<profile>/`, the parent of the test's
 /// own `deps/` directory.
@@ -90,11 +91,18 @@ pub struct PlaneBuilder {
     secured: bool,
     services: Vec<&'static str>,
     agent: bool,
+    edge: bool,
     orchestrators: usize,
     env: Vec<(&'static str, String)>,
 }
 
 impl PlaneBuilder {
+    /// Starts an edge on a free port (traffic reported every second).
+    pub fn edge(mut self) -> Self {
+        self.edge = true;
+        self
+    }
+
     /// On `db` (PostgreSQL, say) instead of a fresh SQLite database.
     pub fn database(mut self, db: TestDb) -> Self {
         self.db = Some(db);
@@ -161,6 +169,9 @@ impl PlaneBuilder {
         for _ in 0..self.orchestrators {
             plane.spawn_orchestrator(&[]);
         }
+        if self.edge {
+            plane.start_edge();
+        }
         plane
     }
 }
@@ -203,6 +214,9 @@ pub struct Plane {
     pub services: Vec<ServiceProcess>,
     pub orchestrators: Vec<ServiceProcess>,
     pub agent: Option<ServiceProcess>,
+    pub edge: Option<ServiceProcess>,
+    /// Where the edge listens.
+    pub edge_address: Option<std::net::SocketAddr>,
     /// Extra environment for every orchestrator started from now on.
     pub orchestrator_env: Vec<(&'static str, String)>,
     /// How long a request waits for its reply before it is sent again: short while a
@@ -221,6 +235,7 @@ impl Plane {
             secured: false,
             services: vec![],
             agent: false,
+            edge: false,
             orchestrators: 0,
             env: vec![],
         }
@@ -290,6 +305,8 @@ impl Plane {
             services: vec![],
             orchestrators: vec![],
             agent: None,
+            edge: None,
+            edge_address: None,
             orchestrator_env: vec![],
             request_timeout: Duration::from_secs(10),
             secured,
@@ -379,6 +396,43 @@ impl Plane {
             .wait_ready(AGENT, TIMEOUT)
             .expect("the agent is ready");
         self.agent = Some(agent);
+    }
+
+    /// Starts the edge (again, on the same port after the first time) and waits until it
+    /// is ready.
+    pub fn start_edge(&mut self) {
+        let address = *self.edge_address.get_or_insert_with(|| {
+            let port = crate::ports::free_port().expect("a free port");
+            std::net::SocketAddr::from(([127, 0, 0, 1], port))
+        });
+        let mut env = self.env_for(EDGE);
+        env.push(("SLIPWAY_EDGE_LISTEN", address.to_string()));
+        env.push(("SLIPWAY_EDGE_TRAFFIC_EVERY", "1s".into()));
+        env.push(("SLIPWAY_EDGE_WAKE_TIMEOUT", "20s".into()));
+        let edge = ServiceProcess::spawn("edge", bin(EDGE), &[], &env).expect("spawning the edge");
+        edge.wait_ready(EDGE, TIMEOUT).expect("the edge is ready");
+        self.edge = Some(edge);
+    }
+
+    /// `GET http://<host><path>` through the edge: (status, `x-slipway-deployment`, body).
+    pub async fn through_edge(&self, host: &str, path: &str) -> (u16, String, String) {
+        let address = self.edge_address.expect("no edge in this plane");
+        let response = reqwest::Client::new()
+            .get(format!("http://{address}{path}"))
+            .header(reqwest::header::HOST, host)
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {host}{path} through the edge: {e}"));
+        let status = response.status().as_u16();
+        let deployment = response
+            .headers()
+            .get("x-slipway-deployment")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.text().await.unwrap_or_default();
+        (status, deployment, body)
     }
 
     pub fn spawn_orchestrator(&mut self, extra: &[(&str, String)]) -> usize {
@@ -803,6 +857,9 @@ impl Plane {
 impl Drop for Plane {
     /// The agent dies with the test; the demo apps it started must not outlive it.
     fn drop(&mut self) {
+        if let Some(mut edge) = self.edge.take() {
+            edge.kill();
+        }
         if let Some(mut agent) = self.agent.take() {
             agent.kill();
         }

@@ -116,6 +116,14 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
     micro
         .serve(
             o,
+            "wake_deployment",
+            slipway_core::subjects::deploy::WAKE_DEPLOYMENT,
+            |o, c| async move { o.wake_deployment(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
             "scale_down_idle_previews",
             slipway_core::subjects::deploy::SCALE_DOWN_IDLE_PREVIEWS,
             |o, c| async move { o.scale_down_idle_previews(c).await },
@@ -180,11 +188,26 @@ impl Api {
         events_of: Option<&str>,
         wait: Duration,
     ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
+        let workflow_id = ids::new(ids::WORKFLOW);
+        self.run_and_wait_as::<W>(&workflow_id, key, input, events_of, wait)
+            .await
+    }
+
+    /// As [`run_and_wait`](Self::run_and_wait), as workflow `workflow_id` (joined if it
+    /// exists already).
+    pub(crate) async fn run_and_wait_as<W: slipway_workflow::Workflow>(
+        &self,
+        workflow_id: &str,
+        key: &str,
+        input: &W::Input,
+        events_of: Option<&str>,
+        wait: Duration,
+    ) -> Result<(WorkflowRunReply, WorkflowRecord), ApiError> {
         let scope = match events_of {
             Some(id) => Some(scope_of(&self.store.deployment(id).await?)),
             None => None,
         };
-        let workflow_id = ids::new(ids::WORKFLOW);
+        let workflow_id = workflow_id.to_string();
         self.engine
             .start::<W>(&workflow_id, key, input, scope)
             .await?;

@@ -1,10 +1,11 @@
 //! `rollback`, `promote` and `scale_down_idle_previews`: validated at once (a 4xx writes
 //! nothing), then run as workflows and awaited up to `wait_ms`.
 
-use slipway_core::ApiError;
+use slipway_core::{ids, state::DesiredState, ApiError};
 use slipway_nats::Call;
 use slipway_proto::v1::{
-    PromoteRequest, RollbackRequest, ScaleDownIdlePreviewsRequest, WorkflowRunReply,
+    PromoteRequest, RollbackRequest, ScaleDownIdlePreviewsRequest, WakeDeploymentRequest,
+    WorkflowRunReply,
 };
 
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
         promote::{self, Promote, PromoteInput},
         rollback::{self, Rollback, RollbackInput},
         scale_down::{ScaleDown, ScaleDownInput},
+        wake::{self, Wake, WakeInput},
     },
 };
 
@@ -76,6 +78,51 @@ impl Api {
                 .output()
                 .map_err(|e| ApiError::internal(format!("unreadable workflow output: {e}")))?;
         }
+        Ok(reply)
+    }
+
+    /// Wakes a deployment in standby (at once `completed`, with no workflow, for one that
+    /// runs); concurrent wakes of one standby join one workflow.
+    pub(crate) async fn wake_deployment(
+        &self,
+        call: Call<WakeDeploymentRequest>,
+    ) -> Result<WorkflowRunReply, ApiError> {
+        let req = call.request;
+        let wait = wait_of(req.wait_ms)?;
+        let id = &req.deployment_id;
+        ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
+        let d = self.store.deployment(id).await?;
+        match d.desired_state {
+            DesiredState::Running => {
+                return Ok(WorkflowRunReply {
+                    workflow_id: String::new(),
+                    status: "completed".into(),
+                    scaled_down: vec![],
+                })
+            }
+            DesiredState::Archived => {
+                return Err(ApiError::failed_precondition(format!(
+                    "deployment {id} is archived: it is not woken"
+                )))
+            }
+            DesiredState::Standby => {}
+        }
+        let version = self
+            .store
+            .topology(id)
+            .await?
+            .iter()
+            .map(|t| t.version)
+            .max()
+            .unwrap_or(0);
+        let input = WakeInput {
+            project_id: d.project_id.clone(),
+            deployment_id: id.clone(),
+        };
+        let workflow_id = wake::workflow_id(id, version);
+        let (reply, _) = self
+            .run_and_wait_as::<Wake>(&workflow_id, &d.project_id, &input, Some(id), wait)
+            .await?;
         Ok(reply)
     }
 }

@@ -1,4 +1,4 @@
-//! The durable workflows: deploy, rollback, promote and the idle-preview scale-down, with the
+//! The durable workflows: deploy, rollback, promote, wake and the idle-preview scale-down, with the
 //! pieces they share (the project lease, waking a target, settling what they superseded).
 
 pub(crate) mod deploy;
@@ -8,3 +8,4 @@ pub(crate) mod rollback;
 pub(crate) mod route_plan;
 pub(crate) mod scale_down;
 pub(crate) mod validation;
+pub(crate) mod wake;

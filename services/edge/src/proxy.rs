@@ -1,0 +1,253 @@
+//! One request through the edge: the route of its host, then its deployment's running
+//! instances (woken first if the deployment is in standby), the request forwarded with
+//! `X-Forwarded-*` headers and the answer returned with `x-slipway-deployment`.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Request, Response, StatusCode, Uri,
+};
+use slipway_core::{routes::RouteEntry, state::DesiredState};
+
+use crate::Edge;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub const DEPLOYMENT_HEADER: &str = "x-slipway-deployment";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Headers that concern one connection, not the request (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// How long a client is told to wait before it tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub async fn handle(
+    edge: Arc<Edge>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(host) = host_of(&req) else {
+        return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
+    };
+    let Some(route) = edge.table.get(&host) else {
+        return Ok(plain(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {host}"),
+        ));
+    };
+    let deployment = route.deployment_id.clone();
+    let route = if route.instances.is_empty() {
+        match ready_route(&edge, &host, route).await {
+            Some(route) => route,
+            None => {
+                let mut res = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("deployment {deployment} runs no instance"),
+                );
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(RETRY_AFTER.as_secs()),
+                );
+                return Ok(with_deployment(res, &deployment));
+            }
+        }
+    } else {
+        route
+    };
+    edge.traffic.count(&route.deployment_id);
+    let upstream = match upstream_request(req, &route.deployment_id, &host, peer) {
+        Ok(upstream) => upstream,
+        Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
+    };
+    let res = match edge.client.request(upstream).await {
+        Ok(res) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            tracing::warn!(deployment = %route.deployment_id, error = %e, "upstream request failed");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("deployment {} did not answer", route.deployment_id),
+            )
+        }
+    };
+    Ok(with_deployment(res, &route.deployment_id))
+}
+
+/// A route with running instances for `host`: for a deployment in standby, after waking it
+/// (waiting up to the wake timeout); None when there is none to be had.
+async fn ready_route(edge: &Edge, host: &str, route: Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
+    if route.desired_state != Some(DesiredState::Standby) {
+        return None;
+    }
+    let mut changed = edge.table.subscribe();
+    edge.waker.wake(&route.deployment_id);
+    let deadline = tokio::time::Instant::now() + edge.wake_timeout;
+    loop {
+        if let Some(now) = edge.table.get(host) {
+            if !now.instances.is_empty() {
+                return Some(now);
+            }
+        }
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The request as the instance gets it: the URI names the deployment (the connector picks the
+/// instance), hop-by-hop headers go, `X-Forwarded-*` come.
+fn upstream_request(
+    req: Request<Incoming>,
+    deployment: &str,
+    host: &str,
+    peer: SocketAddr,
+) -> Result<Request<Incoming>, String> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{deployment}{path}")
+        .parse::<Uri>()
+        .map_err(|e| format!("bad request target: {e}"))?;
+    parts.version = hyper::Version::HTTP_11;
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| HeaderValue::from_str(host).ok());
+    strip_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if let Some(original) = original_host {
+        headers.insert(header::HOST, original.clone());
+        headers.insert(X_FORWARDED_HOST, original);
+    }
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The request's host, lower case, without a port: the `Host` header (HTTP/1.1) or the
+/// authority (HTTP/2).
+pub fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = match raw.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => raw,
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+fn with_deployment(mut res: Response<Body>, deployment: &str) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(deployment) {
+        res.headers_mut().insert(DEPLOYMENT_HEADER, value);
+    }
+    res
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(host: Option<&str>, uri: &str) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(host) = host {
+            b = b.header(header::HOST, host);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_host_is_lower_case_without_its_port() {
+        assert_eq!(
+            host_of(&request(Some("Shop-Acme.Slipway.localhost:8080"), "/")).as_deref(),
+            Some("shop-acme.slipway.localhost")
+        );
+        assert_eq!(
+            host_of(&request(Some("example.com"), "/")).as_deref(),
+            Some("example.com")
+        );
+        // HTTP/2: the authority.
+        assert_eq!(
+            host_of(&request(None, "http://h2.example:80/x")).as_deref(),
+            Some("h2.example")
+        );
+        assert_eq!(host_of(&request(None, "/")), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key(header::ACCEPT));
+    }
+}

@@ -1,0 +1,114 @@
+//! Request counts per deployment: reported every `SLIPWAY_EDGE_TRAFFIC_EVERY` on
+//! `slipway.traffic.<deployment_id>` (stream `SLIPWAY_TRAFFIC`, API.md) for each deployment that
+//! served a request in the window — what the idle-preview spin-down reads — and kept as totals
+//! for the micro service's stats.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use serde::Serialize;
+use slipway_core::time::now_ms;
+
+/// One deployment's requests in the current window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    requests: u64,
+    start_ms: i64,
+}
+
+/// What the edge reports (API.md "SLIPWAY_TRAFFIC").
+#[derive(Debug, Serialize)]
+pub struct TrafficReport<'a> {
+    pub deployment_id: &'a str,
+    pub requests: u64,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+}
+
+#[derive(Default)]
+pub struct Traffic {
+    windows: Mutex<HashMap<String, Window>>,
+    totals: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Traffic {
+    /// One request for `deployment_id`.
+    pub fn count(&self, deployment_id: &str) {
+        let now = now_ms();
+        lock(&self.windows)
+            .entry(deployment_id.to_string())
+            .or_insert(Window {
+                requests: 0,
+                start_ms: now,
+            })
+            .requests += 1;
+        *lock(&self.totals)
+            .entry(deployment_id.to_string())
+            .or_default() += 1;
+    }
+
+    /// Requests per deployment since the edge started.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        lock(&self.totals).clone()
+    }
+
+    /// Reports every `every`, for ever.
+    pub async fn report_every(&self, js: jetstream::Context, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.report(&js).await;
+        }
+    }
+
+    /// Publishes the current windows; a window that cannot be published is kept for the next
+    /// report, so no request goes uncounted.
+    pub async fn report(&self, js: &jetstream::Context) {
+        let windows = std::mem::take(&mut *lock(&self.windows));
+        let end = now_ms();
+        for (deployment_id, window) in windows {
+            let report = TrafficReport {
+                deployment_id: &deployment_id,
+                requests: window.requests,
+                window_start_ms: window.start_ms,
+                window_end_ms: end,
+            };
+            if let Err(e) = publish(js, &report).await {
+                tracing::warn!(deployment_id, error = %e, "cannot report traffic; keeping it for the next report");
+                let mut windows = lock(&self.windows);
+                let kept = windows.entry(deployment_id.clone()).or_insert(Window {
+                    requests: 0,
+                    start_ms: window.start_ms,
+                });
+                kept.requests += window.requests;
+                kept.start_ms = kept.start_ms.min(window.start_ms);
+            }
+        }
+    }
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    report: &TrafficReport<'_>,
+) -> Result<(), async_nats::Error> {
+    let payload = serde_json::to_vec(report)?;
+    js.publish(
+        slipway_core::subjects::traffic(report.deployment_id),
+        payload.into(),
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+/// The counters stay consistent whatever panicked while holding them (each update is one
+/// addition).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
