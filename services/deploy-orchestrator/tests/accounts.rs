@@ -53,6 +53,7 @@ async fn refused(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, subj
 async fn each_user_gets_what_its_role_needs_and_nothing_more() {
     let mut plane = Plane::secured().await;
     plane.spawn_orchestrator(&[]);
+    plane.start_edge();
     let url = plane.nats.url();
     let (platform, mut platform_errors) = connect_as(&url, "platform").await;
 
@@ -119,6 +120,46 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
     )
     .await;
     assert!(!routes["routes"].as_array().unwrap().is_empty());
+
+    // The edge, as user `edge`, serves it (it reads the route table) and reports its traffic.
+    let live = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sticky"] == "live")
+        .and_then(|r| r["fqdn"].as_str())
+        .unwrap()
+        .to_string();
+    plane
+        .route_entry_where(&live, |e| !e["instances"].as_array().unwrap().is_empty())
+        .await;
+    let (status, _, body) = plane.through_edge(&live, "/").await;
+    assert_eq!((status, body.as_str()), (200, "secured"));
+    let traffic = plane.js.get_stream("SLIPWAY_TRAFFIC").await.unwrap();
+    let reported = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let last = traffic
+                .get_last_raw_message_by_subject(&format!("slipway.traffic.{dep}"))
+                .await;
+            if let Ok(message) = last {
+                return serde_json::from_slice::<Value>(&message.payload).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the edge reported no traffic");
+    assert_eq!(reported["requests"], 1, "{reported}");
+    // It may not write the route table, nor call the platform's endpoints.
+    let (edge, mut edge_errors) = connect_as(&url, "edge").await;
+    edge.publish("$KV.slipway_routes.evil.example", "{}".into())
+        .await
+        .unwrap();
+    refused(&mut edge_errors, "$KV.slipway_routes").await;
+    edge.publish("slipway.deploy.v1.create_deployment", "{}".into())
+        .await
+        .unwrap();
+    refused(&mut edge_errors, "slipway.deploy.v1.create_deployment").await;
 
     // Refused by the server: the timers stream, the actor's endpoints, KV writes.
     platform

@@ -32,6 +32,8 @@ pub use proxy::DEPLOYMENT_HEADER;
 use crate::{connector::InstanceConnector, table::Table, traffic::Traffic, wake::Waker};
 
 pub const SERVICE_NAME: &str = "slipway-edge";
+/// The micro-service metadata key that holds the address an edge listens on.
+pub const LISTEN_METADATA: &str = "listen";
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -96,12 +98,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wake_timeout: config.wake_timeout,
     });
 
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listening = listener.local_addr()?;
     let stats_traffic = traffic.clone();
-    let service = Micro::start_with_stats(
+    let service = Micro::start_with(
         &nats,
         SERVICE_NAME,
         env!("CARGO_PKG_VERSION"),
         "Edge: serves the route table over HTTP; requests per deployment in its stats",
+        // Where it listens, for tools that print URLs through it (`slipway deploy`).
+        [(LISTEN_METADATA.to_string(), listening.to_string())].into(),
         move |_, _| serde_json::json!({ "requests_per_deployment": stats_traffic.totals() }),
     )
     .await
@@ -125,10 +133,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve stats: {e}"))?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let listening = listener.local_addr()?;
     service
         .await_reachable(&nats)
         .await

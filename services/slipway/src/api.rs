@@ -50,6 +50,26 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The port an edge of this control plane listens on (its micro-service metadata), if
+    /// one answers.
+    pub async fn edge_port(&self) -> Option<u16> {
+        let info = self
+            .client
+            .request("$SRV.INFO.slipway-edge", bytes::Bytes::new());
+        let reply = tokio::time::timeout(Duration::from_secs(1), info)
+            .await
+            .ok()?
+            .ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+        let listen = info["metadata"]["listen"].as_str()?;
+        listen
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+    }
+}
+
 /// `--json`: the value as proto3 JSON; otherwise `human` renders it.
 pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) {
     if json {

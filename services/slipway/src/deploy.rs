@@ -90,10 +90,15 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
     .await
     .with_context(|| format!("deployment {id} did not finish within {:?}", args.timeout))?;
     let deployment = followed?;
+    // Through the edge, when one runs here (`slipway dev` runs one on a free port).
+    let port = match api.edge_port().await {
+        Some(80) | None => String::new(),
+        Some(port) => format!(":{port}"),
+    };
     print(json_out, &deployment, |d| {
         println!("{} is {}", d.id, d.status);
         for domain in &d.domains {
-            println!("  http://{domain}/");
+            println!("  http://{domain}{port}/");
         }
         for i in &d.instances {
             println!("  instance {} http://{}/ ({})", i.id, i.address, i.region);

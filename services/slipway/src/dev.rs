@@ -9,7 +9,9 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_core::{subjects, time::now_ms};
 use slipway_local::{NatsServer, ServiceProcess};
-use slipway_proto::v1::{CreateDeploymentReply, CreateDeploymentRequest, Deployment};
+use slipway_proto::v1::{
+    CreateDeploymentReply, CreateDeploymentRequest, Deployment, ListRoutesReply, ListRoutesRequest,
+};
 use slipway_store::{Store, StoreError};
 
 use crate::{api::Api, commands::get_deployment, deploy::FollowedEvent};
@@ -33,6 +35,7 @@ const SERVICES: &[&str] = &[
     "routing",
     "krane-agent",
     "deploy-orchestrator",
+    "edge",
 ];
 const DEMO_PROJECT: &str = "proj_demo";
 
@@ -58,7 +61,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let edge_port = slipway_local::ports::free_port().context("no free port for the edge")?;
     let env = [
+        ("SLIPWAY_EDGE_LISTEN", format!("127.0.0.1:{edge_port}")),
         ("SLIPWAY_NATS_URL", nats.url()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
@@ -105,6 +110,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  demo app  http://{demo_address}/  (deployment {demo_id}, run by krane-agent)");
     for domain in &demo.domains {
         println!("  domain    {domain}");
+    }
+    println!("  edge      http://127.0.0.1:{edge_port}/  (serves every route by its Host)");
+    println!();
+    println!("Try it (curl resolves *.localhost to this machine):");
+    match live_domain(&nats.url()).await {
+        Ok(live) => println!("  curl http://{live}:{edge_port}/"),
+        Err(e) => println!("  (cannot tell the live domain: {e:#})"),
     }
     println!();
     println!("Deploy a new version (nats CLI):");
@@ -183,6 +195,25 @@ async fn deploy_demo(nats_url: &str) -> Result<Deployment> {
         anyhow::bail!("the demo deploy failed: {}", event.failure_reason);
     }
     get_deployment(&api, id).await
+}
+
+/// The demo project's live domain.
+async fn live_domain(nats_url: &str) -> Result<String> {
+    let api = Api {
+        client: async_nats::connect(nats_url).await?,
+    };
+    let routes: ListRoutesReply = api
+        .request(
+            subjects::routing::LIST.of(DEMO_PROJECT),
+            &ListRoutesRequest::default(),
+        )
+        .await?;
+    routes
+        .routes
+        .into_iter()
+        .find(|r| r.sticky == slipway_core::domains::Sticky::Live.as_str())
+        .map(|r| r.fqdn)
+        .context("the demo project has no live route")
 }
 
 /// A demo workspace, project, production and preview environments; kept across runs.

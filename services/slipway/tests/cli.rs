@@ -45,6 +45,28 @@ impl Cli {
     }
 }
 
+/// `http://<host>:<port>/` → (host, port).
+fn host_and_port(url: &str) -> (String, u16) {
+    let rest = url.trim_start_matches("http://").trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').expect("a port in the URL");
+    (host.to_string(), port.parse().expect("a port number"))
+}
+
+/// GET `path` from 127.0.0.1:`port` with `Host: host`, as curl does for `*.localhost`; the body.
+async fn http_get(host: &str, port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the edge accepts connections");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 /// Every process below `pid` (by parent links in /proc).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = vec![];
@@ -111,21 +133,28 @@ async fn the_cli_drives_a_running_control_plane() {
         .unwrap();
     let stdout = dev.stdout.take().unwrap();
     let mut dev = Dev(dev);
-    let url = tokio::task::spawn_blocking(move || {
-        let mut url = None;
+    let (url, curl) = tokio::task::spawn_blocking(move || {
+        let (mut url, mut curl) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(u) = line.trim().strip_prefix("NATS") {
                 url = Some(u.trim().to_string());
+            }
+            if let Some(u) = line.trim().strip_prefix("curl ") {
+                curl = Some(u.trim().to_string());
             }
             if line.starts_with("Ctrl-C") {
                 break;
             }
         }
-        url
+        (url, curl)
     })
     .await
-    .unwrap()
-    .expect("slipway dev printed no NATS URL");
+    .unwrap();
+    let url = url.expect("slipway dev printed no NATS URL");
+    // The banner's curl works as printed: the demo app answers through the edge.
+    let curl = curl.expect("slipway dev printed no curl command");
+    let (host, port) = host_and_port(&curl);
+    assert_eq!(http_get(&host, port, "/").await, "hello", "{curl}");
     let cli = Cli { url };
 
     tokio::task::block_in_place(|| {
@@ -163,10 +192,18 @@ async fn the_cli_drives_a_running_control_plane() {
             stderr.contains("✓ wait_instances") && stderr.contains("✓ assign_routes"),
             "{stderr}"
         );
+        // The URLs are through the edge, and answer.
+        let live = format!("http://shop-acme.slipway.localhost:{port}/");
         assert!(
-            stdout.contains("is ready") && stdout.contains("http://shop-acme.slipway.localhost/"),
+            stdout.contains("is ready") && stdout.contains(&live),
             "{stdout}"
         );
+        let body = tokio::runtime::Handle::current().block_on(http_get(
+            "shop-acme.slipway.localhost",
+            port,
+            "/",
+        ));
+        assert_eq!(body, "one");
         let first = stdout.split_whitespace().next().unwrap().to_string();
 
         let second = cli.json(&[

@@ -51,13 +51,14 @@ impl Micro {
         Ok(Self { service })
     }
 
-    /// As [`start`](Self::start), with `stats(endpoint, stats)` giving the `data` each
-    /// endpoint shows in `nats micro stats`.
-    pub async fn start_with_stats<F>(
+    /// As [`start`](Self::start), with `metadata` (`nats micro info` shows it) and
+    /// `stats(endpoint, stats)` giving the `data` each endpoint shows in `nats micro stats`.
+    pub async fn start_with<F>(
         client: &async_nats::Client,
         name: &str,
         version: &str,
         description: &str,
+        metadata: std::collections::HashMap<String, String>,
         stats: F,
     ) -> Result<Self, async_nats::Error>
     where
@@ -66,6 +67,7 @@ impl Micro {
         let service = client
             .service_builder()
             .description(description)
+            .metadata(metadata)
             .stats_handler(stats)
             .start(name, version)
             .await?;

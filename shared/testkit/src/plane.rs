@@ -183,6 +183,7 @@ async fn secured_nats() -> (NatsServer, async_nats::Client) {
         ("SLIPWAY_ROUTING_PASSWORD", "routing"),
         ("SLIPWAY_AGENT_LOCAL_PASSWORD", "krane-agent-local"),
         ("SLIPWAY_PLATFORM_PASSWORD", "platform"),
+        ("SLIPWAY_EDGE_PASSWORD", "edge"),
         ("SLIPWAY_ADMIN_PASSWORD", "admin"),
     ] {
         // nats-server reads them when it parses its config.
