@@ -5,7 +5,8 @@ COPY . .
 RUN cargo build --release --locked --workspace \
     && mkdir /out \
     && cp target/release/deploy-orchestrator target/release/deployment-actor \
-          target/release/routing target/release/krane-agent target/release/slipway /out/
+          target/release/routing target/release/krane-agent target/release/slipway \
+          target/release/edge /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
