@@ -51,6 +51,9 @@ pub struct Config {
     /// answers its health check and exits seconds later is crash-looping, not recovered.
     #[arg(long, env = "SLIPWAY_AGENT_STABLE_AFTER", default_value = "30s", value_parser = slipway_core::config::parse_duration)]
     pub stable_after: Duration,
+    /// How long an instance being stopped gets to finish its requests (SIGTERM, then SIGKILL).
+    #[arg(long, env = "SLIPWAY_AGENT_STOP_GRACE", default_value = "10s", value_parser = slipway_core::config::parse_duration)]
+    pub stop_grace: Duration,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -80,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         check_every: config.check_every,
         crash_loop_after: config.crash_loop_after,
         stable_after: config.stable_after,
+        stop_grace: config.stop_grace,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?,

@@ -65,8 +65,24 @@ pub fn start(
 }
 
 impl Instance {
-    /// Kills the whole process group (the shell and whatever it started) and forgets it.
-    pub async fn stop(mut self) {
+    /// Stops the whole process group (the shell and whatever it started): SIGTERM, SIGKILL
+    /// after `grace` to what is left; then forgets it.
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        if signal_group(self.pgid, "TERM") {
+            let drained = async {
+                // Reap the shell first: a zombie still counts as a member of the group.
+                let _ = self.child.wait().await;
+                while signal_group(self.pgid, "0") {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                tracing::info!(
+                    pgid = self.pgid,
+                    "instance still running after the grace period; killing it"
+                );
+            }
+        }
         kill_group(self.pgid);
         let _ = self.child.wait().await;
         let _ = std::fs::remove_file(&self.pid_file);
@@ -80,7 +96,7 @@ impl Instance {
 }
 
 pub use slipway_local::process_groups::kill_recorded;
-use slipway_local::process_groups::{kill_group, record};
+use slipway_local::process_groups::{kill_group, record, signal_group};
 
 #[cfg(test)]
 mod tests {

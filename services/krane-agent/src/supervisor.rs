@@ -23,6 +23,7 @@ pub struct Context {
     pub check_every: Duration,
     pub crash_loop_after: u32,
     pub stable_after: Duration,
+    pub stop_grace: Duration,
     pub http: reqwest::Client,
 }
 
@@ -98,7 +99,7 @@ pub async fn supervise(
         let doc = desired.borrow_and_update().clone();
         match doc.as_ref() {
             Some(d) if d.desired == Desired::Running => run(&ctx, d, &mut slots).await,
-            _ => stop(&mut slots).await,
+            _ => stop(&ctx, &mut slots).await,
         }
         let report: Vec<ReportedInstance> = slots.iter().map(Slot::report).collect();
         if reported.as_ref() != Some(&report) {
@@ -110,7 +111,7 @@ pub async fn supervise(
         tokio::select! {
             changed = desired.changed() => if changed.is_err() {
                 tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
-                stop(&mut slots).await;
+                stop(&ctx, &mut slots).await;
                 return;
             },
             _ = tokio::time::sleep(ctx.check_every) => {}
@@ -122,7 +123,7 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
     let line = match process::command_line(&d.image, &d.command) {
         Ok(line) => line,
         Err(message) => {
-            stop(slots).await;
+            stop(ctx, slots).await;
             slots.resize_with(d.replicas as usize, Slot::new);
             for slot in slots.iter_mut() {
                 slot.status = InstanceStatus::Failed;
@@ -136,7 +137,7 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
     }
     while slots.len() > d.replicas as usize {
         if let Some(p) = slots.pop().and_then(|s| s.process) {
-            p.stop().await;
+            p.stop(ctx.stop_grace).await;
         }
     }
     let now = Instant::now();
@@ -214,12 +215,12 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
     }
 }
 
-/// Stops every process; the instances stay listed as `inactive`.
-async fn stop(slots: &mut [Slot]) {
+/// Stops every process (at once, each with the grace period); the instances stay listed as
+/// `inactive`.
+async fn stop(ctx: &Context, slots: &mut [Slot]) {
+    let running = slots.iter_mut().filter_map(|s| s.process.take());
+    futures::future::join_all(running.map(|p| p.stop(ctx.stop_grace))).await;
     for slot in slots.iter_mut() {
-        if let Some(p) = slot.process.take() {
-            p.stop().await;
-        }
         slot.status = InstanceStatus::Inactive;
         slot.message = None;
         slot.exits = 0;

@@ -281,3 +281,31 @@ async fn a_stopped_agent_stops_its_instances() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test]
+async fn a_stopped_instance_finishes_its_requests_in_flight() {
+    let env = start().await;
+    env.desire("dep_a", demo_app("--message drain"), 1, Desired::Running, 1)
+        .await;
+    let report = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    // A request that takes a second, sent before the instance is told to stop.
+    let mut stream = tokio::net::TcpStream::connect(&report.instances[0].address)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    env.desire("dep_a", demo_app("--message drain"), 1, Desired::Stopped, 2)
+        .await;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("slow"),
+        "the request in flight was cut off: {response:?}"
+    );
+    env.report_where("dep_a", |r| all(r, 1, InstanceStatus::Inactive))
+        .await;
+}

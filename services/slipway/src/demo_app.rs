@@ -1,6 +1,7 @@
 //! `slipway demo-app`: a small HTTP app to deploy in the demo and the tests. Listens on
-//! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz`, `/headers` (what
-//! reached it) and `/openapi.yaml`. Switches make it misbehave the ways a deploy must cope with.
+//! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz`, `/slow` (after a
+//! second), `/headers` (what reached it) and `/openapi.yaml`. Switches make it misbehave the
+//! ways a deploy must cope with.
 
 use std::time::Duration;
 
@@ -51,6 +52,14 @@ pub async fn run(args: DemoAppArgs) -> Result<()> {
                         "unhealthy"
                     },
                 )
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                // A request that takes a while: in flight when the app is told to stop.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "slow"
             }),
         )
         .route(

@@ -13,12 +13,18 @@ pub fn record(dir: &Path, name: &str, pgid: i32) -> std::io::Result<std::path::P
 
 /// SIGKILLs a whole process group.
 pub fn kill_group(pgid: i32) {
-    if pgid > 0 {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
+    signal_group(pgid, "KILL");
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `0` to probe) to a whole process group; whether it
+/// reached any process.
+pub fn signal_group(pgid: i32, signal: &str) -> bool {
+    pgid > 0
+        && std::process::Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
             .stderr(Stdio::null())
-            .status();
-    }
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Kills every process group recorded in `dir` and forgets them; returns how many.

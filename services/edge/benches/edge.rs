@@ -1,0 +1,253 @@
+//! Edge benchmark, in one run on this machine: requests/s and latency p50 / p99 of
+//!
+//! - the app called directly (`slipway demo-app`, the floor),
+//! - the edge (release build) in front of it, routed by `Host` through `slipway_routes`,
+//! - nginx (Debian's package) configured as the same reverse proxy (HTTP/1.1 keep-alive to the
+//!   app), when installed (`scripts/install-bench-tools.sh`),
+//!
+//! at 1, 16 and 64 concurrent keep-alive connections, each sending one request after another
+//! for a few seconds; then the edge's RSS with 10,000 routes loaded.
+//!
+//! `cargo build --release --workspace && cargo bench -p edge --bench edge`
+//! (after scripts/install-nats-server.sh).
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{client::conn::http1, Request};
+use hyper_util::rt::TokioIo;
+use slipway_core::{domains::Sticky, routes::RouteEntry, state::DesiredState};
+use slipway_testkit::{plane::bin, ports::free_port, Plane, Samples, ServiceProcess};
+
+const HOST: &str = "bench.slipway.localhost";
+const RUN_FOR: Duration = Duration::from_secs(4);
+const ROUTES: usize = 10_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
+    let app_port = free_port()?;
+    let app = ServiceProcess::spawn(
+        "app",
+        bin("slipway"),
+        &["demo-app", "--message", "bench"],
+        &[("PORT", app_port.to_string())],
+    )?;
+    app.wait_for_log("demo-app listening", Duration::from_secs(30))?;
+    let app_addr = SocketAddr::from(([127, 0, 0, 1], app_port));
+
+    let mut plane = Plane::builder().start().await;
+    plane
+        .routes
+        .put(HOST, serde_json::to_vec(&entry(HOST, app_addr))?.into())
+        .await?;
+    plane.start_edge();
+    let edge_addr = plane.edge_address.expect("the edge's address");
+    let nginx = Nginx::start(app_addr)?;
+
+    println!("GET / of `slipway demo-app` ({RUN_FOR:?} per row, keep-alive connections, this machine: 2 cores, everything on it)");
+    println!("target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms");
+    for conns in [1usize, 16, 64] {
+        let direct = load(app_addr, conns).await?;
+        direct.print("direct", conns, None);
+        load(edge_addr, conns)
+            .await?
+            .print("edge", conns, Some(&direct));
+        if let Some(nginx) = &nginx {
+            load(nginx.addr, conns)
+                .await?
+                .print("nginx", conns, Some(&direct));
+        }
+    }
+    if nginx.is_none() {
+        println!("(nginx is not installed: scripts/install-bench-tools.sh installs it)");
+    }
+
+    // RSS with 10,000 routes.
+    let idle = plane.edge.as_ref().and_then(|e| e.rss_kib()).unwrap_or(0);
+    for i in 0..ROUTES {
+        let host = format!("r{i}.bench.slipway.localhost");
+        plane
+            .routes
+            .put(
+                host.as_str(),
+                serde_json::to_vec(&entry(&host, app_addr))?.into(),
+            )
+            .await?;
+    }
+    // The edge loads them from its watch; a request for the last one says when it has.
+    let last = format!("r{}.bench.slipway.localhost", ROUTES - 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plane.through_edge(&last, "/").await.0 != 200 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the edge never loaded {ROUTES} routes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let loaded = plane.edge.as_ref().and_then(|e| e.rss_kib()).unwrap_or(0);
+    println!(
+        "edge RSS: {:.1} MiB with 1 route, {:.1} MiB with {} routes",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        ROUTES + 1
+    );
+    drop(app);
+    Ok(())
+}
+
+fn entry(fqdn: &str, app: SocketAddr) -> RouteEntry {
+    RouteEntry {
+        route_id: format!("flr_{}", fqdn.len()),
+        fqdn: fqdn.into(),
+        project_id: "proj_bench".into(),
+        environment_id: "env_bench".into(),
+        deployment_id: "dep_bench".into(),
+        sticky: Sticky::Live,
+        instances: vec![app.to_string()],
+        instances_revision: 1,
+        desired_state: Some(DesiredState::Running),
+        sentinel_config: None,
+        version: 1,
+    }
+}
+
+struct Run {
+    requests: usize,
+    elapsed: Duration,
+    latencies_ms: Samples,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, target: &str, conns: usize, against: Option<&Run>) {
+        let (p50, p99) = (self.latencies_ms.at(0.5), self.latencies_ms.at(0.99));
+        let added = match against {
+            Some(d) => format!(
+                "{:+.3} / {:+.3}",
+                p50 - d.latencies_ms.at(0.5),
+                p99 - d.latencies_ms.at(0.99)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{target:<10} {conns:>5} {:>8.0} {p50:>9.3} {p99:>8.3}   {added}",
+            self.per_second()
+        );
+    }
+}
+
+/// `conns` keep-alive connections to `addr`, each sending `GET /` (Host: the bench host) one
+/// after another for [`RUN_FOR`].
+async fn load(addr: SocketAddr, conns: usize) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let until = started + RUN_FOR;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(connection(addr, until)))
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Run {
+        requests: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies_ms: Samples::new(latencies),
+    })
+}
+
+async fn connection(addr: SocketAddr, until: Instant) -> anyhow::Result<Vec<f64>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut latencies = Vec::new();
+    while Instant::now() < until {
+        let request = Request::get("/")
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())?;
+        let t = Instant::now();
+        let response = sender.send_request(request).await?;
+        anyhow::ensure!(response.status() == 200, "{}", response.status());
+        response.into_body().collect().await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(latencies)
+}
+
+/// nginx as the same reverse proxy: keep-alive HTTP/1.1 to the app, one worker per core.
+struct Nginx {
+    process: ServiceProcess,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(app: SocketAddr) -> anyhow::Result<Option<Nginx>> {
+        let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let config = format!(
+            "worker_processes auto;\n\
+             error_log stderr warn;\n\
+             pid {dir}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {dir}/body;\n\
+               proxy_temp_path {dir}/proxy;\n\
+               fastcgi_temp_path {dir}/fastcgi;\n\
+               uwsgi_temp_path {dir}/uwsgi;\n\
+               scgi_temp_path {dir}/scgi;\n\
+               upstream app {{ server {app}; keepalive 64; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{\n\
+                   proxy_pass http://app;\n\
+                   proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n\
+                   proxy_set_header Host $host;\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                 }}\n\
+               }}\n\
+             }}\n",
+            dir = dir.path().display()
+        );
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, config)?;
+        let conf = conf.display().to_string();
+        let process =
+            ServiceProcess::spawn("nginx", nginx, &["-c", &conf, "-g", "daemon off;"], &[])?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(Nginx {
+            process,
+            addr,
+            _dir: dir,
+        }))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.process.terminate(Duration::from_secs(5));
+    }
+}
