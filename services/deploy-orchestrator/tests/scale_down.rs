@@ -1,6 +1,8 @@
 //! ScaleDownIdlePreviewDeployments over real processes: which deployments are idle, an
-//! unreadable traffic source scales nothing down, 2,000 preview environments are paged, and
-//! the cron starts exactly one run per fire with two orchestrators.
+//! unreadable traffic source scales nothing down, neither does silence when no edge was
+//! watching, 2,000 preview environments are paged, and the cron starts exactly one run per
+//! fire with two orchestrators. Edges are played by hand here: their traffic reports and
+//! heartbeats published straight to `SLIPWAY_TRAFFIC`.
 
 mod common;
 
@@ -45,6 +47,59 @@ async fn report_traffic(plane: &Plane, deployment_id: &str, window_end_ms: i64) 
         .unwrap();
 }
 
+/// An edge's heartbeat: up since `up_since_ms`, reporting every second, heard from now.
+async fn edge_watching_since(plane: &Plane, edge_id: &str, up_since_ms: i64) {
+    let heartbeat = json!({"edge_id": edge_id, "up_since_ms": up_since_ms, "at_ms": now_ms(), "every_ms": 1000});
+    plane
+        .js
+        .publish(
+            slipway_core::subjects::edge_heartbeat(edge_id),
+            heartbeat.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silence_is_not_idleness_unless_an_edge_was_watching() {
+    let mut plane = plane(&[]).await;
+    let project = plane.project().await;
+    let idle = plane.deployed(&project, "preview", "idle").await;
+    tokio::time::sleep(WINDOW + Duration::from_millis(200)).await;
+    // No edge at all.
+    let reply = scale_down(&plane).await;
+    assert_eq!(
+        (&reply["status"], &reply["scaled_down"]),
+        (&json!("completed"), &json!([])),
+        "{reply}"
+    );
+    // An edge, but up only since within the window: it may have missed requests.
+    edge_watching_since(&plane, "edge_new", now_ms() - 500).await;
+    let reply = scale_down(&plane).await;
+    assert_eq!(reply["scaled_down"], json!([]), "{reply}");
+    // An edge that watched the whole window, but has gone quiet since.
+    let gone = json!({"edge_id": "edge_gone", "up_since_ms": now_ms() - 3_600_000, "at_ms": now_ms() - 60_000, "every_ms": 1000});
+    plane
+        .js
+        .publish(
+            slipway_core::subjects::edge_heartbeat("edge_gone"),
+            gone.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let reply = scale_down(&plane).await;
+    assert_eq!(reply["scaled_down"], json!([]), "{reply}");
+    assert_eq!(plane.deployment(&idle).await["desired_state"], "running");
+    // One that watched it all: now the silence counts.
+    edge_watching_since(&plane, "edge_old", now_ms() - 3_600_000).await;
+    let reply = scale_down(&plane).await;
+    assert_eq!(reply["scaled_down"], json!([idle]), "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
     let mut plane = plane(&[]).await;
@@ -77,6 +132,7 @@ async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
     report_traffic(&plane, &old_traffic, now_ms() - 10_000).await;
     // Created within the window.
     let fresh = plane.deployed(&project, "preview", "fresh").await;
+    edge_watching_since(&plane, "edge_1", now_ms() - 3_600_000).await;
 
     let reply = scale_down(&plane).await;
     assert_eq!(reply["status"], "completed", "{reply}");
@@ -178,6 +234,7 @@ async fn two_thousand_preview_environments_are_paged_a_hundred_at_a_time() {
             .unwrap();
         expected.push(id);
     }
+    edge_watching_since(&plane, "edge_1", long_ago).await;
 
     let reply = scale_down(&plane).await;
     assert_eq!(reply["status"], "completed", "{reply}");

@@ -81,11 +81,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     load.await
         .context("the route table watch stopped before loading")?;
 
-    let traffic = Arc::new(Traffic::default());
+    let edge_id = slipway_core::ids::new("edge");
+    let traffic = Arc::new(Traffic::new(edge_id.clone(), config.traffic_every));
     tokio::spawn({
         let traffic = traffic.clone();
         let js = js.clone();
-        async move { traffic.report_every(js, config.traffic_every).await }
+        async move { traffic.report_every(js).await }
     });
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -137,7 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await_reachable(&nats)
         .await
         .map_err(|e| anyhow::anyhow!("the micro service is not reachable: {e}"))?;
-    tracing::info!(%listening, routes = table.len(), "edge listening");
+    tracing::info!(%listening, %edge_id, routes = table.len(), "edge listening");
     slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
 
     let graceful = GracefulShutdown::new();

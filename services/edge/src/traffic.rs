@@ -1,7 +1,8 @@
 //! Request counts per deployment: reported every `SLIPWAY_EDGE_TRAFFIC_EVERY` on
 //! `slipway.traffic.<deployment_id>` (stream `SLIPWAY_TRAFFIC`, API.md) for each deployment that
-//! served a request in the window — what the idle-preview spin-down reads — and kept as totals
-//! for the micro service's stats.
+//! served a request in the window — what the idle-preview spin-down reads — with a heartbeat
+//! of the edge's own (`slipway.traffic.edge.<edge id>`) that says it was watching, and kept
+//! as totals for the micro service's stats.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,7 +12,7 @@ use std::{
 
 use async_nats::jetstream;
 use serde::Serialize;
-use slipway_core::time::now_ms;
+use slipway_core::{routes::EdgeHeartbeat, time::now_ms};
 
 /// One deployment's requests in the current window.
 #[derive(Debug, Clone, Copy)]
@@ -29,13 +30,29 @@ pub struct TrafficReport<'a> {
     pub window_end_ms: i64,
 }
 
-#[derive(Default)]
 pub struct Traffic {
     windows: Mutex<HashMap<String, Window>>,
     totals: Mutex<BTreeMap<String, u64>>,
+    /// This edge's heartbeat: sent with every report.
+    heartbeat: Mutex<EdgeHeartbeat>,
 }
 
 impl Traffic {
+    /// Counting from now, for edge `edge_id` reporting every `every`.
+    pub fn new(edge_id: String, every: Duration) -> Self {
+        let now = now_ms();
+        Self {
+            windows: Mutex::default(),
+            totals: Mutex::default(),
+            heartbeat: Mutex::new(EdgeHeartbeat {
+                edge_id,
+                up_since_ms: now,
+                at_ms: now,
+                every_ms: slipway_core::time::millis(every),
+            }),
+        }
+    }
+
     /// One request for `deployment_id`.
     pub fn count(&self, deployment_id: &str) {
         let now = now_ms();
@@ -56,8 +73,9 @@ impl Traffic {
         lock(&self.totals).clone()
     }
 
-    /// Reports every `every`, for ever.
-    pub async fn report_every(&self, js: jetstream::Context, every: Duration) {
+    /// Reports every interval, for ever.
+    pub async fn report_every(&self, js: jetstream::Context) {
+        let every = Duration::from_millis(lock(&self.heartbeat).every_ms.max(1) as u64);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -67,11 +85,12 @@ impl Traffic {
         }
     }
 
-    /// Publishes the current windows; a window that cannot be published is kept for the next
-    /// report, so no request goes uncounted.
+    /// Publishes the current windows, then the heartbeat; a window that cannot be published is
+    /// kept for the next report, so no request goes uncounted.
     pub async fn report(&self, js: &jetstream::Context) {
         let windows = std::mem::take(&mut *lock(&self.windows));
         let end = now_ms();
+        let mut all_sent = true;
         for (deployment_id, window) in windows {
             let report = TrafficReport {
                 deployment_id: &deployment_id,
@@ -80,6 +99,7 @@ impl Traffic {
                 window_end_ms: end,
             };
             if let Err(e) = publish(js, &report).await {
+                all_sent = false;
                 tracing::warn!(deployment_id, error = %e, "cannot report traffic; keeping it for the next report");
                 let mut windows = lock(&self.windows);
                 let kept = windows.entry(deployment_id.clone()).or_insert(Window {
@@ -89,6 +109,24 @@ impl Traffic {
                 kept.requests += window.requests;
                 kept.start_ms = kept.start_ms.min(window.start_ms);
             }
+        }
+        // A heartbeat says every request until now is counted: not after a lost report.
+        if !all_sent {
+            return;
+        }
+        let heartbeat = {
+            let mut heartbeat = lock(&self.heartbeat);
+            heartbeat.at_ms = end;
+            heartbeat.clone()
+        };
+        let sent = async {
+            let payload = serde_json::to_vec(&heartbeat)?;
+            let subject = slipway_core::subjects::edge_heartbeat(&heartbeat.edge_id);
+            js.publish(subject, payload.into()).await?.await?;
+            Ok::<(), async_nats::Error>(())
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(error = %e, "cannot send the edge's heartbeat");
         }
     }
 }

@@ -49,3 +49,53 @@ pub struct SentinelAuth {
 pub struct SentinelValidation {
     pub openapi_spec: String,
 }
+
+/// What an edge publishes with every traffic report, requests or not: that it was watching
+/// traffic, since when. The idle-preview spin-down acts only when an edge has watched the
+/// whole idle window (silence from no edge is not idleness).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeHeartbeat {
+    pub edge_id: String,
+    /// When it started counting requests.
+    pub up_since_ms: i64,
+    /// When it sent this.
+    pub at_ms: i64,
+    /// How often it sends one.
+    pub every_ms: i64,
+}
+
+impl EdgeHeartbeat {
+    /// Whether this edge has watched traffic from `since` until `now`: up before it, and heard
+    /// from within three report intervals.
+    pub fn watched(&self, since: i64, now: i64) -> bool {
+        self.up_since_ms <= since && now - self.at_ms <= 3 * self.every_ms.max(1_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_watched_a_window_if_it_was_up_before_it_and_is_heard_from_now() {
+        let beat = |up_since_ms, at_ms| EdgeHeartbeat {
+            edge_id: "edge_1".into(),
+            up_since_ms,
+            at_ms,
+            every_ms: 10_000,
+        };
+        assert!(beat(1_000, 99_000).watched(2_000, 100_000));
+        assert!(
+            !beat(3_000, 99_000).watched(2_000, 100_000),
+            "started within the window"
+        );
+        assert!(
+            !beat(1_000, 60_000).watched(2_000, 100_000),
+            "not heard from for 40 s"
+        );
+        assert!(
+            beat(1_000, 70_000).watched(2_000, 100_000),
+            "three intervals"
+        );
+    }
+}

@@ -100,6 +100,14 @@ pub fn traffic(deployment_id: &str) -> String {
     format!("slipway.traffic.{deployment_id}")
 }
 
+/// An edge's heartbeat on `SLIPWAY_TRAFFIC` (no deployment id is `edge`).
+pub fn edge_heartbeat(edge_id: &str) -> String {
+    format!("{EDGE_HEARTBEATS_PREFIX}{edge_id}")
+}
+
+/// Where every edge's heartbeat goes.
+pub const EDGE_HEARTBEATS_PREFIX: &str = "slipway.traffic.edge.";
+
 /// A workflow's invocation on `SLIPWAY_WORKFLOWS`.
 pub fn workflow(kind: &str, workflow_id: &str) -> String {
     format!("slipway.workflows.{kind}.{workflow_id}")

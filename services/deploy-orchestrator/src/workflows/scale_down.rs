@@ -4,14 +4,19 @@
 //! it once) and by `scale_down_idle_previews`. Candidates: `ready`, desired `running`
 //! deployments of `preview` environments created and updated before the idle window, paged
 //! 100 environments at a time; kept if `SLIPWAY_TRAFFIC` shows a request in the window;
-//! the rest go to standby through the actor. If the traffic source cannot be read, the run
-//! fails and nothing is scaled down (the next fire tries again).
+//! the rest go to standby through the actor — but only if an edge's heartbeat shows it was
+//! watching traffic over the whole window (no edge running is not the same as no traffic).
+//! If the traffic source cannot be read, the run fails and nothing is scaled down (the next
+//! fire tries again).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use serde::{Deserialize, Serialize};
-use slipway_core::time::{millis, SharedClock};
+use slipway_core::{
+    routes::EdgeHeartbeat,
+    time::{millis, SharedClock},
+};
 use slipway_nats::provision::TRAFFIC;
 use slipway_store::Store;
 use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
@@ -111,11 +116,23 @@ impl ScaleDown {
                 "cannot read traffic from {TRAFFIC}: {e}; nothing scaled down"
             ))
         };
-        let stream = self
+        let mut stream = self
             .js
             .get_stream(TRAFFIC)
             .await
             .map_err(|e| unreadable(e.to_string()))?;
+        // Silence is idleness only if an edge was listening all along.
+        let heartbeats = edge_heartbeats(&mut stream)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        let now = self.clock.now_ms();
+        if !heartbeats.iter().any(|h| h.watched(idle_before, now)) {
+            tracing::warn!(
+                edges = heartbeats.len(),
+                "no edge has watched traffic over the whole idle window: nothing is scaled down"
+            );
+            return Ok(vec![]);
+        }
         let mut idle = Vec::new();
         for id in candidates {
             match stream
@@ -139,6 +156,33 @@ impl ScaleDown {
         }
         Ok(idle)
     }
+}
+
+/// The last heartbeat of every edge that sent one.
+async fn edge_heartbeats(
+    stream: &mut async_nats::jetstream::stream::Stream,
+) -> Result<Vec<EdgeHeartbeat>, async_nats::Error> {
+    let prefix = slipway_core::subjects::EDGE_HEARTBEATS_PREFIX;
+    let subjects: Vec<String> = {
+        use futures::TryStreamExt;
+        let info = stream.info_with_subjects(format!("{prefix}>")).await?;
+        info.try_collect::<Vec<(String, usize)>>()
+            .await?
+            .into_iter()
+            .map(|(subject, _)| subject)
+            .collect()
+    };
+    let mut heartbeats = Vec::new();
+    for subject in subjects {
+        let message = stream.get_last_raw_message_by_subject(&subject).await?;
+        match serde_json::from_slice(&message.payload) {
+            Ok(heartbeat) => heartbeats.push(heartbeat),
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "unreadable edge heartbeat; ignoring it")
+            }
+        }
+    }
+    Ok(heartbeats)
 }
 
 /// Whether a candidate whose last traffic report is `last` served no request since
