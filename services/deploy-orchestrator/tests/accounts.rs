@@ -122,17 +122,7 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
     assert!(!routes["routes"].as_array().unwrap().is_empty());
 
     // The edge, as user `edge`, serves it (it reads the route table) and reports its traffic.
-    let live = routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["sticky"] == "live")
-        .and_then(|r| r["fqdn"].as_str())
-        .unwrap()
-        .to_string();
-    plane
-        .route_entry_where(&live, |e| !e["instances"].as_array().unwrap().is_empty())
-        .await;
+    let live = plane.serving_domain(&project, "live", "").await;
     let (status, _, body) = plane.through_edge(&live, "/").await;
     assert_eq!((status, body.as_str()), (200, "secured"));
     let traffic = plane.js.get_stream("SLIPWAY_TRAFFIC").await.unwrap();

@@ -73,8 +73,7 @@ async fn a_killed_instance_is_served_again_at_its_new_address() {
     let mut plane = plane().await;
     let project = plane.project().await;
     let dep = plane.deployed(&project, "production", "v1").await;
-    let routes = plane.routes(&project).await;
-    let live = route_of(&routes, "live", "").to_string();
+    let live = plane.serving_domain(&project, "live", "").await;
     let d = plane.deployment(&dep).await;
     let (id, old) = (
         d["instances"][0]["id"].as_str().unwrap().to_string(),
@@ -113,10 +112,12 @@ async fn idle_previews_spin_down_by_the_edges_traffic_and_wake_on_their_next_req
     let idle_project = plane.project().await;
     let busy = plane.deployed(&busy_project, "preview", "busy").await;
     let idle = plane.deployed(&idle_project, "preview", "idle").await;
-    let busy_routes = plane.routes(&busy_project).await;
-    let busy_host = route_of(&busy_routes, "environment", "-preview-").to_string();
-    let idle_routes = plane.routes(&idle_project).await;
-    let idle_host = route_of(&idle_routes, "environment", "-preview-").to_string();
+    let busy_host = plane
+        .serving_domain(&busy_project, "environment", "-preview-")
+        .await;
+    let idle_host = plane
+        .serving_domain(&idle_project, "environment", "-preview-")
+        .await;
 
     // Past the idle window, with requests for one of them all along (the edge reports every
     // second).

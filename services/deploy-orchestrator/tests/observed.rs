@@ -10,18 +10,6 @@ use std::time::Instant;
 use common::Plane;
 use serde_json::{json, Value};
 
-/// The project's live domain.
-async fn live_fqdn(plane: &Plane, project: &str) -> String {
-    plane
-        .routes(project)
-        .await
-        .iter()
-        .find(|r| r["sticky"] == "live")
-        .and_then(|r| r["fqdn"].as_str())
-        .expect("a live route")
-        .to_string()
-}
-
 fn one_other_than(entry: &Value, old: &str) -> bool {
     entry["instances"]
         .as_array()
@@ -33,7 +21,7 @@ async fn a_killed_instance_is_replaced_and_its_new_address_shows_everywhere() {
     let mut plane = Plane::start().await;
     let project = plane.project().await;
     let dep = plane.deployed(&project, "production", "v1").await;
-    let live = live_fqdn(&plane, &project).await;
+    let live = plane.serving_domain(&project, "live", "").await;
     let before = plane.deployment(&dep).await;
     let instance = before["instances"][0].clone();
     let (id, old) = (

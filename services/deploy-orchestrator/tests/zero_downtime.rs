@@ -133,16 +133,7 @@ async fn no_request_is_lost_while_live_moves_and_a_preview_sleeps_and_wakes() {
     let edge = plane.edge_address.unwrap();
     let project = plane.project().await;
     let v1 = plane.deployed(&project, "production", "v1").await;
-    let routes = plane.routes(&project).await;
-    let live = routes
-        .iter()
-        .find(|r| r["sticky"] == "live")
-        .and_then(|r| r["fqdn"].as_str())
-        .unwrap()
-        .to_string();
-    plane
-        .route_entry_where(&live, |e| !e["instances"].as_array().unwrap().is_empty())
-        .await;
+    let live = plane.serving_domain(&project, "live", "").await;
 
     let load = Load::start(edge, &live);
     let mut moves: Vec<Move> = Vec::new();
@@ -205,13 +196,9 @@ async fn no_request_is_lost_while_live_moves_and_a_preview_sleeps_and_wakes() {
     // A preview, idle past its window: spun down, then woken by the load on its domain.
     let preview_project = plane.project().await;
     let preview = plane.deployed(&preview_project, "preview", "p").await;
-    let preview_routes = plane.routes(&preview_project).await;
-    let preview_host = preview_routes
-        .iter()
-        .find(|r| r["sticky"] == "environment")
-        .and_then(|r| r["fqdn"].as_str())
-        .unwrap()
-        .to_string();
+    let preview_host = plane
+        .serving_domain(&preview_project, "environment", "")
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reply = plane
         .ok(

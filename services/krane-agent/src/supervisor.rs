@@ -94,16 +94,18 @@ pub async fn supervise(
     mut desired: watch::Receiver<Option<DesiredDeployment>>,
 ) {
     let mut slots: Vec<Slot> = Vec::new();
-    let mut reported: Option<Vec<ReportedInstance>> = None;
+    let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
     loop {
         let doc = desired.borrow_and_update().clone();
         match doc.as_ref() {
             Some(d) if d.desired == Desired::Running => run(&ctx, d, &mut slots).await,
             _ => stop(&ctx, &mut slots).await,
         }
-        let report: Vec<ReportedInstance> = slots.iter().map(Slot::report).collect();
+        // Reported with the version of the document it is carried out for, once done.
+        let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
+        let report = (slots.iter().map(Slot::report).collect::<Vec<_>>(), version);
         if reported.as_ref() != Some(&report) {
-            match put_report(&ctx, &deployment_id, &report).await {
+            match put_report(&ctx, &deployment_id, &report.0, report.1).await {
                 Ok(()) => reported = Some(report),
                 Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
             }
@@ -235,10 +237,12 @@ async fn put_report(
     ctx: &Context,
     deployment_id: &str,
     instances: &[ReportedInstance],
+    version: i64,
 ) -> Result<(), async_nats::Error> {
     let report = InstancesReport {
         instances: instances.to_vec(),
         reported_at_ms: now_ms(),
+        version,
     };
     ctx.instances
         .put(

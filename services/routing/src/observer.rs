@@ -60,6 +60,7 @@ async fn observe(routing: &Routing, message: jetstream::Message) -> Disposition 
         kv::Operation::Delete | kv::Operation::Purge => InstancesReport {
             instances: vec![],
             reported_at_ms: now_ms(),
+            version: 0,
         },
         kv::Operation::Put => match serde_json::from_slice(&message.payload) {
             Ok(report) => report,

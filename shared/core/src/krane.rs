@@ -68,9 +68,17 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
 /// KV `slipway_instances` value for one deployment in one region.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstancesReport {
     pub instances: Vec<ReportedInstance>,
     pub reported_at_ms: i64,
+    /// The `version` of the desired document the agent was carrying out (0: not said): a
+    /// waiter for a newer document knows this report is not about it yet.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub version: i64,
 }

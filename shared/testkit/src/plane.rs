@@ -712,23 +712,8 @@ impl Plane {
 
     /// Waits for an event of `kind` of a deployment (delivered from the stream's start).
     pub async fn wait_event(&self, project_id: &str, deployment_id: &str, kind: &str) -> Value {
-        let stream = self
-            .js
-            .get_stream(provision::EVENTS)
+        self.wait_event_where(project_id, deployment_id, kind, |_| true)
             .await
-            .expect("the events stream");
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("slipway.events.{project_id}.{deployment_id}.{kind}"),
-                ..Default::default()
-            })
-            .await
-            .expect("an ordered consumer");
-        let mut messages = consumer.messages().await.expect("its messages");
-        match tokio::time::timeout(TIMEOUT, messages.next()).await {
-            Ok(Some(Ok(m))) => serde_json::from_slice(&m.payload).expect("a JSON event"),
-            other => panic!("no {kind} event for {deployment_id}: {other:?}"),
-        }
     }
 
     /// Waits for an event of `kind` of a deployment that satisfies `ok` (delivered from the
@@ -843,6 +828,24 @@ impl Plane {
         })
         .await
         .unwrap_or_else(|_| panic!("the route entry of {fqdn} never became as expected"))
+    }
+
+    /// The FQDN of the project's first route of `sticky` (`live`, `environment`, …) whose
+    /// name contains `part`, once its route entry lists a running instance.
+    pub async fn serving_domain(&self, project_id: &str, sticky: &str, part: &str) -> String {
+        let routes = self.routes(project_id).await;
+        let fqdn = routes
+            .iter()
+            .filter(|r| r["sticky"] == sticky)
+            .filter_map(|r| r["fqdn"].as_str())
+            .find(|fqdn| fqdn.contains(part))
+            .unwrap_or_else(|| panic!("no {sticky} route with {part:?}: {routes:?}"))
+            .to_string();
+        self.route_entry_where(&fqdn, |e| {
+            e["instances"].as_array().is_some_and(|i| !i.is_empty())
+        })
+        .await;
+        fqdn
     }
 
     /// The `slipway_routes` entry of `fqdn`.

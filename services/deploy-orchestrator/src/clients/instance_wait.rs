@@ -39,9 +39,20 @@ pub(crate) enum Verdict {
 #[derive(Default)]
 struct Region {
     wanted: u32,
+    /// The desired document version reports must be about (older ones are stale: instances
+    /// being stopped may still be listed running in them).
+    min_version: i64,
     report: Option<InstancesReport>,
     /// The KV revision of `report`.
     revision: u64,
+}
+
+impl Region {
+    /// Whether `report` is about the desired document waited for (agents that do not say
+    /// which are taken at their word).
+    fn current(&self, report: &InstancesReport) -> bool {
+        report.version == 0 || report.version >= self.min_version
+    }
 }
 
 pub(crate) struct InstanceWait {
@@ -63,10 +74,12 @@ pub(crate) struct ReadyTiming {
 }
 
 impl InstanceWait {
-    /// Waiting for `replicas` (region → count) until `deadline_ms` (the ready timeout after
+    /// Waiting for `replicas` (region → count), reported for at least the desired document
+    /// `versions` (region → version; absent: any), until `deadline_ms` (the ready timeout after
     /// the wait began), by `clock`.
     pub fn new(
         replicas: &BTreeMap<String, u32>,
+        versions: &BTreeMap<String, i64>,
         deadline_ms: i64,
         timing: ReadyTiming,
         clock: SharedClock,
@@ -76,6 +89,7 @@ impl InstanceWait {
             .map(|(r, n)| {
                 let region = Region {
                     wanted: *n,
+                    min_version: versions.get(r).copied().unwrap_or(0),
                     ..Region::default()
                 };
                 (r.clone(), region)
@@ -99,7 +113,7 @@ impl InstanceWait {
     /// The report a region has now (KV revision `revision`), read before the wait (not
     /// counted as a new failure).
     pub fn seed(&mut self, region: &str, report: InstancesReport, revision: u64) {
-        if let Some(slot) = self.regions.get_mut(region) {
+        if let Some(slot) = self.regions.get_mut(region).filter(|s| s.current(&report)) {
             slot.report = Some(report);
             slot.revision = revision;
         }
@@ -108,7 +122,7 @@ impl InstanceWait {
     /// A new report of `region` (KV revision `revision`), received now.
     pub fn report(&mut self, region: &str, report: InstancesReport, revision: u64) {
         let now_ms = self.clock.now_ms();
-        let Some(slot) = self.regions.get_mut(region) else {
+        let Some(slot) = self.regions.get_mut(region).filter(|s| s.current(&report)) else {
             return;
         };
         for i in &report.instances {
@@ -254,6 +268,7 @@ mod tests {
                 })
                 .collect(),
             reported_at_ms: 0,
+            version: 0,
         }
     }
 
@@ -266,7 +281,8 @@ mod tests {
             ready_timeout: Duration::from_secs(60),
             failed_grace: Duration::from_secs(10),
         };
-        let wait = InstanceWait::new(&replicas, 60 * SECOND, timing, clock.clone());
+        let versions = BTreeMap::from([("eu".to_string(), 5)]);
+        let wait = InstanceWait::new(&replicas, &versions, 60 * SECOND, timing, clock.clone());
         (wait, clock)
     }
 
@@ -291,6 +307,26 @@ mod tests {
         clock.set(4 * SECOND);
         w.report("mars", report(&[("x", Failed)]), 1);
         assert!(matches!(w.verdict(), Verdict::Ready(_)));
+    }
+
+    #[test]
+    fn reports_about_an_older_desired_document_are_not_waited_on() {
+        let (mut w, _clock) = wait();
+        let at = |version, statuses: &[(&str, InstanceStatus)]| InstancesReport {
+            version,
+            ..report(statuses)
+        };
+        w.report("us", report(&[("c", Running)]), 1);
+        // eu waits for version 5: instances still listed running while being stopped for an
+        // older document do not count, nor do their failures.
+        w.seed("eu", at(4, &[("a", Running), ("b", Running)]), 2);
+        w.report("eu", at(4, &[("a", Failed), ("b", Failed)]), 3);
+        assert_eq!(w.verdict(), Verdict::Wait);
+        w.report("eu", at(5, &[("a2", Running), ("b2", Running)]), 4);
+        let Verdict::Ready(ready) = w.verdict() else {
+            panic!("not ready")
+        };
+        assert!(ready.iter().any(|i| i.id == "a2"), "{ready:?}");
     }
 
     #[test]

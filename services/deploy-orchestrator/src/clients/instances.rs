@@ -40,16 +40,24 @@ impl Instances {
         self.clock.now_ms() + slipway_core::time::millis(self.timing.ready_timeout)
     }
 
-    /// Waits until every region reports at least its replicas, all `running`. Fails at
+    /// Waits until every region reports at least its replicas, all `running`, for at least
+    /// the desired document `versions` (region → version). Fails at
     /// `deadline_ms`, when an instance reports `failed` again and again, or when one stays
     /// `failed` longer than the grace period (the rules: [`InstanceWait`]).
     pub(crate) async fn wait(
         &self,
         deployment_id: &str,
         replicas: &BTreeMap<String, u32>,
+        versions: &BTreeMap<String, i64>,
         deadline_ms: i64,
     ) -> Result<Vec<ReadyInstance>, StepError> {
-        let mut wait = InstanceWait::new(replicas, deadline_ms, self.timing, self.clock.clone());
+        let mut wait = InstanceWait::new(
+            replicas,
+            versions,
+            deadline_ms,
+            self.timing,
+            self.clock.clone(),
+        );
         let kv = &self.reports;
         // The watch delivers each key's current value first, then every change.
         let mut watch = kv

@@ -104,15 +104,17 @@ impl Workflow for Deploy {
                 Ok(o.handover.instances.deadline())
             })
             .await?;
-        let _: Vec<(String, i64)> = ctx
+        let written: Vec<(String, i64)> = ctx
             .step("topology", || o.write_topology(&loaded, &image))
             .await?;
+        let versions: BTreeMap<String, i64> = written.into_iter().collect();
         let _: Vec<String> = ctx
             .step("sentinels", || o.ensure_sentinels(&loaded))
             .await?;
         let instances: Vec<ReadyInstance> = ctx
             .step("wait_instances", || {
-                o.handover.instances.wait(id, &loaded.regions, deadline_ms)
+                let instances = &o.handover.instances;
+                instances.wait(id, &loaded.regions, &versions, deadline_ms)
             })
             .await?;
         ctx.step("record_instances", || {

@@ -116,9 +116,19 @@ impl Handover {
             })
             .await?;
         let instances: Vec<ReadyInstance> = ctx
-            .step("wait_target", || {
+            .step("wait_target", || async {
+                // Reports about the standby (or before it) are not about the wake.
+                let versions = self
+                    .store
+                    .topology(target)
+                    .await
+                    .step_err()?
+                    .into_iter()
+                    .map(|t| (t.region, t.version))
+                    .collect();
                 self.instances
-                    .wait(target, &asleep.regions, asleep.deadline_ms)
+                    .wait(target, &asleep.regions, &versions, asleep.deadline_ms)
+                    .await
             })
             .await?;
         ctx.step("record_target", || {
