@@ -9,7 +9,8 @@
 //! for a few seconds; then the edge's RSS with 10,000 routes loaded.
 //!
 //! `cargo build --release --workspace && cargo bench -p edge --bench edge`
-//! (after scripts/install-nats-server.sh).
+//! (after scripts/install-nats-server.sh and scripts/install-bench-tools.sh);
+//! `SLIPWAY_BENCH_CONNS=16` for one row, `SLIPWAY_EDGE_WORKERS=n` for the edge's HTTP threads.
 
 use std::{
     net::SocketAddr,
@@ -52,7 +53,12 @@ async fn main() -> anyhow::Result<()> {
 
     println!("GET / of `slipway demo-app` ({RUN_FOR:?} per row, keep-alive connections, this machine: 2 cores, everything on it)");
     println!("target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms");
-    for conns in [1usize, 16, 64] {
+    // SLIPWAY_BENCH_CONNS=16 runs one row (for repeated runs).
+    let rows: Vec<usize> = std::env::var("SLIPWAY_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.split(',').map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64]);
+    for conns in rows {
         let direct = load(app_addr, conns).await?;
         direct.print("direct", conns, None);
         load(edge_addr, conns)
@@ -208,12 +214,13 @@ impl Nginx {
              events {{ worker_connections 1024; }}\n\
              http {{\n\
                access_log off;\n\
+               keepalive_requests 10000000;\n\
                client_body_temp_path {dir}/body;\n\
                proxy_temp_path {dir}/proxy;\n\
                fastcgi_temp_path {dir}/fastcgi;\n\
                uwsgi_temp_path {dir}/uwsgi;\n\
                scgi_temp_path {dir}/scgi;\n\
-               upstream app {{ server {app}; keepalive 64; }}\n\
+               upstream app {{ server {app}; keepalive 64; keepalive_requests 10000000; }}\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
                  location / {{\n\

@@ -10,6 +10,7 @@
 
 mod connector;
 mod proxy;
+mod server;
 mod table;
 mod traffic;
 mod wake;
@@ -18,18 +19,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
 use slipway_core::config::{parse_duration, CommonConfig};
 use slipway_nats::{provision::ROUTES, Micro};
 use slipway_proto::v1::{EdgeStatsReply, EdgeStatsRequest};
 
 pub use proxy::DEPLOYMENT_HEADER;
 
-use crate::{connector::InstanceConnector, table::Table, traffic::Traffic, wake::Waker};
+use crate::{server::Server, table::Table, traffic::Traffic, wake::Waker};
 
 pub const SERVICE_NAME: &str = "slipway-edge";
 /// The micro-service metadata key that holds the address an edge listens on.
@@ -53,6 +49,9 @@ pub struct Config {
     /// How often request counts are reported on `slipway.traffic.<deployment_id>`.
     #[arg(long, env = "SLIPWAY_EDGE_TRAFFIC_EVERY", default_value = "10s", value_parser = parse_duration)]
     pub traffic_every: Duration,
+    /// HTTP worker threads, each with its own listener (default: one per core).
+    #[arg(long, env = "SLIPWAY_EDGE_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -61,12 +60,11 @@ impl slipway_core::service::ServiceConfig for Config {
     }
 }
 
-/// What a request needs.
-pub(crate) struct Edge {
+/// What every HTTP worker shares.
+pub(crate) struct Shared {
     table: Arc<Table>,
     traffic: Arc<Traffic>,
     waker: Arc<Waker>,
-    client: Client<InstanceConnector, hyper::body::Incoming>,
     wake_timeout: Duration,
 }
 
@@ -88,21 +86,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let js = js.clone();
         async move { traffic.report_every(js).await }
     });
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(InstanceConnector::new(table.clone()));
-    let edge = Arc::new(Edge {
+    let shared = Arc::new(Shared {
         table: table.clone(),
         traffic: traffic.clone(),
         waker: Waker::new(nats.clone(), config.wake_timeout),
-        client,
         wake_timeout: config.wake_timeout,
     });
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let listening = listener.local_addr()?;
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let server = Server::start(shared, config.listen, workers)?;
+    let listening = server.address;
     let stats_traffic = traffic.clone();
     let service = Micro::start_with(
         &nats,
@@ -116,19 +110,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let id = service.id().await;
-    let stats_edge = edge.clone();
+    let (stats_table, stats_traffic) = (table.clone(), traffic.clone());
     service
         .endpoint(
             "stats",
             &slipway_core::subjects::edge::STATS.of(&id),
             move |_: slipway_nats::Call<EdgeStatsRequest>| {
-                let edge = stats_edge.clone();
-                async move {
-                    Ok(EdgeStatsReply {
-                        routes: u32::try_from(edge.table.len()).unwrap_or(u32::MAX),
-                        requests_per_deployment: edge.traffic.totals().into_iter().collect(),
-                    })
-                }
+                let reply = EdgeStatsReply {
+                    routes: u32::try_from(stats_table.len()).unwrap_or(u32::MAX),
+                    requests_per_deployment: stats_traffic.totals().into_iter().collect(),
+                };
+                async move { Ok(reply) }
             },
         )
         .await
@@ -141,43 +133,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%listening, %edge_id, routes = table.len(), "edge listening");
     slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
 
-    let graceful = GracefulShutdown::new();
-    let shutdown = slipway_nats::shutdown::signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let edge = edge.clone();
-                let service = hyper::service::service_fn(move |req| proxy::handle(edge.clone(), peer, req));
-                let conn = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    // Requests in flight finish; new connections are refused.
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    slipway_nats::shutdown::signal().await;
+    // Stops accepting; requests in flight finish; then the last traffic report.
+    tokio::task::spawn_blocking(move || server.stop())
         .await
-        .is_err()
-    {
-        tracing::warn!("requests still in flight after 10 s; stopping anyway");
-    }
+        .context("stopping the HTTP workers")?;
     traffic.report(&js).await;
     drop(service);
     nats.drain().await.ok();

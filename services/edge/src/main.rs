@@ -1,4 +1,5 @@
-#[tokio::main]
+// The NATS side is light; HTTP runs on worker threads of its own (`server`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     slipway_core::service::main(env!("CARGO_PKG_NAME"), edge::run).await
 }

@@ -11,9 +11,16 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Request, Response, StatusCode, Uri,
 };
+use hyper_util::client::legacy::Client;
 use slipway_core::{routes::RouteEntry, state::DesiredState};
 
-use crate::Edge;
+use crate::{connector::InstanceConnector, Shared};
+
+/// What one HTTP worker's requests use: the shared state, and the worker's own client.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub client: Client<InstanceConnector, Incoming>,
+}
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -38,13 +45,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn handle(
-    edge: Arc<Edge>,
+    worker: Arc<Worker>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let Some(host) = host_of(&req) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
     };
+    let edge = &worker.shared;
     let Some(route) = edge.table.get(&host) else {
         return Ok(plain(
             StatusCode::NOT_FOUND,
@@ -53,7 +61,7 @@ pub async fn handle(
     };
     let deployment = route.deployment_id.clone();
     let route = if route.instances.is_empty() {
-        match ready_route(&edge, &host, route).await {
+        match ready_route(edge, &host, route).await {
             Some(route) => route,
             None => {
                 let mut res = plain(
@@ -75,7 +83,7 @@ pub async fn handle(
         Ok(upstream) => upstream,
         Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
     };
-    let res = match edge.client.request(upstream).await {
+    let res = match worker.client.request(upstream).await {
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -94,7 +102,7 @@ pub async fn handle(
 
 /// A route with running instances for `host`: for a deployment in standby, after waking it
 /// (waiting up to the wake timeout); None when there is none to be had.
-async fn ready_route(edge: &Edge, host: &str, route: Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
+async fn ready_route(edge: &Shared, host: &str, route: Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
     if route.desired_state != Some(DesiredState::Standby) {
         return None;
     }

@@ -53,19 +53,28 @@ impl Traffic {
         }
     }
 
-    /// One request for `deployment_id`.
+    /// One request for `deployment_id` (no allocation once the deployment has a window).
     pub fn count(&self, deployment_id: &str) {
-        let now = now_ms();
-        lock(&self.windows)
-            .entry(deployment_id.to_string())
-            .or_insert(Window {
-                requests: 0,
-                start_ms: now,
-            })
-            .requests += 1;
-        *lock(&self.totals)
-            .entry(deployment_id.to_string())
-            .or_default() += 1;
+        {
+            let mut windows = lock(&self.windows);
+            match windows.get_mut(deployment_id) {
+                Some(window) => window.requests += 1,
+                None => {
+                    let window = Window {
+                        requests: 1,
+                        start_ms: now_ms(),
+                    };
+                    windows.insert(deployment_id.to_string(), window);
+                }
+            }
+        }
+        let mut totals = lock(&self.totals);
+        match totals.get_mut(deployment_id) {
+            Some(n) => *n += 1,
+            None => {
+                totals.insert(deployment_id.to_string(), 1);
+            }
+        }
     }
 
     /// Requests per deployment since the edge started.

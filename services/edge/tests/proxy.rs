@@ -1,0 +1,110 @@
+//! The edge on its own: a nats-server with route entries written by hand, a demo app, the
+//! edge binary. A route whose first instance refuses connections still answers (the next
+//! instance takes it), a deployment that runs nothing is 503 with `Retry-After`, and HTTP/2
+//! without TLS (h2c, prior knowledge) is served like HTTP/1.1.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{client::conn, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use slipway_core::{domains::Sticky, routes::RouteEntry, state::DesiredState};
+use slipway_testkit::{plane::bin, ports::free_port, Plane, ServiceProcess};
+
+fn entry(fqdn: &str, deployment: &str, instances: &[String]) -> RouteEntry {
+    RouteEntry {
+        route_id: format!("flr_{deployment}"),
+        fqdn: fqdn.into(),
+        project_id: "proj_1".into(),
+        environment_id: "env_1".into(),
+        deployment_id: deployment.into(),
+        sticky: Sticky::Live,
+        instances: instances.to_vec(),
+        instances_revision: 1,
+        desired_state: Some(DesiredState::Running),
+        sentinel_config: None,
+        version: 1,
+    }
+}
+
+async fn put(plane: &Plane, entry: &RouteEntry) {
+    plane
+        .routes
+        .put(
+            entry.fqdn.as_str(),
+            serde_json::to_vec(entry).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn text(response: Response<hyper::body::Incoming>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A demo app on a free port; its address.
+fn demo_app(message: &str) -> (ServiceProcess, String) {
+    let port = free_port().unwrap();
+    let app = ServiceProcess::spawn(
+        "app",
+        bin("slipway"),
+        &["demo-app", "--message", message],
+        &[("PORT", port.to_string())],
+    )
+    .unwrap();
+    app.wait_for_log("demo-app listening", Duration::from_secs(30))
+        .unwrap();
+    (app, format!("127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_instances_are_skipped_empty_deployments_are_503_and_h2c_is_served() {
+    let mut plane = Plane::builder().start().await;
+    let (_app, app) = demo_app("direct");
+    // Nobody listens on `dead`: a crashed instance the table still lists.
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
+    put(&plane, &entry("app.example", "dep_app", &[dead, app])).await;
+    put(&plane, &entry("down.example", "dep_down", &[])).await;
+    plane.start_edge();
+    let edge: SocketAddr = plane.edge_address.unwrap();
+
+    // Every request answers, whichever instance the round robin starts with.
+    for _ in 0..10 {
+        let (status, deployment, body) = plane.through_edge("app.example", "/").await;
+        assert_eq!(
+            (status, deployment.as_str(), body.as_str()),
+            (200, "dep_app", "direct")
+        );
+    }
+
+    // Nothing runs, and it is not in standby: 503, try again later.
+    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut http1, connection) = conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/")
+        .header(hyper::header::HOST, "down.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = http1.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(response.headers()["x-slipway-deployment"], "dep_down");
+
+    // h2c with prior knowledge: the authority names the host.
+    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut http2, connection) =
+        conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://APP.example:8080/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = http2.send_request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-slipway-deployment"], "dep_app");
+    assert_eq!(text(response).await, "direct");
+}
