@@ -113,12 +113,37 @@ impl Load {
     }
 }
 
-/// One move of the live domain: `from` → `to`, by `act`.
+/// One move of the live domain: `from` → `to`.
 struct Move {
     from: String,
     to: String,
     asked: Instant,
     finished: Instant,
+}
+
+impl Move {
+    /// A move asked at `asked` that has just finished; its switch time (to the first answer
+    /// from `to`) goes to `switch_ms`.
+    async fn done(
+        from: &str,
+        to: &str,
+        asked: Instant,
+        load: &Load,
+        switch_ms: &mut Vec<f64>,
+    ) -> Move {
+        let finished = Instant::now();
+        switch_ms.push(ms(load.first_from(to, asked).await - asked));
+        Move {
+            from: from.into(),
+            to: to.into(),
+            asked,
+            finished,
+        }
+    }
+}
+
+fn completed(record: slipway_workflow::WorkflowRecord) {
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,52 +167,20 @@ async fn no_request_is_lost_while_live_moves_and_a_preview_sleeps_and_wakes() {
     for round in 0..3 {
         // Deploy: the new version takes live.
         let asked = Instant::now();
-        let next = plane
-            .deployed(&project, "production", &format!("v{}", round + 2))
-            .await;
-        let finished = Instant::now();
-        switch_ms.push(ms(load.first_from(&next, asked).await - asked));
-        moves.push(Move {
-            from: current.clone(),
-            to: next.clone(),
-            asked,
-            finished,
-        });
+        let version = format!("v{}", round + 2);
+        let next = plane.deployed(&project, "production", &version).await;
+        moves.push(Move::done(&current, &next, asked, &load, &mut switch_ms).await);
         // Roll back to the one before (in standby by now, or about to be: woken first).
         tokio::time::sleep(Duration::from_secs(2)).await;
         let asked = Instant::now();
-        let record = plane
-            .workflow(
-                "slipway.deploy.v1.rollback",
-                json!({"source_deployment_id": next, "target_deployment_id": current}),
-            )
-            .await;
-        assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
-        let finished = Instant::now();
-        switch_ms.push(ms(load.first_from(&current, asked).await - asked));
-        moves.push(Move {
-            from: next.clone(),
-            to: current.clone(),
-            asked,
-            finished,
-        });
+        let body = json!({"source_deployment_id": next, "target_deployment_id": current});
+        completed(plane.workflow("slipway.deploy.v1.rollback", body).await);
+        moves.push(Move::done(&next, &current, asked, &load, &mut switch_ms).await);
         // Promote the new one again.
         let asked = Instant::now();
-        let record = plane
-            .workflow(
-                "slipway.deploy.v1.promote",
-                json!({ "target_deployment_id": next }),
-            )
-            .await;
-        assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
-        let finished = Instant::now();
-        switch_ms.push(ms(load.first_from(&next, asked).await - asked));
-        moves.push(Move {
-            from: current.clone(),
-            to: next.clone(),
-            asked,
-            finished,
-        });
+        let body = json!({ "target_deployment_id": next });
+        completed(plane.workflow("slipway.deploy.v1.promote", body).await);
+        moves.push(Move::done(&current, &next, asked, &load, &mut switch_ms).await);
         current = next;
     }
     let live_answers = load.stop().await;

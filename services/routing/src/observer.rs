@@ -100,18 +100,20 @@ async fn apply(
     revision: u64,
 ) -> Result<(), async_nats::Error> {
     let store = &routing.inner.store;
-    let Some(before) = store
+    let applied = store
         .observe_instances(deployment_id, region, &report.instances, revision, now_ms())
-        .await?
-    else {
-        // Older than what is recorded, or for a deployment that does not run here.
-        return Ok(());
-    };
+        .await?;
+    // Even when the report was recorded already (a deploy's or a wake's record step may come
+    // first), the route entries must say what the database says.
     let written = routing
         .inner
         .table
         .publish_deployment(deployment_id)
         .await?;
+    let Some(before) = applied else {
+        // Recorded already, older than what is recorded, or of a deployment not run there.
+        return Ok(());
+    };
     tracing::debug!(
         deployment_id,
         region,
