@@ -55,12 +55,29 @@ pub async fn serve(client: &async_nats::Client, actor: Actor) -> Result<Micro, a
 }
 
 impl Actor {
-    /// The deployment named by the subject, which must exist.
-    async fn target(&self, key: &str) -> Result<String, ApiError> {
+    /// The deployment named by the subject, which must exist. A call from a holder of the
+    /// project's lease (`holds_lease`) is refused once a later holder has registered its
+    /// lease with the store — even before that holder has called about this deployment, which
+    /// is when the token kept with its transitions would learn of it.
+    async fn target(
+        &self,
+        key: &str,
+        fencing_token: u64,
+        holds_lease: bool,
+    ) -> Result<String, ApiError> {
         ids::validate(ids::DEPLOYMENT, "deployment_id", key)?;
         if self.store().find_deployment(key).await?.is_none() {
             return Err(ApiError::not_found(format!("deployment {key} not found")));
         }
+        if !holds_lease {
+            return Ok(key.to_string());
+        }
+        self.store()
+            .check_fence(key, fencing_token)
+            .await
+            .inspect_err(|_| {
+                tracing::warn!(fencing_token, "refusing a call from a former lease holder")
+            })?;
         Ok(key.to_string())
     }
 
@@ -88,7 +105,9 @@ impl Actor {
                 "idempotency_key must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes"
             )));
         }
-        let deployment_id = self.target(call.key()).await?;
+        let deployment_id = self
+            .target(call.key(), req.fencing_token, req.holds_lease)
+            .await?;
         let key = req.idempotency_key.as_str();
         let transitions = &self.inner.transitions;
 
@@ -163,7 +182,10 @@ impl Actor {
         &self,
         call: Call<ClearScheduledStateChangesRequest>,
     ) -> Result<ClearScheduledStateChangesReply, ApiError> {
-        let deployment_id = self.target(call.key()).await?;
+        let request = &call.request;
+        let deployment_id = self
+            .target(call.key(), request.fencing_token, request.holds_lease)
+            .await?;
         let transitions = &self.inner.transitions;
         let cleared = loop {
             let current = transitions

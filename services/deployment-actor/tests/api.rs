@@ -168,7 +168,7 @@ async fn json_and_protobuf_clients_both_work() {
         delay_ms: 60_000,
         state: "archived".into(),
         idempotency_key: String::new(),
-        fencing_token: 0,
+        ..Default::default()
     };
     let msg = env
         .client

@@ -1,8 +1,9 @@
 //! Schedules and clears made under a project lease carry its epoch as a fencing token: once a
 //! deployment has seen a token, a call with an older one (a former lease holder that stalled
 //! and woke up) is refused with 409 "stale fencing token" and changes nothing — not while a
-//! transition is pending, not after it was cleared, not after it was applied. Calls without a
-//! token (operators, the idle-preview spin-down) are not fenced.
+//! transition is pending, not after it was cleared, not after it was applied. A call from a
+//! holder of the lease is also refused once any later holder took the project's lease. Calls
+//! without a token (operators, the idle-preview spin-down) are not fenced.
 
 mod common;
 
@@ -73,4 +74,33 @@ async fn an_older_token_changes_nothing() {
         .await
         .expect("wake with token 10");
     assert_eq!(env.get_state(&dep).await.desired_state, "running");
+}
+
+#[tokio::test]
+async fn a_lease_holders_call_is_refused_once_a_later_holder_took_the_lease() {
+    let mut env = common::start().await;
+    let (project, dep) = env.seed_deployment().await;
+    env.schedule_fenced(&dep, 600_000, "standby", 3)
+        .await
+        .expect("schedule with token 3");
+    // A later holder takes the project's lease (epoch 5) and has not called about `dep`.
+    env.store.fence(&project, 5).await.unwrap();
+    // The former holder, deciding under its lease: refused, nothing changes.
+    assert_stale(env.clear_holding(&dep, 3).await, "clear holding lease 3");
+    assert!(env.get_state(&dep).await.pending.is_some());
+    // A follow-up of a commit made under epoch 3 is still taken: no later holder decided
+    // about this deployment.
+    assert!(
+        env.clear_fenced(&dep, 3)
+            .await
+            .expect("clear after commit 3")
+            .cleared
+    );
+    // The later holder itself is accepted.
+    assert!(
+        !env.clear_holding(&dep, 5)
+            .await
+            .expect("clear holding lease 5")
+            .cleared
+    );
 }

@@ -104,6 +104,31 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("project {project_id} not found")))
     }
 
+    /// Refuses `token` (0: unfenced, always accepted) if the project of `deployment_id` has
+    /// registered a newer lease epoch: for services that act on a deployment under its
+    /// project's lease (the actor) and must not take a former holder's word once a later
+    /// holder has the lease, whether or not that one has called them yet.
+    pub async fn check_fence(&self, deployment_id: &str, token: u64) -> Result<(), StoreError> {
+        if token == 0 {
+            return Ok(());
+        }
+        let row = sqlx::query(
+            "SELECT p.id, p.lease_epoch FROM deployments d JOIN projects p ON p.id = d.project_id WHERE d.id = $1",
+        )
+        .bind(deployment_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {deployment_id} not found")))?;
+        let project_id: String = row.try_get("id")?;
+        let seen: i64 = row.try_get("lease_epoch")?;
+        if i64::try_from(token).unwrap_or(i64::MAX) < seen {
+            return Err(StoreError::Conflict(format!(
+                "{STALE_FENCING_TOKEN} {token} for project {project_id}: its lease was taken over (epoch {seen})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
     pub async fn replaced_by_commit(&self, commit_id: &str) -> Result<Vec<String>, StoreError> {
         replaced_by(&self.pool, commit_id).await

@@ -13,6 +13,33 @@ use slipway_workflow::StepError;
 
 use crate::clients::CALL_TIMEOUT;
 
+/// How a call to the actor is fenced by the project lease (BEHAVIOUR.md "Per-project
+/// exclusion").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// Not made under a lease (a failure handler, the idle spin-down).
+    None,
+    /// A follow-up of a commit made under the lease with this token: refused only once a later
+    /// holder has decided about this deployment.
+    Commit(u64),
+    /// Made while holding the lease with this token: refused once any later holder has taken
+    /// the project's lease.
+    Lease(u64),
+}
+
+impl Fence {
+    fn token(self) -> u64 {
+        match self {
+            Fence::None => 0,
+            Fence::Commit(token) | Fence::Lease(token) => token,
+        }
+    }
+
+    fn holds_lease(self) -> bool {
+        matches!(self, Fence::Lease(_))
+    }
+}
+
 /// The deployment actor's client.
 #[derive(Clone)]
 pub(crate) struct Actor {
@@ -25,16 +52,15 @@ impl Actor {
     }
 
     /// Schedules `deployment_id` to `state` after `delay` (0: now); the same
-    /// `idempotency_key` again schedules nothing new and returns the first nonce. A call
-    /// made under the project lease carries its `fencing_token` (0: none), and is refused
-    /// (`StepError::Fenced`) once a later holder's call reached the deployment.
+    /// `idempotency_key` again schedules nothing new and returns the first nonce. A fenced
+    /// call that the actor refuses comes back as `StepError::Fenced`.
     pub(crate) async fn schedule(
         &self,
         deployment_id: &str,
         delay: Duration,
         state: &str,
         idempotency_key: &str,
-        fencing_token: u64,
+        fence: Fence,
     ) -> Result<String, StepError> {
         let reply: ScheduleDesiredStateChangeReply = request_reply(
             &self.nats,
@@ -43,7 +69,8 @@ impl Actor {
                 delay_ms: millis(delay),
                 state: state.into(),
                 idempotency_key: idempotency_key.into(),
-                fencing_token,
+                fencing_token: fence.token(),
+                holds_lease: fence.holds_lease(),
             },
             CALL_TIMEOUT,
         )
@@ -69,18 +96,17 @@ impl Actor {
         Ok(reply.pending.is_some())
     }
 
-    /// Clears any pending transition of `deployment_id`, fenced as [`schedule`](Self::schedule); whether
-    /// there was one.
-    pub(crate) async fn clear(
-        &self,
-        deployment_id: &str,
-        fencing_token: u64,
-    ) -> Result<bool, StepError> {
+    /// Clears any pending transition of `deployment_id`, fenced as [`schedule`](Self::schedule);
+    /// whether there was one.
+    pub(crate) async fn clear(&self, deployment_id: &str, fence: Fence) -> Result<bool, StepError> {
         slipway_core::fault::point("clear.before_request");
         let reply: ClearScheduledStateChangesReply = request_reply(
             &self.nats,
             slipway_core::subjects::deployment::CLEAR.of(deployment_id),
-            &ClearScheduledStateChangesRequest { fencing_token },
+            &ClearScheduledStateChangesRequest {
+                fencing_token: fence.token(),
+                holds_lease: fence.holds_lease(),
+            },
             CALL_TIMEOUT,
         )
         .await?;

@@ -23,7 +23,7 @@ use slipway_store::{Store, StoreError};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
 use crate::clients::{
-    actor::Actor,
+    actor::{Actor, Fence},
     instances::{Instances, ReadyInstance},
     routing::Committed,
 };
@@ -82,7 +82,9 @@ impl Handover {
         fencing_token: u64,
     ) -> Result<(), WorkflowError> {
         let _: bool = ctx
-            .step("clear_target", || self.actor.clear(target, fencing_token))
+            .step("clear_target", || {
+                self.actor.clear(target, Fence::Lease(fencing_token))
+            })
             .await?;
         let asleep: Option<Asleep> = ctx
             .step("check_target", || async {
@@ -112,7 +114,7 @@ impl Handover {
             .step("wake_target", || {
                 let now = Duration::ZERO;
                 self.actor
-                    .schedule(target, now, "running", &key, fencing_token)
+                    .schedule(target, now, "running", &key, Fence::Lease(fencing_token))
             })
             .await?;
         let instances: Vec<ReadyInstance> = ctx
@@ -163,7 +165,7 @@ impl Handover {
             let key = format!("settle.{workflow_id}");
             // Unfenced: a failure handler holds no lease, and only fills a gap.
             self.actor
-                .schedule(id, self.standby_delay, "standby", &key, 0)
+                .schedule(id, self.standby_delay, "standby", &key, Fence::None)
                 .await?;
             tracing::info!(
                 deployment = id,
@@ -231,10 +233,10 @@ impl Handover {
         idempotency_key: &str,
         committed: &Committed,
     ) -> Result<String, StepError> {
-        let (delay, token) = (self.standby_delay, committed.fencing_token);
+        let (delay, fence) = (self.standby_delay, Fence::Commit(committed.fencing_token));
         match self
             .actor
-            .schedule(deployment_id, delay, "standby", idempotency_key, token)
+            .schedule(deployment_id, delay, "standby", idempotency_key, fence)
             .await
         {
             Err(StepError::Fenced(reason)) => {

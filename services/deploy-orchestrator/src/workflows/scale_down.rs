@@ -21,7 +21,7 @@ use slipway_nats::provision::TRAFFIC;
 use slipway_store::Store;
 use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
 
-use crate::clients::actor::Actor;
+use crate::clients::actor::{Actor, Fence};
 
 /// Environments per page.
 pub const PAGE: u32 = 100;
@@ -89,7 +89,7 @@ impl Workflow for ScaleDown {
         ctx.step("scale_down", || async {
             for id in &idle {
                 o.actor
-                    .schedule(id, Duration::ZERO, "standby", &key, 0)
+                    .schedule(id, Duration::ZERO, "standby", &key, Fence::None)
                     .await?;
             }
             Ok(())

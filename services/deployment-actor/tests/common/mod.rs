@@ -63,6 +63,12 @@ pub trait ActorCalls {
         state: &str,
         fencing_token: u64,
     ) -> Result<ScheduleDesiredStateChangeReply, ErrorResponse>;
+    /// A clear from a holder of the project's lease (`holds_lease`).
+    async fn clear_holding(
+        &self,
+        dep: &str,
+        fencing_token: u64,
+    ) -> Result<ClearScheduledStateChangesReply, ErrorResponse>;
     async fn get_state(&self, dep: &str) -> GetStateReply;
     /// The schedule message waiting for `dep`, if any.
     async fn schedule_in_stream(&self, dep: &str) -> Option<serde_json::Value>;
@@ -101,7 +107,7 @@ impl ActorCalls for Env {
             delay_ms,
             state: state.into(),
             idempotency_key: key.into(),
-            fencing_token: 0,
+            ..Default::default()
         };
         self.request(&schedule_subject(dep), serde_json::to_vec(&req).unwrap())
             .await
@@ -112,12 +118,31 @@ impl ActorCalls for Env {
         self.clear_fenced(dep, 0).await.expect("clear").cleared
     }
 
+    async fn clear_holding(
+        &self,
+        dep: &str,
+        fencing_token: u64,
+    ) -> Result<ClearScheduledStateChangesReply, ErrorResponse> {
+        let req = ClearScheduledStateChangesRequest {
+            fencing_token,
+            holds_lease: true,
+        };
+        self.request(
+            &format!("slipway.deployment.v1.clear_scheduled_state_changes.{dep}"),
+            serde_json::to_vec(&req).unwrap(),
+        )
+        .await
+    }
+
     async fn clear_fenced(
         &self,
         dep: &str,
         fencing_token: u64,
     ) -> Result<ClearScheduledStateChangesReply, ErrorResponse> {
-        let req = ClearScheduledStateChangesRequest { fencing_token };
+        let req = ClearScheduledStateChangesRequest {
+            fencing_token,
+            holds_lease: false,
+        };
         self.request(
             &format!("slipway.deployment.v1.clear_scheduled_state_changes.{dep}"),
             serde_json::to_vec(&req).unwrap(),
