@@ -54,7 +54,7 @@ pub struct Config {
     /// Apex of generated domains.
     #[arg(long, env = "SLIPWAY_APEX_DOMAIN", default_value = slipway_core::domains::DEFAULT_APEX)]
     pub apex_domain: String,
-    /// Delay before a superseded production deployment goes to standby.
+    /// Delay before a deployment that serves nothing (outside `preview`) goes to standby.
     #[arg(long, env = "SLIPWAY_STANDBY_DELAY", default_value = "30m", value_parser = parse_duration)]
     pub standby_delay: Duration,
     /// How long a deploy waits for healthy instances.
@@ -66,6 +66,9 @@ pub struct Config {
     /// Idle window of preview deployments.
     #[arg(long, env = "SLIPWAY_IDLE_WINDOW", default_value = "6h", value_parser = parse_duration)]
     pub idle_window: Duration,
+    /// How long a deployment stays in standby before the lifecycle sweep archives it.
+    #[arg(long, env = "SLIPWAY_ARCHIVE_AFTER", default_value = "30d", value_parser = parse_duration)]
+    pub archive_after: Duration,
     /// The scale-down cron (a `Nats-Schedule` value: `@every 15m`, a 6-field cron, `@hourly`).
     #[arg(
         long,
@@ -141,15 +144,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let promote = Promote {
         store: store.clone(),
-        handover,
+        handover: handover.clone(),
         routing,
         events: events.clone(),
     };
     let scale_down = ScaleDown {
         store: store.clone(),
-        actor,
+        handover,
         js: js.clone(),
         idle_window: config.idle_window,
+        archive_after: config.archive_after,
         clock,
     };
     let mut engine_config = EngineConfig::new("deploy-orchestrator");

@@ -74,7 +74,7 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
 
     // The journal: each step once, in order (no previous live: nothing to schedule).
     let names: Vec<&str> = record.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, STEPS[..12].to_vec());
+    assert_eq!(names, [&STEPS[..12], &["settle_project"]].concat());
     assert!(record
         .steps
         .iter()
@@ -88,7 +88,7 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
     assert_eq!(wf_reply["workflow"]["status"], "completed");
     assert_eq!(wf_reply["workflow"]["kind"], "deploy");
     assert_eq!(wf_reply["workflow"]["key"], dep.as_str());
-    assert_eq!(wf_reply["workflow"]["steps"].as_array().unwrap().len(), 12);
+    assert_eq!(wf_reply["workflow"]["steps"].as_array().unwrap().len(), 13);
 
     // The events tell the story in order.
     let events = plane.events(&project, &dep).await;
@@ -112,6 +112,7 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
         "step:ready",
         "live",
         "step:live",
+        "step:settle_project",
     ];
     assert_eq!(kinds(&events), expected);
     for e in &events {

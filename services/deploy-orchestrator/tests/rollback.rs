@@ -75,7 +75,8 @@ async fn rollback_pins_promote_unpins_and_promoting_live_confirms() {
             "rolled_back",
             "live",
             "step:rolled_back",
-            "step:schedule_standby"
+            "step:schedule_standby",
+            "step:settle_project"
         ],
         "{kinds:?}"
     );
@@ -169,7 +170,8 @@ async fn a_standby_target_is_woken_before_traffic_moves_to_it() {
             "record_target",
             "assign_routes",
             "rolled_back",
-            "schedule_standby"
+            "schedule_standby",
+            "settle_project"
         ]
     );
 }

@@ -75,6 +75,8 @@ async fn silence_is_not_idleness_unless_an_edge_was_watching() {
         (&json!("completed"), &json!([])),
         "{reply}"
     );
+    let why = reply["scale_down_skipped"].as_str().unwrap_or_default();
+    assert!(why.contains("no edge has watched traffic"), "{reply}");
     // An edge, but up only since within the window: it may have missed requests.
     edge_watching_since(&plane, "edge_new", now_ms() - 500).await;
     let reply = scale_down(&plane).await;

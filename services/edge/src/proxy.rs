@@ -60,6 +60,14 @@ pub async fn handle(
         ));
     };
     let deployment = route.deployment_id.clone();
+    if route.desired_state == Some(DesiredState::Archived) {
+        // Stopped for good: nothing will ever answer here again.
+        let res = plain(
+            StatusCode::NOT_FOUND,
+            &format!("deployment {deployment} behind {host} is archived"),
+        );
+        return Ok(with_deployment(res, &deployment));
+    }
     let route = if route.instances.is_empty() {
         match ready_route(edge, &host, route).await {
             Some(route) => route,

@@ -217,3 +217,89 @@ impl Store {
         Ok((candidates, next))
     }
 }
+
+/// Which deployments a lifecycle query looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Among<'a> {
+    /// Those of one project.
+    Project(&'a str),
+    /// These.
+    Ids(&'a [String]),
+    /// Every deployment, by id, after the id given (a page).
+    After(Option<&'a str>),
+}
+
+impl Store {
+    /// The deployments that should be on their way to standby (BEHAVIOUR.md "Every
+    /// deployment gets an end"): `ready`, desired `running`, outside `preview` environments
+    /// (the idle spin-down governs those), not their project's live deployment and behind no
+    /// route that keeps a deployment running. By id, at most `limit`.
+    pub async fn unserving_deployments(
+        &self,
+        among: Among<'_>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let condition = format!(
+            "d.status = 'ready' AND d.desired_state = 'running' AND e.slug <> '{}' \
+             AND COALESCE(p.live_deployment_id, '') <> d.id AND {} = 0",
+            slipway_core::state::PREVIEW_ENVIRONMENT,
+            crate::routes::keeping_routes("d.id")
+        );
+        self.lifecycle_ids(&condition, &[], among, limit).await
+    }
+
+    /// The deployments in `standby` since before `before_ms` (their last change): due for
+    /// archiving. By id, at most `limit`.
+    pub async fn standby_since(
+        &self,
+        before_ms: i64,
+        among: Among<'_>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let condition = "d.desired_state = 'standby' AND d.updated_at_ms < $1";
+        self.lifecycle_ids(condition, &[before_ms], among, limit)
+            .await
+    }
+
+    /// Ids of deployments that meet `condition` (its parameters `$1…` are `numbers`) and
+    /// `among`.
+    async fn lifecycle_ids(
+        &self,
+        condition: &str,
+        numbers: &[i64],
+        among: Among<'_>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let next = numbers.len() + 1;
+        let scope = match among {
+            Among::Project(_) => format!("d.project_id = ${next}"),
+            Among::Ids([]) => return Ok(vec![]),
+            Among::Ids(ids) => {
+                format!("d.id IN ({})", crate::routes::placeholders(next, ids.len()))
+            }
+            Among::After(None) => "1 = 1".to_string(),
+            Among::After(Some(_)) => format!("d.id > ${next}"),
+        };
+        let sql = format!(
+            "SELECT d.id FROM deployments d \
+             JOIN environments e ON e.id = d.environment_id \
+             JOIN projects p ON p.id = d.project_id \
+             WHERE {condition} AND {scope} ORDER BY d.id LIMIT {limit}"
+        );
+        let mut query = sqlx::query(&sql);
+        for n in numbers {
+            query = query.bind(*n);
+        }
+        query = match among {
+            Among::Project(id) | Among::After(Some(id)) => query.bind(id),
+            Among::Ids(ids) => ids.iter().fold(query, |q, id| q.bind(id)),
+            Among::After(None) => query,
+        };
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .collect()
+    }
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 pub use commit::{Assigned, Assignment, LiveChange};
+pub use deploy::Among;
 pub use deployments::{Created, Idempotency, IDEMPOTENCY_WINDOW_MS};
 pub use desired_state::ApplyOutcome;
 pub use error::StoreError;

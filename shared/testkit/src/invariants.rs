@@ -10,8 +10,8 @@
 //!   desired `running`, and its agents report at least one running instance per region;
 //!   its running instances in SQL and in each of its route entries are exactly those its
 //!   agents report running now, and each of them accepts connections;
-//! - every production deployment that was once live and no longer serves traffic is in
-//!   standby or has exactly one pending standby (its transition and one schedule message);
+//! - every ready deployment outside `preview` that serves no traffic is in standby (or
+//!   archived) or has exactly one pending standby (its transition and one schedule message);
 //! - no journal holds a step twice (a step re-decided under a later lease replaces its
 //!   earlier entry, it does not repeat it).
 //!
@@ -26,7 +26,7 @@ use serde_json::Value;
 use slipway_core::{
     domains::Sticky,
     krane::InstanceStatus,
-    state::{DeploymentStatus, DesiredState, PREVIEW_ENVIRONMENT, PRODUCTION_ENVIRONMENT},
+    state::{DeploymentStatus, DesiredState, PREVIEW_ENVIRONMENT},
 };
 use slipway_store::Store;
 use slipway_workflow::WorkflowRecord;
@@ -153,25 +153,18 @@ impl Invariants {
             self.runs(project_id, d, table, out).await?;
         }
 
+        // Every deployment gets an end: outside `preview` (spun down when idle), one that
+        // serves nothing is on its way to standby.
         for d in self
             .store
-            .list_deployments(project_id, Some(PRODUCTION_ENVIRONMENT), None, 1000)
+            .list_deployments(project_id, None, None, 1000)
             .await?
         {
             if serving.contains(&d.id)
                 || d.status != DeploymentStatus::Ready
-                || d.desired_state == DesiredState::Standby
+                || d.desired_state != DesiredState::Running
+                || self.store.environment(&d.environment_id).await?.slug == PREVIEW_ENVIRONMENT
             {
-                continue;
-            }
-            let was_live = !stream_messages(
-                &self.js,
-                "SLIPWAY_EVENTS",
-                &slipway_core::subjects::events::event(project_id, &d.id, "live"),
-            )
-            .await
-            .is_empty();
-            if !was_live {
                 continue;
             }
             let state = self.get_state(&d.id).await?;
@@ -183,8 +176,8 @@ impl Invariants {
             .await;
             if state["pending"]["state"] != "standby" || schedules.len() != 1 {
                 out.push(format!(
-                    "{project_id}: {} was live, serves nothing now and is {}, but its pending change is {} with {} schedule(s)",
-                    d.id, d.desired_state, state["pending"], schedules.len()
+                    "{project_id}: {} serves nothing and is running, but its pending change is {} with {} schedule(s)",
+                    d.id, state["pending"], schedules.len()
                 ));
             }
         }

@@ -220,7 +220,7 @@ impl Api {
         let reply = WorkflowRunReply {
             workflow_id,
             status: status.into(),
-            scaled_down: vec![],
+            ..Default::default()
         };
         Ok((reply, record))
     }

@@ -13,7 +13,7 @@ use crate::{
     workflows::{
         promote::{self, Promote, PromoteInput},
         rollback::{self, Rollback, RollbackInput},
-        scale_down::{ScaleDown, ScaleDownInput},
+        scale_down::{ScaleDown, ScaleDownInput, Swept},
         wake::{self, Wake, WakeInput},
     },
 };
@@ -74,9 +74,13 @@ impl Api {
             .run_and_wait::<ScaleDown>("scale_down", &input, None, wait)
             .await?;
         if record.status == slipway_workflow::Status::Completed {
-            reply.scaled_down = record
+            let swept: Swept = record
                 .output()
                 .map_err(|e| ApiError::internal(format!("unreadable workflow output: {e}")))?;
+            reply.scaled_down = swept.scaled_down;
+            reply.scale_down_skipped = swept.scale_down_skipped;
+            reply.standby = swept.standby;
+            reply.archived = swept.archived;
         }
         Ok(reply)
     }
@@ -97,7 +101,7 @@ impl Api {
                 return Ok(WorkflowRunReply {
                     workflow_id: String::new(),
                     status: "completed".into(),
-                    scaled_down: vec![],
+                    ..Default::default()
                 })
             }
             DesiredState::Archived => {

@@ -168,7 +168,9 @@ impl Workflow for Deploy {
             ctx.step("live", || o.live_event(scope, previous)).await?;
         }
         let superseded = previous.filter(|p| plan.take_live && *p != id);
-        o.handover.supersede(ctx, superseded, id, &committed).await
+        o.handover
+            .supersede(ctx, &scope.project_id, superseded, id, &committed)
+            .await
     }
 
     async fn on_failure(

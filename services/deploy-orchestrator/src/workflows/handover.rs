@@ -19,7 +19,7 @@ use slipway_core::{
     time::now_ms,
     ApiError,
 };
-use slipway_store::{Store, StoreError};
+use slipway_store::{Among, Store, StoreError};
 use slipway_workflow::{Context, StepError, StepResultExt, WorkflowError};
 
 use crate::clients::{
@@ -37,6 +37,9 @@ pub(crate) struct Handover {
     /// Delay before a superseded deployment goes to standby.
     pub(crate) standby_delay: Duration,
 }
+
+/// At most this many deployments are settled at once; the lifecycle sweep finds the rest.
+const SETTLE_LIMIT: u32 = 1_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Asleep {
@@ -140,65 +143,70 @@ impl Handover {
         Ok(())
     }
 
-    /// Each of `deployments` that serves no traffic, runs, and has no pending change goes to
-    /// standby after the standby delay, as a superseded deployment does (keyed by
-    /// `workflow_id`). For the failure handler of rollback and promote (their target had its
-    /// pending standby cleared and may have been woken; the deployment live before them may
-    /// have been superseded by a commit of theirs that was never journaled), and after any
-    /// commit that reports a deployment an earlier, unjournaled commit replaced.
+    /// Sends each deployment of `among` that should be on its way to standby (ready,
+    /// running, outside `preview`, serving nothing: [`Store::unserving_deployments`]) and has
+    /// no pending change to standby after the standby delay, keyed by `key`. A fenced call
+    /// the actor refuses means a later holder of the project's lease has decided about that
+    /// deployment: that decision stands. Returns the deployments scheduled.
     pub(crate) async fn settle(
         &self,
-        deployments: &[&str],
-        workflow_id: &str,
-    ) -> Result<(), StepError> {
-        let store = &self.store;
-        for &id in deployments {
-            let Some(d) = store.find_deployment(id).await.step_err()? else {
-                continue;
-            };
-            if d.desired_state != DesiredState::Running
-                || store.serves_traffic(id).await.step_err()?
-                || self.actor.has_pending_change(id).await?
-            {
+        among: Among<'_>,
+        key: &str,
+        fence: Fence,
+    ) -> Result<Vec<String>, StepError> {
+        let unserving = self
+            .store
+            .unserving_deployments(among, SETTLE_LIMIT)
+            .await
+            .step_err()?;
+        let mut scheduled = Vec::new();
+        for id in unserving {
+            if self.actor.has_pending_change(&id).await? {
                 continue;
             }
-            let key = format!("settle.{workflow_id}");
-            // Unfenced: a failure handler holds no lease, and only fills a gap.
-            self.actor
-                .schedule(id, self.standby_delay, "standby", &key, Fence::None)
-                .await?;
-            tracing::info!(
-                deployment = id,
-                "a deployment that serves nothing and waits for nothing goes to standby"
-            );
+            let delay = self.standby_delay;
+            match self.actor.schedule(&id, delay, "standby", key, fence).await {
+                Err(StepError::Fenced(reason)) => {
+                    tracing::info!(deployment = %id, %reason, "a later lease holder decided about it; leaving it to that");
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            tracing::info!(deployment = %id, "serves nothing and waits for nothing: goes to standby");
+            scheduled.push(id);
         }
-        Ok(())
+        Ok(scheduled)
     }
 
     /// For a failure handler: settles `deployments` and every deployment a commit of the
     /// failed workflow replaced as live (a commit that went through unjournaled, before the
-    /// run that failed decided again).
+    /// run that failed decided again). Unfenced: a failure handler holds no lease, and only
+    /// fills a gap.
     pub(crate) async fn settle_failed(
         &self,
         deployments: &[&str],
         workflow_id: &str,
     ) -> Result<(), StepError> {
-        let replaced = self
+        let mut all = self
             .store
             .replaced_by_commit(workflow_id)
             .await
             .step_err()?;
-        let mut all = deployments.to_vec();
-        all.extend(replaced.iter().map(String::as_str));
-        self.settle(&all, workflow_id).await
+        all.extend(deployments.iter().map(|d| d.to_string()));
+        let key = format!("settle.{workflow_id}");
+        self.settle(Among::Ids(&all), &key, Fence::None).await?;
+        Ok(())
     }
 
     /// The post-commit steps: `schedule_standby` of `superseded` (the deployment this commit
     /// replaced, if it goes to standby; keyed by `key`, so a repeat schedules nothing new),
-    /// then `settle_superseded` of what earlier, unjournaled runs of the commit replaced.
+    /// `settle_superseded` of what earlier, unjournaled runs of the commit replaced, then
+    /// `settle_project`: every deployment of the project that the commit left serving nothing.
     pub(crate) async fn supersede(
         &self,
         ctx: &mut Context,
+        project_id: &str,
         superseded: Option<&str>,
         key: &str,
         committed: &Committed,
@@ -210,17 +218,25 @@ impl Handover {
                 })
                 .await?;
         }
-        if committed.replaced_earlier.is_empty() {
-            return Ok(());
+        let settle_key = format!("settle.{}", ctx.workflow_id());
+        if !committed.replaced_earlier.is_empty() {
+            let earlier = Among::Ids(&committed.replaced_earlier);
+            // `()`: the step's journaled result before it told what it scheduled.
+            ctx.step("settle_superseded", || async {
+                self.settle(earlier, &settle_key, Fence::None).await?;
+                Ok(())
+            })
+            .await?;
         }
-        let wf = ctx.workflow_id().to_string();
-        let earlier: Vec<&str> = committed
-            .replaced_earlier
-            .iter()
-            .map(String::as_str)
-            .collect();
-        ctx.step("settle_superseded", || self.settle(&earlier, &wf))
-            .await
+        // Whatever else the commit left serving nothing — the former holder of an
+        // environment route in a pinned project or outside production, say — goes too.
+        let fence = Fence::Commit(committed.fencing_token);
+        let _: Vec<String> = ctx
+            .step("settle_project", || {
+                self.settle(Among::Project(project_id), &settle_key, fence)
+            })
+            .await?;
+        Ok(())
     }
 
     /// The standby, after the standby delay, of a deployment a commit superseded, fenced by

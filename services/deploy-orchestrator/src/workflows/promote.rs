@@ -103,7 +103,7 @@ impl Workflow for Promote {
                 let superseded = previous.as_deref().filter(|p| *p != target);
                 let key = format!("promote.{wf}");
                 o.handover
-                    .supersede(ctx, superseded, &key, &committed)
+                    .supersede(ctx, project_id, superseded, &key, &committed)
                     .await?;
             }
         }

@@ -104,7 +104,7 @@ impl Workflow for Rollback {
         .await?;
         let key = format!("rollback.{}", ctx.workflow_id());
         o.handover
-            .supersede(ctx, Some(source), &key, &committed)
+            .supersede(ctx, &input.project_id, Some(source), &key, &committed)
             .await?;
         tracing::info!(source, target, "rolled back");
         Ok(())

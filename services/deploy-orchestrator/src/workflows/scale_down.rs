@@ -8,6 +8,11 @@
 //! watching traffic over the whole window (no edge running is not the same as no traffic).
 //! If the traffic source cannot be read, the run fails and nothing is scaled down (the next
 //! fire tries again).
+//!
+//! Each run also sweeps the lifecycle (BEHAVIOUR.md "Every deployment gets an end"): a
+//! deployment outside `preview` that serves nothing and waits for nothing goes to standby
+//! after the standby delay (workflows do this as they supersede; the sweep catches what a
+//! crash left behind), and one in standby for the archive window is archived.
 
 use std::time::Duration;
 
@@ -18,10 +23,10 @@ use slipway_core::{
     time::{millis, SharedClock},
 };
 use slipway_nats::provision::TRAFFIC;
-use slipway_store::Store;
+use slipway_store::{Among, Store};
 use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
 
-use crate::clients::actor::{Actor, Fence};
+use crate::{clients::actor::Fence, workflows::handover::Handover};
 
 /// Environments per page.
 pub const PAGE: u32 = 100;
@@ -38,27 +43,39 @@ struct TrafficReport {
     window_end_ms: i64,
 }
 
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Swept {
+    /// Idle previews sent to standby.
+    pub scaled_down: Vec<String>,
+    /// Why no preview was scaled down, when there was no evidence of idleness.
+    pub scale_down_skipped: Option<String>,
+    /// Deployments serving nothing, now on their way to standby after the standby delay.
+    pub standby: Vec<String>,
+    /// Deployments archived after the archive window in standby.
+    pub archived: Vec<String>,
+}
+
 /// The scale-down workflow and what it needs.
 pub struct ScaleDown {
     pub(crate) store: Store,
-    pub(crate) actor: Actor,
+    /// Settles what serves nothing; its actor client schedules.
+    pub(crate) handover: Handover,
     /// Where `SLIPWAY_TRAFFIC` is read.
     pub(crate) js: jetstream::Context,
     /// How long a preview may go without a request before it is idle.
     pub(crate) idle_window: Duration,
+    /// How long a deployment stays in standby before it is archived.
+    pub(crate) archive_after: Duration,
     pub(crate) clock: SharedClock,
 }
 
 impl Workflow for ScaleDown {
     const KIND: &'static str = "scale_down_idle_previews";
     type Input = ScaleDownInput;
-    type Output = Vec<String>;
+    type Output = Swept;
 
-    async fn run(
-        &self,
-        ctx: &mut Context,
-        input: ScaleDownInput,
-    ) -> Result<Vec<String>, WorkflowError> {
+    async fn run(&self, ctx: &mut Context, input: ScaleDownInput) -> Result<Swept, WorkflowError> {
         let o = self;
         let idle_before: i64 = ctx
             .step("now", || async {
@@ -82,13 +99,14 @@ impl Workflow for ScaleDown {
                 None => break,
             }
         }
-        let idle: Vec<String> = ctx
-            .step("traffic", || o.without_traffic(&candidates, idle_before))
+        let (idle, skipped): (Vec<String>, Option<String>) = ctx
+            .step("idle", || o.without_traffic(&candidates, idle_before))
             .await?;
         let key = format!("scale_down.{}", ctx.workflow_id());
         ctx.step("scale_down", || async {
             for id in &idle {
-                o.actor
+                o.handover
+                    .actor
                     .schedule(id, Duration::ZERO, "standby", &key, Fence::None)
                     .await?;
             }
@@ -96,20 +114,95 @@ impl Workflow for ScaleDown {
         })
         .await?;
         tracing::info!(trigger = %input.trigger, candidates = candidates.len(), scaled_down = idle.len(), "idle previews scaled down");
-        Ok(idle)
+        let standby = self.sweep_unserving(ctx).await?;
+        let archived = self.archive_old_standbys(ctx).await?;
+        Ok(Swept {
+            scaled_down: idle,
+            scale_down_skipped: skipped,
+            standby,
+            archived,
+        })
     }
 }
 
 impl ScaleDown {
-    /// The candidates with no request reported since `idle_before`. Any failure to read
-    /// the traffic source is terminal: nothing is scaled down on a guess.
+    /// Steps `standby_<page>`: every deployment that serves nothing and waits for nothing
+    /// goes to standby after the standby delay (unfenced: the actor refuses to stop whatever
+    /// traffic has moved to by then).
+    async fn sweep_unserving(&self, ctx: &mut Context) -> Result<Vec<String>, WorkflowError> {
+        let key = format!("sweep.{}", ctx.workflow_id());
+        let mut scheduled = Vec::new();
+        let mut after: Option<String> = None;
+        for page in 0.. {
+            let (found, next): (Vec<String>, Option<String>) = ctx
+                .step(&format!("standby_{page}"), || async {
+                    let ids = self
+                        .store
+                        .unserving_deployments(Among::After(after.as_deref()), PAGE)
+                        .await
+                        .step_err()?;
+                    let next = last_of_full_page(&ids);
+                    let found = self.handover.settle(Among::Ids(&ids), &key, Fence::None);
+                    Ok((found.await?, next))
+                })
+                .await?;
+            scheduled.extend(found);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(scheduled)
+    }
+
+    /// Steps `archive_before` and `archive_<page>`: every deployment in standby since before
+    /// the archive window is archived (desired state `archived`, through its actor, at once).
+    async fn archive_old_standbys(&self, ctx: &mut Context) -> Result<Vec<String>, WorkflowError> {
+        let before: i64 = ctx
+            .step("archive_before", || async {
+                Ok(self.clock.now_ms() - millis(self.archive_after))
+            })
+            .await?;
+        let key = format!("archive.{}", ctx.workflow_id());
+        let mut archived = Vec::new();
+        let mut after: Option<String> = None;
+        for page in 0.. {
+            let (found, next): (Vec<String>, Option<String>) = ctx
+                .step(&format!("archive_{page}"), || async {
+                    let ids = self
+                        .store
+                        .standby_since(before, Among::After(after.as_deref()), PAGE)
+                        .await
+                        .step_err()?;
+                    for id in &ids {
+                        self.handover
+                            .actor
+                            .schedule(id, Duration::ZERO, "archived", &key, Fence::None)
+                            .await?;
+                        tracing::info!(deployment = %id, "in standby for the archive window: archived");
+                    }
+                    let next = last_of_full_page(&ids);
+                    Ok((ids, next))
+                })
+                .await?;
+            archived.extend(found);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(archived)
+    }
+    /// The candidates with no request reported since `idle_before`, or none and why when
+    /// no edge watched traffic over the whole window. Any failure to read the traffic source
+    /// is terminal: nothing is scaled down on a guess.
     async fn without_traffic(
         &self,
         candidates: &[String],
         idle_before: i64,
-    ) -> Result<Vec<String>, StepError> {
+    ) -> Result<(Vec<String>, Option<String>), StepError> {
         if candidates.is_empty() {
-            return Ok(vec![]);
+            return Ok((vec![], None));
         }
         let unreadable = |e: String| {
             StepError::terminal(format!(
@@ -127,11 +220,12 @@ impl ScaleDown {
             .map_err(|e| unreadable(e.to_string()))?;
         let now = self.clock.now_ms();
         if !heartbeats.iter().any(|h| h.watched(idle_before, now)) {
-            tracing::warn!(
-                edges = heartbeats.len(),
-                "no edge has watched traffic over the whole idle window: nothing is scaled down"
+            let why = format!(
+                "no edge has watched traffic over the whole idle window ({} edge(s) heard from): nothing is scaled down",
+                heartbeats.len()
             );
-            return Ok(vec![]);
+            tracing::warn!("{why}");
+            return Ok((vec![], Some(why)));
         }
         let mut idle = Vec::new();
         for id in candidates {
@@ -154,7 +248,7 @@ impl ScaleDown {
                 Err(e) => return Err(unreadable(e.to_string())),
             }
         }
-        Ok(idle)
+        Ok((idle, None))
     }
 }
 
@@ -183,6 +277,11 @@ async fn edge_heartbeats(
         }
     }
     Ok(heartbeats)
+}
+
+/// The last id of a full page: where the next page starts.
+fn last_of_full_page(ids: &[String]) -> Option<String> {
+    (ids.len() == PAGE as usize).then(|| ids[ids.len() - 1].clone())
 }
 
 /// Whether a candidate whose last traffic report is `last` served no request since

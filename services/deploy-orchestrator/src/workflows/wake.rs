@@ -3,12 +3,15 @@
 //! pending transition, set it running and wait until its instances are healthy (the steps of
 //! [`Handover::wake`]). Its id is derived from the deployment and its topology version, so
 //! concurrent wakes of one standby are one workflow, and the next standby gets a new one. A
-//! wake that fails puts the deployment back on the way to standby.
+//! wake that fails, or wakes a deployment that serves nothing, puts it back on the way to
+//! standby.
 
 use serde::{Deserialize, Serialize};
 use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
 
-use crate::workflows::handover::Handover;
+use slipway_store::Among;
+
+use crate::{clients::actor::Fence, workflows::handover::Handover};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WakeInput {
@@ -36,6 +39,16 @@ impl Workflow for Wake {
         let token = self.handover.lease_project(ctx, &input.project_id).await?;
         self.handover.wake(ctx, id, token).await?;
         tracing::info!(deployment_id = id, "woken");
+        // Woken but serving nothing (a superseded deployment asked for by its own domains):
+        // back to standby after the standby delay, unless traffic moves to it meanwhile.
+        let key = format!("settle.{}", ctx.workflow_id());
+        let ids = [input.deployment_id.clone()];
+        let _: Vec<String> = ctx
+            .step("settle", || {
+                self.handover
+                    .settle(Among::Ids(&ids), &key, Fence::Lease(token))
+            })
+            .await?;
         Ok(())
     }
 

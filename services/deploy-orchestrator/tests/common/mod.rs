@@ -11,7 +11,7 @@ pub use slipway_testkit::{
 };
 
 /// The journaled steps of a production Deploy that replaces a live one, in order.
-pub const DEPLOY_STEPS: [&str; 13] = [
+pub const DEPLOY_STEPS: [&str; 14] = [
     "load",
     "source",
     "deploying",
@@ -25,6 +25,7 @@ pub const DEPLOY_STEPS: [&str; 13] = [
     "ready",
     "live",
     "schedule_standby",
+    "settle_project",
 ];
 
 pub fn kinds(events: &[Value]) -> Vec<String> {
