@@ -130,11 +130,13 @@ async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
         .unwrap();
     // The idle window passes (the behaviour under test is about time).
     tokio::time::sleep(WINDOW + Duration::from_millis(200)).await;
-    report_traffic(&plane, &busy, now_ms()).await;
     report_traffic(&plane, &old_traffic, now_ms() - 10_000).await;
     // Created within the window.
     let fresh = plane.deployed(&project, "preview", "fresh").await;
     edge_watching_since(&plane, "edge_1", now_ms() - 3_600_000).await;
+    // Reported just before the run, so that the window (2 s) still holds it when the run
+    // looks, however long the deploy above took.
+    report_traffic(&plane, &busy, now_ms()).await;
 
     let reply = scale_down(&plane).await;
     assert_eq!(reply["status"], "completed", "{reply}");
@@ -162,7 +164,10 @@ async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
         );
     }
     assert_eq!(plane.deployment(&pending).await["desired_state"], "running");
-    // Run again: nothing left to scale down.
+    // Run again: nothing left to scale down (the window has moved on meanwhile: the two
+    // kept deployments get a request again).
+    report_traffic(&plane, &busy, now_ms()).await;
+    report_traffic(&plane, &fresh, now_ms()).await;
     let again = scale_down(&plane).await;
     assert_eq!(again["status"], "completed");
     assert_eq!(again["scaled_down"], json!([]));
