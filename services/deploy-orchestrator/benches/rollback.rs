@@ -54,7 +54,7 @@ async fn switches(
     let project = plane.project().await;
     let v1 = plane.deployed(&project, "production", "v1").await;
     let v2 = plane.deployed(&project, "production", "v2").await;
-    let live_fqdn = "shop-acme1.slipway.localhost";
+    let live_fqdn = "shop--acme1.slipway.localhost";
     let (mut rollbacks, mut promotes) = (vec![], vec![]);
     for _ in 0..rounds {
         for (verb, body, target) in [

@@ -172,6 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         engine: engine.clone(),
         events,
+        apex_domain: config.apex_domain.clone(),
     };
 
     let service = api::serve(&client, api.clone())

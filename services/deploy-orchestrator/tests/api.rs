@@ -237,6 +237,25 @@ async fn bad_project_requests_get_4xx() {
             409,
             "acme1",
         ),
+        // Generated domains separate their parts with "--".
+        (
+            "slipway.project.v1.create_workspace",
+            json!({"slug": "ac--me"}),
+            400,
+            "\"--\"",
+        ),
+        (
+            "slipway.project.v1.create_project",
+            json!({"workspace_id": "ws_nope", "slug": "xn"}),
+            400,
+            "punycode",
+        ),
+        (
+            "slipway.project.v1.create_environment",
+            json!({"project_id": project, "slug": "git-main"}),
+            400,
+            "branch domains",
+        ),
         (
             "slipway.project.v1.create_project",
             json!({"workspace_id": "ws_nope", "slug": "x"}),

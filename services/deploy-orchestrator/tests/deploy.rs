@@ -48,10 +48,10 @@ async fn a_production_deploy_reaches_ready_routed_and_live() {
     assert_eq!(
         domains,
         vec![
-            format!("shop-git-0123456-{suffix}-acme1.slipway.localhost"),
-            "shop-git-main-acme1.slipway.localhost".to_string(),
-            "shop-production-acme1.slipway.localhost".to_string(),
-            "shop-acme1.slipway.localhost".to_string(),
+            format!("shop--git-0123456--{suffix}--acme1.slipway.localhost"),
+            "shop--git-main--acme1.slipway.localhost".to_string(),
+            "shop--production--acme1.slipway.localhost".to_string(),
+            "shop--acme1.slipway.localhost".to_string(),
         ],
         "{d}"
     );
@@ -156,7 +156,7 @@ async fn a_second_production_deploy_takes_over_and_the_first_goes_to_standby() {
         assert_eq!(route["deployment_id"], expected.as_str(), "{route}");
     }
     let live = plane
-        .route_table("shop-acme1.slipway.localhost")
+        .route_table("shop--acme1.slipway.localhost")
         .await
         .unwrap();
     assert_eq!(live["deployment_id"], second.as_str());
@@ -190,20 +190,20 @@ async fn preview_deploys_and_rolled_back_projects_leave_live_alone() {
         live.as_str()
     );
     let preview_route = plane
-        .route_table("shop-preview-acme1.slipway.localhost")
+        .route_table("shop--preview--acme1.slipway.localhost")
         .await
         .unwrap();
     assert_eq!(preview_route["deployment_id"], preview.as_str());
     assert_eq!(
         plane
-            .route_table("shop-acme1.slipway.localhost")
+            .route_table("shop--acme1.slipway.localhost")
             .await
             .unwrap()["deployment_id"],
         live.as_str()
     );
     assert_eq!(
         plane
-            .route_table("shop-production-acme1.slipway.localhost")
+            .route_table("shop--production--acme1.slipway.localhost")
             .await
             .unwrap()["deployment_id"],
         live.as_str()
@@ -246,14 +246,14 @@ async fn preview_deploys_and_rolled_back_projects_leave_live_alone() {
     assert_eq!(p["project"]["is_rolled_back"], true);
     assert_eq!(
         plane
-            .route_table("shop-acme1.slipway.localhost")
+            .route_table("shop--acme1.slipway.localhost")
             .await
             .unwrap()["deployment_id"],
         live.as_str()
     );
     assert_eq!(
         plane
-            .route_table("shop-production-acme1.slipway.localhost")
+            .route_table("shop--production--acme1.slipway.localhost")
             .await
             .unwrap()["deployment_id"],
         pinned.as_str()

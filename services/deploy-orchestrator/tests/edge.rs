@@ -51,7 +51,7 @@ async fn requests_go_by_host_to_the_deployment_each_domain_names() {
     let shouted = format!("{}:8080", live.to_ascii_uppercase());
     let (status, deployment, _) = plane.through_edge(&shouted, "/").await;
     assert_eq!((status, deployment.as_str()), (200, v1.as_str()));
-    let preview_env = route_of(&routes, "environment", "-preview-");
+    let preview_env = route_of(&routes, "environment", "--preview--");
     assert_eq!(plane.through_edge(preview_env, "/").await.1, preview);
 
     // What the app sees.
@@ -113,10 +113,10 @@ async fn idle_previews_spin_down_by_the_edges_traffic_and_wake_on_their_next_req
     let busy = plane.deployed(&busy_project, "preview", "busy").await;
     let idle = plane.deployed(&idle_project, "preview", "idle").await;
     let busy_host = plane
-        .serving_domain(&busy_project, "environment", "-preview-")
+        .serving_domain(&busy_project, "environment", "--preview--")
         .await;
     let idle_host = plane
-        .serving_domain(&idle_project, "environment", "-preview-")
+        .serving_domain(&idle_project, "environment", "--preview--")
         .await;
 
     // Past the idle window, with requests for one of them all along (the edge reports every

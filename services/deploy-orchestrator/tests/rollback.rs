@@ -7,8 +7,8 @@ mod common;
 use common::{Plane, TIMEOUT};
 use serde_json::{json, Value};
 
-const LIVE: &str = "shop-acme1.slipway.localhost";
-const PRODUCTION: &str = "shop-production-acme1.slipway.localhost";
+const LIVE: &str = "shop--acme1.slipway.localhost";
+const PRODUCTION: &str = "shop--production--acme1.slipway.localhost";
 
 async fn rollback(plane: &Plane, source: &str, target: &str) -> Value {
     plane

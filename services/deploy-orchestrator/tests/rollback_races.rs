@@ -8,8 +8,8 @@ use common::{Plane, TIMEOUT};
 use serde_json::json;
 use slipway_workflow::WorkflowRecord;
 
-const LIVE: &str = "shop-acme1.slipway.localhost";
-const PRODUCTION: &str = "shop-production-acme1.slipway.localhost";
+const LIVE: &str = "shop--acme1.slipway.localhost";
+const PRODUCTION: &str = "shop--production--acme1.slipway.localhost";
 
 fn step<'a>(record: &'a WorkflowRecord, name: &str) -> &'a slipway_workflow::StepRecord {
     record

@@ -56,7 +56,7 @@ async fn seed(store: &Store, n: usize) -> anyhow::Result<Vec<String>> {
         .await?;
     let regions = [("local".to_string(), 1)].into_iter().collect();
     store
-        .create_environment("env_b", "proj_b", "preview", &regions, 8080, "{}", 1)
+        .create_environment("env_b", "proj_b", "preview", &regions, 8080, "{}", &[], 1)
         .await?;
     let ids: Vec<String> = (0..n).map(|i| format!("dep_bench{i:05}")).collect();
     let mut tx = store.pool().begin().await?;

@@ -23,7 +23,16 @@ async fn schedules_fire_on_a_three_node_cluster_and_survive_a_node_loss() {
         .unwrap();
     let regions = BTreeMap::from([("local".to_string(), 1)]);
     store
-        .create_environment("env_1", "proj_1", "production", &regions, 8080, "{}", 1)
+        .create_environment(
+            "env_1",
+            "proj_1",
+            "production",
+            &regions,
+            8080,
+            "{}",
+            &[],
+            1,
+        )
         .await
         .unwrap();
     for dep in ["dep_a", "dep_b"] {

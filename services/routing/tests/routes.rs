@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
 use routing::table::RouteEntry;
-use slipway_core::domains::{generate, DomainInput};
+use slipway_core::domains::{generate, DomainInput, Scheme};
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, EnsureRoutesReply, EnsureRoutesRequest, ListRoutesReply, RouteSpec,
 };
@@ -80,6 +80,7 @@ trait RoutingCalls {
 impl RoutingCalls for Env {
     async fn ensure(&self) -> Vec<String> {
         let mut specs: Vec<RouteSpec> = generate(&DomainInput {
+            scheme: Scheme::Joined,
             apex: "slipway.localhost",
             workspace_slug: "acme",
             project_slug: "shop",

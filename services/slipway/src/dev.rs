@@ -239,6 +239,8 @@ async fn seed(store: &Store) -> Result<()> {
             &regions,
             8080,
             "{}",
+            // The demo's domains are separated: no other project can spell them.
+            &[],
             now,
         )
         .await
@@ -254,6 +256,8 @@ async fn seed(store: &Store) -> Result<()> {
             &regions,
             8080,
             "{}",
+            // The demo's domains are separated: no other project can spell them.
+            &[],
             now,
         )
         .await

@@ -193,13 +193,13 @@ async fn the_cli_drives_a_running_control_plane() {
             "{stderr}"
         );
         // The URLs are through the edge, and answer.
-        let live = format!("http://shop-acme.slipway.localhost:{port}/");
+        let live = format!("http://shop--acme.slipway.localhost:{port}/");
         assert!(
             stdout.contains("is ready") && stdout.contains(&live),
             "{stdout}"
         );
         let body = tokio::runtime::Handle::current().block_on(http_get(
-            "shop-acme.slipway.localhost",
+            "shop--acme.slipway.localhost",
             port,
             "/",
         ));
@@ -255,7 +255,7 @@ async fn the_cli_drives_a_running_control_plane() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["fqdn"] == "shop-acme.slipway.localhost"
+            .any(|r| r["fqdn"] == "shop--acme.slipway.localhost"
                 && r["deployment_id"] == second.as_str()));
         let timers = cli.json(&["timers"]);
         assert!(

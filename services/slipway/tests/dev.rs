@@ -86,7 +86,7 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
             .map(|r| r["fqdn"].as_str().unwrap())
             .collect();
         assert!(
-            fqdns.contains(&"demo-app-demo.slipway.localhost"),
+            fqdns.contains(&"demo-app--demo.slipway.localhost"),
             "{fqdns:?}"
         );
     }

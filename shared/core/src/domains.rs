@@ -3,9 +3,16 @@
 //! Every generated host is one DNS label under the apex: `<label>.<apex>`, the label
 //! lower-case `[a-z0-9-]`, at most 63 characters (longer ones are cut and end in `-` plus 6 hex
 //! characters of the SHA-256 of the full label, so distinct long names stay distinct).
+//!
+//! A project keeps the [`Scheme`] it was created with, so its domains never change. Projects
+//! created since domain schemes exist are [`Scheme::Separated`]: the parts of a label are joined
+//! by `--`, which no part contains (slugs may not, branch slugs and commit parts cannot), and
+//! each kind has its own number of parts (live 2, environment and branch 3 — a branch part starts
+//! with `git-`, which no environment slug may — per-commit 4), so two different
+//! (workspace, project, environment, branch, commit) never spell the same label.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
 pub const DEFAULT_APEX: &str = "slipway.localhost";
 pub const MAX_LABEL: usize = 63;
 
@@ -23,9 +30,73 @@ crate::state::wire_enum! {
     }
 }
 
+/// How a project's generated domains are spelled (stored with the project).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Scheme {
+    /// Parts joined by single dashes (`shop-production-acme`), as projects created before
+    /// domain schemes had it. Two projects can spell the same label (project `shop-production`'s
+    /// live domain is project `shop`'s production domain): such a collision is refused when the
+    /// environment that would generate it is created.
+    #[default]
+    Joined,
+    /// Parts joined by `--`: `shop--acme` (live), `shop--staging--acme` (environment),
+    /// `shop--git-main--acme` (branch), `shop--git-8f3a2b1--ab12--acme` (commit).
+    Separated,
+}
+
+impl Scheme {
+    /// The scheme of every project created now.
+    pub const CURRENT: Scheme = Scheme::Separated;
+
+    /// As stored: 1, 2.
+    pub fn to_db(self) -> i64 {
+        match self {
+            Scheme::Joined => 1,
+            Scheme::Separated => 2,
+        }
+    }
+
+    pub fn from_db(value: i64) -> Option<Scheme> {
+        match value {
+            1 => Some(Scheme::Joined),
+            2 => Some(Scheme::Separated),
+            _ => None,
+        }
+    }
+}
+
+/// Why `slug` cannot name a workspace, project or environment under [`Scheme::CURRENT`]
+/// (beyond being a DNS label), if it cannot.
+pub fn reserved_slug(kind: SlugKind, slug: &str) -> Option<String> {
+    if slug.contains("--") {
+        return Some(format!(
+            "{slug:?} contains \"--\", which separates the parts of generated domains"
+        ));
+    }
+    match kind {
+        SlugKind::Environment if slug.starts_with("git-") => Some(format!(
+            "environment {slug:?} starts with \"git-\", which marks branch domains"
+        )),
+        // `xn--` starts a punycode label: `xn--acme` would not be a valid host to browsers.
+        SlugKind::Project if slug == "xn" => {
+            Some("project \"xn\" would start domains with \"xn--\" (punycode)".to_string())
+        }
+        _ => None,
+    }
+}
+
+/// What a slug names, for [`reserved_slug`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlugKind {
+    Workspace,
+    Project,
+    Environment,
+}
+
 /// What a deployment's domains are made of.
 #[derive(Debug, Clone, Default)]
 pub struct DomainInput<'a> {
+    pub scheme: Scheme,
     pub apex: &'a str,
     pub workspace_slug: &'a str,
     pub project_slug: &'a str,
@@ -51,10 +122,17 @@ pub fn generate(input: &DomainInput<'_>) -> Vec<Domain> {
         ..
     } = *input;
     let apex = apex.trim().trim_matches('.').to_ascii_lowercase();
+    let label = |parts: &[&str]| match input.scheme {
+        Scheme::Joined => fit_label(&parts.join("-")),
+        Scheme::Separated => {
+            let parts: Vec<String> = parts.iter().map(|p| clean(p)).collect();
+            cut(parts.join("--"))
+        }
+    };
     let mut out = Vec::with_capacity(4);
     let mut push = |label: String, sticky| {
         out.push(Domain {
-            fqdn: format!("{}.{apex}", fit_label(&label)),
+            fqdn: format!("{label}.{apex}"),
             sticky,
         })
     };
@@ -62,23 +140,36 @@ pub fn generate(input: &DomainInput<'_>) -> Vec<Domain> {
     let sha = input.commit_sha.trim().to_ascii_lowercase();
     if !sha.is_empty() {
         let sha7: String = sha.chars().take(7).collect();
-        push(
-            format!(
-                "{project}-git-{sha7}-{}-{ws}",
-                deployment_suffix(input.deployment_id)
-            ),
-            Sticky::None,
-        );
+        let suffix = deployment_suffix(input.deployment_id);
+        let commit = match input.scheme {
+            Scheme::Joined => label(&[project, "git", &sha7, &suffix, ws]),
+            Scheme::Separated => label(&[project, &format!("git-{sha7}"), &suffix, ws]),
+        };
+        push(commit, Sticky::None);
     }
     let branch = branch_slug(input.branch);
     if !branch.is_empty() {
-        push(format!("{project}-git-{branch}-{ws}"), Sticky::Branch);
+        push(
+            label(&[project, &format!("git-{branch}"), ws]),
+            Sticky::Branch,
+        );
     }
-    push(format!("{project}-{env}-{ws}"), Sticky::Environment);
+    push(label(&[project, env, ws]), Sticky::Environment);
     if env == crate::state::PRODUCTION_ENVIRONMENT {
-        push(format!("{project}-{ws}"), Sticky::Live);
+        push(label(&[project, ws]), Sticky::Live);
     }
     out
+}
+
+/// The domains an environment will generate for all its deployments (its environment domain,
+/// and for production the live one): what its creation claims.
+pub fn environment_domains(input: &DomainInput<'_>) -> Vec<Domain> {
+    let input = DomainInput {
+        branch: "",
+        commit_sha: "",
+        ..input.clone()
+    };
+    generate(&input)
 }
 
 /// The last 4 characters of the deployment id: deterministic, so a replay generates the same.
@@ -108,7 +199,13 @@ pub fn branch_slug(branch: &str) -> String {
 /// of `-` collapse, none at either end; past 63 characters it is cut to end in `-` + 6 hex of
 /// the hash of the whole label.
 pub fn fit_label(label: &str) -> String {
-    let mapped: String = label
+    cut(clean(label))
+}
+
+/// Lower-case; anything outside `[a-z0-9-]` becomes `-`; runs of `-` collapse, none at either
+/// end.
+fn clean(part: &str) -> String {
+    let mapped: String = part
         .to_ascii_lowercase()
         .chars()
         .map(|c| {
@@ -119,11 +216,15 @@ pub fn fit_label(label: &str) -> String {
             }
         })
         .collect();
-    let label = mapped
+    mapped
         .split('-')
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
-        .join("-");
+        .join("-")
+}
+
+/// Past 63 characters, cut to end in `-` + 6 hex of the hash of the whole label.
+fn cut(label: String) -> String {
     if label.len() <= MAX_LABEL {
         return label;
     }
@@ -173,6 +274,7 @@ mod tests {
 
     fn input<'a>(env: &'a str, branch: &'a str, sha: &'a str) -> DomainInput<'a> {
         DomainInput {
+            scheme: Scheme::Joined,
             apex: DEFAULT_APEX,
             workspace_slug: "acme",
             project_slug: "shop",
@@ -350,6 +452,174 @@ mod tests {
         ] {
             assert!(validate_fqdn(bad).is_err(), "{bad}");
         }
+    }
+
+    fn separated<'a>(env: &'a str, branch: &'a str, sha: &'a str) -> DomainInput<'a> {
+        DomainInput {
+            scheme: Scheme::Separated,
+            ..input(env, branch, sha)
+        }
+    }
+
+    #[test]
+    fn separated_spells_every_kind_with_double_dashes() {
+        let d = generate(&separated("production", "Feature/Login", "8F3A2b19c0ffee"));
+        assert_eq!(
+            fqdns(&d),
+            vec![
+                (
+                    "shop--git-8f3a2b1--ab12--acme.slipway.localhost",
+                    Sticky::None
+                ),
+                (
+                    "shop--git-feature-login--acme.slipway.localhost",
+                    Sticky::Branch
+                ),
+                (
+                    "shop--production--acme.slipway.localhost",
+                    Sticky::Environment
+                ),
+                ("shop--acme.slipway.localhost", Sticky::Live),
+            ]
+        );
+        for d in &d {
+            validate_fqdn(&d.fqdn).unwrap();
+        }
+        assert_eq!(
+            fqdns(&environment_domains(&separated(
+                "production",
+                "main",
+                "abc1234"
+            ))),
+            vec![
+                (
+                    "shop--production--acme.slipway.localhost",
+                    Sticky::Environment
+                ),
+                ("shop--acme.slipway.localhost", Sticky::Live),
+            ]
+        );
+    }
+
+    /// What one generated domain stands for: two different ones must never share a name.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owner {
+        Live(String, String),
+        Environment(String, String, String),
+        Branch(String, String, String),
+        Commit(String, String, String, String),
+    }
+
+    /// Every domain of every combination of awkward slugs, with what it stands for; the
+    /// names two owners share.
+    fn collisions(scheme: Scheme) -> Vec<(String, Owner, Owner)> {
+        let workspaces = ["acme", "production-acme", "x-acme", "a"];
+        let projects = [
+            "shop",
+            "shop-production",
+            "shop-git",
+            "shop-git-main",
+            "shop-x",
+            "x",
+        ];
+        let environments = [
+            "production",
+            "staging",
+            "preview",
+            "x",
+            "production-acme",
+            "git",
+            "main",
+            "git-main",
+        ];
+        let branches = ["main", "x", "git-main", "production", "feature/a", "acme"];
+        let deployments = ["dep_0000ab12", "dep_0000cd34"];
+        let mut seen: std::collections::HashMap<String, Owner> = Default::default();
+        let mut out = Vec::new();
+        for ws in workspaces {
+            for project in projects {
+                for env in environments {
+                    if scheme == Scheme::Separated
+                        && reserved_slug(SlugKind::Environment, env).is_some()
+                    {
+                        continue;
+                    }
+                    for branch in branches {
+                        for dep in deployments {
+                            let input = DomainInput {
+                                scheme,
+                                apex: "apex",
+                                workspace_slug: ws,
+                                project_slug: project,
+                                environment_slug: env,
+                                deployment_id: dep,
+                                branch,
+                                commit_sha: "abcdef1",
+                            };
+                            let (w, p) = (ws.to_string(), project.to_string());
+                            for d in generate(&input) {
+                                let owner = match d.sticky {
+                                    Sticky::Live => Owner::Live(w.clone(), p.clone()),
+                                    Sticky::Environment => {
+                                        Owner::Environment(w.clone(), p.clone(), env.into())
+                                    }
+                                    Sticky::Branch => {
+                                        Owner::Branch(w.clone(), p.clone(), branch_slug(branch))
+                                    }
+                                    Sticky::None => Owner::Commit(
+                                        w.clone(),
+                                        p.clone(),
+                                        "abcdef1".into(),
+                                        deployment_suffix(dep),
+                                    ),
+                                };
+                                match seen.get(&d.fqdn) {
+                                    Some(first) if *first != owner => {
+                                        out.push((d.fqdn.clone(), first.clone(), owner))
+                                    }
+                                    Some(_) => {}
+                                    None => {
+                                        seen.insert(d.fqdn, owner);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn separated_domains_never_collide_where_joined_ones_do() {
+        let joined = collisions(Scheme::Joined);
+        assert!(
+            joined
+                .iter()
+                .any(|(fqdn, ..)| fqdn == "shop-production-acme.apex"),
+            "the issue's example: {joined:?}"
+        );
+        assert_eq!(collisions(Scheme::Separated), vec![]);
+    }
+
+    #[test]
+    fn reserved_slugs() {
+        assert!(reserved_slug(SlugKind::Workspace, "ac--me").is_some());
+        assert!(reserved_slug(SlugKind::Project, "xn").is_some());
+        assert!(reserved_slug(SlugKind::Project, "xn-a").is_none());
+        assert!(reserved_slug(SlugKind::Environment, "git-main").is_some());
+        assert!(reserved_slug(SlugKind::Environment, "git").is_none());
+        assert!(reserved_slug(SlugKind::Project, "git-main").is_none());
+        assert!(reserved_slug(SlugKind::Environment, "staging").is_none());
+    }
+
+    #[test]
+    fn schemes_round_trip_through_the_database() {
+        for scheme in [Scheme::Joined, Scheme::Separated] {
+            assert_eq!(Scheme::from_db(scheme.to_db()), Some(scheme));
+        }
+        assert_eq!(Scheme::from_db(7), None);
     }
 
     #[test]

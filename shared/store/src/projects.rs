@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use slipway_core::domains::Scheme;
 use sqlx::Row;
 
 use crate::{records, Environment, Project, Store, StoreError, Workspace};
@@ -45,14 +46,15 @@ impl Store {
     ) -> Result<Project, StoreError> {
         self.workspace(workspace_id).await?;
         sqlx::query(
-            "INSERT INTO projects (id, workspace_id, slug, name, default_branch, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            "INSERT INTO projects (id, workspace_id, slug, name, default_branch, domain_scheme, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         )
         .bind(id)
         .bind(workspace_id)
         .bind(slug)
         .bind(name)
         .bind(default_branch)
+        .bind(Scheme::CURRENT.to_db())
         .bind(now_ms)
         .execute(&self.pool)
         .await
@@ -94,6 +96,9 @@ impl Store {
         Ok(())
     }
 
+    /// Creates the environment and claims `domains` for it (its generated environment and live
+    /// domains), in one transaction: a domain another project claims or routes is a conflict,
+    /// and nothing is written.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_environment(
         &self,
@@ -103,10 +108,27 @@ impl Store {
         regions: &BTreeMap<String, u32>,
         port: u32,
         sentinel_config: &str,
+        domains: &[String],
         now_ms: i64,
     ) -> Result<Environment, StoreError> {
         let project = self.project(project_id).await?;
         let mut tx = self.begin().await?;
+        for fqdn in domains {
+            let taken = sqlx::query(
+                "SELECT project_id FROM domain_claims WHERE fqdn = $1 AND project_id <> $2 \
+                 UNION SELECT project_id FROM frontline_routes WHERE fqdn = $1 AND project_id <> $2",
+            )
+            .bind(fqdn)
+            .bind(project_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = taken {
+                let other: String = row.try_get("project_id")?;
+                return Err(StoreError::Conflict(format!(
+                    "environment {slug:?} would generate the domain {fqdn}, which is project {other}'s"
+                )));
+            }
+        }
         sqlx::query(
             "INSERT INTO environments (id, workspace_id, project_id, slug, port, sentinel_config, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -129,8 +151,36 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        for fqdn in domains {
+            sqlx::query(
+                "INSERT INTO domain_claims (fqdn, project_id, environment_id, created_at_ms) \
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM domain_claims WHERE fqdn = $1)",
+            )
+            .bind(fqdn)
+            .bind(project_id)
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::or_conflict(e, || format!("{fqdn} was claimed meanwhile")))?;
+        }
         tx.commit().await?;
         self.environment(id).await
+    }
+
+    /// Sets the project's domain scheme (tests: a project as created before schemes existed).
+    #[cfg(feature = "testing")]
+    pub async fn set_domain_scheme(
+        &self,
+        project_id: &str,
+        scheme: Scheme,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE projects SET domain_scheme = $2 WHERE id = $1")
+            .bind(project_id)
+            .bind(scheme.to_db())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn environment(&self, id: &str) -> Result<Environment, StoreError> {

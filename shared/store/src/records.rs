@@ -29,6 +29,8 @@ pub struct Project {
     pub default_branch: String,
     pub live_deployment_id: Option<String>,
     pub is_rolled_back: bool,
+    /// How its generated domains are spelled, for ever.
+    pub domain_scheme: slipway_core::domains::Scheme,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -151,6 +153,12 @@ pub(crate) fn project(row: &AnyRow) -> Result<Project, StoreError> {
         default_branch: row.try_get("default_branch")?,
         live_deployment_id: row.try_get("live_deployment_id")?,
         is_rolled_back: row.try_get::<i64, _>("is_rolled_back")? != 0,
+        domain_scheme: {
+            let stored: i64 = row.try_get("domain_scheme")?;
+            slipway_core::domains::Scheme::from_db(stored).ok_or_else(|| {
+                StoreError::Corrupt(format!("projects.domain_scheme: unknown scheme {stored}"))
+            })?
+        },
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })

@@ -390,6 +390,7 @@ async fn idle_preview_candidates_page_by_environment(db: &TestDb) {
             &Default::default(),
             8080,
             "{}",
+            &[],
             1,
         )
         .await

@@ -52,6 +52,7 @@ pub async fn project(
             regions,
             8080,
             "{}",
+            &[],
             1,
         )
         .await

@@ -30,6 +30,8 @@ pub(crate) struct Api {
     pub(crate) store: Store,
     pub(crate) engine: Engine,
     pub(crate) events: Events,
+    /// Apex of generated domains, which environment creation claims.
+    pub(crate) apex_domain: String,
 }
 
 pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, async_nats::Error> {

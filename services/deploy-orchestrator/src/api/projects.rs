@@ -1,6 +1,11 @@
 //! `slipway.project.v1.*`: workspaces, projects and environments.
 
-use slipway_core::{ids, time::now_ms, ApiError};
+use slipway_core::{
+    domains::{self, DomainInput, SlugKind},
+    ids,
+    time::now_ms,
+    ApiError,
+};
 use slipway_nats::Call;
 use slipway_proto::v1::{
     CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
@@ -30,6 +35,16 @@ pub fn validate_slug(field: &str, slug: &str) -> Result<(), ApiError> {
         Err(ApiError::invalid_argument(format!(
             "{field} {slug:?} must be 1 to 63 lower-case letters, digits or inner dashes"
         )))
+    }
+}
+
+/// A slug of a workspace, project or environment: a DNS label that generated domains can
+/// be made of without ambiguity ([`domains::reserved_slug`]).
+fn validate_name_slug(kind: SlugKind, slug: &str) -> Result<(), ApiError> {
+    validate_slug("slug", slug)?;
+    match domains::reserved_slug(kind, slug) {
+        Some(why) => Err(ApiError::invalid_argument(format!("slug {why}"))),
+        None => Ok(()),
     }
 }
 
@@ -95,7 +110,7 @@ impl Api {
         call: Call<CreateWorkspaceRequest>,
     ) -> Result<CreateWorkspaceReply, ApiError> {
         let req = call.request;
-        validate_slug("slug", &req.slug)?;
+        validate_name_slug(SlugKind::Workspace, &req.slug)?;
         let name = name_or_slug(&req.name, &req.slug)?;
         let workspace = self
             .store
@@ -113,7 +128,7 @@ impl Api {
     ) -> Result<CreateProjectReply, ApiError> {
         let req = call.request;
         ids::validate(ids::WORKSPACE, "workspace_id", &req.workspace_id)?;
-        validate_slug("slug", &req.slug)?;
+        validate_name_slug(SlugKind::Project, &req.slug)?;
         let name = name_or_slug(&req.name, &req.slug)?;
         let branch = req.default_branch.unwrap_or_default();
         validate_len("default_branch", &branch, MAX_NAME)?;
@@ -145,7 +160,7 @@ impl Api {
     ) -> Result<CreateEnvironmentReply, ApiError> {
         let req = call.request;
         ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
-        validate_slug("slug", &req.slug)?;
+        validate_name_slug(SlugKind::Environment, &req.slug)?;
         for (region, replicas) in &req.regions {
             validate_slug("region", region)?;
             if *replicas == 0 || *replicas > MAX_REPLICAS {
@@ -168,6 +183,7 @@ impl Api {
                 "sentinel_config must be a JSON object",
             ));
         }
+        let claims = self.claims(&req.project_id, &req.slug).await?;
         let environment = self
             .store
             .create_environment(
@@ -177,6 +193,7 @@ impl Api {
                 &req.regions.into_iter().collect(),
                 port,
                 &sentinel_config,
+                &claims,
                 now_ms(),
             )
             .await?;
@@ -184,6 +201,22 @@ impl Api {
         Ok(CreateEnvironmentReply {
             environment: Some(environment_message(environment)),
         })
+    }
+
+    /// The domains environment `slug` of the project will generate for every deployment (its
+    /// environment domain, and for production the live one), in the project's scheme.
+    async fn claims(&self, project_id: &str, slug: &str) -> Result<Vec<String>, ApiError> {
+        let project = self.store.project(project_id).await?;
+        let workspace = self.store.workspace(&project.workspace_id).await?;
+        let domains = domains::environment_domains(&DomainInput {
+            scheme: project.domain_scheme,
+            apex: &self.apex_domain,
+            workspace_slug: &workspace.slug,
+            project_slug: &project.slug,
+            environment_slug: slug,
+            ..Default::default()
+        });
+        Ok(domains.into_iter().map(|d| d.fqdn).collect())
     }
 
     pub(crate) async fn get_project(

@@ -326,7 +326,10 @@ impl Deploy {
     /// deployment takes over ([`route_plan::decide`]).
     async fn plan_routes(&self, loaded: &Loaded) -> Result<RoutePlan, StepError> {
         let scope = &loaded.scope;
+        let store = &self.store;
+        let project = store.project(&scope.project_id).await.step_err()?;
         let generated = domains::generate(&DomainInput {
+            scheme: project.domain_scheme,
             apex: &self.apex_domain,
             workspace_slug: &loaded.workspace_slug,
             project_slug: &loaded.project_slug,
@@ -335,26 +338,35 @@ impl Deploy {
             branch: &loaded.git_branch,
             commit_sha: &loaded.git_commit_sha,
         });
-        let store = &self.store;
-        let domain_names: Vec<String> = generated.iter().map(|d| d.fqdn.clone()).collect();
-        store
-            .set_domains(&scope.deployment_id, &domain_names, now_ms())
-            .await
-            .step_err()?;
-        let project = store.project(&scope.project_id).await.step_err()?;
+        let generated_names: Vec<String> = generated.iter().map(|d| d.fqdn.clone()).collect();
         let take_live = route_plan::takes_live(&scope.environment_slug, project.is_rolled_back);
-        let existing = store.routes_by_fqdn(&domain_names).await.step_err()?;
+        let existing = store.routes_by_fqdn(&generated_names).await.step_err()?;
         let environment_routes = store
             .routes(&scope.project_id, Some(&loaded.environment_id))
             .await
             .step_err()?;
-        let route_plan::Decision { create, to_move } = route_plan::decide(&route_plan::Inputs {
+        let route_plan::Decision {
+            create,
+            to_move,
+            taken,
+        } = route_plan::decide(&route_plan::Inputs {
             project_id: &scope.project_id,
             take_live,
             generated: &generated,
             existing: &existing,
             environment_routes: &environment_routes,
         });
+        for fqdn in &taken {
+            tracing::warn!(deployment_id = %scope.deployment_id, %fqdn, "another project holds this generated domain: the deployment goes without it");
+        }
+        let domain_names: Vec<String> = generated_names
+            .into_iter()
+            .filter(|d| !taken.contains(d))
+            .collect();
+        store
+            .set_domains(&scope.deployment_id, &domain_names, now_ms())
+            .await
+            .step_err()?;
         Ok(RoutePlan {
             domains: domain_names,
             create,

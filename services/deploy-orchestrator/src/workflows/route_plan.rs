@@ -25,17 +25,22 @@ pub(crate) struct Inputs<'a> {
     pub environment_routes: &'a [Route],
 }
 
-/// The decision: routes to create, as (fqdn, sticky), and ids of routes to move here.
+/// The decision: routes to create, as (fqdn, sticky), ids of routes to move here, and the
+/// per-commit or per-branch domains left out because another project holds them.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Decision {
     pub create: Vec<(String, Sticky)>,
     pub to_move: Vec<String>,
+    pub taken: Vec<String>,
 }
 
 /// The per-branch route (wherever it was created), every environment-sticky route of the
 /// environment (custom ones included), and the live routes only when the deploy takes live.
-/// A generated FQDN another project holds is "created" anyway: the commit refuses it with a
-/// conflict, which fails the deploy with that reason.
+/// A per-commit or per-branch FQDN another project holds (only possible for projects with
+/// joined domains, or a cut long name's hash) is left out: the deploy goes on without it. An
+/// environment or live FQDN another project holds is "created" anyway: the commit refuses it
+/// with a conflict, which fails the deploy with that reason (environment creation claims
+/// those names, so this only happens to joined domains claimed before claims existed).
 pub(crate) fn decide(i: &Inputs<'_>) -> Decision {
     let wanted = |sticky: Sticky, generated_here: bool| match sticky {
         Sticky::Branch => generated_here,
@@ -46,7 +51,10 @@ pub(crate) fn decide(i: &Inputs<'_>) -> Decision {
     let mut out = Decision::default();
     for d in i.generated {
         match i.existing.iter().find(|r| r.fqdn == d.fqdn) {
-            Some(r) if r.project_id != i.project_id => out.create.push((d.fqdn.clone(), d.sticky)),
+            Some(r) if r.project_id != i.project_id => match d.sticky {
+                Sticky::None | Sticky::Branch => out.taken.push(d.fqdn.clone()),
+                Sticky::Environment | Sticky::Live => out.create.push((d.fqdn.clone(), d.sticky)),
+            },
             Some(r) if wanted(r.sticky, true) => out.to_move.push(r.id.clone()),
             Some(_) => {}
             None if d.sticky != Sticky::Live || i.take_live => {
@@ -175,6 +183,25 @@ mod tests {
             .create
             .contains(&("e.apex".to_string(), Sticky::Environment)));
         assert!(d.to_move.is_empty());
+    }
+
+    #[test]
+    fn another_projects_commit_or_branch_domain_is_left_out() {
+        let generated = generated();
+        let existing = [
+            route("r_c", "c.apex", Sticky::Live, "other"),
+            route("r_b", "b.apex", Sticky::Environment, "other"),
+        ];
+        let d = decide(&Inputs {
+            project_id: "p",
+            take_live: true,
+            generated: &generated,
+            existing: &existing,
+            environment_routes: &[],
+        });
+        assert_eq!(d.taken, ["c.apex", "b.apex"]);
+        let created: Vec<&str> = d.create.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(created, ["e.apex", "l.apex"]);
     }
 
     #[test]

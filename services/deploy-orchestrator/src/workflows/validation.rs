@@ -143,6 +143,7 @@ mod tests {
             default_branch: "main".into(),
             live_deployment_id: live.map(str::to_string),
             is_rolled_back: rolled_back,
+            domain_scheme: Default::default(),
             created_at_ms: 0,
             updated_at_ms: 0,
         }

@@ -51,6 +51,7 @@ pub async fn fixture(db: &TestDb) -> Fixture {
             &regions,
             8080,
             r#"{"a":1}"#,
+            &[],
             1,
         )
         .await
