@@ -54,6 +54,10 @@ pub struct Config {
     /// How long an instance being stopped gets to finish its requests (SIGTERM, then SIGKILL).
     #[arg(long, env = "SLIPWAY_AGENT_STOP_GRACE", default_value = "10s", value_parser = slipway_core::config::parse_duration)]
     pub stop_grace: Duration,
+    /// Run `exec:` images: shell lines run as the agent's user, so whoever may deploy gets a
+    /// shell on this host. For development and tests only; off by default.
+    #[arg(long, env = "SLIPWAY_AGENT_ALLOW_EXEC")]
+    pub allow_exec: bool,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -84,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crash_loop_after: config.crash_loop_after,
         stable_after: config.stable_after,
         stop_grace: config.stop_grace,
+        allow_exec: config.allow_exec,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?,

@@ -16,8 +16,15 @@ pub struct Instance {
     pid_file: PathBuf,
 }
 
-/// `exec:<command line>` → the command line; anything else is not something we can run.
-pub fn command_line(image: &str, args: &[String]) -> Result<String, String> {
+/// `exec:<command line>` → the command line, on an agent that allows exec images (an exec
+/// image is a shell line run as the agent's user: whoever may deploy has a shell on the
+/// host); anything else is not something we can run.
+pub fn command_line(image: &str, args: &[String], allow_exec: bool) -> Result<String, String> {
+    if image.starts_with("exec:") && !allow_exec {
+        return Err(format!(
+            "image {image:?}: this agent does not run exec: images (a shell line run as the agent's user); start it with SLIPWAY_AGENT_ALLOW_EXEC=true to allow them"
+        ));
+    }
     let Some(line) = image.strip_prefix("exec:") else {
         let scheme = image.split(':').next().unwrap_or_default();
         return Err(format!(
@@ -105,17 +112,19 @@ mod tests {
     #[test]
     fn exec_images_and_quoting() {
         assert_eq!(
-            command_line("exec:slipway demo-app", &[]).unwrap(),
+            command_line("exec:slipway demo-app", &[], true).unwrap(),
             "slipway demo-app"
         );
         assert_eq!(
-            command_line("exec:app", &["it's".into(), "a b".into()]).unwrap(),
+            command_line("exec:app", &["it's".into(), "a b".into()], true).unwrap(),
             r#"app 'it'\''s' 'a b'"#
         );
-        let err = command_line("docker.io/library/nginx:1", &[]).unwrap_err();
+        let err = command_line("docker.io/library/nginx:1", &[], true).unwrap_err();
         assert!(
             err.contains("exec:") && err.contains("docker.io/library/nginx"),
             "{err}"
         );
+        let err = command_line("exec:sh -c 'id'", &[], false).unwrap_err();
+        assert!(err.contains("SLIPWAY_AGENT_ALLOW_EXEC=true"), "{err}");
     }
 }

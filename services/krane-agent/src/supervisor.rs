@@ -25,6 +25,8 @@ pub struct Context {
     pub stable_after: Duration,
     pub stop_grace: Duration,
     pub http: reqwest::Client,
+    /// Whether `exec:` images run (`SLIPWAY_AGENT_ALLOW_EXEC`).
+    pub allow_exec: bool,
 }
 
 /// One replica: its process (if running), what we report, and its restart bookkeeping.
@@ -122,7 +124,7 @@ pub async fn supervise(
 }
 
 async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
-    let line = match process::command_line(&d.image, &d.command) {
+    let line = match process::command_line(&d.image, &d.command, ctx.allow_exec) {
         Ok(line) => line,
         Err(message) => {
             stop(ctx, slots).await;

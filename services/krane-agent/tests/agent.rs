@@ -309,3 +309,30 @@ async fn a_stopped_instance_finishes_its_requests_in_flight() {
     env.report_where("dep_a", |r| all(r, 1, InstanceStatus::Inactive))
         .await;
 }
+
+/// Without `SLIPWAY_AGENT_ALLOW_EXEC=true` an exec: image is a shell on the host for whoever
+/// may deploy: the agent refuses it, reports it failed and says how to allow it.
+#[tokio::test]
+async fn exec_images_run_only_where_allowed() {
+    let mut env = Env::builder().start().await;
+    let mut vars = env.env_for("krane-agent-local");
+    vars.push(("SLIPWAY_AGENT_ALLOW_EXEC", "false".into()));
+    let agent = slipway_testkit::ServiceProcess::spawn("agent", bin("krane-agent"), &[], &vars)
+        .expect("spawning the agent");
+    agent
+        .wait_ready("krane-agent", TIMEOUT)
+        .expect("the agent is ready");
+    env.agent = Some(agent);
+    let marker = env.agent_state.path().join("ran");
+    let image = format!("exec:touch {}", marker.display());
+    env.desire("dep_exec", image, 1, Desired::Running, 1).await;
+    let report = env
+        .report_where("dep_exec", |r| all(r, 1, InstanceStatus::Failed))
+        .await;
+    let message = report.instances[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("SLIPWAY_AGENT_ALLOW_EXEC=true"),
+        "{message}"
+    );
+    assert!(!marker.exists(), "the command line ran");
+}

@@ -22,6 +22,10 @@ pub struct DemoAppArgs {
     /// Exit with status 1 after this long (`0s`: at once), as a crashing app.
     #[arg(long, value_parser = slipway_core::config::parse_duration)]
     exit_after: Option<Duration>,
+    /// Pad `/openapi.yaml` with a comment to at least this many bytes, as an app with a
+    /// very large spec.
+    #[arg(long, default_value_t = 0)]
+    openapi_bytes: usize,
 }
 
 pub async fn run(args: DemoAppArgs) -> Result<()> {
@@ -38,7 +42,13 @@ pub async fn run(args: DemoAppArgs) -> Result<()> {
     } else {
         StatusCode::OK
     };
-    let openapi = openapi(&args.message);
+    let mut openapi = openapi(&args.message);
+    if openapi.len() < args.openapi_bytes {
+        openapi.push('#');
+        let pad = args.openapi_bytes - openapi.len();
+        openapi.push_str(&"x".repeat(pad));
+        openapi.push('\n');
+    }
     let app = Router::new()
         .route("/", get(move || async move { message }))
         .route(

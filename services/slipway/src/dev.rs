@@ -67,6 +67,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ("SLIPWAY_NATS_URL", nats.url()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
+        // The demo app is an exec: image (a development machine's own user runs it).
+        ("SLIPWAY_AGENT_ALLOW_EXEC", "true".into()),
         (
             "SLIPWAY_AGENT_STATE_DIR",
             dir.join("agent").display().to_string(),

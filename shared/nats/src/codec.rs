@@ -53,8 +53,15 @@ impl Encoding {
                 ApiError::invalid_argument(format!("malformed protobuf request: {e}"))
             }),
             Self::Json if payload.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
-            Self::Json => serde_json::from_slice(payload)
-                .map_err(|e| ApiError::invalid_argument(format!("malformed JSON request: {e}"))),
+            Self::Json => {
+                let malformed = |e: serde_json::Error| {
+                    ApiError::invalid_argument(format!("malformed JSON request: {e}"))
+                };
+                let mut value: serde_json::Value =
+                    serde_json::from_slice(payload).map_err(malformed)?;
+                proto3_json(&mut value);
+                serde_json::from_value(value).map_err(malformed)
+            }
         }
     }
 
@@ -64,6 +71,32 @@ impl Encoding {
             // pbjson's serialisation of generated types cannot fail.
             Self::Json => serde_json::to_vec(message).unwrap_or_default().into(),
         }
+    }
+}
+
+/// What the proto3 JSON mapping accepts beyond what pbjson's generated code does: `null`
+/// for any field means its default (the field is dropped), and an integral number may be
+/// written as a float (`8082.0`).
+fn proto3_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            fields.retain(|_, v| !v.is_null());
+            fields.values_mut().for_each(proto3_json);
+        }
+        Value::Array(items) => items.iter_mut().for_each(proto3_json),
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exactly representable integers only: 2^53 and beyond stay as written.
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                *value = if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                };
+            }
+        }
+        _ => {}
     }
 }
 
@@ -103,6 +136,26 @@ mod tests {
             serde_json::from_slice(&Encoding::Json.encode(&empty)).unwrap();
         assert_eq!(json["desired_state"], "");
         assert!(json.get("pending").is_none());
+    }
+
+    #[test]
+    fn null_is_the_default_and_integral_floats_are_integers() {
+        let a: slipway_proto::v1::CreateEnvironmentRequest = Encoding::Json
+            .decode(br#"{"project_id": "proj_1", "slug": "qa", "port": 8082.0, "sentinel_config": null, "regions": {"eu": 2.0}}"#)
+            .unwrap();
+        assert_eq!(
+            (a.port, a.sentinel_config, a.regions["eu"]),
+            (Some(8082), None, 2)
+        );
+        let b: slipway_proto::v1::CreateWorkspaceRequest = Encoding::Json
+            .decode(br#"{"slug": "acme", "name": null}"#)
+            .unwrap();
+        assert_eq!((b.slug.as_str(), b.name.as_str()), ("acme", ""));
+        // Not integral: still refused, as the mapping says.
+        let err = Encoding::Json
+            .decode::<slipway_proto::v1::CreateEnvironmentRequest>(br#"{"port": 8082.5}"#)
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
     }
 
     #[test]

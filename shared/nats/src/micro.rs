@@ -177,29 +177,79 @@ where
             }
         }
     };
+    let (body, headers) = match result {
+        Ok(reply) => (encoding.encode(&reply), reply_headers(encoding, None)),
+        Err(err) => error_payload(encoding, &err),
+    };
+    if let Err(e) = request
+        .respond_with_headers(Ok(body), headers.clone())
+        .await
+    {
+        // Too large for the server's max_payload, say: the caller still gets an answer.
+        tracing::warn!(error = %e, "cannot send the reply; answering with a short error");
+        let err = ApiError::internal(format!("the reply could not be sent: {e}"));
+        let (body, headers) = error_payload(encoding, &err);
+        if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+            tracing::warn!(error = %e, "cannot send the short error either");
+        }
+    }
+}
+
+/// The longest error message a reply carries; what a message echoes of its input past this
+/// is cut, so an error about a huge input is never too large to send.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+/// The longest `Nats-Service-Error` header value.
+const MAX_ERROR_HEADER: usize = 256;
+
+/// An error reply: the body of API.md and the micro-service error headers. The body must carry
+/// the error too, which `respond(Err(..))` cannot do, so error replies go out as payloads with
+/// the error headers set by hand.
+fn error_payload(encoding: Encoding, err: &ApiError) -> (bytes::Bytes, HeaderMap) {
+    if err.status() >= 500 {
+        tracing::warn!(code = %err.code, message = %bounded(&err.message, MAX_ERROR_MESSAGE), "request failed");
+    } else {
+        tracing::debug!(code = %err.code, message = %bounded(&err.message, MAX_ERROR_MESSAGE), "request refused");
+    }
+    let err = ApiError::new(err.code, bounded(&err.message, MAX_ERROR_MESSAGE));
+    (
+        encoding.encode(&error_reply(&err)),
+        reply_headers(encoding, Some(&err)),
+    )
+}
+
+fn reply_headers(encoding: Encoding, err: Option<&ApiError>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, encoding.content_type());
-    let body = match result {
-        Ok(reply) => encoding.encode(&reply),
-        Err(err) => {
-            if err.status() >= 500 {
-                tracing::warn!(code = %err.code, message = %err.message, "request failed");
-            } else {
-                tracing::debug!(code = %err.code, message = %err.message, "request refused");
-            }
-            headers.insert(
-                service::NATS_SERVICE_ERROR_CODE,
-                err.status().to_string().as_str(),
-            );
-            headers.insert(service::NATS_SERVICE_ERROR, err.message.as_str());
-            encoding.encode(&error_reply(&err))
-        }
-    };
-    // The body must carry the error too (API.md), which `respond(Err(..))` cannot do, so error
-    // replies go out as payloads with the error headers set by hand.
-    if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
-        tracing::warn!(error = %e, "cannot send reply");
+    if let Some(err) = err {
+        headers.insert(
+            service::NATS_SERVICE_ERROR_CODE,
+            err.status().to_string().as_str(),
+        );
+        // async-nats panics on a header value with CR or LF in it.
+        headers.insert(
+            service::NATS_SERVICE_ERROR,
+            bounded(&err.message, MAX_ERROR_HEADER).as_str(),
+        );
     }
+    headers
+}
+
+/// `message` with every control character as a space, cut to at most `max` bytes on a
+/// character boundary (ending in `…` when cut).
+pub fn bounded(message: &str, max: usize) -> String {
+    let clean: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let ellipsis = '…';
+    let mut end = max - ellipsis.len_utf8();
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &clean[..end])
 }
 
 pub fn error_reply(err: &ApiError) -> ErrorReply {
@@ -209,5 +259,26 @@ pub fn error_reply(err: &ApiError) -> ErrorReply {
             code: err.code.as_str().to_string(),
             message: err.message.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_is_bounded_and_has_no_control_characters() {
+        assert_eq!(bounded("a\r\nb\tc", 100), "a  b c");
+        let long = "\u{200b}".repeat(62_000);
+        let cut = bounded(&format!("{long:?}"), MAX_ERROR_MESSAGE);
+        assert!(
+            cut.len() <= MAX_ERROR_MESSAGE && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        let multi = "é".repeat(600);
+        let cut = bounded(&multi, 101);
+        assert!(cut.len() <= 101 && cut.ends_with('…'));
+        assert_eq!(bounded("short", 10), "short");
     }
 }

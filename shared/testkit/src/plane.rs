@@ -337,6 +337,8 @@ impl Plane {
             ("SLIPWAY_WORKFLOW_ACK_WAIT", "2s".into()),
             ("SLIPWAY_LEASE_TTL", "2s".into()),
             ("SLIPWAY_AGENT_CHECK_EVERY", "100ms".into()),
+            // The demo app is an exec: image.
+            ("SLIPWAY_AGENT_ALLOW_EXEC", "true".into()),
             (
                 "SLIPWAY_AGENT_STATE_DIR",
                 self.agent_state.path().display().to_string(),

@@ -363,7 +363,10 @@ impl Api {
         for d in page {
             let topology = store.topology(&d.id).await?;
             let instances = store.instances(&d.id).await?;
-            deployments.push(deployment_message(d, &topology, instances));
+            let mut d = deployment_message(d, &topology, instances);
+            // Large and rarely wanted in a listing: get_deployment has it.
+            d.openapi_spec = None;
+            deployments.push(d);
         }
         Ok(ListDeploymentsReply {
             deployments,

@@ -114,9 +114,12 @@ impl Instances {
         for instance in instances {
             let url = format!("http://{}/openapi.yaml", instance.address);
             match self.http.get(&url).send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => match r.text().await {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => match read_capped(r).await {
                     Ok(spec) => return Some(spec),
-                    Err(e) => tracing::debug!(%url, error = %e, "cannot read the OpenAPI spec"),
+                    Err(why) => {
+                        tracing::warn!(%url, %why, "the OpenAPI spec is not kept");
+                        return None;
+                    }
                 },
                 Ok(r) => tracing::debug!(%url, status = %r.status(), "no OpenAPI spec here"),
                 Err(e) => tracing::debug!(%url, error = %e, "cannot fetch the OpenAPI spec"),
@@ -124,4 +127,26 @@ impl Instances {
         }
         None
     }
+}
+
+/// The largest OpenAPI spec kept with a deployment; a larger one is not read past this.
+pub(crate) const MAX_OPENAPI_SPEC: usize = 256 * 1024;
+
+/// The body as text, read in chunks and given up on past [`MAX_OPENAPI_SPEC`].
+async fn read_capped(mut response: reqwest::Response) -> Result<String, String> {
+    let too_large = || format!("larger than {MAX_OPENAPI_SPEC} bytes");
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_OPENAPI_SPEC as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_OPENAPI_SPEC {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))
 }
