@@ -184,8 +184,19 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
         .unwrap();
     refused(&mut platform_errors, "slipway.routing.v1.ensure_routes").await;
 
+    // Replies: a user reads only its own inbox prefix; nobody else's, nor all of them.
+    for inboxes in ["_INBOX.>", "_INBOX_deploy-orchestrator.>", "_INBOX_edge.>"] {
+        let _snoop = platform.subscribe(inboxes).await.unwrap();
+        refused(&mut platform_errors, inboxes.trim_end_matches(".>")).await;
+    }
+
     // A region agent's user: its own region only.
     let (agent, mut agent_errors) = connect_as(&url, "krane-agent-local").await;
+    // No forged replies: publishing to an inbox is not answering a request received.
+    for inbox in ["_INBOX.forged", "_INBOX_platform.forged"] {
+        agent.publish(inbox, "{}".into()).await.unwrap();
+        refused(&mut agent_errors, inbox).await;
+    }
     let agent_js = jetstream::new(agent.clone());
     let other_region = agent_js
         .get_stream_no_info("KV_slipway_desired")

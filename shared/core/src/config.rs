@@ -53,6 +53,26 @@ pub struct NatsConfig {
     /// A CA certificate (PEM) to verify the server's TLS certificate with; enables TLS.
     #[arg(long, env = "SLIPWAY_NATS_TLS_CA")]
     pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Where replies to this process's requests arrive: `_INBOX_<user>` when a user is set
+    /// (`nats/accounts.conf` lets each user subscribe to its own prefix only), else `_INBOX`.
+    #[arg(long, env = "SLIPWAY_NATS_INBOX_PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
+}
+
+impl NatsConfig {
+    /// The inbox prefix this process uses (see `nats_inbox_prefix`).
+    pub fn inbox_prefix(&self) -> String {
+        match (&self.nats_inbox_prefix, &self.nats_user) {
+            (Some(prefix), _) => prefix.clone(),
+            (None, Some(user)) => inbox_prefix_of(user),
+            (None, None) => "_INBOX".to_string(),
+        }
+    }
+}
+
+/// The inbox prefix of NATS user `user`: `_INBOX_<user>`.
+pub fn inbox_prefix_of(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

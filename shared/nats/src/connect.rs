@@ -55,6 +55,9 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     if let Some(ca) = &config.nats_tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    // Replies to this process come to its user's own inbox prefix, which no other user may
+    // read (nats/accounts.conf).
+    options = options.custom_inbox_prefix(config.inbox_prefix());
     let urls: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
     let client =
         options

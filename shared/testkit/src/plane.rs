@@ -70,6 +70,7 @@ pub async fn connect_as(
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+        .custom_inbox_prefix(slipway_core::config::inbox_prefix_of(user))
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
