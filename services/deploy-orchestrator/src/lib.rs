@@ -66,6 +66,9 @@ pub struct Config {
     /// Idle window of preview deployments.
     #[arg(long, env = "SLIPWAY_IDLE_WINDOW", default_value = "6h", value_parser = parse_duration)]
     pub idle_window: Duration,
+    /// How long the record of a finished workflow is kept (then JetStream removes it).
+    #[arg(long, env = "SLIPWAY_WORKFLOW_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub workflow_retention: Duration,
     /// How long a deployment stays in standby before the lifecycle sweep archives it.
     #[arg(long, env = "SLIPWAY_ARCHIVE_AFTER", default_value = "30d", value_parser = parse_duration)]
     pub archive_after: Duration,
@@ -145,12 +148,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let promote = Promote {
         store: store.clone(),
         handover: handover.clone(),
-        routing,
+        routing: routing.clone(),
         events: events.clone(),
     };
     let scale_down = ScaleDown {
         store: store.clone(),
         handover,
+        routing,
         js: js.clone(),
         idle_window: config.idle_window,
         archive_after: config.archive_after,
@@ -160,6 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.ack_wait = config.workflow_ack_wait;
     engine_config.lease_ttl = config.lease_ttl;
     engine_config.retry = engine_config.retry.with_max_times(config.step_retries);
+    engine_config.record_retention = config.workflow_retention;
     let engine = Engine::builder(js.clone(), engine_config)
         .register(deploy)
         .register(rollback)

@@ -48,6 +48,7 @@ fn endpoints() -> Vec<String> {
         subjects::routing::ASSIGN,
         subjects::routing::LIST,
         subjects::routing::ENSURE,
+        subjects::routing::REMOVE,
     ] {
         all.push(keyed.of(proj));
     }

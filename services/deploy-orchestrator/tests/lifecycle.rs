@@ -125,7 +125,8 @@ async fn a_woken_superseded_deployment_goes_back_to_standby() {
 }
 
 /// What a crash left running with nothing pending is found by the sweep; a standby older than
-/// the archive window is archived, and the edge answers 404 for it.
+/// the archive window is archived, and nothing of it is kept: routes, route-table entries,
+/// desired documents, instance reports (the edge answers 404).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
     let mut plane = Plane::builder().services().edge().start().await;
@@ -156,12 +157,6 @@ async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
     assert_eq!(sweep(&plane).await["standby"], json!([]), "once");
 
     // The archive window passes (the behaviour under test is about time).
-    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
-    let reply = sweep(&plane).await;
-    assert_eq!(reply["archived"], json!([s1]), "{reply}");
-    plane
-        .deployment_where(&s1, |d| d["desired_state"] == "archived")
-        .await;
     let commit_domain = plane
         .routes(&project)
         .await
@@ -169,11 +164,32 @@ async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
         .find(|r| r["sticky"] == "none" && r["deployment_id"] == s1.as_str())
         .and_then(|r| r["fqdn"].as_str().map(str::to_string))
         .expect("s1's per-commit route");
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    let reply = sweep(&plane).await;
+    assert_eq!(reply["archived"], json!([s1]), "{reply}");
     plane
-        .route_entry_where(&commit_domain, |e| e["desired_state"] == "archived")
+        .deployment_where(&s1, |d| d["desired_state"] == "archived")
         .await;
-    let (status, deployment, body) = plane.through_edge(&commit_domain, "/").await;
-    assert_eq!((status, deployment.as_str()), (404, s1.as_str()), "{body}");
-    assert!(body.contains("archived"), "{body}");
+    // Nothing of it is kept: its routes (SQL and route table), its desired document, and
+    // the agent's report of it.
+    assert!(plane
+        .routes(&project)
+        .await
+        .iter()
+        .all(|r| r["deployment_id"] != s1.as_str()));
+    assert_eq!(plane.route_table(&commit_domain).await, None);
+    let (status, _, body) = plane.through_edge(&commit_domain, "/").await;
+    assert_eq!(status, 404, "{body}");
+    let desired_key = slipway_core::krane::desired_deployment_key("local", &s1);
+    assert!(plane.desired.get(desired_key).await.unwrap().is_none());
+    let report_key = slipway_core::krane::instances_key(&s1, "local");
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while plane.instances.get(&report_key).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent kept its report"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     plane.invariants().assert(&[project]).await;
 }

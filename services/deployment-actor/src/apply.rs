@@ -13,7 +13,7 @@ use slipway_core::{
 };
 use slipway_nats::{
     events,
-    krane::{put_desired_deployment, DesiredError},
+    krane::{put_desired_deployment, remove_desired_deployment, DesiredError},
 };
 use slipway_store::{ApplyOutcome, Deployment, StoreError, Topology};
 
@@ -165,14 +165,19 @@ impl Actor {
         state: DesiredState,
         nonce: &str,
     ) -> Result<(), ApplyError> {
-        // The topology rows carry the new desired status (started/stopped) already.
+        // The topology rows carry the new desired status (started/stopped) already; an
+        // archived deployment's documents go, and with them what the agents keep of it.
         for row in topology {
-            put_desired_deployment(
-                &self.inner.desired,
-                &row.region,
-                &deployment.desired_for(row),
-            )
-            .await?;
+            if state == DesiredState::Archived {
+                remove_desired_deployment(&self.inner.desired, &row.region, &deployment.id).await?;
+            } else {
+                put_desired_deployment(
+                    &self.inner.desired,
+                    &row.region,
+                    &deployment.desired_for(row),
+                )
+                .await?;
+            }
         }
 
         let event = Event {

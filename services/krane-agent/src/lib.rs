@@ -107,13 +107,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(region = %config.region, "serving region");
     slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
-    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Each supervisor hands back its deployment and receiver when it ends.
+    let mut running: tokio::task::JoinSet<(String, watch::Receiver<Option<DesiredDeployment>>)> =
+        tokio::task::JoinSet::new();
     // One listener for the whole run, so a signal between two entries is not missed.
     let shutdown = slipway_nats::shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         let change = tokio::select! {
             change = feed.next() => change,
+            Some(ended) = running.join_next() => {
+                match ended {
+                    // A document came after it decided to end: a new supervisor takes it.
+                    Ok((id, rx)) if rx.has_changed().unwrap_or(false) => {
+                        running.spawn(supervisor::supervise(ctx.clone(), id, rx));
+                    }
+                    Ok((id, _)) => {
+                        supervisors.remove(&id);
+                    }
+                    Err(e) => tracing::error!(error = %e, "a supervisor failed"),
+                }
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         let Some(change) = change else {

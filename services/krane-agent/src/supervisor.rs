@@ -94,29 +94,55 @@ pub async fn supervise(
     ctx: Context,
     deployment_id: String,
     mut desired: watch::Receiver<Option<DesiredDeployment>>,
-) {
+) -> (String, watch::Receiver<Option<DesiredDeployment>>) {
     let mut slots: Vec<Slot> = Vec::new();
     let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
     loop {
         let doc = desired.borrow_and_update().clone();
+        let runs = matches!(&doc, Some(d) if d.desired == Desired::Running);
         match doc.as_ref() {
-            Some(d) if d.desired == Desired::Running => run(&ctx, d, &mut slots).await,
+            Some(d) if runs => run(&ctx, d, &mut slots).await,
             _ => stop(&ctx, &mut slots).await,
         }
-        // Reported with the version of the document it is carried out for, once done.
-        let version = doc.as_ref().map(|d| d.version).unwrap_or(0);
-        let report = (slots.iter().map(Slot::report).collect::<Vec<_>>(), version);
-        if reported.as_ref() != Some(&report) {
-            match put_report(&ctx, &deployment_id, &report.0, report.1).await {
-                Ok(()) => reported = Some(report),
-                Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
+        let told = match doc.as_ref() {
+            // Removed (archived): nothing of it runs, and its report goes too.
+            None => remove_report(&ctx, &deployment_id).await,
+            // Reported with the version of the document it is carried out for, once done.
+            Some(d) => {
+                let report = (
+                    slots.iter().map(Slot::report).collect::<Vec<_>>(),
+                    d.version,
+                );
+                if reported.as_ref() == Some(&report) {
+                    Ok(())
+                } else if !runs && slots.is_empty() && reported.is_none() {
+                    // A new supervisor of a stopped document (the document was written again,
+                    // or the agent restarted): it stopped nothing, and the report of the
+                    // instances that did stop stands.
+                    keep_or_put_empty(&ctx, &deployment_id, d.version).await
+                } else {
+                    let put = put_report(&ctx, &deployment_id, &report.0, report.1).await;
+                    if put.is_ok() {
+                        reported = Some(report);
+                    }
+                    put
+                }
             }
+        };
+        match told {
+            // Nothing runs and that is told: no health check to make, nothing to wake up
+            // for. The supervisor ends and hands its receiver back: the agent starts a new
+            // one with it if a document came meanwhile, and forgets the deployment if not,
+            // so its idle work does not grow with the documents it has seen.
+            Ok(()) if !runs => return (deployment_id, desired),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
         }
         tokio::select! {
             changed = desired.changed() => if changed.is_err() {
                 tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
                 stop(&ctx, &mut slots).await;
-                return;
+                return (deployment_id, desired);
             },
             _ = tokio::time::sleep(ctx.check_every) => {}
         }
@@ -233,6 +259,28 @@ async fn stop(ctx: &Context, slots: &mut [Slot]) {
         slot.healthy_since = None;
         slot.crash_looping = false;
     }
+}
+
+async fn keep_or_put_empty(
+    ctx: &Context,
+    deployment_id: &str,
+    version: i64,
+) -> Result<(), async_nats::Error> {
+    match ctx
+        .instances
+        .get(instances_key(deployment_id, &ctx.region))
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => put_report(ctx, deployment_id, &[], version).await,
+    }
+}
+
+async fn remove_report(ctx: &Context, deployment_id: &str) -> Result<(), async_nats::Error> {
+    ctx.instances
+        .delete(instances_key(deployment_id, &ctx.region))
+        .await?;
+    Ok(())
 }
 
 async fn put_report(

@@ -336,3 +336,70 @@ async fn exec_images_run_only_where_allowed() {
     );
     assert!(!marker.exists(), "the command line ran");
 }
+
+/// A stopped document's supervisor ends; the next document starts a new one.
+#[tokio::test]
+async fn a_deployment_stopped_and_started_again_runs_again() {
+    let env = start().await;
+    env.desire(
+        "dep_again",
+        demo_app("--message again"),
+        1,
+        Desired::Running,
+        1,
+    )
+    .await;
+    env.report_where("dep_again", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    env.desire(
+        "dep_again",
+        demo_app("--message again"),
+        1,
+        Desired::Stopped,
+        2,
+    )
+    .await;
+    env.report_where("dep_again", |r| {
+        r.version == 2 && all(r, 1, InstanceStatus::Inactive)
+    })
+    .await;
+    env.desire(
+        "dep_again",
+        demo_app("--message again"),
+        1,
+        Desired::Running,
+        3,
+    )
+    .await;
+    let report = env
+        .report_where("dep_again", |r| {
+            r.version == 3 && all(r, 1, InstanceStatus::Running)
+        })
+        .await;
+    assert_eq!(
+        get(&report.instances[0].address, "/").await.as_deref(),
+        Some("again")
+    );
+    // Running again while the supervisor is still stopping (and about to end): the new
+    // document is not lost between the supervisor that ends and the one that takes over.
+    env.desire(
+        "dep_again",
+        demo_app("--message again"),
+        1,
+        Desired::Stopped,
+        4,
+    )
+    .await;
+    env.desire(
+        "dep_again",
+        demo_app("--message again"),
+        1,
+        Desired::Running,
+        5,
+    )
+    .await;
+    env.report_where("dep_again", |r| {
+        r.version == 5 && all(r, 1, InstanceStatus::Running)
+    })
+    .await;
+}

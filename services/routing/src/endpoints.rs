@@ -11,7 +11,8 @@ use slipway_core::{
 use slipway_nats::{Call, Micro};
 use slipway_proto::v1::{
     AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, EnsureRoutesReply,
-    EnsureRoutesRequest, ListRoutesReply, ListRoutesRequest, Route as RouteMessage, RouteSpec,
+    EnsureRoutesRequest, ListRoutesReply, ListRoutesRequest, RemoveRoutesReply,
+    RemoveRoutesRequest, Route as RouteMessage, RouteSpec,
 };
 use slipway_store::{Assignment, LiveChange, NewRoute, Route};
 
@@ -46,6 +47,14 @@ pub async fn serve(
             "list_routes",
             &slipway_core::subjects::routing::LIST.all(),
             |r, call| async move { r.list(call).await },
+        )
+        .await?;
+    micro
+        .serve(
+            r,
+            "remove_routes",
+            &slipway_core::subjects::routing::REMOVE.all(),
+            |r, call| async move { r.remove(call).await },
         )
         .await?;
     micro
@@ -224,6 +233,36 @@ impl Routing {
     }
 
     #[tracing::instrument(skip_all, fields(project_id = %call.key(), deployment_id = %call.request.deployment_id))]
+    /// Removes the routes of a deployment in standby or archived from the database, then
+    /// their entries from the route table. A report applied meanwhile could write an entry
+    /// back; the periodic reconcile removes it.
+    async fn remove(&self, call: Call<RemoveRoutesRequest>) -> Result<RemoveRoutesReply, ApiError> {
+        let project_id = call.key();
+        ids::validate(ids::PROJECT, "project_id", project_id)?;
+        let deployment_id = &call.request.deployment_id;
+        ids::validate(ids::DEPLOYMENT, "deployment_id", deployment_id)?;
+        let routes = self
+            .inner
+            .store
+            .remove_routes_of(project_id, deployment_id)
+            .await?;
+        let fqdns: Vec<String> = routes.iter().map(|r| r.fqdn.clone()).collect();
+        self.inner.table.remove(&fqdns).await.map_err(|e| {
+            tracing::warn!(error = %e, "routes removed but the route table was not updated");
+            ApiError::unavailable(format!(
+                "routes removed, route table not yet updated ({e}); the reconcile will"
+            ))
+        })?;
+        tracing::info!(
+            deployment_id,
+            routes = fqdns.len(),
+            "routes of a finished deployment removed"
+        );
+        Ok(RemoveRoutesReply {
+            routes: routes.into_iter().map(message).collect(),
+        })
+    }
+
     async fn ensure(&self, call: Call<EnsureRoutesRequest>) -> Result<EnsureRoutesReply, ApiError> {
         let project_id = call.key();
         ids::validate(ids::PROJECT, "project_id", project_id)?;

@@ -159,6 +159,14 @@ impl RouteTable {
         self.publish(&routes).await
     }
 
+    /// Removes the entries of `fqdns` (their routes are gone from the database).
+    pub async fn remove(&self, fqdns: &[String]) -> Result<(), TableError> {
+        for fqdn in fqdns {
+            self.kv.delete(fqdn).await.map_err(kv_err)?;
+        }
+        Ok(())
+    }
+
     /// Makes the whole KV table equal to the database: every route written where it
     /// differs, every key without a route removed.
     pub async fn reconcile(&self) -> Result<ReconcileStats, TableError> {

@@ -53,6 +53,7 @@ pub mod routing {
     pub const ASSIGN: Keyed = Keyed("slipway.routing.v1.assign_frontline_routes");
     pub const LIST: Keyed = Keyed("slipway.routing.v1.list_routes");
     pub const ENSURE: Keyed = Keyed("slipway.routing.v1.ensure_routes");
+    pub const REMOVE: Keyed = Keyed("slipway.routing.v1.remove_routes");
 }
 
 /// `slipway-edge`: one endpoint per edge, keyed by its micro-service id.

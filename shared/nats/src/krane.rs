@@ -27,3 +27,17 @@ pub async fn put_desired_deployment(
     .await
     .map_err(|source| DesiredError::Kv { key, source })
 }
+
+/// Removes the desired document of `deployment_id` for `region` (an archived deployment: its
+/// agent stops what runs, removes its report and forgets it).
+pub async fn remove_desired_deployment(
+    kv: &kv::Store,
+    region: &str,
+    deployment_id: &str,
+) -> Result<(), DesiredError> {
+    let key = desired_deployment_key(region, deployment_id);
+    kv.delete(&key).await.map_err(|e| DesiredError::Kv {
+        key,
+        source: e.into(),
+    })
+}

@@ -6,7 +6,7 @@
 //! row keeps the newest epoch seen; a write with an older one is refused in the same
 //! transaction (the holder lost its lease to a newer one, which may already have acted).
 
-use slipway_core::{error::STALE_FENCING_TOKEN, ids};
+use slipway_core::{domains::Sticky, error::STALE_FENCING_TOKEN, ids, state::DesiredState};
 use sqlx::{any::AnyRow, Row};
 
 use crate::{records, routes, NewRoute, Route, Store, StoreError};
@@ -132,6 +132,60 @@ impl Store {
     /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
     pub async fn replaced_by_commit(&self, commit_id: &str) -> Result<Vec<String>, StoreError> {
         replaced_by(&self.pool, commit_id).await
+    }
+
+    /// Removes the routes that point at `deployment_id` once it is done for: in standby or
+    /// archived, not its project's live deployment, behind no live route. Under the project's
+    /// row lock, so no commit interleaves. Returns the routes removed (their route-table
+    /// entries go next).
+    pub async fn remove_routes_of(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+    ) -> Result<Vec<Route>, StoreError> {
+        let mut tx = self.begin().await?;
+        let project = self.lock_project(&mut tx, project_id).await?;
+        let row = sqlx::query("SELECT project_id, desired_state FROM deployments WHERE id = $1")
+            .bind(deployment_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {deployment_id} not found")))?;
+        let (owner, desired): (String, String) =
+            (row.try_get("project_id")?, row.try_get("desired_state")?);
+        if owner != project_id {
+            return Err(StoreError::Invalid(format!(
+                "deployment {deployment_id} belongs to project {owner}, not {project_id}"
+            )));
+        }
+        let live: Option<String> = project.try_get("live_deployment_id")?;
+        if desired == DesiredState::Running.as_str() || live.as_deref() == Some(deployment_id) {
+            return Err(StoreError::Invalid(format!(
+                "deployment {deployment_id} is {desired}{}: its routes stay",
+                if live.as_deref() == Some(deployment_id) {
+                    " and live"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let routes = routes::routes_in(
+            &mut *tx,
+            routes::RouteKey::Deployment,
+            &[deployment_id.to_string()],
+        )
+        .await?;
+        if let Some(r) = routes.iter().find(|r| r.sticky == Sticky::Live) {
+            return Err(StoreError::Conflict(format!(
+                "{} (live) points at {deployment_id}: its routes stay",
+                r.fqdn
+            )));
+        }
+        sqlx::query("DELETE FROM frontline_routes WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(routes)
     }
 
     /// Registers a newly acquired lease epoch, so a former holder's writes are refused from

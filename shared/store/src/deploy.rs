@@ -303,3 +303,15 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Removes the idempotency keys of `create_deployment` older than the idempotency window
+    /// (a key past it no longer answers a repeat); returns how many.
+    pub async fn purge_deployment_requests(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM deployment_requests WHERE created_at_ms < $1")
+            .bind(now_ms - crate::IDEMPOTENCY_WINDOW_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

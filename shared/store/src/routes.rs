@@ -15,6 +15,7 @@ pub struct NewRoute {
 pub(crate) enum RouteKey {
     Id,
     Fqdn,
+    Deployment,
 }
 
 pub(crate) async fn routes_in<'e, E>(
@@ -31,6 +32,7 @@ where
     let column = match key {
         RouteKey::Id => "id",
         RouteKey::Fqdn => "fqdn",
+        RouteKey::Deployment => "deployment_id",
     };
     let sql = format!(
         "SELECT * FROM frontline_routes WHERE {column} IN ({})",

@@ -12,7 +12,7 @@
 //! again, and the steps after the commit are retried until they succeed instead of failing
 //! the workflow.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
@@ -22,7 +22,7 @@ use slipway_core::{events::Event, fault, time::now_ms};
 use crate::{
     lease::{Holder, Lease},
     record::{self, StepRecord, StepStatus, WorkflowRecord},
-    Shared, StepError, WorkflowError,
+    Shared, Status, StepError, WorkflowError,
 };
 
 pub struct Context {
@@ -313,24 +313,21 @@ impl Context {
             .map_err(|e| WorkflowError::Aborted(format!("cannot encode the record: {e}")))?
             .into();
         let key = record::key(&self.record.id);
+        let finished = matches!(self.record.status, Status::Completed | Status::Failed);
+        let ttl = finished.then_some(self.shared.config.record_retention);
         let mut delays = slipway_nats::retry::blip();
         loop {
-            match self
-                .shared
-                .records
-                .update(key.as_str(), payload.clone(), self.revision)
-                .await
-            {
+            match self.write(&key, payload.clone(), ttl).await {
                 Ok(revision) => {
                     self.revision = revision;
                     return Ok(());
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(Write::Conflict) => {
                     return Err(WorkflowError::Aborted(
                         "another run of this workflow advanced its journal".into(),
                     ))
                 }
-                Err(e) => match delays.next() {
+                Err(Write::Other(e)) => match delays.next() {
                     Some(delay) => {
                         tracing::warn!(error = %e, "cannot write the journal; retrying");
                         tokio::time::sleep(delay).await;
@@ -342,6 +339,57 @@ impl Context {
                     }
                 },
             }
+        }
+    }
+
+    /// One compare-and-set write of the record at `key` over revision `self.revision`; with
+    /// `ttl`, JetStream removes the record that long after (`Nats-TTL`: a finished workflow's
+    /// record is kept for the record retention, then goes without a sweep).
+    async fn write(
+        &self,
+        key: &str,
+        payload: bytes::Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<u64, Write> {
+        let Some(ttl) = ttl else {
+            return match self
+                .shared
+                .records
+                .update(key, payload, self.revision)
+                .await
+            {
+                Ok(revision) => Ok(revision),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Err(Write::Conflict)
+                }
+                Err(e) => Err(Write::Other(e.to_string())),
+            };
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.revision.to_string().as_str(),
+        );
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            format!("{}s", ttl.as_secs().max(1)).as_str(),
+        );
+        let subject = format!("$KV.{}.{key}", slipway_nats::provision::WORKFLOW_RECORDS);
+        let ack = self
+            .shared
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| Write::Other(e.to_string()))?;
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Err(Write::Conflict)
+            }
+            Err(e) => Err(Write::Other(e.to_string())),
         }
     }
 
@@ -392,4 +440,11 @@ impl Context {
             n => self.step_event(n - 1).await,
         }
     }
+}
+
+/// Why a record write did not go through.
+enum Write {
+    /// Another run wrote the record since we read it.
+    Conflict,
+    Other(String),
 }

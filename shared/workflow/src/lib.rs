@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub retry: ExponentialBuilder,
     /// The delay between retries of a step past the commit point once `retry` is spent.
     pub retry_cap: Duration,
+    /// How long the record of a finished (completed or failed) workflow is kept: its last
+    /// write carries this as a per-message TTL, and JetStream removes it then.
+    pub record_retention: Duration,
 }
 
 impl EngineConfig {
@@ -105,6 +108,7 @@ impl EngineConfig {
                 .with_max_times(6)
                 .with_jitter(),
             retry_cap: Duration::from_secs(10),
+            record_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

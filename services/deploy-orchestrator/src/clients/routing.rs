@@ -2,7 +2,10 @@
 //! and the live pointer in one transaction.
 
 use slipway_nats::client::request as request_reply;
-use slipway_proto::v1::{AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest};
+use slipway_proto::v1::{
+    AssignFrontlineRoutesReply, AssignFrontlineRoutesRequest, RemoveRoutesReply,
+    RemoveRoutesRequest,
+};
 use slipway_workflow::StepError;
 
 use crate::clients::CALL_TIMEOUT;
@@ -91,6 +94,24 @@ impl Routing {
             ..Default::default()
         };
         self.commit(project_id, request).await
+    }
+
+    /// Removes the routes of `deployment_id` (in standby, about to be archived).
+    pub(crate) async fn remove_routes(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+    ) -> Result<usize, StepError> {
+        let reply: RemoveRoutesReply = request_reply(
+            &self.nats,
+            slipway_core::subjects::routing::REMOVE.of(project_id),
+            &RemoveRoutesRequest {
+                deployment_id: deployment_id.into(),
+            },
+            CALL_TIMEOUT,
+        )
+        .await?;
+        Ok(reply.routes.len())
     }
 }
 

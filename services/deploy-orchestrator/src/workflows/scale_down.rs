@@ -26,7 +26,10 @@ use slipway_nats::provision::TRAFFIC;
 use slipway_store::{Among, Store};
 use slipway_workflow::{Context, StepError, StepResultExt, Workflow, WorkflowError};
 
-use crate::{clients::actor::Fence, workflows::handover::Handover};
+use crate::{
+    clients::{actor::Fence, routing::Routing},
+    workflows::handover::Handover,
+};
 
 /// Environments per page.
 pub const PAGE: u32 = 100;
@@ -61,6 +64,8 @@ pub struct ScaleDown {
     pub(crate) store: Store,
     /// Settles what serves nothing; its actor client schedules.
     pub(crate) handover: Handover,
+    /// Removes the routes of what is archived.
+    pub(crate) routing: Routing,
     /// Where `SLIPWAY_TRAFFIC` is read.
     pub(crate) js: jetstream::Context,
     /// How long a preview may go without a request before it is idle.
@@ -116,6 +121,16 @@ impl Workflow for ScaleDown {
         tracing::info!(trigger = %input.trigger, candidates = candidates.len(), scaled_down = idle.len(), "idle previews scaled down");
         let standby = self.sweep_unserving(ctx).await?;
         let archived = self.archive_old_standbys(ctx).await?;
+        // Idempotency keys past their window answer nothing any more.
+        let purged: u64 = ctx
+            .step("purge_requests", || async {
+                let now = o.clock.now_ms();
+                o.store.purge_deployment_requests(now).await.step_err()
+            })
+            .await?;
+        if purged > 0 {
+            tracing::info!(purged, "idempotency keys past their window removed");
+        }
         Ok(Swept {
             scaled_down: idle,
             scale_down_skipped: skipped,
@@ -174,15 +189,14 @@ impl ScaleDown {
                         .standby_since(before, Among::After(after.as_deref()), PAGE)
                         .await
                         .step_err()?;
+                    let mut archived = Vec::new();
                     for id in &ids {
-                        self.handover
-                            .actor
-                            .schedule(id, Duration::ZERO, "archived", &key, Fence::None)
-                            .await?;
-                        tracing::info!(deployment = %id, "in standby for the archive window: archived");
+                        if self.archive(id, &key).await? {
+                            archived.push(id.clone());
+                        }
                     }
                     let next = last_of_full_page(&ids);
-                    Ok((ids, next))
+                    Ok((archived, next))
                 })
                 .await?;
             archived.extend(found);
@@ -193,6 +207,28 @@ impl ScaleDown {
         }
         Ok(archived)
     }
+    /// Archives a deployment in standby: its routes go first (so nothing writes their entries
+    /// back once its agents let go of it), then the actor archives it, which removes its
+    /// desired documents (the agents remove their reports). False when it was woken meanwhile
+    /// (its routes stay).
+    async fn archive(&self, id: &str, key: &str) -> Result<bool, StepError> {
+        let d = self.store.deployment(id).await.step_err()?;
+        match self.routing.remove_routes(&d.project_id, id).await {
+            Ok(_) => {}
+            Err(StepError::Terminal(why)) => {
+                tracing::info!(deployment = %id, %why, "not archived");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let actor = &self.handover.actor;
+        actor
+            .schedule(id, Duration::ZERO, "archived", key, Fence::None)
+            .await?;
+        tracing::info!(deployment = %id, "in standby for the archive window: archived");
+        Ok(true)
+    }
+
     /// The candidates with no request reported since `idle_before`, or none and why when
     /// no edge watched traffic over the whole window. Any failure to read the traffic source
     /// is terminal: nothing is scaled down on a guess.
