@@ -115,7 +115,10 @@ async fn history_leaves_a_bounded_trace() {
         keys(&plane.workflows).await == 0
     })
     .await;
-    plane.invariants().assert(&[project.clone()]).await;
+    plane
+        .invariants()
+        .assert(std::slice::from_ref(&project))
+        .await;
 
     // Kept per deployment for good: its rows, its events (30 days, 1 GiB at most), its last
     // timer messages.
