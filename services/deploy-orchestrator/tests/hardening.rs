@@ -13,7 +13,7 @@ use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use common::Plane;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
-use slipway_core::subjects;
+use slipway_core::{seeded::Rng, subjects};
 use sqlx::Row;
 
 /// Every endpoint a client may call (the edge's stats need an edge: left out).
@@ -226,26 +226,6 @@ async fn a_large_openapi_spec_does_not_break_reads() {
     assert!(listed.iter().all(|d| d.get("openapi_spec").is_none()));
 }
 
-/// A small seeded generator (no dependency): xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
 /// Field names of the API's requests: right names with wrong values are malformed too.
 const FIELDS: [&str; 16] = [
     "slug",
@@ -280,8 +260,8 @@ fn any_value(rng: &mut Rng, depth: usize) -> Value {
     match rng.below(if depth > 3 { 5 } else { 7 }) {
         0 => Value::Null,
         1 => json!(rng.below(2) == 0),
-        2 => json!(rng.next() as i64),
-        3 => json!(rng.next() as f64 / 7.0),
+        2 => json!(rng.next_u64() as i64),
+        3 => json!(rng.next_u64() as f64 / 7.0),
         4 => json!(odd_string(rng)),
         5 => Value::Array(
             (0..rng.below(4))
@@ -302,7 +282,7 @@ fn malformed(rng: &mut Rng) -> Vec<u8> {
     match rng.below(4) {
         0 => {
             let mut bytes: Vec<u8> = b"{".to_vec();
-            bytes.extend((0..rng.below(200) + 1).map(|_| (rng.next() & 0xff) as u8));
+            bytes.extend((0..rng.below(200) + 1).map(|_| (rng.next_u64() & 0xff) as u8));
             bytes
         }
         1 => {
@@ -344,15 +324,11 @@ async fn a_fuzz_run_of_malformed_requests_is_answered_and_writes_nothing() {
     let project = plane.project().await;
     plane.deployed(&project, "production", "v1").await;
     let before = written(&plane).await;
-    let seed: u64 = std::env::var("SLIPWAY_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(14);
+    let (mut rng, seed) = Rng::from_env("SLIPWAY_FUZZ_SEED", 14);
     let per_endpoint: usize = std::env::var("SLIPWAY_FUZZ_REQUESTS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let mut rng = Rng(seed.max(1));
     let endpoints = endpoints();
     let mut sent = 0;
     for subject in &endpoints {

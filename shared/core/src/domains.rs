@@ -603,6 +603,79 @@ mod tests {
         assert_eq!(collisions(Scheme::Separated), vec![]);
     }
 
+    /// Fuzz target of the domain rules (seeded: `SLIPWAY_FUZZ_SEED`, `SLIPWAY_FUZZ_ITERATIONS`):
+    /// random slugs, branches, commits and deployment ids always give valid host names, and
+    /// with separated domains two different owners never share one.
+    #[test]
+    fn random_inputs_give_valid_host_names_that_never_collide() {
+        let (mut rng, seed) = crate::seeded::Rng::from_env("SLIPWAY_FUZZ_SEED", 19);
+        let slug_chars = ["a", "b", "x", "0", "9", "-", "git", "xn", "production"];
+        let branch_chars = ["a", "/", "-", "_", " ", "é", "日", "\n", "Z", "9", "."];
+        let mut seen: std::collections::HashMap<String, Owner> = Default::default();
+        for case in 0..crate::seeded::iterations(20_000) {
+            let slug = |rng: &mut crate::seeded::Rng, kind| loop {
+                let long = rng.below(10) == 0;
+                let len = 1 + rng.below(if long { 70 } else { 12 });
+                let s = rng.string(&slug_chars, len);
+                let valid = s.len() <= 63 && !s.starts_with('-') && !s.ends_with('-');
+                if valid && reserved_slug(kind, &s).is_none() {
+                    return s;
+                }
+            };
+            let (ws, project, env) = (
+                slug(&mut rng, SlugKind::Workspace),
+                slug(&mut rng, SlugKind::Project),
+                slug(&mut rng, SlugKind::Environment),
+            );
+            let long = rng.below(10) == 0;
+            let branch_len = rng.below(if long { 200 } else { 10 });
+            let branch = rng.string(&branch_chars, branch_len);
+            let sha: String = format!("{:016x}", rng.next_u64());
+            let dep = format!("dep_{:08x}", rng.next_u64() as u32);
+            let input = DomainInput {
+                scheme: Scheme::Separated,
+                apex: "apex",
+                workspace_slug: &ws,
+                project_slug: &project,
+                environment_slug: &env,
+                deployment_id: &dep,
+                branch: &branch,
+                commit_sha: &sha,
+            };
+            for d in generate(&input) {
+                if let Err(e) = validate_fqdn(&d.fqdn) {
+                    panic!("seed {seed}, case {case}: {e} from {input:?}");
+                }
+                let owner = match d.sticky {
+                    Sticky::Live => Owner::Live(ws.clone(), project.clone()),
+                    Sticky::Environment => {
+                        Owner::Environment(ws.clone(), project.clone(), env.clone())
+                    }
+                    Sticky::Branch => {
+                        Owner::Branch(ws.clone(), project.clone(), branch_slug(&branch))
+                    }
+                    Sticky::None => Owner::Commit(
+                        ws.clone(),
+                        project.clone(),
+                        sha[..7].to_string(),
+                        deployment_suffix(&dep),
+                    ),
+                };
+                match seen.get(&d.fqdn) {
+                    Some(first) if *first != owner => {
+                        panic!(
+                            "seed {seed}, case {case}: {} is {first:?} and {owner:?}",
+                            d.fqdn
+                        )
+                    }
+                    _ => {
+                        seen.insert(d.fqdn, owner);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn reserved_slugs() {
         assert!(reserved_slug(SlugKind::Workspace, "ac--me").is_some());

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod ids;
 pub mod krane;
 pub mod routes;
+pub mod seeded;
 pub mod service;
 pub mod state;
 pub mod subjects;

@@ -245,7 +245,7 @@ pub fn bounded(message: &str, max: usize) -> String {
         return clean;
     }
     let ellipsis = '…';
-    let mut end = max - ellipsis.len_utf8();
+    let mut end = max.saturating_sub(ellipsis.len_utf8());
     while !clean.is_char_boundary(end) {
         end -= 1;
     }
@@ -280,5 +280,25 @@ mod tests {
         let cut = bounded(&multi, 101);
         assert!(cut.len() <= 101 && cut.ends_with('…'));
         assert_eq!(bounded("short", 10), "short");
+    }
+
+    /// Whatever the message, the bounded text is short, valid and free of control characters.
+    #[test]
+    fn bounded_holds_for_arbitrary_text() {
+        use slipway_core::seeded::{iterations, Rng};
+        let (mut rng, seed) = Rng::from_env("SLIPWAY_FUZZ_SEED", 29);
+        let pieces = ["a", "é", "日本", "\u{200b}", "\r", "\n", "\u{0}", "😀", " "];
+        for case in 0..iterations(5_000) {
+            let long = rng.below(20) == 0;
+            let len = rng.below(if long { 5_000 } else { 300 });
+            let text = rng.string(&pieces, len);
+            let max = 2 + rng.below(400);
+            let out = bounded(&text, max);
+            assert!(
+                out.len() <= max.max(3) && !out.chars().any(char::is_control),
+                "seed {seed}, case {case}: {} bytes for max {max}",
+                out.len()
+            );
+        }
     }
 }
