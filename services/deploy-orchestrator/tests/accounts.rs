@@ -210,6 +210,12 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
         .await;
     assert!(other_region.is_err(), "read another region's desired state");
     refused(&mut agent_errors, "deployment.eu").await;
+    // Nor another region's agent's consumer (the names are fixed: krane-<region>).
+    let deleted = agent_js
+        .delete_consumer_from_stream("krane-eu", "KV_slipway_desired")
+        .await;
+    assert!(deleted.is_err(), "deleted another region's consumer");
+    refused(&mut agent_errors, "krane-eu").await;
     agent
         .publish(format!("$KV.slipway_instances.{dep}.eu"), "{}".into())
         .await

@@ -1,11 +1,17 @@
-//! The region's desired state from KV `slipway_desired`, read as a named ordered consumer
-//! filtered on `deployment.<region>.>` (current values first, then every change). Unlike a
-//! plain KV watch, its creation subject names the filter
-//! (`$JS.API.CONSUMER.CREATE.KV_slipway_desired.<name>.$KV.slipway_desired.deployment.<region>.>`),
-//! so the agent's NATS user can be allowed its own region and nothing else
-//! (`nats/accounts.conf`).
+//! The region's desired state from KV `slipway_desired`, read through the region's own
+//! consumer `krane-<region>` filtered on `deployment.<region>.>` (current values first, then
+//! every change). Its name is fixed and its creation subject names the filter
+//! (`$JS.API.CONSUMER.CREATE.KV_slipway_desired.krane-<region>.$KV.slipway_desired.deployment.<region>.>`),
+//! so the agent's NATS user can be granted exactly its own region's consumer and nothing else
+//! (`nats/accounts.conf`): one agent per region. A starting agent deletes the consumer its
+//! predecessor left and creates it afresh, to read the current values again.
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+};
 use futures::{Stream, StreamExt};
 use slipway_core::krane::DesiredDeployment;
 use slipway_nats::provision::DESIRED;
@@ -17,17 +23,31 @@ pub struct Change {
     pub doc: Option<DesiredDeployment>,
 }
 
+/// The consumer of `region`'s agent.
+pub fn consumer_name(region: &str) -> String {
+    format!("krane-{region}")
+}
+
 pub async fn feed(
     js: &jetstream::Context,
     region: &str,
 ) -> Result<impl Stream<Item = Result<Change, String>>, async_nats::Error> {
     let stream = js.get_stream_no_info(format!("KV_{DESIRED}")).await?;
     let prefix = format!("$KV.{DESIRED}.deployment.{region}.");
+    let name = consumer_name(region);
+    // What a predecessor left would resume where it stopped: start again from the current
+    // values instead.
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "no consumer to delete");
+    }
     let consumer = stream
-        .create_consumer(OrderedConfig {
-            name: Some(format!("krane-{region}-{}", uuid::Uuid::new_v4().simple())),
+        .create_consumer(pull::Config {
+            name: Some(name),
             filter_subject: format!("{prefix}>"),
             deliver_policy: DeliverPolicy::LastPerSubject,
+            ack_policy: AckPolicy::None,
+            // Gone if its agent is: nothing else reads it.
+            inactive_threshold: Duration::from_secs(3600),
             ..Default::default()
         })
         .await?;
