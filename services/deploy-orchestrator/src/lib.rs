@@ -14,7 +14,9 @@ use slipway_core::{
     config::{parse_duration, CommonConfig, DatabaseConfig},
     time::SystemClock,
 };
-use slipway_nats::provision::{self, DESIRED, INSTANCES};
+use slipway_nats::provision::{
+    self, DESIRED, EVENTS, INSTANCES, LEASES, TIMERS, TRAFFIC, WORKFLOWS, WORKFLOW_RECORDS,
+};
 use slipway_store::Store;
 use slipway_workflow::{Engine, EngineConfig};
 
@@ -104,7 +106,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let client = slipway_nats::connect(&config.common.nats, "deploy-orchestrator").await?;
     let js = jetstream::new(client.clone());
-    provision::provision(&js, config.common.js_replicas).await?;
+    let c = &config.common;
+    let streams = [WORKFLOWS, TIMERS, TRAFFIC, EVENTS];
+    let buckets = [DESIRED, WORKFLOW_RECORDS, LEASES, INSTANCES];
+    provision::ensure(&js, c.js_replicas, c.provision, &streams, &buckets).await?;
     let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;

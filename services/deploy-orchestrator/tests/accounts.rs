@@ -229,4 +229,62 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
         .await
         .unwrap();
     refused(&mut agent_errors, "slipway_desired").await;
+
+    // A service may not purge or delete a stream, nor touch one it does not work with.
+    let (routing, mut routing_errors) = connect_as(&url, "routing").await;
+    let purged = jetstream::new(routing.clone())
+        .get_stream_no_info("SLIPWAY_TRAFFIC")
+        .await
+        .unwrap()
+        .purge()
+        .await;
+    assert!(purged.is_err(), "routing purged SLIPWAY_TRAFFIC");
+    refused(&mut routing_errors, "SLIPWAY_TRAFFIC").await;
+
+    // The rest of the lifecycle under each service's own user: a second deploy supersedes
+    // the first (its standby fires on the actor's timer), a rollback wakes it, the cron
+    // workflow sweeps — and no service meets a permission it lacks.
+    let v2 = call(
+        &platform,
+        "slipway.deploy.v1.create_deployment",
+        json!({"project_id": project, "environment_slug": "production", "docker_image": "exec:slipway demo-app --message v2"}),
+    )
+    .await["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    plane
+        .deployment_where(&v2, |d| d["status"] == "ready")
+        .await;
+    plane
+        .deployment_where(&dep, |d| d["desired_state"] == "standby")
+        .await;
+    let rolled = call(
+        &platform,
+        "slipway.deploy.v1.rollback",
+        json!({"source_deployment_id": v2, "target_deployment_id": dep, "wait_ms": 60000}),
+    )
+    .await;
+    assert_eq!(rolled["status"], "completed", "{rolled}");
+    let swept = call(
+        &platform,
+        "slipway.deploy.v1.scale_down_idle_previews",
+        json!({"wait_ms": 60000}),
+    )
+    .await;
+    assert_eq!(swept["status"], "completed", "{swept}");
+    plane.invariants().assert(&[project.clone()]).await;
+    let processes = plane
+        .services
+        .iter()
+        .chain(&plane.orchestrators)
+        .chain(plane.agent.iter())
+        .chain(plane.edge.iter());
+    for process in processes {
+        assert_eq!(
+            process.count_log("Permissions Violation"),
+            0,
+            "a service lacks a grant"
+        );
+    }
 }

@@ -75,7 +75,10 @@ impl Actor {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = slipway_nats::connect(&config.common.nats, "deployment-actor").await?;
     let js = jetstream::new(client.clone());
-    provision::provision(&js, config.common.js_replicas).await?;
+    let c = &config.common;
+    let streams = [provision::TIMERS, provision::EVENTS];
+    let buckets = [provision::TRANSITIONS, provision::DESIRED];
+    provision::ensure(&js, c.js_replicas, c.provision, &streams, &buckets).await?;
     let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;

@@ -61,7 +61,16 @@ struct Inner {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = slipway_nats::connect(&config.common.nats, "routing").await?;
     let js = jetstream::new(client.clone());
-    provision::provision(&js, config.common.js_replicas).await?;
+    let c = &config.common;
+    let buckets = [provision::ROUTES, provision::INSTANCES];
+    provision::ensure(
+        &js,
+        c.js_replicas,
+        c.provision,
+        &[provision::EVENTS],
+        &buckets,
+    )
+    .await?;
     let store = Store::open(&config.database.database_url)
         .await
         .context("opening the database")?;

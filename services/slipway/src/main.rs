@@ -69,6 +69,13 @@ enum Command {
     },
     /// Every pending desired-state transition and when it fires.
     Timers,
+    /// Create or update every stream and bucket (as `admin`, where services run with
+    /// SLIPWAY_PROVISION=false: nats/accounts.conf lets no service create streams).
+    Provision {
+        /// Replicas (3 on a 3-node cluster).
+        #[arg(long, env = "SLIPWAY_JS_REPLICAS", default_value_t = 1)]
+        replicas: usize,
+    },
 }
 
 #[tokio::main]
@@ -124,5 +131,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::ls(&api, &project, environment, json_out).await,
         Command::Routes { project } => commands::routes(&api, &project, json_out).await,
         Command::Timers => commands::timers(&api, json_out).await,
+        Command::Provision { replicas } => {
+            let js = async_nats::jetstream::new(api.client.clone());
+            slipway_nats::provision::provision(&js, replicas).await?;
+            println!("streams and buckets provisioned ({replicas} replica(s))");
+            Ok(())
+        }
     }
 }

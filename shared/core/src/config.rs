@@ -13,6 +13,11 @@ pub struct CommonConfig {
     /// `text` or `json`.
     #[arg(long, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Create or update the streams and buckets at start-up. `false` where the service's NATS
+    /// user may not (nats/accounts.conf): it waits for them, and an operator provisions them
+    /// with `slipway provision` as `admin`.
+    #[arg(long, env = "SLIPWAY_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub provision: bool,
 }
 
 /// The database of the services that keep records (not the region agents). Flatten into a

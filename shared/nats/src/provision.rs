@@ -151,6 +151,32 @@ pub fn consumer_config(name: &str) -> Result<consumer::pull::Config, ProvisionEr
     })
 }
 
+/// At start-up: [`provision`] when `provision`, else wait until the `streams` and `buckets` a
+/// service works with exist (an operator provisions them: `slipway provision`; the service's
+/// NATS user may see no other).
+pub async fn ensure(
+    js: &jetstream::Context,
+    replicas: usize,
+    provision: bool,
+    streams: &[&str],
+    buckets: &[&str],
+) -> Result<(), ProvisionError> {
+    if provision {
+        return self::provision(js, replicas).await;
+    }
+    for name in streams {
+        let mut delays = crate::retry::reattach();
+        while let Err(e) = js.get_stream(*name).await {
+            tracing::warn!(stream = name, error = %e, "waiting for the stream to be provisioned (slipway provision)");
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+        }
+    }
+    for name in buckets {
+        crate::kv::wait_for_bucket(js, name).await;
+    }
+    Ok(())
+}
+
 /// Creates or updates every stream and bucket. Safe when several services start at once:
 /// a lost create race is retried as an update.
 pub async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), ProvisionError> {

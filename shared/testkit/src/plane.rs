@@ -322,6 +322,8 @@ impl Plane {
         if self.secured {
             env.push(("SLIPWAY_NATS_USER", user.to_string()));
             env.push(("SLIPWAY_NATS_PASSWORD", password(user)));
+            // No service may create streams there: the plane provisioned them as admin.
+            env.push(("SLIPWAY_PROVISION", "false".into()));
         }
         env
     }
