@@ -273,7 +273,10 @@ async fn each_user_gets_what_its_role_needs_and_nothing_more() {
     )
     .await;
     assert_eq!(swept["status"], "completed", "{swept}");
-    plane.invariants().assert(&[project.clone()]).await;
+    plane
+        .invariants()
+        .assert(std::slice::from_ref(&project))
+        .await;
     let processes = plane
         .services
         .iter()
