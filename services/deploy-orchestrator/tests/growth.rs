@@ -78,6 +78,7 @@ async fn history_leaves_a_bounded_trace() {
         plane
             .deployment_where(d, |d| d["desired_state"] == "standby")
             .await;
+        plane.wait_instances(d, "inactive").await;
     }
     // The archive window passes (the behaviour under test is about time), then the sweep.
     tokio::time::sleep(Duration::from_millis(1_200)).await;

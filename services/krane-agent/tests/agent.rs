@@ -403,3 +403,43 @@ async fn a_deployment_stopped_and_started_again_runs_again() {
     })
     .await;
 }
+
+/// CPU time (user + system, in clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name (which may hold spaces): utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The agent's CPU ticks over 3 s in which nothing happens.
+async fn idle_ticks(env: &Env) -> u64 {
+    let pid = env.agent.as_ref().unwrap().pid();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cpu_ticks(pid) - before
+}
+
+/// An agent's idle work does not grow with the documents it has seen: 500 stopped
+/// deployments later it is as idle as before (it kept a supervisor per document, each waking
+/// every check interval).
+#[tokio::test]
+async fn idle_work_does_not_grow_with_stopped_documents() {
+    let env = start().await;
+    let before = idle_ticks(&env).await;
+    for i in 0..500 {
+        env.desire(
+            &format!("dep_stopped{i}"),
+            demo_app("--message x"),
+            1,
+            Desired::Stopped,
+            1,
+        )
+        .await;
+    }
+    env.report_where("dep_stopped499", |r| r.version == 1).await;
+    let after = idle_ticks(&env).await;
+    eprintln!("agent CPU over 3 s idle: {before} ticks, then {after} with 500 stopped documents");
+    assert!(after <= before + 3, "{before} -> {after} ticks");
+}
