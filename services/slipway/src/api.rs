@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use slipway_core::{config::NatsConfig, ErrorCode};
 use slipway_nats::codec::ApiMessage;
@@ -17,10 +17,11 @@ pub struct Api {
 }
 
 impl Api {
-    pub async fn connect(common: &NatsConfig) -> Result<Self> {
+    /// Connects; an error says once what failed, with the URL and where it came from.
+    pub async fn connect(common: &NatsConfig, origin: UrlOrigin) -> Result<Self> {
         let client = slipway_nats::connect(common, "slipway-cli")
             .await
-            .with_context(|| format!("cannot connect to NATS at {}", common.nats_url))?;
+            .map_err(|e| anyhow::anyhow!("{e} ({})", origin.describe()))?;
         Ok(Self { client })
     }
 
@@ -85,4 +86,47 @@ pub fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) {
 /// Unix milliseconds as RFC 3339.
 pub fn time_of(ms: i64) -> String {
     humantime::format_rfc3339_millis(slipway_core::time::to_system_time(ms)).to_string()
+}
+
+/// Where the CLI's NATS URL came from, for its connection errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlOrigin {
+    Flag,
+    SlipwayNatsUrl,
+    NatsUrl,
+    Default,
+}
+
+impl UrlOrigin {
+    /// Reads the environment before the arguments are parsed; `NATS_URL` (the nats CLI's
+    /// variable) stands in for `SLIPWAY_NATS_URL` when only it is set.
+    pub fn resolve(args: &[String]) -> Self {
+        if args
+            .iter()
+            .any(|a| a == "--nats-url" || a.starts_with("--nats-url="))
+        {
+            return UrlOrigin::Flag;
+        }
+        if std::env::var_os("SLIPWAY_NATS_URL").is_some() {
+            return UrlOrigin::SlipwayNatsUrl;
+        }
+        match std::env::var("NATS_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                std::env::set_var("SLIPWAY_NATS_URL", url);
+                UrlOrigin::NatsUrl
+            }
+            _ => UrlOrigin::Default,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            UrlOrigin::Flag => "from --nats-url",
+            UrlOrigin::SlipwayNatsUrl => "from SLIPWAY_NATS_URL",
+            UrlOrigin::NatsUrl => "from NATS_URL",
+            UrlOrigin::Default => {
+                "the default: set SLIPWAY_NATS_URL (or NATS_URL) to the URL `slipway dev` printed"
+            }
+        }
+    }
 }

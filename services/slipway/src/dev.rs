@@ -121,7 +121,24 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Err(e) => println!("  (cannot tell the live domain: {e:#})"),
     }
     println!();
-    println!("Deploy a new version (nats CLI):");
+    let slipway = bin_dir.join("slipway");
+    println!(
+        "Deploy a new version, with this CLI ({}):",
+        slipway.display()
+    );
+    println!("  export SLIPWAY_NATS_URL={}", nats.url());
+    println!("  export PATH=\"{}:$PATH\"", bin_dir.display());
+    println!(
+        "  slipway deploy --project {DEMO_PROJECT} --image 'exec:slipway demo-app --message v2'"
+    );
+    println!("  slipway ls --project {DEMO_PROJECT}");
+    println!("  slipway status <deployment_id>");
+    println!("  slipway rollback <deployment_id> {demo_id}");
+    println!("  slipway promote <deployment_id>");
+    println!("  slipway routes --project {DEMO_PROJECT}");
+    println!("  slipway timers");
+    println!();
+    println!("Or with the nats CLI (optional: https://github.com/nats-io/natscli):");
     println!("  export NATS_URL={}", nats.url());
     println!(
         "  nats req slipway.deploy.v1.create_deployment '{{\"project_id\":\"{DEMO_PROJECT}\",\"environment_slug\":\"production\",\"docker_image\":\"exec:slipway demo-app --message v2\"}}'"

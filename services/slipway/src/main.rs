@@ -80,8 +80,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let result = run(cli).await;
+    let args: Vec<String> = std::env::args().collect();
+    let origin = api::UrlOrigin::resolve(&args);
+    let cli = Cli::parse_from(args);
+    let result = run(cli, origin).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -91,14 +93,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, origin: api::UrlOrigin) -> anyhow::Result<()> {
     let json_out = cli.json;
     match cli.command {
         Command::Dev(args) => return dev::run(args).await,
         Command::DemoApp(args) => return demo_app::run(args).await,
         _ => {}
     }
-    let api = api::Api::connect(&cli.nats).await?;
+    let api = api::Api::connect(&cli.nats, origin).await?;
     match cli.command {
         Command::Dev(_) | Command::DemoApp(_) => Ok(()),
         Command::Workspace(c) => commands::workspace(&api, c, json_out).await,

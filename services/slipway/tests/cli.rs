@@ -326,3 +326,57 @@ async fn the_cli_drives_a_running_control_plane() {
     let left: Vec<u32> = started.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
+
+/// Where the CLI looks for NATS, and what it says when nothing answers there: once, with the
+/// URL and where it came from; `--nats-url` also after the subcommand; `NATS_URL` (the nats
+/// CLI's variable) when `SLIPWAY_NATS_URL` is not set.
+#[test]
+fn connection_errors_say_once_where_the_url_came_from() {
+    let port = slipway_testkit::ports::free_port().unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(SLIPWAY);
+        command
+            .args(args)
+            .env_remove("SLIPWAY_NATS_URL")
+            .env_remove("NATS_URL")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let cases = [
+        (
+            run(&["ls", "--project", "proj_x"], &[("NATS_URL", &url)]),
+            "from NATS_URL",
+        ),
+        (
+            run(&["ls", "--project", "proj_x", "--nats-url", &url], &[]),
+            "from --nats-url",
+        ),
+        (run(&["--nats-url", &url, "timers"], &[]), "from --nats-url"),
+        (
+            run(
+                &["ls", "--project", "proj_x"],
+                &[
+                    ("SLIPWAY_NATS_URL", &url),
+                    ("NATS_URL", "nats://elsewhere:1"),
+                ],
+            ),
+            "from SLIPWAY_NATS_URL",
+        ),
+    ];
+    for (stderr, origin) in cases {
+        assert_eq!(stderr.matches("cannot connect").count(), 1, "{stderr}");
+        assert_eq!(stderr.matches(&url).count(), 1, "{stderr}");
+        assert!(stderr.contains(origin), "{stderr}");
+    }
+    let default = run(&["timers"], &[]);
+    assert!(
+        default.contains("the default: set SLIPWAY_NATS_URL"),
+        "{default}"
+    );
+}

@@ -33,34 +33,46 @@ pub struct DatabaseConfig {
     pub database_url: String,
 }
 
-/// Where NATS is and how to authenticate: what every process, the CLI included, needs.
+/// Where NATS is and how to authenticate: what every process, the CLI included, needs
+/// (global: the CLI takes them before or after its subcommand).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsConfig {
     /// NATS server(s), comma-separated.
     #[arg(
         long,
+        global = true,
         env = "SLIPWAY_NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
     /// A NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "SLIPWAY_NATS_CREDS")]
+    #[arg(long, global = true, env = "SLIPWAY_NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
-    #[arg(long, env = "SLIPWAY_NATS_USER")]
+    #[arg(long, global = true, env = "SLIPWAY_NATS_USER")]
     pub nats_user: Option<String>,
-    #[arg(long, env = "SLIPWAY_NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_NATS_PASSWORD",
+        hide_env_values = true
+    )]
     pub nats_password: Option<String>,
-    #[arg(long, env = "SLIPWAY_NATS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_NATS_TOKEN",
+        hide_env_values = true
+    )]
     pub nats_token: Option<String>,
     /// An NKey seed (`SU…`).
-    #[arg(long, env = "SLIPWAY_NATS_NKEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "SLIPWAY_NATS_NKEY", hide_env_values = true)]
     pub nats_nkey: Option<String>,
     /// A CA certificate (PEM) to verify the server's TLS certificate with; enables TLS.
-    #[arg(long, env = "SLIPWAY_NATS_TLS_CA")]
+    #[arg(long, global = true, env = "SLIPWAY_NATS_TLS_CA")]
     pub nats_tls_ca: Option<std::path::PathBuf>,
     /// Where replies to this process's requests arrive: `_INBOX_<user>` when a user is set
     /// (`nats/accounts.conf` lets each user subscribe to its own prefix only), else `_INBOX`.
-    #[arg(long, env = "SLIPWAY_NATS_INBOX_PREFIX")]
+    #[arg(long, global = true, env = "SLIPWAY_NATS_INBOX_PREFIX")]
     pub nats_inbox_prefix: Option<String>,
 }
 
