@@ -27,6 +27,9 @@ pub struct DevArgs {
     /// The port of its nats-server (default: a free one).
     #[arg(long)]
     nats_port: Option<u16>,
+    /// The database (`postgres://…` works too; default: SQLite in `--dir`).
+    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 /// The services, in start order.
@@ -47,7 +50,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         None => NatsServer::start_in(dir.join("nats")).await,
     }
     .context("starting nats-server")?;
-    let database_url = format!("sqlite://{}", dir.join("slipway.db").display());
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("slipway.db").display()));
     let store = Store::open(&database_url).await?;
     seed(&store).await?;
 

@@ -8,11 +8,29 @@ use std::{
 
 #[tokio::test]
 async fn slipway_dev_starts_a_control_plane_that_answers() {
+    dev_answers(&[]).await;
+}
+
+/// The same on PostgreSQL, through `--database-url`.
+#[tokio::test]
+async fn slipway_dev_runs_on_postgresql() {
+    let db = slipway_testkit::TestDb::postgres().await.unwrap();
+    let banner = dev_answers(&["--database-url", &db.url]).await;
+    assert!(
+        banner.contains(&format!("database  {}", db.url)),
+        "{banner}"
+    );
+}
+
+/// Runs `slipway dev` with `extra` arguments, checks that it answers, stops it; its banner.
+async fn dev_answers(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let port = slipway_testkit::ports::free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["dev", "--nats-port", &port.to_string(), "--dir"])
         .arg(dir.path())
+        .args(extra)
+        .env_remove("SLIPWAY_DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -20,8 +38,10 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
     let stdout = child.stdout.take().unwrap();
     // Read the banner on a thread; the URL line comes before "Ctrl-C".
     let banner = std::thread::spawn(move || {
-        let (mut url, mut demo) = (None, None);
+        let (mut url, mut demo, mut text) = (None, None, String::new());
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
             if let Some(u) = line.trim().strip_prefix("NATS") {
                 url = Some(u.trim().to_string());
             }
@@ -36,12 +56,12 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
                 break;
             }
         }
-        (url, demo)
+        (url, demo, text)
     });
-    let (url, demo) = tokio::task::spawn_blocking(move || banner.join().unwrap())
+    let (url, demo, text) = tokio::task::spawn_blocking(move || banner.join().unwrap())
         .await
         .unwrap();
-    let result = async {
+    async {
         let url = url.expect("slipway dev printed no NATS URL");
         assert_eq!(
             url,
@@ -99,5 +119,5 @@ async fn slipway_dev_starts_a_control_plane_that_answers() {
     assert!(interrupted.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "slipway dev exited with {status}");
-    result
+    text
 }
