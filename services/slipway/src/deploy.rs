@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use slipway_core::subjects;
 use slipway_proto::v1::{
-    CreateDeploymentReply, CreateDeploymentRequest, Deployment, GetWorkflowReply,
-    GetWorkflowRequest, GitCommit, WorkflowRunReply,
+    CreateDeploymentReply, CreateDeploymentRequest, Deployment, GetProjectReply, GetProjectRequest,
+    GetWorkflowReply, GetWorkflowRequest, GitCommit, WorkflowRunReply,
 };
 
 use crate::{
@@ -95,8 +95,31 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
         Some(80) | None => String::new(),
         Some(port) => format!(":{port}"),
     };
+    // A production deploy to a project pinned by a rollback is ready but not live: say so.
+    let pinned_to = if deployment.environment_slug == slipway_core::state::PRODUCTION_ENVIRONMENT {
+        let reply: GetProjectReply = api
+            .request(
+                slipway_core::subjects::project::GET_PROJECT,
+                &GetProjectRequest {
+                    project_id: args.project.clone(),
+                },
+            )
+            .await?;
+        reply
+            .project
+            .filter(|p| p.is_rolled_back && p.live_deployment_id.as_deref() != Some(id.as_str()))
+            .and_then(|p| p.live_deployment_id)
+    } else {
+        None
+    };
     print(json_out, &deployment, |d| {
         println!("{} is {}", d.id, d.status);
+        if let Some(live) = &pinned_to {
+            println!(
+                "  not live: the project is rolled back (pinned) to {live}; `slipway promote {}` makes it live",
+                d.id
+            );
+        }
         for domain in &d.domains {
             println!("  http://{domain}{port}/");
         }

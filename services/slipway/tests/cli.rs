@@ -277,6 +277,22 @@ async fn the_cli_drives_a_running_control_plane() {
             ),
             (Some(first.as_str()), Some(true))
         );
+        // A deploy to the pinned project is ready, not live, and says so.
+        let out = cli.run(&[
+            "deploy",
+            "--project",
+            &project,
+            "--image",
+            "exec:slipway demo-app --message pinned",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "not live: the project is rolled back (pinned) to {first}"
+            )),
+            "{stdout}"
+        );
         let promoted = cli.json(&["promote", &second]);
         assert_eq!(promoted["status"], "completed");
         let ls = cli.json(&["ls", "--project", &project]);
