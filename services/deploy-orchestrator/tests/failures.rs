@@ -74,6 +74,27 @@ async fn an_app_that_exits_fails_fast_saying_so() {
     plane.wait_instances(&dep, "inactive").await;
 }
 
+/// An image the region's agent cannot run fails at once, saying so (it waited for the failed
+/// grace, or the ready timeout, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_the_agent_cannot_run_fails_at_once() {
+    let mut plane = plane_with_ready_timeout("60s").await;
+    let project = plane.project().await;
+    let (dep, wf) = plane
+        .deploy_image(&project, "production", "docker.io/library/nginx:latest")
+        .await;
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "failed");
+    assert_eq!(failed_step(&record), ("wait_instances", 1));
+    let d = plane.deployment(&dep).await;
+    let reason = d["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the agent of region local cannot run the image:")
+            && reason.contains("docker.io/library/nginx:latest"),
+        "{reason}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unavailable_dependency_is_retried_and_marks_nothing_failed() {
     let mut plane = Plane::start().await;

@@ -43,6 +43,8 @@ struct Slot {
     /// Since when its health check has passed without a break.
     healthy_since: Option<Instant>,
     crash_looping: bool,
+    /// This agent cannot run the image at all.
+    unrunnable: bool,
 }
 
 impl Slot {
@@ -58,6 +60,7 @@ impl Slot {
             restart_at: None,
             healthy_since: None,
             crash_looping: false,
+            unrunnable: false,
         }
     }
 
@@ -73,6 +76,7 @@ impl Slot {
             message: self.message.clone(),
             restarts: self.exits,
             crash_looping: self.crash_looping,
+            unrunnable: self.unrunnable,
         }
     }
 }
@@ -158,6 +162,7 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             for slot in slots.iter_mut() {
                 slot.status = InstanceStatus::Failed;
                 slot.message = Some(message.clone());
+                slot.unrunnable = true;
             }
             return;
         }

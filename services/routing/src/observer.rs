@@ -261,6 +261,7 @@ mod tests {
             message: None,
             restarts: if crash_looping { 3 } else { 0 },
             crash_looping,
+            unrunnable: false,
         }
     }
 

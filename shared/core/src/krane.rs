@@ -62,6 +62,10 @@ pub struct ReportedInstance {
     /// answers its health check between exits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub crash_looping: bool,
+    /// `failed` for good: the agent cannot run this image at all (a scheme it does not run, an
+    /// `exec:` image where they are not allowed). Waiting will not help.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrunnable: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

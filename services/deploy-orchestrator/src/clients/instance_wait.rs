@@ -143,6 +143,20 @@ impl InstanceWait {
         if self.regions.values().all(Region::ready) {
             return Verdict::Ready(self.ready_instances());
         }
+        // An image the agent cannot run fails at once: waiting will not help.
+        let unrunnable = self.regions.iter().find_map(|(region, r)| {
+            let report = r.report.as_ref()?;
+            let i = report
+                .instances
+                .iter()
+                .find(|i| i.status == InstanceStatus::Failed && i.unrunnable)?;
+            Some((region, i.message.clone().unwrap_or_default()))
+        });
+        if let Some((region, message)) = unrunnable {
+            return Verdict::Failed(format!(
+                "the agent of region {region} cannot run the image: {message}"
+            ));
+        }
         let grace_ms = i64::try_from(self.timing.failed_grace.as_millis()).unwrap_or(i64::MAX);
         if now_ms >= self.deadline_ms {
             return Verdict::Failed(format!(
@@ -265,6 +279,7 @@ mod tests {
                     message: None,
                     restarts: 0,
                     crash_looping: false,
+                    unrunnable: false,
                 })
                 .collect(),
             reported_at_ms: 0,
@@ -377,6 +392,23 @@ mod tests {
             panic!("a crash loop was not noticed")
         };
         assert!(reason.starts_with("instance c failed 3 times"), "{reason}");
+    }
+
+    #[test]
+    fn an_image_the_agent_cannot_run_fails_at_once() {
+        let (mut w, clock) = wait();
+        clock.set(SECOND);
+        let mut unrunnable = report(&[("c", Failed)]);
+        unrunnable.instances[0].unrunnable = true;
+        unrunnable.instances[0].message = Some("runs only exec: images".into());
+        w.report("us", unrunnable, 1);
+        let Verdict::Failed(reason) = w.verdict() else {
+            panic!("an unrunnable image was waited for")
+        };
+        assert_eq!(
+            reason,
+            "the agent of region us cannot run the image: runs only exec: images"
+        );
     }
 
     #[test]

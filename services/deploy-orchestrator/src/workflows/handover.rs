@@ -286,6 +286,7 @@ pub(crate) async fn record_instances(
                 message: None,
                 restarts: 0,
                 crash_looping: false,
+                unrunnable: false,
             })
             .collect();
         store
