@@ -129,7 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handover = Handover {
         store: store.clone(),
         actor: actor.clone(),
-        instances: Instances::new(reports, http, timing, clock.clone()),
+        instances: Instances::new(reports, client.clone(), http, timing, clock.clone()),
         standby_delay: config.standby_delay,
     };
     let deploy = Deploy {

@@ -95,6 +95,34 @@ async fn an_image_the_agent_cannot_run_fails_at_once() {
     );
 }
 
+/// A deploy to an environment in a region no agent serves fails after the failed grace (5 s
+/// here; the ready timeout is 60 s), naming the region.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_without_an_agent_fails_the_deploy_saying_so() {
+    let mut plane = plane_with_ready_timeout("60s").await;
+    let project = plane.project().await;
+    plane
+        .ok(
+            "slipway.project.v1.create_environment",
+            serde_json::json!({"project_id": project, "slug": "mars", "regions": {"mars": 1}}),
+        )
+        .await;
+    let (dep, wf) = plane.deploy(&project, "mars", "far").await;
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "failed");
+    assert_eq!(failed_step(&record), ("wait_instances", 1));
+    let took = record.updated_at_ms - record.created_at_ms;
+    assert!(took < 30_000, "failed after {took} ms");
+    let reason = plane.deployment(&dep).await["failure_reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.starts_with("no agent serves region mars: none has answered as slipway-krane-mars"),
+        "{reason}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unavailable_dependency_is_retried_and_marks_nothing_failed() {
     let mut plane = Plane::start().await;

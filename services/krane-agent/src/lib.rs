@@ -104,6 +104,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(feed);
+    // Announces that this region has an agent (`nats micro ls`; a deploy to a region without
+    // one fails at once).
+    let _service = slipway_nats::Micro::start(
+        &client,
+        &slipway_core::subjects::agent_service(&config.region),
+        env!("CARGO_PKG_VERSION"),
+        "Region agent: runs the region's desired deployments, reports their instances",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot announce the agent as a micro service: {e}"))?;
     tracing::info!(region = %config.region, "serving region");
     slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();

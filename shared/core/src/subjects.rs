@@ -56,6 +56,11 @@ pub mod routing {
     pub const REMOVE: Keyed = Keyed("slipway.routing.v1.remove_routes");
 }
 
+/// The micro-service name a region's agent announces itself as: `slipway-krane-<region>`.
+pub fn agent_service(region: &str) -> String {
+    format!("slipway-krane-{region}")
+}
+
 /// `slipway-edge`: one endpoint per edge, keyed by its micro-service id.
 pub mod edge {
     use super::Keyed;

@@ -254,7 +254,7 @@ impl Region {
     }
 }
 
-fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 

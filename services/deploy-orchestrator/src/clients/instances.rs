@@ -15,6 +15,8 @@ use crate::clients::instance_wait::{InstanceWait, ReadyTiming, Verdict};
 #[derive(Clone)]
 pub(crate) struct Instances {
     reports: kv::Store,
+    /// Asks whether a region has an agent (its micro service answers a ping).
+    nats: async_nats::Client,
     http: reqwest::Client,
     timing: ReadyTiming,
     clock: SharedClock,
@@ -23,16 +25,46 @@ pub(crate) struct Instances {
 impl Instances {
     pub(crate) fn new(
         reports: kv::Store,
+        nats: async_nats::Client,
         http: reqwest::Client,
         timing: ReadyTiming,
         clock: SharedClock,
     ) -> Self {
         Self {
             reports,
+            nats,
             http,
             timing,
             clock,
         }
+    }
+
+    /// Fails when a region has no agent: none has answered as micro service
+    /// `slipway-krane-<region>` for the failed grace (an agent restarting meanwhile is
+    /// waited for).
+    async fn agents_serve(&self, regions: &BTreeMap<String, u32>) -> Result<(), StepError> {
+        for region in regions.keys() {
+            let service = slipway_core::subjects::agent_service(region);
+            let subject = format!("$SRV.PING.{service}");
+            let give_up = tokio::time::Instant::now() + self.timing.failed_grace;
+            loop {
+                let ping = self.nats.request(subject.clone(), bytes::Bytes::new());
+                match tokio::time::timeout(Duration::from_secs(2), ping).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) if e.kind() != async_nats::RequestErrorKind::NoResponders => {
+                        return Err(StepError::retryable(format!("cannot ask for agents: {e}")))
+                    }
+                    _ if tokio::time::Instant::now() >= give_up => {
+                        return Err(StepError::terminal(format!(
+                            "no agent serves region {region}: none has answered as {service} for {}",
+                            crate::clients::instance_wait::humanize(self.timing.failed_grace)
+                        )))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The deadline of a wait that starts now.
@@ -51,6 +83,7 @@ impl Instances {
         versions: &BTreeMap<String, i64>,
         deadline_ms: i64,
     ) -> Result<Vec<ReadyInstance>, StepError> {
+        self.agents_serve(replicas).await?;
         let mut wait = InstanceWait::new(
             replicas,
             versions,
