@@ -111,6 +111,31 @@ async fn history_leaves_a_bounded_trace() {
         "{routes:?}"
     );
     assert_eq!(keys(&plane.routes).await, routes.len());
+    // What a removed key leaves, a marker, goes too: it carries a TTL (one day).
+    let archived = &old[0];
+    for (stream, subject) in [
+        (
+            "KV_slipway_desired",
+            format!("$KV.slipway_desired.deployment.local.{archived}"),
+        ),
+        (
+            "KV_slipway_instances",
+            format!("$KV.slipway_instances.{archived}.local"),
+        ),
+    ] {
+        let stream = plane.js.get_stream(stream).await.unwrap();
+        let marker = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap();
+        let ttl = marker.headers.get("Nats-TTL").map(|v| v.to_string());
+        assert_eq!(
+            ttl.as_deref(),
+            Some("86400"),
+            "{subject}: {:?}",
+            marker.headers
+        );
+    }
     // Finished workflows' records go after their retention (1 s here).
     until("no finished workflow's record", || async {
         keys(&plane.workflows).await == 0

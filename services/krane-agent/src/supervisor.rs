@@ -282,10 +282,7 @@ async fn keep_or_put_empty(
 }
 
 async fn remove_report(ctx: &Context, deployment_id: &str) -> Result<(), async_nats::Error> {
-    ctx.instances
-        .delete(instances_key(deployment_id, &ctx.region))
-        .await?;
-    Ok(())
+    slipway_nats::kv::remove(&ctx.instances, &instances_key(deployment_id, &ctx.region)).await
 }
 
 async fn put_report(

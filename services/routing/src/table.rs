@@ -162,7 +162,9 @@ impl RouteTable {
     /// Removes the entries of `fqdns` (their routes are gone from the database).
     pub async fn remove(&self, fqdns: &[String]) -> Result<(), TableError> {
         for fqdn in fqdns {
-            self.kv.delete(fqdn).await.map_err(kv_err)?;
+            slipway_nats::kv::remove(&self.kv, fqdn)
+                .await
+                .map_err(kv_err)?;
         }
         Ok(())
     }
@@ -190,7 +192,9 @@ impl RouteTable {
             .await
             .map_err(kv_err)?;
         for key in keys.into_iter().filter(|k| !fqdns.contains(k)) {
-            self.kv.delete(&key).await.map_err(kv_err)?;
+            slipway_nats::kv::remove(&self.kv, &key)
+                .await
+                .map_err(kv_err)?;
             stats.removed += 1;
         }
         Ok(stats)

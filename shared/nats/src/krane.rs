@@ -36,8 +36,7 @@ pub async fn remove_desired_deployment(
     deployment_id: &str,
 ) -> Result<(), DesiredError> {
     let key = desired_deployment_key(region, deployment_id);
-    kv.delete(&key).await.map_err(|e| DesiredError::Kv {
-        key,
-        source: e.into(),
-    })
+    crate::kv::remove(kv, &key)
+        .await
+        .map_err(|source| DesiredError::Kv { key, source })
 }

@@ -61,3 +61,14 @@ pub async fn wait_for_bucket(js: &jetstream::Context, bucket: &str) -> jetstream
         }
     }
 }
+
+/// How long the marker of a removed key stays: long enough for every watcher to see the
+/// removal, then JetStream drops it, so removed keys leave nothing behind.
+pub const REMOVAL_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes `key` with a marker that expires after [`REMOVAL_MARKER_TTL`] (the bucket has
+/// `limit_markers_ms`).
+pub async fn remove(kv: &jetstream::kv::Store, key: &str) -> Result<(), async_nats::Error> {
+    kv.purge_with_ttl(key, REMOVAL_MARKER_TTL).await?;
+    Ok(())
+}
