@@ -88,6 +88,30 @@ pub fn time_of(ms: i64) -> String {
     humantime::format_rfc3339_millis(slipway_core::time::to_system_time(ms)).to_string()
 }
 
+/// How long before `now_ms` `ms` was, briefly: `12s ago`, `5m ago`, `3h ago`, `2d ago`.
+pub fn ago(ms: i64, now_ms: i64) -> String {
+    let secs = (now_ms - ms).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3_599 => format!("{}m ago", secs / 60),
+        3_600..=86_399 => format!("{}h ago", secs / 3_600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ago_is_brief() {
+        let now = 10 * 86_400_000;
+        assert_eq!(super::ago(now - 12_000, now), "12s ago");
+        assert_eq!(super::ago(now - 5 * 60_000, now), "5m ago");
+        assert_eq!(super::ago(now - 3 * 3_600_000, now), "3h ago");
+        assert_eq!(super::ago(now - 2 * 86_400_000, now), "2d ago");
+        assert_eq!(super::ago(now + 5_000, now), "0s ago", "a clock ahead");
+    }
+}
+
 /// Where the CLI's NATS URL came from, for its connection errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UrlOrigin {

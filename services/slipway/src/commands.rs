@@ -13,7 +13,7 @@ use slipway_proto::v1::{
     PendingTransition,
 };
 
-use crate::api::{print, time_of, Api};
+use crate::api::{ago, print, time_of, Api};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Create {
@@ -271,16 +271,24 @@ pub async fn ls(api: &Api, project: &str, env: Option<String>, json_out: bool) -
         deployments,
     };
     print(json_out, &out, |out| {
+        let now = slipway_core::time::now_ms();
+        println!(
+            "  {:<36}  {:<11} {:<9} {:<8} {:<7}  {:<8}  IMAGE",
+            "DEPLOYMENT (* live)", "ENV", "STATUS", "DESIRED", "COMMIT", "CREATED"
+        );
         for listed in &out.deployments {
             let d = &listed.deployment;
+            let commit: String = d.git_commit_sha.chars().take(7).collect();
             println!(
-                "{} {}  {:<11} {:<9} {:<8} {}",
+                "{} {:<36}  {:<11} {:<9} {:<8} {:<7}  {:<8}  {}",
                 if listed.live { "*" } else { " " },
                 d.id,
                 d.environment_slug,
                 d.status,
                 d.desired_state,
-                time_of(d.created_at_ms),
+                if commit.is_empty() { "-" } else { &commit },
+                ago(d.created_at_ms, now),
+                d.image,
             );
         }
         if out.is_rolled_back {

@@ -241,12 +241,16 @@ async fn the_cli_drives_a_running_control_plane() {
         );
         let human =
             String::from_utf8_lossy(&cli.run(&["ls", "--project", &project]).stdout).to_string();
+        let mut lines = human.lines();
+        let header = lines.next().unwrap();
         assert!(
-            human
-                .lines()
-                .next()
-                .unwrap()
-                .starts_with(&format!("* {second}")),
+            header.contains("DEPLOYMENT") && header.contains("COMMIT") && header.contains("IMAGE"),
+            "{human}"
+        );
+        let newest = lines.next().unwrap();
+        assert!(newest.starts_with(&format!("* {second}")), "{human}");
+        assert!(
+            newest.contains("s ago") && newest.contains("exec:slipway demo-app"),
             "{human}"
         );
 
