@@ -82,12 +82,7 @@ async fn history_leaves_a_bounded_trace() {
     }
     // The archive window passes (the behaviour under test is about time), then the sweep.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let swept = plane
-        .ok(
-            "slipway.deploy.v1.scale_down_idle_previews",
-            json!({"wait_ms": 60000}),
-        )
-        .await;
+    let swept = plane.sweep().await;
     assert_eq!(
         swept["archived"].as_array().map(Vec::len),
         Some(DEPLOYS - 1),

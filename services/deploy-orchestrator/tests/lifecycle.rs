@@ -8,7 +8,7 @@
 mod common;
 
 use common::Plane;
-use serde_json::{json, Value};
+use serde_json::json;
 use slipway_workflow::Status;
 
 const STANDBY: &str = "standby";
@@ -26,15 +26,6 @@ async fn desired_state(plane: &Plane, id: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-async fn sweep(plane: &Plane) -> Value {
-    plane
-        .ok(
-            "slipway.deploy.v1.scale_down_idle_previews",
-            json!({"wait_ms": 60000}),
-        )
-        .await
 }
 
 async fn create_environment(plane: &Plane, project: &str, slug: &str) {
@@ -149,12 +140,12 @@ async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
     assert_eq!(plane.pending(&s1).await, None);
     assert_eq!(desired_state(&plane, &s1).await, "running");
 
-    let reply = sweep(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["standby"], json!([s1]), "{reply}");
     plane
         .deployment_where(&s1, |d| d["desired_state"] == STANDBY)
         .await;
-    assert_eq!(sweep(&plane).await["standby"], json!([]), "once");
+    assert_eq!(plane.sweep().await["standby"], json!([]), "once");
 
     // The archive window passes (the behaviour under test is about time).
     let commit_domain = plane
@@ -165,7 +156,7 @@ async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
         .and_then(|r| r["fqdn"].as_str().map(str::to_string))
         .expect("s1's per-commit route");
     tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
-    let reply = sweep(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["archived"], json!([s1]), "{reply}");
     plane
         .deployment_where(&s1, |d| d["desired_state"] == "archived")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Plane, TIMEOUT};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use slipway_core::time::now_ms;
 use slipway_nats::provision;
 
@@ -22,15 +22,6 @@ async fn plane(extra: &[(&'static str, String)]) -> Plane {
     plane.orchestrator_env.extend(extra.iter().cloned());
     plane.spawn_orchestrator(&[]);
     plane
-}
-
-async fn scale_down(plane: &Plane) -> Value {
-    plane
-        .ok(
-            "slipway.deploy.v1.scale_down_idle_previews",
-            json!({"wait_ms": 60000}),
-        )
-        .await
 }
 
 async fn report_traffic(plane: &Plane, deployment_id: &str, window_end_ms: i64) {
@@ -69,7 +60,7 @@ async fn silence_is_not_idleness_unless_an_edge_was_watching() {
     let idle = plane.deployed(&project, "preview", "idle").await;
     tokio::time::sleep(WINDOW + Duration::from_millis(200)).await;
     // No edge at all.
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(
         (&reply["status"], &reply["scaled_down"]),
         (&json!("completed"), &json!([])),
@@ -79,7 +70,7 @@ async fn silence_is_not_idleness_unless_an_edge_was_watching() {
     assert!(why.contains("no edge has watched traffic"), "{reply}");
     // An edge, but up only since within the window: it may have missed requests.
     edge_watching_since(&plane, "edge_new", now_ms() - 500).await;
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["scaled_down"], json!([]), "{reply}");
     // An edge that watched the whole window, but has gone quiet since.
     let gone = json!({"edge_id": "edge_gone", "up_since_ms": now_ms() - 3_600_000, "at_ms": now_ms() - 60_000, "every_ms": 1000});
@@ -93,12 +84,12 @@ async fn silence_is_not_idleness_unless_an_edge_was_watching() {
         .unwrap()
         .await
         .unwrap();
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["scaled_down"], json!([]), "{reply}");
     assert_eq!(plane.deployment(&idle).await["desired_state"], "running");
     // One that watched it all: now the silence counts.
     edge_watching_since(&plane, "edge_old", now_ms() - 3_600_000).await;
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["scaled_down"], json!([idle]), "{reply}");
 }
 
@@ -138,7 +129,7 @@ async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
     // looks, however long the deploy above took.
     report_traffic(&plane, &busy, now_ms()).await;
 
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["status"], "completed", "{reply}");
     let mut scaled: Vec<&str> = reply["scaled_down"]
         .as_array()
@@ -168,7 +159,7 @@ async fn idle_previews_go_to_standby_and_the_rest_is_left_alone() {
     // kept deployments get a request again).
     report_traffic(&plane, &busy, now_ms()).await;
     report_traffic(&plane, &fresh, now_ms()).await;
-    let again = scale_down(&plane).await;
+    let again = plane.sweep().await;
     assert_eq!(again["status"], "completed");
     assert_eq!(again["scaled_down"], json!([]));
 }
@@ -181,7 +172,7 @@ async fn an_unreadable_traffic_source_scales_nothing_down() {
     tokio::time::sleep(WINDOW + Duration::from_millis(200)).await;
     plane.js.delete_stream(provision::TRAFFIC).await.unwrap();
 
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["status"], "failed", "{reply}");
     assert_eq!(reply["scaled_down"], json!([]));
     let record = plane
@@ -243,7 +234,7 @@ async fn two_thousand_preview_environments_are_paged_a_hundred_at_a_time() {
     }
     edge_watching_since(&plane, "edge_1", long_ago).await;
 
-    let reply = scale_down(&plane).await;
+    let reply = plane.sweep().await;
     assert_eq!(reply["status"], "completed", "{reply}");
     let scaled: Vec<&str> = reply["scaled_down"]
         .as_array()

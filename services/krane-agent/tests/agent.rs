@@ -341,67 +341,35 @@ async fn exec_images_run_only_where_allowed() {
 #[tokio::test]
 async fn a_deployment_stopped_and_started_again_runs_again() {
     let env = start().await;
-    env.desire(
-        "dep_again",
-        demo_app("--message again"),
-        1,
-        Desired::Running,
-        1,
-    )
-    .await;
-    env.report_where("dep_again", |r| all(r, 1, InstanceStatus::Running))
-        .await;
-    env.desire(
-        "dep_again",
-        demo_app("--message again"),
-        1,
-        Desired::Stopped,
-        2,
-    )
-    .await;
-    env.report_where("dep_again", |r| {
-        r.version == 2 && all(r, 1, InstanceStatus::Inactive)
-    })
-    .await;
-    env.desire(
-        "dep_again",
-        demo_app("--message again"),
-        1,
-        Desired::Running,
-        3,
-    )
-    .await;
-    let report = env
-        .report_where("dep_again", |r| {
-            r.version == 3 && all(r, 1, InstanceStatus::Running)
+    let set = |desired, version| {
+        env.desire(
+            "dep_again",
+            demo_app("--message again"),
+            1,
+            desired,
+            version,
+        )
+    };
+    let reported = |version, status| {
+        env.report_where("dep_again", move |r| {
+            r.version == version && all(r, 1, status)
         })
-        .await;
+    };
+    set(Desired::Running, 1).await;
+    reported(1, InstanceStatus::Running).await;
+    set(Desired::Stopped, 2).await;
+    reported(2, InstanceStatus::Inactive).await;
+    set(Desired::Running, 3).await;
+    let report = reported(3, InstanceStatus::Running).await;
     assert_eq!(
         get(&report.instances[0].address, "/").await.as_deref(),
         Some("again")
     );
     // Running again while the supervisor is still stopping (and about to end): the new
     // document is not lost between the supervisor that ends and the one that takes over.
-    env.desire(
-        "dep_again",
-        demo_app("--message again"),
-        1,
-        Desired::Stopped,
-        4,
-    )
-    .await;
-    env.desire(
-        "dep_again",
-        demo_app("--message again"),
-        1,
-        Desired::Running,
-        5,
-    )
-    .await;
-    env.report_where("dep_again", |r| {
-        r.version == 5 && all(r, 1, InstanceStatus::Running)
-    })
-    .await;
+    set(Desired::Stopped, 4).await;
+    set(Desired::Running, 5).await;
+    reported(5, InstanceStatus::Running).await;
 }
 
 /// CPU time (user + system, in clock ticks) process `pid` has used.

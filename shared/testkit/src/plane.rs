@@ -655,6 +655,15 @@ impl Plane {
         )
     }
 
+    /// Runs the cron workflow (idle spin-down and lifecycle sweep) now; its reply.
+    pub async fn sweep(&self) -> Value {
+        self.ok(
+            slipway_core::subjects::deploy::SCALE_DOWN_IDLE_PREVIEWS,
+            json!({"wait_ms": 60000}),
+        )
+        .await
+    }
+
     /// The deployment's pending transition, as the actor tells it.
     pub async fn pending(&self, deployment_id: &str) -> Option<Value> {
         let state = self

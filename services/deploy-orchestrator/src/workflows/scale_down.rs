@@ -146,28 +146,21 @@ impl ScaleDown {
     /// traffic has moved to by then).
     async fn sweep_unserving(&self, ctx: &mut Context) -> Result<Vec<String>, WorkflowError> {
         let key = format!("sweep.{}", ctx.workflow_id());
-        let mut scheduled = Vec::new();
-        let mut after: Option<String> = None;
-        for page in 0.. {
-            let (found, next): (Vec<String>, Option<String>) = ctx
-                .step(&format!("standby_{page}"), || async {
-                    let ids = self
-                        .store
-                        .unserving_deployments(Among::After(after.as_deref()), PAGE)
-                        .await
-                        .step_err()?;
-                    let next = last_of_full_page(&ids);
-                    let found = self.handover.settle(Among::Ids(&ids), &key, Fence::None);
-                    Ok((found.await?, next))
-                })
+        let key = &key;
+        paged(ctx, "standby", |after| async move {
+            let among = Among::After(after.as_deref());
+            let ids = self
+                .store
+                .unserving_deployments(among, PAGE)
+                .await
+                .step_err()?;
+            let found = self
+                .handover
+                .settle(Among::Ids(&ids), key, Fence::None)
                 .await?;
-            scheduled.extend(found);
-            match next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        Ok(scheduled)
+            Ok((found, last_of_full_page(&ids)))
+        })
+        .await
     }
 
     /// Steps `archive_before` and `archive_<page>`: every deployment in standby since before
@@ -179,34 +172,25 @@ impl ScaleDown {
             })
             .await?;
         let key = format!("archive.{}", ctx.workflow_id());
-        let mut archived = Vec::new();
-        let mut after: Option<String> = None;
-        for page in 0.. {
-            let (found, next): (Vec<String>, Option<String>) = ctx
-                .step(&format!("archive_{page}"), || async {
-                    let ids = self
-                        .store
-                        .standby_since(before, Among::After(after.as_deref()), PAGE)
-                        .await
-                        .step_err()?;
-                    let mut archived = Vec::new();
-                    for id in &ids {
-                        if self.archive(id, &key).await? {
-                            archived.push(id.clone());
-                        }
-                    }
-                    let next = last_of_full_page(&ids);
-                    Ok((archived, next))
-                })
-                .await?;
-            archived.extend(found);
-            match next {
-                Some(n) => after = Some(n),
-                None => break,
+        let key = &key;
+        paged(ctx, "archive", |after| async move {
+            let among = Among::After(after.as_deref());
+            let ids = self
+                .store
+                .standby_since(before, among, PAGE)
+                .await
+                .step_err()?;
+            let mut archived = Vec::new();
+            for id in &ids {
+                if self.archive(id, key).await? {
+                    archived.push(id.clone());
+                }
             }
-        }
-        Ok(archived)
+            Ok((archived, last_of_full_page(&ids)))
+        })
+        .await
     }
+
     /// Archives a deployment in standby: its routes go first (so nothing writes their entries
     /// back once its agents let go of it), then the actor archives it, which removes its
     /// desired documents (the agents remove their reports). False when it was woken meanwhile
@@ -313,6 +297,29 @@ async fn edge_heartbeats(
         }
     }
     Ok(heartbeats)
+}
+
+/// Runs `page` as journaled steps `<name>_0`, `<name>_1`, … (each given where the last
+/// ended, returning what it did and where the next starts) until one says there is no next;
+/// what they did, in order.
+async fn paged<F, Fut>(ctx: &mut Context, name: &str, page: F) -> Result<Vec<String>, WorkflowError>
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<String>, Option<String>), StepError>>,
+{
+    let mut done = Vec::new();
+    let mut after: Option<String> = None;
+    for n in 0.. {
+        let (found, next): (Vec<String>, Option<String>) = ctx
+            .step(&format!("{name}_{n}"), || page(after.clone()))
+            .await?;
+        done.extend(found);
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(done)
 }
 
 /// The last id of a full page: where the next page starts.
