@@ -92,11 +92,11 @@ impl Transitions {
     }
 
     pub async fn get(&self, deployment_id: &str) -> Result<Current, TransitionError> {
-        let entry = self
-            .kv
-            .entry(deployment_id)
+        // From the leader: the revision read here is the base of a compare-and-set, and the
+        // transition decides what a timer does.
+        let entry = slipway_nats::kv::latest(&self.kv, deployment_id)
             .await
-            .map_err(|e| TransitionError::Kv(e.into()))?;
+            .map_err(TransitionError::Kv)?;
         Ok(match entry {
             None => Current {
                 transition: None,
@@ -188,13 +188,13 @@ impl Transitions {
         key: &str,
     ) -> Result<Option<Transition>, TransitionError> {
         let k = transition_keys::idempotency(deployment_id, key);
-        match self
-            .kv
-            .get(k.as_str())
+        match slipway_nats::kv::latest(&self.kv, &k)
             .await
-            .map_err(|e| TransitionError::Kv(e.into()))?
+            .map_err(TransitionError::Kv)?
         {
-            Some(v) if !v.is_empty() => Ok(Some(decode(&k, &v)?)),
+            Some(e) if e.operation == kv::Operation::Put && !e.value.is_empty() => {
+                Ok(Some(decode(&k, &e.value)?))
+            }
             _ => Ok(None),
         }
     }

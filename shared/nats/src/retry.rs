@@ -24,3 +24,14 @@ pub fn blip() -> ExponentialBackoff {
         .with_max_times(4)
         .build()
 }
+
+/// A write or read that a stream-leader election may fail for a few seconds on a cluster
+/// (timeouts, "no responders", a new leader catching up): 100 ms, doubling to 2 s, for about
+/// 20 s in all.
+pub fn failover() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(14)
+        .build()
+}

@@ -268,10 +268,7 @@ impl Context {
     /// it: what this run would replay may not be all that was decided.
     async fn check_journal_is_newest(&self) -> Result<(), WorkflowError> {
         let key = record::key(&self.record.id);
-        let entry = self
-            .shared
-            .records
-            .entry(key.as_str())
+        let entry = slipway_nats::kv::latest(&self.shared.records, &key)
             .await
             .map_err(|e| WorkflowError::Aborted(format!("cannot read the journal: {e}")))?;
         match entry {
@@ -306,7 +303,10 @@ impl Context {
         }
     }
 
-    /// Writes the record by compare-and-set; a few quick retries ride out a NATS blip.
+    /// Writes the record by compare-and-set. Errors a cluster throws for a few seconds (a
+    /// leader election, a timeout) are retried; as a write that timed out may have landed, a
+    /// conflict after one is checked against what the leader holds: our own record there is
+    /// a success.
     pub(crate) async fn save(&mut self) -> Result<(), WorkflowError> {
         self.record.updated_at_ms = now_ms();
         let payload: bytes::Bytes = rmp_serde::to_vec_named(&self.record)
@@ -315,30 +315,55 @@ impl Context {
         let key = record::key(&self.record.id);
         let finished = matches!(self.record.status, Status::Completed | Status::Failed);
         let ttl = finished.then_some(self.shared.config.record_retention);
-        let mut delays = slipway_nats::retry::blip();
+        let mut delays = slipway_nats::retry::failover();
+        let mut ambiguous = false;
         loop {
             match self.write(&key, payload.clone(), ttl).await {
                 Ok(revision) => {
                     self.revision = revision;
                     return Ok(());
                 }
+                Err(Write::Conflict) if ambiguous => {
+                    match slipway_nats::kv::latest(&self.shared.records, &key).await {
+                        Ok(Some(e)) if e.value == payload => {
+                            self.revision = e.revision;
+                            return Ok(());
+                        }
+                        Ok(_) => {
+                            return Err(WorkflowError::Aborted(
+                                "another run of this workflow advanced its journal".into(),
+                            ))
+                        }
+                        Err(e) => self.pause(&mut delays, e.to_string()).await?,
+                    }
+                }
                 Err(Write::Conflict) => {
                     return Err(WorkflowError::Aborted(
                         "another run of this workflow advanced its journal".into(),
                     ))
                 }
-                Err(Write::Other(e)) => match delays.next() {
-                    Some(delay) => {
-                        tracing::warn!(error = %e, "cannot write the journal; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => {
-                        return Err(WorkflowError::Aborted(format!(
-                            "cannot write the journal: {e}"
-                        )))
-                    }
-                },
+                Err(Write::Other(e)) => {
+                    ambiguous = true;
+                    self.pause(&mut delays, e).await?;
+                }
             }
+        }
+    }
+
+    async fn pause(
+        &self,
+        delays: &mut impl Iterator<Item = Duration>,
+        error: String,
+    ) -> Result<(), WorkflowError> {
+        match delays.next() {
+            Some(delay) => {
+                tracing::warn!(%error, "cannot write the journal; retrying");
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            None => Err(WorkflowError::Aborted(format!(
+                "cannot write the journal: {error}"
+            ))),
         }
     }
 

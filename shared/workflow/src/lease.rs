@@ -81,21 +81,35 @@ impl Leases {
 
     /// Waits until `name` is free, expired, or held by an earlier run of `holder`, and takes
     /// it. Fails with [`EngineError::Superseded`] if a later run of `holder` holds it.
+    ///
+    /// Reads go to the stream leader and every write is a compare-and-set on the revision
+    /// read; errors a cluster throws for a few seconds (a leader election, a timeout) are
+    /// retried. A write that timed out may have landed: if the next read finds this run's
+    /// own holding, the lease is taken, but not as continuous (what was there before is no
+    /// longer known).
     pub async fn acquire(&self, name: &str, holder: &Holder) -> Result<Lease, EngineError> {
         let key = format!("lease.{name}");
         let mut watch = None;
+        let mut transient = slipway_nats::retry::failover();
+        let mut ambiguous = false;
         loop {
-            let entry = self
-                .kv
-                .entry(key.as_str())
-                .await
-                .map_err(EngineError::nats)?;
+            let entry = match slipway_nats::kv::latest(&self.kv, &key).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    pause(&mut transient, &key, e).await?;
+                    continue;
+                }
+            };
             let now = now_ms();
             // `ours`: the last write was this workflow's holding (nobody else held it since).
             let (revision, busy_until, ours) = match entry {
                 None => (0, None, false),
                 Some(e) if e.operation != kv::Operation::Put => (e.revision, None, false),
                 Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
+                    Ok(h) if h.holder == holder.name && h.run == holder.run && ambiguous => {
+                        // Our own write that timed out landed after all.
+                        return Ok(self.held(key, holder, e.revision, false));
+                    }
                     Ok(h) if h.holder != holder.name && h.expires_at_ms > now => {
                         (e.revision, Some(h.expires_at_ms), false)
                     }
@@ -112,12 +126,10 @@ impl Leases {
             if let Some(until) = busy_until {
                 // Wake on any change of the key (a release), or at the expiry.
                 if watch.is_none() {
-                    watch = Some(
-                        self.kv
-                            .watch(key.as_str())
-                            .await
-                            .map_err(EngineError::nats)?,
-                    );
+                    match self.kv.watch(key.as_str()).await {
+                        Ok(w) => watch = Some(w),
+                        Err(e) => pause(&mut transient, &key, e.into()).await?,
+                    }
                     continue; // re-read: it may have changed before the watch started
                 }
                 let wait = Duration::from_millis((until - now).max(0) as u64 + 5);
@@ -126,25 +138,19 @@ impl Leases {
                 }
                 continue;
             }
-            let value = self.holding(holder)?;
-            let written = if revision == 0 {
-                self.kv.create(key.as_str(), value).await.map_err(|e| {
-                    let lost_race = e.kind() == kv::CreateErrorKind::AlreadyExists;
-                    (lost_race, EngineError::nats(e))
-                })
-            } else {
-                self.kv
-                    .update(key.as_str(), value, revision)
-                    .await
-                    .map_err(|e| {
-                        let lost_race = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                        (lost_race, EngineError::nats(e))
-                    })
-            };
-            match written {
-                Ok(revision) => return Ok(self.held(key, holder, revision, ours)),
-                Err((true, _)) => continue, // lost a race: look again
-                Err((false, e)) => return Err(e),
+            // Revision 0 expects no message at all for the key: a create that a lagging
+            // replica cannot mislead.
+            match self
+                .kv
+                .update(key.as_str(), self.holding(holder)?, revision)
+                .await
+            {
+                Ok(revision) => return Ok(self.held(key, holder, revision, ours && !ambiguous)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {} // lost a race
+                Err(e) => {
+                    ambiguous = true;
+                    pause(&mut transient, &key, e.into()).await?;
+                }
             }
         }
     }
@@ -182,6 +188,23 @@ impl Leases {
     }
 }
 
+/// Waits before trying again after an error a cluster may throw for a few seconds; the error
+/// once the retries are spent.
+async fn pause(
+    delays: &mut impl Iterator<Item = Duration>,
+    key: &str,
+    error: async_nats::Error,
+) -> Result<(), EngineError> {
+    match delays.next() {
+        Some(delay) => {
+            tracing::debug!(lease = %key, %error, "lease read or write failed; retrying");
+            tokio::time::sleep(delay).await;
+            Ok(())
+        }
+        None => Err(EngineError::Nats(error)),
+    }
+}
+
 /// Renews three times per TTL; gives up (lost) when someone else wrote the key, or when it
 /// could not renew before the expiry.
 async fn renew(
@@ -209,6 +232,12 @@ async fn renew(
                 expires_at = next_expiry;
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // An earlier renewal that timed out may have landed: then the holding there
+                // is still ours.
+                if let Some(r) = own_revision(&leases.kv, &key, &holder).await {
+                    revision.store(r, Ordering::SeqCst);
+                    continue;
+                }
                 tracing::warn!(lease = %key, "lease taken over by another holder");
                 lost.store(true, Ordering::SeqCst);
                 return;
@@ -221,6 +250,14 @@ async fn renew(
             Err(e) => tracing::debug!(lease = %key, error = %e, "lease renewal failed; retrying"),
         }
     }
+}
+
+/// The revision of `key` if the leader has this holder's holding there.
+async fn own_revision(kv: &kv::Store, key: &str, holder: &Holder) -> Option<u64> {
+    let entry = slipway_nats::kv::latest(kv, key).await.ok()??;
+    let h: Holding = serde_json::from_slice(&entry.value).ok()?;
+    (entry.operation == kv::Operation::Put && h.holder == holder.name && h.run == holder.run)
+        .then_some(entry.revision)
 }
 
 impl Lease {

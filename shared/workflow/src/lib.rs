@@ -253,25 +253,35 @@ impl Engine {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        match self
-            .shared
-            .records
-            .create(
-                record::key(workflow_id),
-                rmp_serde::to_vec_named(&record)?.into(),
-            )
+        let encoded = rmp_serde::to_vec_named(&record)?.into();
+        slipway_nats::kv::create(&self.shared.records, &record::key(workflow_id), encoded)
             .await
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(e) => return Err(EngineError::nats(e)),
-        }
+            .map_err(EngineError::Nats)?;
+        self.publish(W::KIND, workflow_id, workflow_id).await
+    }
+
+    /// Publishes the invocation of workflow `W` again, under a message id of its own, so it is
+    /// delivered even inside the stream's duplicate window (a second `start` is deduplicated):
+    /// for a workflow whose record exists but that no worker has run, its first invocation
+    /// lost. A redundant invocation is harmless: a worker acks that of a finished workflow,
+    /// and two runs of one workflow fence each other.
+    pub async fn redeliver<W: Workflow>(&self, workflow_id: &str) -> Result<(), EngineError> {
+        let message_id = format!("{workflow_id}.redelivered.{}", now_ms());
+        self.publish(W::KIND, workflow_id, &message_id).await
+    }
+
+    async fn publish(
+        &self,
+        kind: &str,
+        workflow_id: &str,
+        message_id: &str,
+    ) -> Result<(), EngineError> {
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, workflow_id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
         self.shared
             .js
             .publish_with_headers(
-                slipway_core::subjects::workflow(W::KIND, workflow_id),
+                slipway_core::subjects::workflow(kind, workflow_id),
                 headers,
                 bytes::Bytes::new(),
             )

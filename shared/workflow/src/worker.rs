@@ -15,12 +15,13 @@ use tracing::Instrument;
 
 use crate::{record, Context, EngineError, Erased, Shared, Status, WorkflowError, WorkflowRecord};
 
+/// The workflow's record as the stream leader has it (a lagging replica may not have the
+/// record yet, or an older journal; both would be wrong answers here).
 pub(crate) async fn read(
     records: &kv::Store,
     workflow_id: &str,
 ) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
-    match records
-        .entry(record::key(workflow_id))
+    match slipway_nats::kv::latest(records, &record::key(workflow_id))
         .await
         .map_err(EngineError::nats)?
     {
@@ -47,17 +48,28 @@ pub(crate) async fn consume(shared: Arc<Shared>) {
             .next()
             .unwrap_or_default()
             .to_string();
+        let delivered = message.info().map_or(1, |info| info.delivered);
         let span = tracing::info_span!("workflow", workflow_id = %workflow_id, kind = tracing::field::Empty, deployment_id = tracing::field::Empty);
-        process(shared.clone(), workflow_id).instrument(span)
+        process(shared.clone(), workflow_id, delivered).instrument(span)
     })
     .await
 }
 
-async fn process(shared: Arc<Shared>, workflow_id: String) -> Disposition {
+/// How often an invocation whose record cannot be found is looked at again before it is
+/// dropped. The record is written before the invocation is published and read from the
+/// leader, so a missing record means it expired (the workflow finished long ago); the few
+/// extra looks cover a leader election between the two.
+const UNKNOWN_LOOKS: i64 = 5;
+
+async fn process(shared: Arc<Shared>, workflow_id: String, delivered: i64) -> Disposition {
     let (record, revision) = match read(&shared.records, &workflow_id).await {
         Ok(Some(found)) => found,
+        Ok(None) if delivered < UNKNOWN_LOOKS => {
+            tracing::warn!(delivered, "invocation of a workflow without a record; looking again");
+            return Disposition::Retry(Duration::from_secs(1));
+        }
         Ok(None) => {
-            tracing::error!("invocation of an unknown workflow; dropping it");
+            tracing::error!(delivered, "invocation of an unknown workflow; dropping it");
             return Disposition::Drop;
         }
         Err(e) => {

@@ -12,6 +12,7 @@ use slipway_core::{
     ApiError,
 };
 use slipway_nats::Call;
+use tracing::Instrument;
 use slipway_proto::v1::{
     CreateDeploymentReply, CreateDeploymentRequest, Deployment as DeploymentMessage,
     GetDeploymentReply, GetDeploymentRequest, Instance as InstanceMessage, ListDeploymentsReply,
@@ -377,8 +378,10 @@ impl Api {
 
 /// Starts the workflow of any deployment still `pending` a while after it was written and
 /// whose workflow no worker has picked up: the process that wrote it died before it could
-/// start the workflow, or before it published the invocation (and its caller gave up).
-/// Starting is idempotent, so a workflow merely waiting for a worker is not started twice.
+/// start the workflow, or before it published the invocation (and its caller gave up), or
+/// the invocation was lost. A workflow without a record is started; one whose record no run
+/// has touched yet gets its invocation again under a fresh message id (a second `start` would
+/// fall in the stream's duplicate window and never be delivered).
 pub(crate) async fn restart_orphans(api: Api) {
     const AGE_MS: i64 = 60_000;
     loop {
@@ -395,15 +398,24 @@ pub(crate) async fn restart_orphans(api: Api) {
             let Some(workflow_id) = &deployment.workflow_id else {
                 continue;
             };
-            let unstarted = match api.engine.get(workflow_id).await {
-                Ok(None) => true,
-                Ok(Some(record)) => record.status == slipway_workflow::Status::Pending,
-                Err(_) => false,
-            };
-            if unstarted {
-                tracing::warn!(deployment_id = %deployment.id, %workflow_id, "starting the workflow of an orphaned pending deployment");
-                let _ = api.start_deploy(&deployment).await;
+            let span = tracing::warn_span!("orphan", deployment_id = %deployment.id, %workflow_id);
+            async {
+            match api.engine.get(workflow_id).await {
+                Ok(None) => {
+                    tracing::warn!("starting the workflow of an orphaned pending deployment");
+                    let _ = api.start_deploy(&deployment).await;
+                }
+                Ok(Some(record)) if record.status == slipway_workflow::Status::Pending => {
+                    tracing::warn!("invoking again the workflow of a pending deployment no worker has run");
+                    if let Err(e) = api.engine.redeliver::<Deploy>(workflow_id).await {
+                        tracing::warn!(error = %e, "cannot invoke the workflow again; next sweep");
+                    }
+                }
+                Ok(Some(_)) | Err(_) => {}
             }
+            }
+            .instrument(span)
+            .await;
         }
     }
 }

@@ -101,8 +101,8 @@ impl Instances {
         // report now, not the absence of a report it has not read yet.
         let regions: Vec<String> = wait.regions().cloned().collect();
         for region in regions {
-            let current = kv
-                .entry(format!("{deployment_id}.{region}"))
+            // From the leader: a lagging replica's older report could fail a resumed wait.
+            let current = slipway_nats::kv::latest(kv, &format!("{deployment_id}.{region}"))
                 .await
                 .map_err(|e| StepError::retryable(format!("cannot read instance reports: {e}")))?;
             let current = current.filter(|e| e.operation == kv::Operation::Put);
