@@ -51,6 +51,8 @@ fn recent_enough_on_path() -> Option<PathBuf> {
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// The HTTP monitoring port, where one is enabled (cluster nodes).
+    pub monitor_port: Option<u16>,
     /// Unique `server_name`: readiness checks that the server answering is this one.
     name: String,
     store: Store,
@@ -83,6 +85,7 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port()?,
+            monitor_port: None,
             name: unique_name("nats"),
             store: Store::Temp(tempfile::tempdir()?),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -99,6 +102,7 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port()?,
+            monitor_port: None,
             name: unique_name("nats"),
             args: vec!["-c".into(), path.display().to_string()],
             store: Store::Temp(dir),
@@ -121,6 +125,7 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port,
+            monitor_port: None,
             name: unique_name("nats"),
             args: vec![],
             store: Store::Dir(dir),
@@ -133,6 +138,7 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port()?,
+            monitor_port: None,
             name: unique_name("nats"),
             args: vec![],
             store,
@@ -145,8 +151,35 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's `server_name` (what JetStream names a stream's leader by).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SIGSTOP: the server freezes (as in a VM stall) until [`cont`](Self::cont).
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`stop`](Self::stop).
+    pub fn cont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            crate::process::signal(pid, signal);
+        }
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
+        self.cont(); // a stopped process is reaped only once it runs
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -299,12 +332,16 @@ impl NatsCluster {
         for (i, cluster_port) in cluster_ports.iter().enumerate() {
             let store = Store::Temp(tempfile::tempdir()?);
             let port = free_port()?;
+            let monitor_port = free_port()?;
             nodes.push(NatsServer {
                 child: None,
                 port,
+                monitor_port: Some(monitor_port),
                 name: unique_name(&format!("n{i}")),
                 store,
                 args: vec![
+                    "-m".into(),
+                    monitor_port.to_string(),
                     "--cluster_name".into(),
                     cluster_name.clone(),
                     "--cluster".into(),
@@ -324,6 +361,57 @@ impl NatsCluster {
         Ok(Self { nodes })
     }
 
+    /// The index of the node named `server_name`.
+    pub fn node_named(&self, server_name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == server_name)
+    }
+
+    /// The index of the node leading `stream`, as the JetStream API reports it.
+    pub async fn stream_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Result<usize> {
+        let info = js.get_stream(stream).await?.get_info().await?;
+        let leader = info
+            .cluster
+            .and_then(|c| c.leader)
+            .context("the stream has no leader now")?;
+        self.node_named(&leader)
+            .with_context(|| format!("leader {leader} is not a node of this cluster"))
+    }
+
+    /// The index of the JetStream meta leader, from a node's monitoring endpoint (`/jsz`).
+    pub async fn meta_leader(&self) -> Result<usize> {
+        for node in &self.nodes {
+            let Some(port) = node.monitor_port else {
+                continue;
+            };
+            let Ok(jsz) = http_get_json(port, "/jsz").await else {
+                continue;
+            };
+            if let Some(leader) = jsz["meta_cluster"]["leader"].as_str() {
+                return self.node_named(leader).with_context(|| {
+                    format!("meta leader {leader} is not a node of this cluster")
+                });
+            }
+        }
+        bail!("no node names a meta leader")
+    }
+
+    /// Kills node `index` and starts it again on its port and store; waits until it serves.
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        self.nodes[index].restart().await
+    }
+
+    /// Every node's address, for a client that may use any of them.
+    pub fn addrs(&self) -> Vec<async_nats::ServerAddr> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.url().parse().ok())
+            .collect()
+    }
+
     /// Every node's URL, comma-separated (the form `SLIPWAY_NATS_URL` takes).
     pub fn urls(&self) -> String {
         self.nodes
@@ -332,4 +420,21 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// A monitoring endpoint's JSON (plain HTTP/1.0 over a TCP socket: no HTTP client needed).
+async fn http_get_json(port: u16, path: &str) -> Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("no HTTP body")?;
+    Ok(serde_json::from_str(body)?)
 }

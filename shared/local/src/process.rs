@@ -134,10 +134,7 @@ impl ServiceProcess {
     }
 
     fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        self::signal(self.child.id(), signal);
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,4 +157,13 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`, `-TERM`…) to process `pid` with kill(1); a process that
+/// is gone is ignored.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }

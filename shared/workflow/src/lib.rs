@@ -177,6 +177,29 @@ pub(crate) struct Shared {
     workflows: HashMap<&'static str, Arc<dyn Erased>>,
 }
 
+/// Runs `op` until it succeeds or [`slipway_nats::retry::failover`] is spent: a stream with no
+/// leader for a few seconds (an election on a cluster) answers "no responders" or not at all.
+/// `op` must be safe to repeat.
+async fn riding_out_failover<T, F, Fut>(mut op: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, async_nats::Error>>,
+{
+    let mut delays = slipway_nats::retry::failover();
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) => match delays.next() {
+                Some(delay) => {
+                    tracing::debug!(error = %e, "JetStream unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(EngineError::Nats(e)),
+            },
+        }
+    }
+}
+
 /// Starts workflows, reads their records, and (with [`Engine::run_workers`]) runs them.
 #[derive(Clone)]
 pub struct Engine {
@@ -253,10 +276,12 @@ impl Engine {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let encoded = rmp_serde::to_vec_named(&record)?.into();
-        slipway_nats::kv::create(&self.shared.records, &record::key(workflow_id), encoded)
-            .await
-            .map_err(EngineError::Nats)?;
+        let encoded: bytes::Bytes = rmp_serde::to_vec_named(&record)?.into();
+        let key = record::key(workflow_id);
+        riding_out_failover(|| {
+            slipway_nats::kv::create(&self.shared.records, &key, encoded.clone())
+        })
+        .await?;
         self.publish(W::KIND, workflow_id, workflow_id).await
     }
 
@@ -278,18 +303,17 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
-        self.shared
-            .js
-            .publish_with_headers(
-                slipway_core::subjects::workflow(kind, workflow_id),
-                headers,
-                bytes::Bytes::new(),
-            )
-            .await
-            .map_err(EngineError::nats)?
-            .await
-            .map_err(EngineError::nats)?;
-        Ok(())
+        let subject = slipway_core::subjects::workflow(kind, workflow_id);
+        // Deduplicated by its message id: publishing again after an unanswered attempt is safe.
+        riding_out_failover(|| async {
+            self.shared
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), bytes::Bytes::new())
+                .await?
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn get(&self, workflow_id: &str) -> Result<Option<WorkflowRecord>, EngineError> {

@@ -65,7 +65,10 @@ async fn process(shared: Arc<Shared>, workflow_id: String, delivered: i64) -> Di
     let (record, revision) = match read(&shared.records, &workflow_id).await {
         Ok(Some(found)) => found,
         Ok(None) if delivered < UNKNOWN_LOOKS => {
-            tracing::warn!(delivered, "invocation of a workflow without a record; looking again");
+            tracing::warn!(
+                delivered,
+                "invocation of a workflow without a record; looking again"
+            );
             return Disposition::Retry(Duration::from_secs(1));
         }
         Ok(None) => {

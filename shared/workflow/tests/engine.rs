@@ -317,3 +317,87 @@ fn holder(name: &str, run: u32) -> Holder {
         run,
     }
 }
+
+/// The invocation's message id, as `Engine::start` publishes it.
+async fn publish_invocation(js: &jetstream::Context, workflow_id: &str) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, workflow_id);
+    js.publish_with_headers(
+        slipway_core::subjects::workflow("probe", workflow_id),
+        headers,
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invocation_that_arrives_before_its_record_is_not_dropped() {
+    // A replica that has not applied the record yet answers as if it did not exist: the
+    // worker must look again, not drop the invocation (which a later start would not replace:
+    // it is deduplicated).
+    let env = env().await;
+    publish_invocation(&env.js, "wf_late").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The workers attach their consumer in the background.
+        let consumer: Result<jetstream::consumer::PullConsumer, _> = env
+            .js
+            .get_consumer_from_stream("deploy-orchestrator", provision::WORKFLOWS)
+            .await;
+        if consumer.is_ok_and(|c| c.cached_info().delivered.consumer_sequence > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the invocation was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.engine
+        .start::<Probe>("wf_late", "k", &input(0), None)
+        .await
+        .unwrap();
+    let record = env
+        .engine
+        .wait("wf_late", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_invocation_is_delivered_again_by_redeliver_not_by_start() {
+    let plane = Plane::builder().start().await;
+    let counters = Arc::new(Counters::default());
+    let engine = Engine::builder(plane.js.clone(), EngineConfig::new("deploy-orchestrator"))
+        .register(Probe(counters.clone()))
+        .build()
+        .await
+        .unwrap();
+    engine
+        .start::<Probe>("wf_lost", "k", &input(0), None)
+        .await
+        .unwrap();
+    // The invocation is lost before any worker ran it.
+    let mut stream = plane.js.get_stream(provision::WORKFLOWS).await.unwrap();
+    stream.purge().await.unwrap();
+    // Starting again falls in the duplicate window: nothing is published.
+    engine
+        .start::<Probe>("wf_lost", "k", &input(0), None)
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    engine.redeliver::<Probe>("wf_lost").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+
+    tokio::spawn(engine.clone().run_workers());
+    let record = engine
+        .wait("wf_lost", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(counters.runs.load(Ordering::SeqCst), 1);
+}

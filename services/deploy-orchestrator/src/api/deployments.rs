@@ -12,13 +12,13 @@ use slipway_core::{
     ApiError,
 };
 use slipway_nats::Call;
-use tracing::Instrument;
 use slipway_proto::v1::{
     CreateDeploymentReply, CreateDeploymentRequest, Deployment as DeploymentMessage,
     GetDeploymentReply, GetDeploymentRequest, Instance as InstanceMessage, ListDeploymentsReply,
     ListDeploymentsRequest,
 };
 use slipway_store::{Deployment, Idempotency, NewDeployment};
+use tracing::Instrument;
 
 use crate::{
     api::Api,
