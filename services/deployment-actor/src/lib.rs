@@ -43,6 +43,10 @@ pub struct Config {
     /// How often timers are reconciled with stored transitions (also once at start-up).
     #[arg(long, env = "SLIPWAY_ACTOR_RECONCILE_EVERY", default_value = "5m", value_parser = slipway_core::config::parse_duration)]
     pub reconcile_every: Duration,
+    /// How often the leader of `SLIPWAY_TIMERS` is looked at; timers are reconciled as soon
+    /// as it changes (a failover on a cluster, a restarted server).
+    #[arg(long, env = "SLIPWAY_ACTOR_LEADER_CHECK_EVERY", default_value = "1s", value_parser = slipway_core::config::parse_duration)]
+    pub leader_check_every: Duration,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -103,6 +107,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(reconcile::run_periodically(
         actor.clone(),
         config.reconcile_every,
+    ));
+    tokio::spawn(reconcile::on_leader_change(
+        actor.clone(),
+        config.leader_check_every,
     ));
     service
         .await_reachable(&client)

@@ -2,6 +2,10 @@
 //! dies between writing the transition (KV) and writing its schedule (stream), or between a
 //! clear's KV delete and its purge. Every deployment with a stored transition or a waiting
 //! schedule is synced, so each stored transition has its timer and no stray timer survives.
+//!
+//! Run at start-up, every `SLIPWAY_ACTOR_RECONCILE_EVERY`, and soon after the leader of
+//! `SLIPWAY_TIMERS` changes: a failover is where a schedule could be lost (a new leader that
+//! never had it), so the repair should not wait for the periodic run.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -20,6 +24,44 @@ pub async fn run_periodically(actor: Actor, every: Duration) {
             Err(e) => tracing::warn!(error = %e, "cannot reconcile timers; will retry"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Looks at the leader of `SLIPWAY_TIMERS` every `every` and reconciles once it changed, or
+/// once the stream answers again after it did not (no leader for a while). Retried at the
+/// next look until a reconcile succeeds.
+pub async fn on_leader_change(actor: Actor, every: Duration) {
+    let mut known: Option<String> = None;
+    let mut due = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let leader = match actor.inner.js.get_stream(TIMERS).await {
+            Ok(stream) => stream
+                .cached_info()
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone()),
+            Err(_) => None,
+        };
+        let Some(leader) = leader else {
+            due |= known.is_some();
+            continue;
+        };
+        if known.as_ref().is_some_and(|k| *k != leader) {
+            due = true;
+        }
+        known = Some(leader.clone());
+        if due {
+            match reconcile(&actor).await {
+                Ok(n) => {
+                    tracing::info!(%leader, deployments = n, "timers reconciled after a leader change");
+                    due = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reconcile timers after a leader change; will retry")
+                }
+            }
+        }
     }
 }
 

@@ -86,8 +86,20 @@ async fn attach(
 ) -> Result<pull::Stream, async_nats::Error> {
     let stream = js.get_stream(stream).await?;
     let consumer = stream.create_consumer(config.clone()).await?;
-    Ok(consumer.messages().await?)
+    // Short pulls with frequent heartbeats: on a cluster, a pull waiting on a consumer leader
+    // that died is noticed within two heartbeats (the client default, 15 s, let timers due
+    // across a failover wait half a minute).
+    Ok(consumer
+        .stream()
+        .heartbeat(PULL_HEARTBEAT)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await?)
 }
+
+/// How often an idle pull hears from the server, and how long one pull request lasts.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 async fn handled<F, Fut>(handle: &F, message: jetstream::Message, progress_every: Duration)
 where
