@@ -23,6 +23,14 @@ pub struct Change {
     pub doc: Option<DesiredDeployment>,
 }
 
+/// What the feed yields: a change, or word that every current document has been delivered
+/// (the agent has seen the whole desired state of its region).
+#[derive(Debug)]
+pub enum Item {
+    Change(Change),
+    CaughtUp,
+}
+
 /// The consumer of `region`'s agent.
 pub fn consumer_name(region: &str) -> String {
     format!("krane-{region}")
@@ -31,7 +39,7 @@ pub fn consumer_name(region: &str) -> String {
 pub async fn feed(
     js: &jetstream::Context,
     region: &str,
-) -> Result<impl Stream<Item = Result<Change, String>>, async_nats::Error> {
+) -> Result<impl Stream<Item = Result<Item, String>>, async_nats::Error> {
     let stream = js.get_stream_no_info(format!("KV_{DESIRED}")).await?;
     let prefix = format!("$KV.{DESIRED}.deployment.{region}.");
     let name = consumer_name(region);
@@ -51,31 +59,47 @@ pub async fn feed(
             ..Default::default()
         })
         .await?;
+    let empty = consumer.cached_info().num_pending == 0;
     let messages = consumer.messages().await?;
-    Ok(messages.filter_map(move |message| {
-        let prefix = prefix.clone();
-        async move {
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => return Some(Err(e.to_string())),
-            };
-            let deployment_id = message.subject.strip_prefix(prefix.as_str())?.to_string();
-            // KV deletes and purges carry `KV-Operation`; a removed document means run nothing.
-            let removed = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if removed {
-                return Some(Ok(Change { deployment_id, doc: None }));
-            }
-            match serde_json::from_slice::<DesiredDeployment>(&message.payload) {
-                Ok(doc) => Some(Ok(Change { deployment_id, doc: Some(doc) })),
-                Err(e) => {
-                    tracing::error!(subject = %message.subject, error = %e, "malformed desired state; ignoring it");
-                    None
+    let first = futures::stream::iter(empty.then_some(Ok(Item::CaughtUp)));
+    Ok(first.chain(messages.flat_map(move |message| {
+        let items: Vec<Result<Item, String>> = match message {
+            Err(e) => vec![Err(e.to_string())],
+            Ok(message) => {
+                let caught_up = message.info().is_ok_and(|i| i.pending == 0);
+                let mut items: Vec<_> = decode(&prefix, &message).into_iter().map(Ok).collect();
+                if caught_up {
+                    items.push(Ok(Item::CaughtUp));
                 }
+                items
             }
+        };
+        futures::stream::iter(items)
+    })))
+}
+
+fn decode(prefix: &str, message: &jetstream::Message) -> Option<Item> {
+    let deployment_id = message.subject.strip_prefix(prefix)?.to_string();
+    // KV deletes and purges carry `KV-Operation`; a removed document means run nothing.
+    let removed = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+    if removed {
+        return Some(Item::Change(Change {
+            deployment_id,
+            doc: None,
+        }));
+    }
+    match serde_json::from_slice::<DesiredDeployment>(&message.payload) {
+        Ok(doc) => Some(Item::Change(Change {
+            deployment_id,
+            doc: Some(doc),
+        })),
+        Err(e) => {
+            tracing::error!(subject = %message.subject, error = %e, "malformed desired state; ignoring it");
+            None
         }
-    }))
+    }
 }

@@ -5,8 +5,14 @@
 //! port on 127.0.0.1), health-checks them over HTTP (`GET /healthz`), restarts crashed ones
 //! with backoff (reporting them `failed` while they crash-loop), stops them when the desired
 //! state is `stopped`, and reports to `slipway_instances`. Every process it starts is recorded
-//! in its state directory, so after its own crash it kills what it left behind and converges
-//! on the desired state again.
+//! in its state directory, so after its own crash it adopts the instances it left behind that
+//! are still desired, kills the rest, and converges on the desired state again.
+//!
+//! Several agents may serve one region (say, on one host sharing the state directory): they
+//! elect one active agent through the lease `agent.<region>` in `slipway_leases`. The others
+//! wait as its standbys; when it dies, one takes the lease over within a lease TTL and adopts
+//! what runs. An active agent that loses its lease (it stalled past the TTL) exits at once,
+//! leaving its instances to its successor.
 
 pub mod desired;
 pub mod process;
@@ -18,7 +24,11 @@ use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
 use slipway_core::{config::CommonConfig, krane::DesiredDeployment};
-use slipway_nats::provision::INSTANCES;
+use slipway_nats::{
+    lease::{Holder, Leases},
+    provision::{INSTANCES, LEASES},
+};
+use supervisor::Adopted;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -58,6 +68,12 @@ pub struct Config {
     /// shell on this host. For development and tests only; off by default.
     #[arg(long, env = "SLIPWAY_AGENT_ALLOW_EXEC")]
     pub allow_exec: bool,
+    /// How long the region's active agent may go silent before a standby agent takes over.
+    #[arg(long, env = "SLIPWAY_AGENT_LEASE_TTL", default_value = "5s", value_parser = slipway_core::config::parse_duration)]
+    pub lease_ttl: Duration,
+    /// This agent's name in the region's lease (default: random).
+    #[arg(long, env = "SLIPWAY_AGENT_ID")]
+    pub agent_id: Option<String>,
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -70,19 +86,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state_dir = config.state_dir.join(&config.region);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let orphans = process::kill_recorded(&state_dir);
-    if orphans > 0 {
-        tracing::info!(orphans, "killed processes left by an earlier run");
-    }
 
     let client = slipway_nats::connect(&config.common.nats, "krane-agent").await?;
     let js = jetstream::new(client.clone());
     // The control plane provisions the buckets; a region agent's NATS user may not
     // (nats/accounts.conf), so it waits for them.
     let instances = slipway_nats::kv::wait_for_bucket(&js, INSTANCES).await;
+    let leases = slipway_nats::kv::wait_for_bucket(&js, LEASES).await;
     let ctx = supervisor::Context {
         region: config.region.clone(),
-        state_dir,
+        state_dir: state_dir.clone(),
         instances,
         check_every: config.check_every,
         crash_loop_after: config.crash_loop_after,
@@ -93,6 +106,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(1))
             .build()?,
     };
+    // Announces that this region has an agent, active or standby (`nats micro ls`; a deploy
+    // to a region without one fails at once).
+    let _service = slipway_nats::Micro::start(
+        &client,
+        &slipway_core::subjects::agent_service(&config.region),
+        env!("CARGO_PKG_VERSION"),
+        "Region agent: runs the region's desired deployments, reports their instances",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot announce the agent as a micro service: {e}"))?;
+    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
+
+    let holder = Holder {
+        name: config.agent_id.clone().unwrap_or_else(|| {
+            format!("krane-{}-{}", config.region, uuid::Uuid::new_v4().simple())
+        }),
+        run: 0,
+    };
+    tracing::info!(region = %config.region, agent = %holder.name, "waiting for the region's lease (standby while another agent is active)");
+    let lease = Leases::new(leases, config.lease_ttl)
+        .acquire(&region_lease(&config.region), &holder)
+        .await
+        .context("taking the region's lease")?;
+    tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
+    // What an earlier agent started and still runs: adopted by the supervisors of the
+    // deployments still desired, killed once the whole desired state has been seen.
+    let mut orphans = Some(process::recorded(&state_dir));
 
     let feed = loop {
         match desired::feed(&js, &config.region).await {
@@ -104,18 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(feed);
-    // Announces that this region has an agent (`nats micro ls`; a deploy to a region without
-    // one fails at once).
-    let _service = slipway_nats::Micro::start(
-        &client,
-        &slipway_core::subjects::agent_service(&config.region),
-        env!("CARGO_PKG_VERSION"),
-        "Region agent: runs the region's desired deployments, reports their instances",
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot announce the agent as a micro service: {e}"))?;
     tracing::info!(region = %config.region, "serving region");
-    slipway_core::service::announce_ready(env!("CARGO_PKG_NAME"));
+    let mut lease_check = tokio::time::interval(config.lease_ttl / 6);
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
     // Each supervisor hands back its deployment and receiver when it ends.
     let mut running: tokio::task::JoinSet<(String, watch::Receiver<Option<DesiredDeployment>>)> =
@@ -130,12 +160,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 match ended {
                     // A document came after it decided to end: a new supervisor takes it.
                     Ok((id, rx)) if rx.has_changed().unwrap_or(false) => {
-                        running.spawn(supervisor::supervise(ctx.clone(), id, rx));
+                        running.spawn(supervisor::supervise(ctx.clone(), id, rx, Adopted::default()));
                     }
                     Ok((id, _)) => {
                         supervisors.remove(&id);
                     }
                     Err(e) => tracing::error!(error = %e, "a supervisor failed"),
+                }
+                continue;
+            }
+            _ = lease_check.tick() => {
+                if lease.is_lost() {
+                    // Another agent is active now and has adopted what runs: leave it all to
+                    // it (a clean shutdown would stop the instances).
+                    tracing::error!(region = %config.region, "lost the region's lease to another agent; exiting without stopping instances");
+                    std::process::exit(3);
                 }
                 continue;
             }
@@ -145,7 +184,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("the slipway_desired feed ended");
         };
         let desired::Change { deployment_id, doc } = match change {
-            Ok(c) => c,
+            Ok(desired::Item::Change(c)) => c,
+            Ok(desired::Item::CaughtUp) => {
+                // Every desired document has a supervisor: what none adopted is not desired.
+                let left = orphans.take().unwrap_or_default();
+                if !left.is_empty() {
+                    for (instance_id, pgid) in &left {
+                        process::Instance::adopted(&state_dir, instance_id, *pgid).reap();
+                    }
+                    tracing::info!(
+                        orphans = left.len(),
+                        "killed processes left by an earlier run"
+                    );
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "desired-state feed error");
                 continue;
@@ -156,11 +209,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = tx.send(doc);
             }
             _ => {
+                let adopted = match orphans.as_mut() {
+                    Some(orphans) => supervisor::adopt(&ctx, &deployment_id, orphans).await,
+                    None => Adopted::default(),
+                };
                 let (tx, rx) = watch::channel(doc);
                 running.spawn(supervisor::supervise(
                     ctx.clone(),
                     deployment_id.clone(),
                     rx,
+                    adopted,
                 ));
                 supervisors.insert(deployment_id, tx);
             }
@@ -170,5 +228,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // which stops its instances first.
     drop(supervisors);
     while running.join_next().await.is_some() {}
+    lease.release().await;
     Ok(())
+}
+
+/// The lease the agents of `region` elect their active agent with.
+pub fn region_lease(region: &str) -> String {
+    format!("agent.{region}")
 }

@@ -11,7 +11,9 @@ use std::{
 use tokio::process::{Child, Command};
 
 pub struct Instance {
-    pub child: Child,
+    /// `None` for an instance adopted from an earlier agent: not our child, watched through
+    /// its process group.
+    child: Option<Child>,
     pub pgid: i32,
     pid_file: PathBuf,
 }
@@ -65,20 +67,58 @@ pub fn start(
     let pgid = child.id().map(|p| p as i32).unwrap_or_default();
     let pid_file = record(state_dir, instance_id, pgid)?;
     Ok(Instance {
-        child,
+        child: Some(child),
         pgid,
         pid_file,
     })
 }
 
+/// The process groups an earlier agent recorded in `state_dir` that still run, by instance
+/// id; the records of those that are gone are dropped.
+pub fn recorded(state_dir: &Path) -> BTreeMap<String, i32> {
+    let mut alive = BTreeMap::new();
+    for (instance_id, pgid) in slipway_local::process_groups::recorded(state_dir) {
+        if signal_group(pgid, "0") {
+            alive.insert(instance_id, pgid);
+        } else {
+            let _ = std::fs::remove_file(state_dir.join(format!("{instance_id}.pid")));
+        }
+    }
+    alive
+}
+
 impl Instance {
+    /// An instance an earlier agent started (recorded in `state_dir` as group `pgid`).
+    pub fn adopted(state_dir: &Path, instance_id: &str, pgid: i32) -> Self {
+        Self {
+            child: None,
+            pgid,
+            pid_file: state_dir.join(format!("{instance_id}.pid")),
+        }
+    }
+
+    /// How it ended, if it has: its exit status, or for an adopted instance that its process
+    /// group is gone.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| format!("exited with {status}")),
+            None => (!signal_group(self.pgid, "0")).then(|| "exited".to_string()),
+        }
+    }
+
     /// Stops the whole process group (the shell and whatever it started): SIGTERM, SIGKILL
     /// after `grace` to what is left; then forgets it.
     pub async fn stop(mut self, grace: std::time::Duration) {
         if signal_group(self.pgid, "TERM") {
             let drained = async {
                 // Reap the shell first: a zombie still counts as a member of the group.
-                let _ = self.child.wait().await;
+                if let Some(child) = self.child.as_mut() {
+                    let _ = child.wait().await;
+                }
                 while signal_group(self.pgid, "0") {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
@@ -91,7 +131,9 @@ impl Instance {
             }
         }
         kill_group(self.pgid);
-        let _ = self.child.wait().await;
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait().await;
+        }
         let _ = std::fs::remove_file(&self.pid_file);
     }
 
@@ -102,7 +144,6 @@ impl Instance {
     }
 }
 
-pub use slipway_local::process_groups::kill_recorded;
 use slipway_local::process_groups::{kill_group, record, signal_group};
 
 #[cfg(test)]

@@ -93,13 +93,66 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-#[tracing::instrument(skip(ctx, desired), fields(region = %ctx.region))]
+/// Instances an earlier agent of the region started for a deployment and that still run,
+/// taken over as they are: same ids, same addresses, no restart.
+#[derive(Default)]
+pub struct Adopted(Vec<Slot>);
+
+/// Takes from `orphans` (instance id → process group, recorded by an earlier agent) the
+/// deployment's instances that its last report lists.
+pub async fn adopt(
+    ctx: &Context,
+    deployment_id: &str,
+    orphans: &mut std::collections::BTreeMap<String, i32>,
+) -> Adopted {
+    if orphans.is_empty() {
+        return Adopted::default();
+    }
+    let key = instances_key(deployment_id, &ctx.region);
+    let report: InstancesReport = match ctx.instances.get(key).await {
+        Ok(Some(value)) => match serde_json::from_slice(&value) {
+            Ok(report) => report,
+            Err(_) => return Adopted::default(),
+        },
+        Ok(None) => return Adopted::default(),
+        Err(e) => {
+            tracing::warn!(%deployment_id, error = %e, "cannot read the last report: its instances are not adopted");
+            return Adopted::default();
+        }
+    };
+    let slots: Vec<Slot> = report
+        .instances
+        .iter()
+        .filter_map(|reported| {
+            let pgid = orphans.remove(&reported.id)?;
+            let port = reported.address.rsplit(':').next()?.parse().ok()?;
+            let mut slot = Slot::new();
+            slot.id = reported.id.clone();
+            slot.port = port;
+            slot.process = Some(process::Instance::adopted(
+                &ctx.state_dir,
+                &reported.id,
+                pgid,
+            ));
+            slot.exits = reported.restarts;
+            slot.crash_looping = reported.crash_looping;
+            Some(slot)
+        })
+        .collect();
+    if !slots.is_empty() {
+        tracing::info!(%deployment_id, instances = slots.len(), "adopted running instances");
+    }
+    Adopted(slots)
+}
+
+#[tracing::instrument(skip(ctx, desired, adopted), fields(region = %ctx.region))]
 pub async fn supervise(
     ctx: Context,
     deployment_id: String,
     mut desired: watch::Receiver<Option<DesiredDeployment>>,
+    adopted: Adopted,
 ) -> (String, watch::Receiver<Option<DesiredDeployment>>) {
-    let mut slots: Vec<Slot> = Vec::new();
+    let mut slots: Vec<Slot> = adopted.0;
     let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
     loop {
         let doc = desired.borrow_and_update().clone();
@@ -178,17 +231,13 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
     let now = Instant::now();
     for slot in slots.iter_mut() {
         // Exited by itself: count it and schedule a restart.
-        if let Some(status) = slot
-            .process
-            .as_mut()
-            .and_then(|p| p.child.try_wait().ok().flatten())
-        {
+        if let Some(status) = slot.process.as_mut().and_then(process::Instance::exited) {
             if let Some(p) = slot.process.take() {
                 p.reap();
             }
             slot.exits += 1;
             slot.healthy_since = None;
-            slot.last_exit = Some(format!("exited with {status}"));
+            slot.last_exit = Some(status.clone());
             slot.status = InstanceStatus::Failed;
             slot.message = slot.last_exit.clone();
             slot.restart_at = Some(now + backoff(slot.exits));

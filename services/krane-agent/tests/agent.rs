@@ -1,14 +1,26 @@
 //! krane-agent over real processes: a real nats-server, the agent binary, and `slipway
 //! demo-app` as the deployed app (built alongside by `cargo test --workspace`).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use slipway_core::krane::{
     desired_deployment_key, instances_key, Desired, DesiredDeployment, InstanceStatus,
     InstancesReport,
 };
-use slipway_testkit::plane::{bin, Plane as Env};
+use slipway_testkit::{
+    plane::{bin, Plane as Env, AGENT},
+    ServiceProcess,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,40 +235,160 @@ async fn crash_loops_and_other_image_schemes_are_reported_failed() {
     assert!(all(&now, 1, InstanceStatus::Pending), "{now:?}");
 }
 
-#[tokio::test]
-async fn a_restarted_agent_leaves_no_orphans_and_converges() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_adopts_what_is_still_desired_and_kills_the_rest() {
     let mut env = start().await;
     env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
         .await;
-    let before = env
-        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+    env.desire("dep_b", demo_app("--message two"), 1, Desired::Running, 1)
         .await;
-    let old = before.instances[0].clone();
+    let a = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await
+        .instances[0]
+        .clone();
+    let b = env
+        .report_where("dep_b", |r| all(r, 1, InstanceStatus::Running))
+        .await
+        .instances[0]
+        .clone();
 
     env.agent.as_mut().unwrap().kill();
-    // The app outlives the agent's SIGKILL...
-    assert_eq!(get(&old.address, "/").await.as_deref(), Some("one"));
+    // The apps outlive the agent's SIGKILL.
+    assert_eq!(get(&a.address, "/").await.as_deref(), Some("one"));
+    assert_eq!(get(&b.address, "/").await.as_deref(), Some("two"));
+    // While no agent runs, dep_b is stopped, and a process no deployment claims is left in
+    // the state directory.
+    env.desire("dep_b", demo_app("--message two"), 1, Desired::Stopped, 2)
+        .await;
+    let mut stray = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let state = env.agent_state.path().join("local");
+    std::fs::write(state.join("inst_stray.pid"), stray.id().to_string()).unwrap();
+
+    let restarted = slipway_core::time::now_ms();
     env.start_agent();
-    // ...until the new agent kills it and starts a fresh instance.
+    // dep_a's instance is adopted: same id and address, never restarted.
     let after = env
         .report_where("dep_a", |r| {
-            all(r, 1, InstanceStatus::Running) && r.instances[0].id != old.id
+            r.reported_at_ms > restarted && all(r, 1, InstanceStatus::Running)
         })
         .await;
-    assert!(
-        get(&old.address, "/").await.is_none(),
-        "the old instance is an orphan"
+    assert_eq!(after.instances[0].id, a.id);
+    assert_eq!(after.instances[0].address, a.address);
+    assert_eq!(get(&a.address, "/").await.as_deref(), Some("one"));
+    // dep_b's is adopted and stopped, as its document now says.
+    env.report_where("dep_b", |r| {
+        r.version == 2 && all(r, 1, InstanceStatus::Inactive)
+    })
+    .await;
+    assert!(get(&b.address, "/").await.is_none(), "dep_b still answers");
+    // The stray is killed once the agent has seen the whole desired state.
+    let agent = env.agent.as_ref().unwrap();
+    tokio::task::block_in_place(|| {
+        agent
+            .wait_for_log("killed processes left by an earlier run", TIMEOUT)
+            .unwrap()
+    });
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while stray.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stray process still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two agents for region `local` on one host (one state directory): one is active, the other
+/// waits; each instance runs once. The active one SIGKILLed, the standby takes over within
+/// the lease TTL (2 s here), adopts the running instances (they keep answering throughout)
+/// and runs new deployments.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
+    let mut env = start().await;
+    let standby = ServiceProcess::spawn(
+        "agent-b",
+        bin(AGENT),
+        &[],
+        &env.env_for("krane-agent-local"),
+    )
+    .unwrap();
+    standby.wait_ready(AGENT, TIMEOUT).unwrap();
+    env.desire("dep_a", demo_app("--message one"), 2, Desired::Running, 1)
+        .await;
+    let before = env
+        .report_where("dep_a", |r| all(r, 2, InstanceStatus::Running))
+        .await;
+    let active = env.agent.as_ref().unwrap();
+    assert_eq!(active.count_log("active agent of the region"), 1);
+    assert_eq!(standby.count_log("active agent of the region"), 0);
+    let recorded = std::fs::read_dir(env.agent_state.path().join("local"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .count();
+    assert_eq!(recorded, 2, "each instance runs once");
+
+    // Requests keep going to the instances while the agents change over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addresses: Vec<String> = before.instances.iter().map(|i| i.address.clone()).collect();
+    let prober = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                for address in &addresses {
+                    match get(address, "/").await.as_deref() {
+                        Some("one") => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+    let killed = std::time::Instant::now();
+    let killed_ms = slipway_core::time::now_ms();
+    env.agent.as_mut().unwrap().kill();
+    tokio::task::block_in_place(|| {
+        standby
+            .wait_for_log("active agent of the region", TIMEOUT)
+            .unwrap()
+    });
+    let takeover = killed.elapsed();
+    let after = env
+        .report_where("dep_a", |r| {
+            r.reported_at_ms > killed_ms && all(r, 2, InstanceStatus::Running)
+        })
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = prober.await.unwrap();
+    let ids = |r: &InstancesReport| r.instances.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&after),
+        ids(&before),
+        "the instances were restarted, not adopted"
     );
     assert_eq!(
-        get(&after.instances[0].address, "/").await.as_deref(),
-        Some("one")
+        failed, 0,
+        "{failed} requests failed during the takeover ({ok} answered)"
     );
-    assert!(
-        env.agent
-            .as_ref()
-            .unwrap()
-            .count_log("killed processes left by an earlier run")
-            == 1
+    eprintln!("standby agent took over {takeover:?} after the active one was killed; {ok} requests answered meanwhile, none failed");
+
+    // The new active agent runs new deployments.
+    env.desire("dep_b", demo_app("--message two"), 1, Desired::Running, 1)
+        .await;
+    let b = env
+        .report_where("dep_b", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    assert_eq!(
+        get(&b.instances[0].address, "/").await.as_deref(),
+        Some("two")
     );
 }
 

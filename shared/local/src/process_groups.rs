@@ -27,24 +27,29 @@ pub fn signal_group(pgid: i32, signal: &str) -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// Every process group recorded in `dir`: (name, group id).
+pub fn recorded(dir: &Path) -> Vec<(String, i32)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "pid"))
+        .filter_map(|path| {
+            let name = path.file_stem()?.to_str()?.to_string();
+            let pgid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+            Some((name, pgid))
+        })
+        .collect()
+}
+
 /// Kills every process group recorded in `dir` and forgets them; returns how many.
 pub fn kill_recorded(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "pid") {
-            if let Some(pgid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                kill_group(pgid);
-                killed += 1;
-            }
-            let _ = std::fs::remove_file(&path);
-        }
+    let groups = recorded(dir);
+    for (name, pgid) in &groups {
+        kill_group(*pgid);
+        let _ = std::fs::remove_file(dir.join(format!("{name}.pid")));
     }
-    killed
+    groups.len()
 }

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod events;
 pub mod krane;
 pub mod kv;
+pub mod lease;
 pub mod micro;
 pub mod provision;
 pub mod retry;

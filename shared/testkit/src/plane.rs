@@ -340,6 +340,7 @@ impl Plane {
             ("SLIPWAY_WORKFLOW_ACK_WAIT", "2s".into()),
             ("SLIPWAY_LEASE_TTL", "2s".into()),
             ("SLIPWAY_AGENT_CHECK_EVERY", "100ms".into()),
+            ("SLIPWAY_AGENT_LEASE_TTL", "2s".into()),
             // The demo app is an exec: image.
             ("SLIPWAY_AGENT_ALLOW_EXEC", "true".into()),
             (

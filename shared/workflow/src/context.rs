@@ -18,9 +18,9 @@ use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
+use slipway_nats::lease::{Holder, Lease};
 
 use crate::{
-    lease::{Holder, Lease},
     record::{self, StepRecord, StepStatus, WorkflowRecord},
     Shared, Status, StepError, WorkflowError,
 };

@@ -89,6 +89,17 @@ pub enum EngineError {
     Nats(#[source] async_nats::Error),
 }
 
+impl From<slipway_nats::lease::LeaseError> for EngineError {
+    fn from(e: slipway_nats::lease::LeaseError) -> Self {
+        use slipway_nats::lease::LeaseError;
+        match e {
+            LeaseError::Superseded(holder) => Self::Superseded(holder),
+            LeaseError::Encode(e) => Self::Lease(e),
+            LeaseError::Nats(e) => Self::Nats(e),
+        }
+    }
+}
+
 impl EngineError {
     pub(crate) fn nats(e: impl Into<async_nats::Error>) -> Self {
         Self::Nats(e.into())

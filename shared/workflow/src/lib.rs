@@ -26,7 +26,6 @@
 
 mod context;
 mod error;
-mod lease;
 mod record;
 mod worker;
 
@@ -44,8 +43,8 @@ use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
 
 pub use context::Context;
 pub use error::{EngineError, StepError, StepResultExt, WorkflowError};
-pub use lease::{Holder, Lease, Leases};
 pub use record::{EventScope, Status, StepRecord, StepStatus, WorkflowRecord};
+pub use slipway_nats::lease::{Holder, Lease, LeaseError, Leases};
 
 /// A durable workflow. `run` must be deterministic apart from its steps: on resume it runs
 /// again from the top, and each completed step returns its journaled result.

@@ -15,7 +15,7 @@ use backon::ExponentialBuilder;
 use slipway_nats::provision;
 use slipway_testkit::Plane;
 use slipway_workflow::{
-    Context, Engine, EngineConfig, EngineError, Failure, Holder, Leases, Status, StepError,
+    Context, Engine, EngineConfig, Failure, Holder, LeaseError, Leases, Status, StepError,
     Workflow, WorkflowError,
 };
 
@@ -296,7 +296,7 @@ async fn a_lease_excludes_and_expires_when_its_holder_dies() {
     assert!(c2.epoch() > c.epoch());
     let stale = leases.acquire("project.p1", &holder("holder-c", 1)).await;
     assert!(
-        matches!(stale, Err(EngineError::Superseded(_))),
+        matches!(stale, Err(LeaseError::Superseded(_))),
         "{:?}",
         stale.err()
     );

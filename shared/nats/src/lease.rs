@@ -34,7 +34,17 @@ use serde::{Deserialize, Serialize};
 use slipway_core::time::now_ms;
 use tokio::task::JoinHandle;
 
-use crate::EngineError;
+/// Why a lease could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// A later run of the same holder holds it: this run is stale.
+    #[error("superseded: {0}")]
+    Superseded(String),
+    #[error("cannot encode a lease: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("JetStream: {0}")]
+    Nats(#[source] async_nats::Error),
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Holding {
@@ -80,20 +90,20 @@ impl Leases {
     }
 
     /// Waits until `name` is free, expired, or held by an earlier run of `holder`, and takes
-    /// it. Fails with [`EngineError::Superseded`] if a later run of `holder` holds it.
+    /// it. Fails with [`LeaseError::Superseded`] if a later run of `holder` holds it.
     ///
     /// Reads go to the stream leader and every write is a compare-and-set on the revision
     /// read; errors a cluster throws for a few seconds (a leader election, a timeout) are
     /// retried. A write that timed out may have landed: if the next read finds this run's
     /// own holding, the lease is taken, but not as continuous (what was there before is no
     /// longer known).
-    pub async fn acquire(&self, name: &str, holder: &Holder) -> Result<Lease, EngineError> {
+    pub async fn acquire(&self, name: &str, holder: &Holder) -> Result<Lease, LeaseError> {
         let key = format!("lease.{name}");
         let mut watch = None;
-        let mut transient = slipway_nats::retry::failover();
+        let mut transient = crate::retry::failover();
         let mut ambiguous = false;
         loop {
-            let entry = match slipway_nats::kv::latest(&self.kv, &key).await {
+            let entry = match crate::kv::latest(&self.kv, &key).await {
                 Ok(entry) => entry,
                 Err(e) => {
                     pause(&mut transient, &key, e).await?;
@@ -114,7 +124,7 @@ impl Leases {
                         (e.revision, Some(h.expires_at_ms), false)
                     }
                     Ok(h) if h.holder == holder.name && h.run > holder.run => {
-                        return Err(EngineError::Superseded(format!(
+                        return Err(LeaseError::Superseded(format!(
                             "run {} of {} holds lease {name}",
                             h.run, h.holder
                         )))
@@ -155,7 +165,7 @@ impl Leases {
         }
     }
 
-    fn holding(&self, holder: &Holder) -> Result<bytes::Bytes, EngineError> {
+    fn holding(&self, holder: &Holder) -> Result<bytes::Bytes, LeaseError> {
         let h = Holding {
             holder: holder.name.clone(),
             run: holder.run,
@@ -163,7 +173,7 @@ impl Leases {
         };
         serde_json::to_vec(&h)
             .map(Into::into)
-            .map_err(EngineError::Lease)
+            .map_err(LeaseError::Encode)
     }
 
     fn held(&self, key: String, holder: &Holder, epoch: u64, continuous: bool) -> Lease {
@@ -194,14 +204,14 @@ async fn pause(
     delays: &mut impl Iterator<Item = Duration>,
     key: &str,
     error: async_nats::Error,
-) -> Result<(), EngineError> {
+) -> Result<(), LeaseError> {
     match delays.next() {
         Some(delay) => {
             tracing::debug!(lease = %key, %error, "lease read or write failed; retrying");
             tokio::time::sleep(delay).await;
             Ok(())
         }
-        None => Err(EngineError::Nats(error)),
+        None => Err(LeaseError::Nats(error)),
     }
 }
 
@@ -254,7 +264,7 @@ async fn renew(
 
 /// The revision of `key` if the leader has this holder's holding there.
 async fn own_revision(kv: &kv::Store, key: &str, holder: &Holder) -> Option<u64> {
-    let entry = slipway_nats::kv::latest(kv, key).await.ok()??;
+    let entry = crate::kv::latest(kv, key).await.ok()??;
     let h: Holding = serde_json::from_slice(&entry.value).ok()?;
     (entry.operation == kv::Operation::Put && h.holder == holder.name && h.run == holder.run)
         .then_some(entry.revision)
