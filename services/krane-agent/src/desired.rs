@@ -27,7 +27,7 @@ pub struct Change {
 /// (the agent has seen the whole desired state of its region).
 #[derive(Debug)]
 pub enum Item {
-    Change(Change),
+    Change(Box<Change>),
     CaughtUp,
 }
 

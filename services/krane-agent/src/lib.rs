@@ -184,7 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("the slipway_desired feed ended");
         };
         let desired::Change { deployment_id, doc } = match change {
-            Ok(desired::Item::Change(c)) => c,
+            Ok(desired::Item::Change(c)) => *c,
             Ok(desired::Item::CaughtUp) => {
                 // Every desired document has a supervisor: what none adopted is not desired.
                 let left = orphans.take().unwrap_or_default();
