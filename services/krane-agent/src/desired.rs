@@ -87,16 +87,16 @@ fn decode(prefix: &str, message: &jetstream::Message) -> Option<Item> {
         .and_then(|h| h.get("KV-Operation"))
         .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
     if removed {
-        return Some(Item::Change(Change {
+        return Some(Item::Change(Box::new(Change {
             deployment_id,
             doc: None,
-        }));
+        })));
     }
     match serde_json::from_slice::<DesiredDeployment>(&message.payload) {
-        Ok(doc) => Some(Item::Change(Change {
+        Ok(doc) => Some(Item::Change(Box::new(Change {
             deployment_id,
             doc: Some(doc),
-        })),
+        }))),
         Err(e) => {
             tracing::error!(subject = %message.subject, error = %e, "malformed desired state; ignoring it");
             None
