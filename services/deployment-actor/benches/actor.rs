@@ -20,7 +20,7 @@ use slipway_core::time::now_ms;
 use slipway_store::Store;
 use slipway_testkit::{
     plane::{Plane, ACTOR},
-    NatsServer, ServiceProcess, TestDb,
+    ServiceProcess, TestDb,
 };
 const DUE: usize = 10_000;
 const DUE_WINDOW_MS: i64 = 3_000;
@@ -86,7 +86,7 @@ fn summary(v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 async fn round_trips(
-    nats: &NatsServer,
+    nats: &slipway_testkit::plane::Nats,
     js: &jetstream::Context,
     ids: &[String],
 ) -> anyhow::Result<()> {

@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inner: Arc::new(Inner {
             store,
             transitions: transitions::Transitions::new(
+                js.clone(),
                 js.get_key_value(TRANSITIONS).await?,
                 config.idempotency_ttl,
             ),

@@ -79,13 +79,19 @@ pub enum TransitionError {
 
 #[derive(Clone)]
 pub struct Transitions {
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     idempotency_ttl: Duration,
 }
 
 impl Transitions {
-    pub fn new(kv: kv::Store, idempotency_ttl: Duration) -> Self {
+    pub fn new(
+        js: async_nats::jetstream::Context,
+        kv: kv::Store,
+        idempotency_ttl: Duration,
+    ) -> Self {
         Self {
+            js,
             kv,
             idempotency_ttl,
         }
@@ -210,15 +216,10 @@ impl Transitions {
         let value = rmp_serde::to_vec_named(transition)
             .map_err(|e| TransitionError::Kv(e.into()))?
             .into();
-        match self
-            .kv
-            .create_with_ttl(k.as_str(), value, self.idempotency_ttl)
+        slipway_nats::kv::create(&self.js, &self.kv, &k, value, Some(self.idempotency_ttl))
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(TransitionError::Kv(e.into())),
-        }
+            .map(drop)
+            .map_err(TransitionError::Kv)
     }
 }
 

@@ -36,6 +36,23 @@ pub fn consumer_name(region: &str) -> String {
     format!("krane-{region}")
 }
 
+/// [`feed`], retried with backoff until it is attached.
+pub async fn attach(
+    js: &jetstream::Context,
+    region: &str,
+) -> impl Stream<Item = Result<Item, String>> {
+    let mut delays = slipway_nats::retry::reattach();
+    loop {
+        match feed(js, region).await {
+            Ok(feed) => return feed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read slipway_desired yet; retrying");
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+            }
+        }
+    }
+}
+
 pub async fn feed(
     js: &jetstream::Context,
     region: &str,
@@ -60,7 +77,7 @@ pub async fn feed(
         })
         .await?;
     let empty = consumer.cached_info().num_pending == 0;
-    let messages = consumer.messages().await?;
+    let messages = slipway_nats::consumer::messages(&consumer).await?;
     let first = futures::stream::iter(empty.then_some(Ok(Item::CaughtUp)));
     Ok(first.chain(messages.flat_map(move |message| {
         let items: Vec<Result<Item, String>> = match message {

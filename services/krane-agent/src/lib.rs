@@ -134,16 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // deployments still desired, killed once the whole desired state has been seen.
     let mut orphans = Some(process::recorded(&state_dir));
 
-    let feed = loop {
-        match desired::feed(&js, &config.region).await {
-            Ok(feed) => break feed,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read slipway_desired yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    tokio::pin!(feed);
+    let mut feed = Box::pin(desired::attach(&js, &config.region).await);
     tracing::info!(region = %config.region, "serving region");
     let mut lease_check = tokio::time::interval(config.lease_ttl / 6);
     let mut supervisors: HashMap<String, watch::Sender<Option<DesiredDeployment>>> = HashMap::new();
@@ -200,7 +191,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "desired-state feed error");
+                // Its consumer's leader died, or the consumer went with a node: read the
+                // whole desired state again from a new one (supervisors ignore documents
+                // they already carry out).
+                tracing::warn!(error = %e, "desired-state feed error; attaching again");
+                feed = Box::pin(desired::attach(&js, &config.region).await);
                 continue;
             }
         };

@@ -86,15 +86,21 @@ async fn attach(
 ) -> Result<pull::Stream, async_nats::Error> {
     let stream = js.get_stream(stream).await?;
     let consumer = stream.create_consumer(config.clone()).await?;
-    // Short pulls with frequent heartbeats: on a cluster, a pull waiting on a consumer leader
-    // that died is noticed within two heartbeats (the client default, 15 s, let timers due
-    // across a failover wait half a minute).
-    Ok(consumer
+    Ok(messages(&consumer).await?)
+}
+
+/// The messages of a pull consumer, pulled in short requests with frequent heartbeats: on a
+/// cluster, a pull waiting on a consumer leader that died is noticed within two heartbeats
+/// (with the client's default, 15 s, timers due across a failover waited half a minute).
+pub async fn messages(
+    consumer: &jetstream::consumer::PullConsumer,
+) -> Result<pull::Stream, jetstream::consumer::StreamError> {
+    consumer
         .stream()
         .heartbeat(PULL_HEARTBEAT)
         .expires(PULL_EXPIRES)
         .messages()
-        .await?)
+        .await
 }
 
 /// How often an idle pull hears from the server, and how long one pull request lasts.

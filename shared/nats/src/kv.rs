@@ -89,6 +89,54 @@ fn operation(headers: &async_nats::HeaderMap) -> kv::Operation {
     }
 }
 
+/// Why [`write_if`] did not write.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The key is no longer at the expected revision: another write came first.
+    #[error("another write came first")]
+    Conflict,
+    /// No answer, or an error: the write may or may not have landed.
+    #[error("{0}")]
+    Other(async_nats::Error),
+}
+
+/// Writes `value` at `key` if the key's last revision is `revision` (0: the key was never
+/// written), with a per-message TTL if given (the bucket needs `limit_markers_ms`): one
+/// compare-and-set publish. Returns the new revision.
+pub async fn write_if(
+    js: &jetstream::Context,
+    store: &kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    revision: u64,
+    ttl: Option<Duration>,
+) -> Result<u64, WriteError> {
+    use async_nats::header;
+    let prefix = store.put_prefix.as_ref().unwrap_or(&store.prefix);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        revision.to_string().as_str(),
+    );
+    if let Some(ttl) = ttl {
+        headers.insert(
+            header::NATS_MESSAGE_TTL,
+            format!("{}s", ttl.as_secs().max(1)).as_str(),
+        );
+    }
+    let ack = js
+        .publish_with_headers(format!("{prefix}{key}"), headers, value)
+        .await
+        .map_err(|e| WriteError::Other(e.into()))?;
+    match ack.await {
+        Ok(ack) => Ok(ack.sequence),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            Err(WriteError::Conflict)
+        }
+        Err(e) => Err(WriteError::Other(e.into())),
+    }
+}
+
 /// Whether [`create`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -98,21 +146,24 @@ pub enum Created {
     Exists,
 }
 
-/// Writes `value` at `key` unless the key holds a value (a removed key counts as free).
-/// Unlike `kv::Store::create`, which decides on a direct get, the check is the write itself
-/// (a compare-and-set on "no message", then on the removal marker the leader reports), so a
-/// lagging replica cannot make it fail with "wrong last sequence".
+/// Writes `value` at `key` (with a per-message TTL if given) unless the key holds a value (a
+/// removed key counts as free). Unlike `kv::Store::create`, which decides on a direct get,
+/// the check is the write itself (a compare-and-set on "no message", then on the removal
+/// marker the leader reports), so a lagging replica cannot make it fail with "wrong last
+/// sequence".
 pub async fn create(
+    js: &jetstream::Context,
     store: &kv::Store,
     key: &str,
     value: bytes::Bytes,
+    ttl: Option<Duration>,
 ) -> Result<Created, async_nats::Error> {
     let mut revision = 0;
     loop {
-        match store.update(key, value.clone(), revision).await {
+        match write_if(js, store, key, value.clone(), revision, ttl).await {
             Ok(written) => return Ok(Created::At(written)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-            Err(e) => return Err(e.into()),
+            Err(WriteError::Conflict) => {}
+            Err(WriteError::Other(e)) => return Err(e),
         }
         match latest(store, key).await? {
             Some(entry) if entry.operation == kv::Operation::Put => return Ok(Created::Exists),

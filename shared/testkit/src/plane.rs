@@ -19,7 +19,8 @@ use slipway_store::Store;
 use slipway_workflow::WorkflowRecord;
 
 use crate::{
-    decode_reply, stream_messages, ErrorReply, Invariants, NatsServer, ServiceProcess, TestDb,
+    decode_reply, stream_messages, ErrorReply, Invariants, NatsCluster, NatsServer, ServiceProcess,
+    TestDb,
 };
 
 /// How long a plane waits for anything (a service to be ready, a workflow to finish).
@@ -90,6 +91,7 @@ pub async fn connect_as(
 pub struct PlaneBuilder {
     db: Option<TestDb>,
     secured: bool,
+    cluster: bool,
     services: Vec<&'static str>,
     agent: bool,
     edge: bool,
@@ -117,7 +119,14 @@ impl PlaneBuilder {
         self
     }
 
-    /// Starts one process of `name` ([`ROUTING`], [`ACTOR`]).
+    /// A 3-node JetStream cluster instead of one server; every stream and bucket at 3
+    /// replicas (`SLIPWAY_JS_REPLICAS=3`), every client given all three nodes.
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
+    /// Starts one process of `name` ([`ROUTING`], [`ACTOR`]); call again for another.
     pub fn service(mut self, name: &'static str) -> Self {
         self.services.push(name);
         self
@@ -151,10 +160,15 @@ impl PlaneBuilder {
             .db
             .unwrap_or_else(|| TestDb::sqlite().expect("a SQLite test database"));
         let (nats, client) = if self.secured {
-            secured_nats().await
+            let (server, client) = secured_nats().await;
+            (Nats::Server(server), client)
         } else {
-            let nats = NatsServer::start().await.expect("nats-server");
-            let client = async_nats::connect(nats.url())
+            let nats = if self.cluster {
+                Nats::Cluster(NatsCluster::start().await.expect("a nats-server cluster"))
+            } else {
+                Nats::Server(NatsServer::start().await.expect("nats-server"))
+            };
+            let client = async_nats::connect(nats.addrs())
                 .await
                 .expect("connecting to the test nats-server");
             (nats, client)
@@ -199,8 +213,60 @@ async fn secured_nats() -> (NatsServer, async_nats::Client) {
     (nats, client)
 }
 
+/// The plane's NATS: one server, or a 3-node cluster.
+pub enum Nats {
+    Server(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// What `SLIPWAY_NATS_URL` takes: the server's URL, or every node's, comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Server(s) => s.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    pub fn addrs(&self) -> Vec<async_nats::ServerAddr> {
+        match self {
+            Nats::Server(s) => s.url().parse().into_iter().collect(),
+            Nats::Cluster(c) => c.addrs(),
+        }
+    }
+
+    /// Replicas of every stream and bucket.
+    pub fn replicas(&self) -> usize {
+        match self {
+            Nats::Server(_) => 1,
+            Nats::Cluster(c) => c.nodes.len(),
+        }
+    }
+
+    /// The cluster, for tests that stall or kill its nodes.
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Server(_) => panic!("this plane runs one nats-server, not a cluster"),
+        }
+    }
+
+    /// SIGKILLs every server and starts it again on the same port and store.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            Nats::Server(s) => s.restart().await,
+            Nats::Cluster(c) => {
+                for i in 0..c.nodes.len() {
+                    c.restart(i).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub struct Plane {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub db: TestDb,
     pub store: Store,
     pub client: async_nats::Client,
@@ -216,6 +282,8 @@ pub struct Plane {
     pub services: Vec<ServiceProcess>,
     pub orchestrators: Vec<ServiceProcess>,
     pub agent: Option<ServiceProcess>,
+    /// Further agents of region `local`, standbys of the active one.
+    pub standby_agents: Vec<ServiceProcess>,
     pub edge: Option<ServiceProcess>,
     /// Where the edge listens.
     pub edge_address: Option<std::net::SocketAddr>,
@@ -235,6 +303,7 @@ impl Plane {
         PlaneBuilder {
             db: None,
             secured: false,
+            cluster: false,
             services: vec![],
             agent: false,
             edge: false,
@@ -280,12 +349,12 @@ impl Plane {
         (plane, project, v1, v2)
     }
 
-    async fn on(nats: NatsServer, client: async_nats::Client, db: TestDb, secured: bool) -> Plane {
+    async fn on(nats: Nats, client: async_nats::Client, db: TestDb, secured: bool) -> Plane {
         let store = Store::open(&db.url)
             .await
             .expect("opening the test database");
         let js = jetstream::new(client.clone());
-        provision::provision(&js, 1)
+        provision::provision(&js, nats.replicas())
             .await
             .expect("provisioning streams and buckets");
         let bucket = |name: &'static str| {
@@ -307,6 +376,7 @@ impl Plane {
             services: vec![],
             orchestrators: vec![],
             agent: None,
+            standby_agents: vec![],
             edge: None,
             edge_address: None,
             orchestrator_env: vec![],
@@ -333,6 +403,7 @@ impl Plane {
         let bin_dir = bin_dir();
         vec![
             ("SLIPWAY_NATS_URL", self.nats.url()),
+            ("SLIPWAY_JS_REPLICAS", self.nats.replicas().to_string()),
             ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
             ("SLIPWAY_STANDBY_DELAY", STANDBY_DELAY.into()),
             ("SLIPWAY_READY_TIMEOUT", "20s".into()),
@@ -405,6 +476,19 @@ impl Plane {
         self.agent = Some(agent);
     }
 
+    /// Starts another agent of region `local` (same state directory): it waits as the
+    /// active agent's standby.
+    pub fn start_standby_agent(&mut self) {
+        let env = self.env_for("krane-agent-local");
+        let label = format!("agent-standby{}", self.standby_agents.len());
+        let agent =
+            ServiceProcess::spawn(&label, bin(AGENT), &[], &env).expect("spawning an agent");
+        agent
+            .wait_ready(AGENT, TIMEOUT)
+            .expect("the agent is ready");
+        self.standby_agents.push(agent);
+    }
+
     /// Starts the edge (again, on the same port after the first time) and waits until it
     /// is ready.
     pub fn start_edge(&mut self) {
@@ -467,7 +551,7 @@ impl Plane {
     /// SIGKILLs nats-server and starts it again on the same port and store; reconnects.
     pub async fn restart_nats(&mut self) {
         self.nats.restart().await.expect("restarting nats-server");
-        let client = async_nats::connect(self.nats.url())
+        let client = async_nats::connect(self.nats.addrs())
             .await
             .expect("reconnecting");
         let plane_js = jetstream::new(client.clone());

@@ -14,7 +14,6 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::kv;
 use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
@@ -376,46 +375,20 @@ impl Context {
         payload: bytes::Bytes,
         ttl: Option<Duration>,
     ) -> Result<u64, Write> {
-        let Some(ttl) = ttl else {
-            return match self
-                .shared
-                .records
-                .update(key, payload, self.revision)
-                .await
-            {
-                Ok(revision) => Ok(revision),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    Err(Write::Conflict)
-                }
-                Err(e) => Err(Write::Other(e.to_string())),
-            };
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            self.revision.to_string().as_str(),
-        );
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_TTL,
-            format!("{}s", ttl.as_secs().max(1)).as_str(),
-        );
-        let subject = format!("$KV.{}.{key}", slipway_nats::provision::WORKFLOW_RECORDS);
-        let ack = self
-            .shared
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| Write::Other(e.to_string()))?;
-        match ack.await {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
-            {
-                Err(Write::Conflict)
-            }
-            Err(e) => Err(Write::Other(e.to_string())),
-        }
+        let shared = &self.shared;
+        slipway_nats::kv::write_if(
+            &shared.js,
+            &shared.records,
+            key,
+            payload,
+            self.revision,
+            ttl,
+        )
+        .await
+        .map_err(|e| match e {
+            slipway_nats::kv::WriteError::Conflict => Write::Conflict,
+            slipway_nats::kv::WriteError::Other(e) => Write::Other(e.to_string()),
+        })
     }
 
     /// The `step` event of journaled step `index`, deduplicated by workflow and index, so a

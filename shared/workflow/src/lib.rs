@@ -278,7 +278,8 @@ impl Engine {
         let encoded: bytes::Bytes = rmp_serde::to_vec_named(&record)?.into();
         let key = record::key(workflow_id);
         riding_out_failover(|| {
-            slipway_nats::kv::create(&self.shared.records, &key, encoded.clone())
+            let shared = &self.shared;
+            slipway_nats::kv::create(&shared.js, &shared.records, &key, encoded.clone(), None)
         })
         .await?;
         self.publish(W::KIND, workflow_id, workflow_id).await

@@ -151,10 +151,11 @@ async fn run(
             Ok(None)
         }
         Err(WorkflowError::Failed(reason)) => {
-            tracing::warn!(%reason, "workflow failed");
             ctx.record.status = Status::Failing;
-            ctx.record.error = Some(reason);
+            ctx.record.error = Some(reason.clone());
+            // Saved first: a stale run (a later one took over) fails nothing.
             ctx.save().await?;
+            tracing::warn!(%reason, "workflow failed");
             ctx.release_all().await;
             Ok(Some(ctx))
         }
