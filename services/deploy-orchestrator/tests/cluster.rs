@@ -87,6 +87,9 @@ async fn deploys_and_timers_survive_stalls_and_failovers_on_a_cluster() {
         .service(ACTOR)
         .agent()
         .orchestrators(2)
+        // A region's agent fails over within its lease TTL plus re-reading the desired state;
+        // amid NATS failovers that can take longer than the tests' usual 20 s.
+        .orchestrator_env("SLIPWAY_READY_TIMEOUT", "60s")
         .start()
         .await;
     plane.start_standby_agent();

@@ -153,9 +153,9 @@ impl Transitions {
         self.kv
             .delete_expect_revision(deployment_id, Some(revision))
             .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
-                _ => TransitionError::Kv(e.into()),
+            .map_err(|e| match slipway_nats::kv::is_conflict(&e) {
+                true => TransitionError::Conflict,
+                false => TransitionError::Kv(e.into()),
             })
     }
 
@@ -176,9 +176,9 @@ impl Transitions {
         self.kv
             .update(deployment_id, value, revision)
             .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => TransitionError::Conflict,
-                _ => TransitionError::Kv(e.into()),
+            .map_err(|e| match slipway_nats::kv::is_conflict(&e) {
+                true => TransitionError::Conflict,
+                false => TransitionError::Kv(e.into()),
             })
     }
 

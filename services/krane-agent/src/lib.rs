@@ -125,10 +125,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         run: 0,
     };
     tracing::info!(region = %config.region, agent = %holder.name, "waiting for the region's lease (standby while another agent is active)");
-    let lease = Leases::new(leases, config.lease_ttl)
-        .acquire(&region_lease(&config.region), &holder)
-        .await
-        .context("taking the region's lease")?;
+    let leases = Leases::new(leases, config.lease_ttl);
+    let lease_name = region_lease(&config.region);
+    let mut lease = loop {
+        match leases.acquire(&lease_name, &holder).await {
+            Ok(lease) => break lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the region's lease; retrying");
+                tokio::time::sleep(config.lease_ttl).await;
+            }
+        }
+    };
     tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
     // What an earlier agent started and still runs: adopted by the supervisors of the
     // deployments still desired, killed once the whole desired state has been seen.
@@ -162,10 +169,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = lease_check.tick() => {
                 if lease.is_lost() {
-                    // Another agent is active now and has adopted what runs: leave it all to
-                    // it (a clean shutdown would stop the instances).
-                    tracing::error!(region = %config.region, "lost the region's lease to another agent; exiting without stopping instances");
-                    std::process::exit(3);
+                    // Renewals failed past the expiry (NATS was unreachable), or another agent
+                    // took the lease. Unless another agent holds it, it is ours again at once.
+                    // While NATS does not answer, no other agent can take it either: carry on
+                    // and look again at the next tick.
+                    match leases.try_acquire(&lease_name, &holder).await {
+                        Ok(Some(again)) if again.is_continuous() => {
+                            tracing::warn!(region = %config.region, epoch = again.epoch(), "could not renew the region's lease for a while; took it back (no other agent had taken it)");
+                            lease = again;
+                        }
+                        Ok(_) => {
+                            // Another agent is active now and adopts what runs: leave it all
+                            // to it (a clean shutdown would stop the instances).
+                            tracing::error!(region = %config.region, "another agent of the region is active now; exiting without stopping instances");
+                            std::process::exit(3);
+                        }
+                        Err(e) => tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again"),
+                    }
                 }
                 continue;
             }
@@ -180,8 +200,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // Every desired document has a supervisor: what none adopted is not desired.
                 let left = orphans.take().unwrap_or_default();
                 if !left.is_empty() {
-                    for (instance_id, pgid) in &left {
-                        process::Instance::adopted(&state_dir, instance_id, *pgid).reap();
+                    for (instance_id, recorded) in &left {
+                        process::Instance::adopted(&state_dir, instance_id, recorded.pgid).reap();
                     }
                     tracing::info!(
                         orphans = left.len(),
@@ -205,7 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ => {
                 let adopted = match orphans.as_mut() {
-                    Some(orphans) => supervisor::adopt(&ctx, &deployment_id, orphans).await,
+                    Some(orphans) => supervisor::adopt(&ctx, &deployment_id, orphans),
                     None => Adopted::default(),
                 };
                 let (tx, rx) = watch::channel(doc);

@@ -45,14 +45,39 @@ fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
+/// What the state directory keeps of an instance beside its process group
+/// (`<id>.instance`), so that the next agent of the region can adopt it without asking
+/// anyone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub deployment_id: String,
+    pub port: u16,
+    #[serde(skip)]
+    pub pgid: i32,
+}
+
+fn record_path(state_dir: &Path, instance_id: &str) -> PathBuf {
+    state_dir.join(format!("{instance_id}.instance"))
+}
+
 /// Starts `command_line` with `/bin/sh -c`, `PORT` and `env` set, output to `<id>.log`.
 pub fn start(
     state_dir: &Path,
+    deployment_id: &str,
     instance_id: &str,
     command_line: &str,
     port: u16,
     env: &BTreeMap<String, String>,
 ) -> std::io::Result<Instance> {
+    let recorded = Recorded {
+        deployment_id: deployment_id.to_string(),
+        port,
+        pgid: 0,
+    };
+    std::fs::write(
+        record_path(state_dir, instance_id),
+        serde_json::to_vec(&recorded).map_err(std::io::Error::other)?,
+    )?;
     let log = std::fs::File::create(state_dir.join(format!("{instance_id}.log")))?;
     let child = Command::new("/bin/sh")
         .arg("-c")
@@ -73,15 +98,24 @@ pub fn start(
     })
 }
 
-/// The process groups an earlier agent recorded in `state_dir` that still run, by instance
-/// id; the records of those that are gone are dropped.
-pub fn recorded(state_dir: &Path) -> BTreeMap<String, i32> {
+/// The instances an earlier agent recorded in `state_dir` whose process group still runs, by
+/// instance id; the records of those that are gone (or that say too little to adopt them:
+/// these are killed) are dropped.
+pub fn recorded(state_dir: &Path) -> BTreeMap<String, Recorded> {
     let mut alive = BTreeMap::new();
     for (instance_id, pgid) in slipway_local::process_groups::recorded(state_dir) {
-        if signal_group(pgid, "0") {
-            alive.insert(instance_id, pgid);
-        } else {
-            let _ = std::fs::remove_file(state_dir.join(format!("{instance_id}.pid")));
+        let record = std::fs::read(record_path(state_dir, &instance_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Recorded>(&bytes).ok());
+        match record {
+            Some(record) if signal_group(pgid, "0") => {
+                alive.insert(instance_id, Recorded { pgid, ..record });
+            }
+            Some(_) => Instance::adopted(state_dir, &instance_id, pgid).forget(),
+            None => {
+                tracing::info!(instance = %instance_id, "killed a process left by an earlier run that says too little to adopt it");
+                Instance::adopted(state_dir, &instance_id, pgid).reap();
+            }
         }
     }
     alive
@@ -134,13 +168,19 @@ impl Instance {
         if let Some(child) = self.child.as_mut() {
             let _ = child.wait().await;
         }
-        let _ = std::fs::remove_file(&self.pid_file);
+        self.forget();
     }
 
     /// Forgets an instance that exited by itself (its group may still hold children).
     pub fn reap(self) {
         kill_group(self.pgid);
+        self.forget();
+    }
+
+    /// Removes what the state directory keeps of it.
+    fn forget(&self) {
         let _ = std::fs::remove_file(&self.pid_file);
+        let _ = std::fs::remove_file(self.pid_file.with_extension("instance"));
     }
 }
 

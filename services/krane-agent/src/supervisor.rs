@@ -98,44 +98,30 @@ fn free_port() -> u16 {
 #[derive(Default)]
 pub struct Adopted(Vec<Slot>);
 
-/// Takes from `orphans` (instance id → process group, recorded by an earlier agent) the
-/// deployment's instances that its last report lists.
-pub async fn adopt(
+/// Takes from `orphans` (recorded by an earlier agent of the region in the state directory)
+/// the instances of `deployment_id`.
+pub fn adopt(
     ctx: &Context,
     deployment_id: &str,
-    orphans: &mut std::collections::BTreeMap<String, i32>,
+    orphans: &mut std::collections::BTreeMap<String, process::Recorded>,
 ) -> Adopted {
-    if orphans.is_empty() {
-        return Adopted::default();
-    }
-    let key = instances_key(deployment_id, &ctx.region);
-    let report: InstancesReport = match ctx.instances.get(key).await {
-        Ok(Some(value)) => match serde_json::from_slice(&value) {
-            Ok(report) => report,
-            Err(_) => return Adopted::default(),
-        },
-        Ok(None) => return Adopted::default(),
-        Err(e) => {
-            tracing::warn!(%deployment_id, error = %e, "cannot read the last report: its instances are not adopted");
-            return Adopted::default();
-        }
-    };
-    let slots: Vec<Slot> = report
-        .instances
+    let ids: Vec<String> = orphans
         .iter()
-        .filter_map(|reported| {
-            let pgid = orphans.remove(&reported.id)?;
-            let port = reported.address.rsplit(':').next()?.parse().ok()?;
+        .filter(|(_, r)| r.deployment_id == deployment_id)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let slots: Vec<Slot> = ids
+        .into_iter()
+        .filter_map(|id| {
+            let recorded = orphans.remove(&id)?;
             let mut slot = Slot::new();
-            slot.id = reported.id.clone();
-            slot.port = port;
             slot.process = Some(process::Instance::adopted(
                 &ctx.state_dir,
-                &reported.id,
-                pgid,
+                &id,
+                recorded.pgid,
             ));
-            slot.exits = reported.restarts;
-            slot.crash_looping = reported.crash_looping;
+            slot.id = id;
+            slot.port = recorded.port;
             Some(slot)
         })
         .collect();
@@ -247,7 +233,14 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             let due = *slot.restart_at.get_or_insert(now);
             if now >= due {
                 let port = free_port();
-                match process::start(&ctx.state_dir, &slot.id, &line, port, &d.env) {
+                match process::start(
+                    &ctx.state_dir,
+                    &d.deployment_id,
+                    &slot.id,
+                    &line,
+                    port,
+                    &d.env,
+                ) {
                     Ok(p) => {
                         slot.process = Some(p);
                         slot.port = port;

@@ -14,6 +14,40 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use serde::{de::DeserializeOwned, Serialize};
 
+/// Whether a compare-and-set write failed because the key was not at the expected revision.
+/// A cluster's stream leader answers this with either of two codes: 10071 ("wrong last
+/// sequence: N") or 10164 ("wrong last sequence"); async-nats (0.51) recognises only the
+/// first, and reports the second as an unclassified error.
+pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::{
+        context::{PublishError, PublishErrorKind},
+        ErrorCode,
+    };
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(publish) = e.downcast_ref::<PublishError>() {
+            if publish.kind() == PublishErrorKind::WrongLastSequence {
+                return true;
+            }
+        }
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            let code = js.error_code();
+            if code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            {
+                return true;
+            }
+        }
+        if let Some(update) = e.downcast_ref::<kv::UpdateError>() {
+            if update.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Writes `value` (JSON) at `key` unless `keep(stored)` says the stored document wins (it is
 /// newer, or the same). Returns whether it wrote. A stored value that does not parse is
 /// overwritten.
@@ -42,7 +76,7 @@ where
         };
         match store.update(key, payload.clone(), revision).await {
             Ok(_) => return Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -130,9 +164,7 @@ pub async fn write_if(
         .map_err(|e| WriteError::Other(e.into()))?;
     match ack.await {
         Ok(ack) => Ok(ack.sequence),
-        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-            Err(WriteError::Conflict)
-        }
+        Err(e) if is_conflict(&e) => Err(WriteError::Conflict),
         Err(e) => Err(WriteError::Other(e.into())),
     }
 }

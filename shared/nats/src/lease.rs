@@ -98,13 +98,41 @@ impl Leases {
     /// own holding, the lease is taken, but not as continuous (what was there before is no
     /// longer known).
     pub async fn acquire(&self, name: &str, holder: &Holder) -> Result<Lease, LeaseError> {
+        let taken = self.take(name, holder, true).await?;
+        taken.ok_or_else(|| LeaseError::Superseded(format!("lease {name} is held")))
+    }
+
+    /// One look, no waiting: takes `name` as [`acquire`](Self::acquire) would, or `None` if
+    /// another holder has it now. A read or write that fails is an error at once.
+    pub async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &Holder,
+    ) -> Result<Option<Lease>, LeaseError> {
+        self.take(name, holder, false).await
+    }
+
+    async fn take(
+        &self,
+        name: &str,
+        holder: &Holder,
+        wait: bool,
+    ) -> Result<Option<Lease>, LeaseError> {
         let key = format!("lease.{name}");
         let mut watch = None;
-        let mut transient = crate::retry::failover();
+        let mut transient = if wait {
+            crate::retry::failover()
+        } else {
+            crate::retry::none()
+        };
         let mut ambiguous = false;
         loop {
             let entry = match crate::kv::latest(&self.kv, &key).await {
-                Ok(entry) => entry,
+                Ok(entry) => {
+                    // A waiter may wait for hours: only errors in a row count.
+                    transient = crate::retry::failover();
+                    entry
+                }
                 Err(e) => {
                     pause(&mut transient, &key, e).await?;
                     continue;
@@ -118,7 +146,7 @@ impl Leases {
                 Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
                     Ok(h) if h.holder == holder.name && h.run == holder.run && ambiguous => {
                         // Our own write that timed out landed after all.
-                        return Ok(self.held(key, holder, e.revision, false));
+                        return Ok(Some(self.held(key, holder, e.revision, false)));
                     }
                     Ok(h) if h.holder != holder.name && h.expires_at_ms > now => {
                         (e.revision, Some(h.expires_at_ms), false)
@@ -134,6 +162,9 @@ impl Leases {
                 },
             };
             if let Some(until) = busy_until {
+                if !wait {
+                    return Ok(None);
+                }
                 // Wake on any change of the key (a release), or at the expiry.
                 if watch.is_none() {
                     match self.kv.watch(key.as_str()).await {
@@ -155,8 +186,10 @@ impl Leases {
                 .update(key.as_str(), self.holding(holder)?, revision)
                 .await
             {
-                Ok(revision) => return Ok(self.held(key, holder, revision, ours && !ambiguous)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {} // lost a race
+                Ok(revision) => {
+                    return Ok(Some(self.held(key, holder, revision, ours && !ambiguous)))
+                }
+                Err(e) if crate::kv::is_conflict(&e) => {} // lost a race
                 Err(e) => {
                     ambiguous = true;
                     pause(&mut transient, &key, e.into()).await?;
@@ -241,7 +274,7 @@ async fn renew(
                 revision.store(r, Ordering::SeqCst);
                 expires_at = next_expiry;
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(e) if crate::kv::is_conflict(&e) => {
                 // An earlier renewal that timed out may have landed: then the holding there
                 // is still ours.
                 if let Some(r) = own_revision(&leases.kv, &key, &holder).await {

@@ -35,3 +35,8 @@ pub fn failover() -> ExponentialBackoff {
         .with_max_times(14)
         .build()
 }
+
+/// No retry at all: for a caller that tries again on its own schedule.
+pub fn none() -> ExponentialBackoff {
+    ExponentialBuilder::default().with_max_times(0).build()
+}

@@ -65,14 +65,13 @@ async fn acknowledged_publishes_survive_a_stream_leader_kill() {
     for p in publishers {
         published += p.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let info = js
-        .get_stream("FAILOVER")
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
+    // Right after a failover the API may not answer at once.
+    let info = loop {
+        match js.get_stream("FAILOVER").await {
+            Ok(stream) => break stream.cached_info().clone(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     eprintln!(
         "acked {published}, stored {} (leader {:?})",
         info.state.messages,
