@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// The database (`postgres://…` works too; default: SQLite in `--dir`).
     #[arg(long, env = "SLIPWAY_DATABASE_URL")]
     database_url: Option<String>,
+    /// How long a deploy waits for healthy instances before it fails (production's default
+    /// is 10m; an app that does not come up here should say so soon).
+    #[arg(long, default_value = "60s")]
+    ready_timeout: String,
 }
 
 /// The services, in start order.
@@ -73,6 +77,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ("SLIPWAY_NATS_URL", nats.url()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
+        ("SLIPWAY_READY_TIMEOUT", args.ready_timeout.clone()),
+        // One agent, the same after a restart: it takes its region's lease back at once
+        // instead of waiting out the lease a crashed run left.
+        ("SLIPWAY_AGENT_ID", "krane-local-dev".into()),
         // The demo app is an exec: image (a development machine's own user runs it).
         ("SLIPWAY_AGENT_ALLOW_EXEC", "true".into()),
         (
