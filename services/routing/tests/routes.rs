@@ -545,3 +545,60 @@ async fn killed_between_commit_and_kv_write_the_kv_matches_the_db_after_restart(
         .unwrap();
     env.assert_kv_matches_db().await;
 }
+
+/// A commit that created a route and died before publishing it, retried on another routing
+/// process: the retry publishes the route (found on a cluster, where such routes stayed out
+/// of the route table until the next periodic reconcile).
+#[tokio::test]
+async fn a_retried_commit_publishes_the_routes_its_first_try_created() {
+    let mut env = start(2).await;
+    env.services[0]
+        .wait_for_log("route table reconciled", TIMEOUT)
+        .unwrap();
+    let crashing = env.spawn(
+        ROUTING,
+        &[("SLIPWAY_FAULT_POINT", "routing.after_commit".to_string())],
+    );
+    env.services[crashing]
+        .wait_for_log("route table reconciled", TIMEOUT)
+        .unwrap();
+    let assign = |i: usize| {
+        let body = serde_json::json!({
+            "deployment_id": "dep_2",
+            "environment_id": "env_1",
+            "create": [{"fqdn": format!("c{i}.shop.test"), "sticky": "none"}],
+        });
+        env.client.request(
+            format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+            body.to_string().into(),
+        )
+    };
+
+    // A new route per request until one reaches the crashing process (the healthy one
+    // creates and publishes the others).
+    let reached = "fault point routing.after_commit reached";
+    let mut crashed_on = None;
+    for i in 0..30 {
+        let _ = tokio::time::timeout(Duration::from_secs(2), assign(i)).await;
+        if env.services[crashing].count_log(reached) > 0 {
+            crashed_on = Some(i);
+            break;
+        }
+    }
+    let i = crashed_on.expect("a request reached the crashing process");
+    let fqdn = format!("c{i}.shop.test");
+    assert!(!env.kv_entries().await.contains_key(&fqdn));
+
+    // The caller retries; the healthy process answers (the dead one may still be handed a
+    // request right after its crash).
+    let mut answered = false;
+    for _ in 0..10 {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), assign(i)).await {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the retry was answered");
+    assert!(env.kv_entries().await.contains_key(&fqdn));
+    env.assert_kv_matches_db().await;
+}

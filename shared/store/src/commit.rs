@@ -252,7 +252,7 @@ impl Store {
             )));
         }
 
-        let created = self.create_missing(&mut tx, a, now_ms).await?;
+        let (created, existing) = self.create_missing(&mut tx, a, now_ms).await?;
         let named = routes::routes_in(&mut *tx, routes::RouteKey::Id, a.route_ids).await?;
         for id in a.route_ids {
             match named.iter().find(|r| &r.id == id) {
@@ -307,6 +307,13 @@ impl Store {
             .iter()
             .map(|r| moved.iter().find(|m| m.id == r.id).unwrap_or(r).clone())
             .collect();
+        // A repeat finds its routes created: they are still routes of this assignment (the
+        // caller publishes them again, which a first run that died before publishing needs).
+        for r in existing {
+            if !routes.iter().any(|x| x.id == r.id) {
+                routes.push(r);
+            }
+        }
         for r in created {
             if !routes.iter().any(|x| x.id == r.id) {
                 routes.push(r.clone());
@@ -321,20 +328,22 @@ impl Store {
         })
     }
 
-    /// Inserts the routes of `a.create` whose FQDN is missing; returns those it created.
+    /// Inserts the routes of `a.create` whose FQDN is missing; returns those it created and
+    /// those the project already had.
     async fn create_missing(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         a: &Assignment<'_>,
         now_ms: i64,
-    ) -> Result<Vec<Route>, StoreError> {
+    ) -> Result<(Vec<Route>, Vec<Route>), StoreError> {
         let mut created = Vec::new();
+        let mut existing = Vec::new();
         for route in a.create {
-            let existing = sqlx::query("SELECT * FROM frontline_routes WHERE fqdn = $1")
+            let stored = sqlx::query("SELECT * FROM frontline_routes WHERE fqdn = $1")
                 .bind(&route.fqdn)
                 .fetch_optional(&mut **tx)
                 .await?;
-            if let Some(row) = existing {
+            if let Some(row) = stored {
                 let stored = records::route(&row)?;
                 if stored.project_id != a.project_id {
                     return Err(StoreError::Conflict(format!(
@@ -342,6 +351,7 @@ impl Store {
                         route.fqdn, stored.project_id
                     )));
                 }
+                existing.push(stored);
                 continue;
             }
             let id = ids::new(ids::ROUTE);
@@ -365,7 +375,7 @@ impl Store {
                 .await?;
             created.push(records::route(&row)?);
         }
-        Ok(created)
+        Ok((created, existing))
     }
 
     /// Points the live pointer at the deployment (pinned or not) and returns the deployment

@@ -1,8 +1,11 @@
 //! What the Deploy workflow writes, on SQLite and on PostgreSQL: idempotent creation, the
 //! live swap of the commit (idempotent, pinned by a rollback, fenced), failure, listing.
 
+use slipway_core::domains::Sticky;
 use slipway_core::{error::STALE_FENCING_TOKEN, state::DeploymentStatus};
-use slipway_store::{Idempotency, LiveChange, NewDeployment, StoreError, IDEMPOTENCY_WINDOW_MS};
+use slipway_store::{
+    Assignment, Idempotency, LiveChange, NewDeployment, NewRoute, StoreError, IDEMPOTENCY_WINDOW_MS,
+};
 use slipway_testkit::TestDb;
 
 mod common;
@@ -15,6 +18,7 @@ on_both_backends!(
     writes_with_an_older_fencing_token_are_refused,
     a_repeated_commit_reports_what_it_first_replaced,
     a_repeated_commit_that_leaves_live_reports_what_it_first_replaced,
+    a_repeated_commit_names_the_routes_it_created,
     what_a_commit_replaced_outlives_later_commits_of_the_same_deployment,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
@@ -151,6 +155,38 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         (later.previous_live.as_deref(), later.replaced_earlier),
         (Some("dep_1"), vec![])
     );
+}
+
+/// A commit that created routes and died before publishing them, repeated: the repeat names
+/// them (the caller publishes what it names), without reporting them as moved again. Found
+/// on a cluster, where routes created by a commit whose publish failed never reached the
+/// route table.
+async fn a_repeated_commit_names_the_routes_it_created(db: &TestDb) {
+    let f = fixture(db).await;
+    deployment(&f, "dep_1").await;
+    let create = [NewRoute {
+        fqdn: "shop-git-abc.slipway.localhost".into(),
+        sticky: Sticky::None,
+    }];
+    let assignment = Assignment {
+        project_id: &f.project_id,
+        deployment_id: "dep_1",
+        route_ids: &[],
+        create: &create,
+        environment_id: &f.environment_id,
+        fencing_token: 0,
+        live: LiveChange::Leave,
+        commit_id: "wf_a",
+    };
+    let first = f.store.assign_routes(&assignment, 100).await.unwrap();
+    let again = f.store.assign_routes(&assignment, 200).await.unwrap();
+    let fqdns = |routes: &[slipway_store::Route]| -> Vec<String> {
+        routes.iter().map(|r| r.fqdn.clone()).collect()
+    };
+    assert_eq!(fqdns(&first.routes), ["shop-git-abc.slipway.localhost"]);
+    assert_eq!(fqdns(&first.moved), ["shop-git-abc.slipway.localhost"]);
+    assert_eq!(again.routes, first.routes);
+    assert!(again.moved.is_empty());
 }
 
 /// The same, when the resumed run decided not to take live any more (a rollback pinned the
