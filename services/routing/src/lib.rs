@@ -89,13 +89,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler = routing.clone();
     tokio::spawn(async move {
         loop {
-            match reconciler.inner.table.reconcile().await {
-                Ok(stats) => tracing::info!(?stats, "route table reconciled"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reconcile the route table; will retry")
+            // A failed reconcile (NATS or the database unavailable, a failover) is retried
+            // soon: it may be what repairs a publish lost in a crash.
+            let next = match reconciler.inner.table.reconcile().await {
+                Ok(stats) => {
+                    tracing::info!(?stats, "route table reconciled");
+                    config.reconcile_every
                 }
-            }
-            tokio::time::sleep(config.reconcile_every).await;
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reconcile the route table; will retry");
+                    config.reconcile_every.min(Duration::from_secs(2))
+                }
+            };
+            tokio::time::sleep(next).await;
         }
     });
     tokio::spawn(observer::run(routing.clone()));
