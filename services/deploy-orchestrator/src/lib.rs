@@ -29,7 +29,8 @@ use crate::{
 };
 
 pub use workflows::{
-    deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown, wake::Wake,
+    archive::Archive, deploy::Deploy, promote::Promote, rollback::Rollback, scale_down::ScaleDown,
+    wake::Wake,
 };
 
 pub const SERVICE_NAME: &str = "slipway-deploy";
@@ -150,6 +151,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let wake = Wake {
         handover: handover.clone(),
     };
+    let archive = Archive {
+        handover: handover.clone(),
+        routing: routing.clone(),
+    };
     let promote = Promote {
         store: store.clone(),
         handover: handover.clone(),
@@ -176,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register(promote)
         .register(scale_down)
         .register(wake)
+        .register(archive)
         .build()
         .await?;
     let api = api::Api {

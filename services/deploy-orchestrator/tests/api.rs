@@ -1,5 +1,5 @@
 //! The `slipway-deploy` endpoints' contract: bad input gets a clear 4xx and writes nothing,
-//! `idempotency_key` returns the first call's deployment, listing pages, protobuf works.
+//! `idempotency_key` returns the first call's deployment, listings page, protobuf works.
 
 mod common;
 
@@ -452,6 +452,75 @@ async fn deployments_are_listed_newest_first_in_pages() {
         "created_at_ms",
     ] {
         assert!(d.get(field).is_some(), "{field} missing: {d}");
+    }
+}
+
+/// Workspaces, and a workspace's projects, in creation order and in pages; unknown ids are
+/// 404, malformed ones 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn workspaces_and_projects_are_listed_in_pages() {
+    let mut plane = Plane::start().await;
+    let mut projects = vec![];
+    for _ in 0..3 {
+        projects.push(plane.project().await);
+    }
+    let ids = |reply: &Value, field: &str| -> Vec<String> {
+        reply[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = plane
+        .ok("slipway.project.v1.list_workspaces", json!({"limit": 2}))
+        .await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = plane
+        .ok(
+            "slipway.project.v1.list_workspaces",
+            json!({"limit": 2, "cursor": cursor}),
+        )
+        .await;
+    assert!(rest.get("next_cursor").is_none(), "{rest}");
+    let workspaces = [ids(&first, "workspaces"), ids(&rest, "workspaces")].concat();
+    assert_eq!(workspaces.len(), 3);
+
+    let mut seen = vec![];
+    for ws in &workspaces {
+        let reply = plane
+            .ok(
+                "slipway.project.v1.list_projects",
+                json!({"workspace_id": ws}),
+            )
+            .await;
+        assert_eq!(reply["projects"][0]["workspace_id"], ws.as_str());
+        assert_eq!(reply["projects"][0]["is_rolled_back"], false, "{reply}");
+        seen.extend(ids(&reply, "projects"));
+    }
+    assert_eq!(
+        seen, projects,
+        "each workspace's project, in creation order"
+    );
+
+    let e = plane
+        .call(
+            "slipway.project.v1.list_projects",
+            json!({"workspace_id": "ws_nope"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (404, "not_found"), "{e:?}");
+    for bad in [
+        json!({"workspace_id": "proj_x"}),
+        json!({"workspace_id": workspaces[0], "limit": 100000}),
+        json!({"workspace_id": workspaces[0], "cursor": "dep_x"}),
+    ] {
+        let e = plane
+            .call("slipway.project.v1.list_projects", bad.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, 400, "{bad}: {e:?}");
     }
 }
 

@@ -184,3 +184,97 @@ async fn the_sweep_ends_what_was_left_running_and_archives_old_standbys() {
     }
     plane.invariants().assert(&[project]).await;
 }
+
+/// `archive_deployment`: refused (400, nothing written) for a deployment that serves traffic,
+/// as is a standby applied at once; otherwise it ends the deployment for good — its routes,
+/// route-table entries and desired documents gone, its instances stopped, the edge answering
+/// 404 — and a repeat answers the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_ends_a_deployment_and_is_refused_for_one_that_serves() {
+    let mut plane = Plane::builder().services().edge().start().await;
+    plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    let routes_before = plane.routes(&project).await;
+
+    let e = plane
+        .call(
+            "slipway.deploy.v1.archive_deployment",
+            json!({"deployment_id": v2}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.code.as_str()),
+        (400, "failed_precondition"),
+        "{e:?}"
+    );
+    assert!(e.message.contains("serves traffic"), "{}", e.message);
+    let e = plane
+        .call(
+            &format!("slipway.deployment.v1.schedule_desired_state_change.{v2}"),
+            json!({"delay_ms": 0, "state": STANDBY}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.code.as_str()),
+        (400, "failed_precondition"),
+        "{e:?}"
+    );
+    assert_eq!(plane.pending(&v2).await, None);
+    assert_eq!(desired_state(&plane, &v2).await, "running");
+    assert_eq!(plane.routes(&project).await, routes_before);
+    for (bad, status) in [("dep_nope", 404), ("proj_x", 400)] {
+        let e = plane
+            .call(
+                "slipway.deploy.v1.archive_deployment",
+                json!({"deployment_id": bad}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, status, "{bad}: {e:?}");
+    }
+
+    let commit_domain = routes_before
+        .iter()
+        .find(|r| r["sticky"] == "none" && r["deployment_id"] == v1.as_str())
+        .and_then(|r| r["fqdn"].as_str().map(str::to_string))
+        .expect("v1's per-commit route");
+    let reply = plane
+        .ok(
+            "slipway.deploy.v1.archive_deployment",
+            json!({"deployment_id": v1}),
+        )
+        .await;
+    assert_eq!(reply["status"], "completed", "{reply}");
+    assert_eq!(reply["deployment"]["desired_state"], "archived", "{reply}");
+    assert!(plane
+        .routes(&project)
+        .await
+        .iter()
+        .all(|r| r["deployment_id"] != v1.as_str()));
+    assert_eq!(plane.route_table(&commit_domain).await, None);
+    let (status, _, body) = plane.through_edge(&commit_domain, "/").await;
+    assert_eq!(status, 404, "{body}");
+    let desired_key = slipway_core::krane::desired_deployment_key("local", &v1);
+    assert!(plane.desired.get(desired_key).await.unwrap().is_none());
+    let again = plane
+        .ok(
+            "slipway.deploy.v1.archive_deployment",
+            json!({"deployment_id": v1}),
+        )
+        .await;
+    assert_eq!(again["deployment"]["desired_state"], "archived");
+    // A woken archive is refused: archived is for good.
+    let e = plane
+        .call(
+            "slipway.deploy.v1.wake_deployment",
+            json!({"deployment_id": v1}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, 400, "{e:?}");
+    plane.invariants().assert(&[project]).await;
+}

@@ -110,6 +110,17 @@ impl Actor {
             .await?;
         let key = req.idempotency_key.as_str();
         let transitions = &self.inner.transitions;
+        // Applied at once, a stop of a deployment that serves traffic would be refused: say
+        // so now rather than answer a change that never happens. (A delayed one is judged
+        // when it fires: by then it may have been superseded.)
+        if req.delay_ms == 0
+            && state != DesiredState::Running
+            && self.store().serves_traffic(&deployment_id).await?
+        {
+            return Err(ApiError::failed_precondition(format!(
+                "deployment {deployment_id} serves traffic (it is live, or a live or environment route points at it); it cannot go to {state}"
+            )));
+        }
 
         if !key.is_empty() {
             if let Some(first) = transitions

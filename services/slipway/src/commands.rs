@@ -6,23 +6,26 @@ use futures::StreamExt;
 use serde::Serialize;
 use slipway_core::subjects;
 use slipway_proto::v1::{
-    CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
-    CreateWorkspaceReply, CreateWorkspaceRequest, Deployment, GetDeploymentReply,
-    GetDeploymentRequest, GetProjectReply, GetProjectRequest, GetStateReply, GetStateRequest,
-    ListDeploymentsReply, ListDeploymentsRequest, ListRoutesReply, ListRoutesRequest,
-    PendingTransition,
+    ArchiveDeploymentReply, ArchiveDeploymentRequest, CreateEnvironmentReply,
+    CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest, CreateWorkspaceReply,
+    CreateWorkspaceRequest, Deployment, GetDeploymentReply, GetDeploymentRequest, GetProjectReply,
+    GetProjectRequest, GetStateReply, GetStateRequest, ListDeploymentsReply,
+    ListDeploymentsRequest, ListProjectsReply, ListProjectsRequest, ListRoutesReply,
+    ListRoutesRequest, ListWorkspacesReply, ListWorkspacesRequest, PendingTransition,
 };
 
 use crate::api::{ago, print, time_of, Api};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Create {
+pub enum WorkspaceCommand {
     /// Create a workspace.
     Create {
         slug: String,
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// Every workspace, oldest first.
+    Ls,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,6 +39,11 @@ pub enum ProjectCommand {
         name: String,
         #[arg(long)]
         default_branch: Option<String>,
+    },
+    /// A workspace's projects, oldest first.
+    Ls {
+        #[arg(long)]
+        workspace: String,
     },
 }
 
@@ -67,8 +75,11 @@ fn parse_region(s: &str) -> Result<(String, u32), String> {
     Ok((region.to_string(), replicas))
 }
 
-pub async fn workspace(api: &Api, command: Create, json_out: bool) -> Result<()> {
-    let Create::Create { slug, name } = command;
+pub async fn workspace(api: &Api, command: WorkspaceCommand, json_out: bool) -> Result<()> {
+    let (slug, name) = match command {
+        WorkspaceCommand::Create { slug, name } => (slug, name),
+        WorkspaceCommand::Ls => return workspaces(api, json_out).await,
+    };
     let request = CreateWorkspaceRequest { slug, name };
     let reply: CreateWorkspaceReply = api
         .request(subjects::project::CREATE_WORKSPACE, &request)
@@ -85,13 +96,76 @@ pub async fn workspace(api: &Api, command: Create, json_out: bool) -> Result<()>
     Ok(())
 }
 
+/// Every workspace, page after page.
+async fn workspaces(api: &Api, json_out: bool) -> Result<()> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let request = ListWorkspacesRequest {
+            limit: Some(500),
+            cursor,
+        };
+        let reply: ListWorkspacesReply = api
+            .request(subjects::project::LIST_WORKSPACES, &request)
+            .await?;
+        all.extend(reply.workspaces);
+        cursor = reply.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    print(json_out, &all, |all| {
+        println!("{:<36} {:<24} NAME", "ID", "SLUG");
+        for w in all {
+            println!("{:<36} {:<24} {}", w.id, w.slug, w.name);
+        }
+    });
+    Ok(())
+}
+
+/// A workspace's projects, page after page.
+async fn projects(api: &Api, workspace_id: String, json_out: bool) -> Result<()> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let request = ListProjectsRequest {
+            workspace_id: workspace_id.clone(),
+            limit: Some(500),
+            cursor,
+        };
+        let reply: ListProjectsReply = api
+            .request(subjects::project::LIST_PROJECTS, &request)
+            .await?;
+        all.extend(reply.projects);
+        cursor = reply.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    print(json_out, &all, |all| {
+        println!("{:<37} {:<24} {:<37} NAME", "ID", "SLUG", "LIVE");
+        for p in all {
+            let live = match (&p.live_deployment_id, p.is_rolled_back) {
+                (Some(d), true) => format!("{d} (pinned)"),
+                (Some(d), false) => d.clone(),
+                (None, _) => "-".into(),
+            };
+            println!("{:<37} {:<24} {:<37} {}", p.id, p.slug, live, p.name);
+        }
+    });
+    Ok(())
+}
+
 pub async fn project(api: &Api, command: ProjectCommand, json_out: bool) -> Result<()> {
-    let ProjectCommand::Create {
-        slug,
-        workspace,
-        name,
-        default_branch,
-    } = command;
+    let (slug, workspace, name, default_branch) = match command {
+        ProjectCommand::Create {
+            slug,
+            workspace,
+            name,
+            default_branch,
+        } => (slug, workspace, name, default_branch),
+        ProjectCommand::Ls { workspace } => return projects(api, workspace, json_out).await,
+    };
     let request = CreateProjectRequest {
         workspace_id: workspace,
         slug,
@@ -369,6 +443,27 @@ pub async fn timers(api: &Api, json_out: bool) -> Result<()> {
                 t.deployment_id,
                 t.pending.state,
                 time_of(t.pending.fires_at_ms)
+            );
+        }
+    });
+    Ok(())
+}
+
+pub async fn archive(api: &Api, deployment_id: String, wait_ms: i64, json_out: bool) -> Result<()> {
+    let request = ArchiveDeploymentRequest {
+        deployment_id: deployment_id.clone(),
+        wait_ms: Some(wait_ms),
+    };
+    let reply: ArchiveDeploymentReply = api
+        .request(subjects::deploy::ARCHIVE_DEPLOYMENT, &request)
+        .await?;
+    print(json_out, &reply, |r| {
+        if r.status == "completed" {
+            println!("{deployment_id} archived: routes removed, instances stopped");
+        } else {
+            println!(
+                "{deployment_id}: archive still running after {wait_ms} ms (workflow {}; follow it with `slipway status {deployment_id}`)",
+                r.workflow_id
             );
         }
     });

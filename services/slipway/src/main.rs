@@ -31,7 +31,7 @@ enum Command {
     DemoApp(demo_app::DemoAppArgs),
     /// Workspaces.
     #[command(subcommand)]
-    Workspace(commands::Create),
+    Workspace(commands::WorkspaceCommand),
     /// Projects.
     #[command(subcommand)]
     Project(commands::ProjectCommand),
@@ -50,6 +50,13 @@ enum Command {
     /// Make a deployment live (unpins the project; on the live one, confirms a rollback).
     Promote {
         target: String,
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: i64,
+    },
+    /// Stop a deployment for good: its routes removed, its instances stopped (refused for
+    /// a deployment that serves traffic).
+    Archive {
+        deployment: String,
         #[arg(long, default_value_t = 60_000)]
         wait_ms: i64,
     },
@@ -126,6 +133,10 @@ async fn run(cli: Cli, origin: api::UrlOrigin) -> anyhow::Result<()> {
             };
             deploy::traffic(&api, subjects::deploy::PROMOTE, &request, json_out).await
         }
+        Command::Archive {
+            deployment,
+            wait_ms,
+        } => commands::archive(&api, deployment, wait_ms, json_out).await,
         Command::Status { deployment } => commands::status(&api, &deployment, json_out).await,
         Command::Ls {
             project,

@@ -23,6 +23,8 @@ pub mod project {
     pub const CREATE_PROJECT: &str = "slipway.project.v1.create_project";
     pub const CREATE_ENVIRONMENT: &str = "slipway.project.v1.create_environment";
     pub const GET_PROJECT: &str = "slipway.project.v1.get_project";
+    pub const LIST_WORKSPACES: &str = "slipway.project.v1.list_workspaces";
+    pub const LIST_PROJECTS: &str = "slipway.project.v1.list_projects";
 }
 
 /// `slipway-deploy`, deployment and workflow endpoints.
@@ -35,6 +37,7 @@ pub mod deploy {
     pub const SCALE_DOWN_IDLE_PREVIEWS: &str = "slipway.deploy.v1.scale_down_idle_previews";
     pub const GET_WORKFLOW: &str = "slipway.deploy.v1.get_workflow";
     pub const WAKE_DEPLOYMENT: &str = "slipway.deploy.v1.wake_deployment";
+    pub const ARCHIVE_DEPLOYMENT: &str = "slipway.deploy.v1.archive_deployment";
 }
 
 /// `slipway-deployment` (the deployment actor), keyed by deployment id.

@@ -35,6 +35,42 @@ impl Store {
         records::workspace(&row)
     }
 
+    /// Workspaces in creation order, `limit` after the one with id `after`.
+    pub async fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        sqlx::query("SELECT * FROM workspaces WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(records::workspace)
+            .collect()
+    }
+
+    /// A workspace's projects in creation order, `limit` after the one with id `after`.
+    pub async fn list_projects(
+        &self,
+        workspace_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Project>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM projects WHERE workspace_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        )
+        .bind(workspace_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(records::project)
+        .collect()
+    }
+
     pub async fn create_project(
         &self,
         id: &str,

@@ -21,7 +21,7 @@ use slipway_store::{Deployment, Idempotency, NewDeployment};
 use tracing::Instrument;
 
 use crate::{
-    api::Api,
+    api::{next_page, page_limit, Api},
     clients::events::scope_of,
     workflows::deploy::{Deploy, DeployInput},
 };
@@ -36,8 +36,6 @@ pub const MAX_COMMAND_ARGS: usize = 256;
 pub const MAX_FUTURE_MS: i64 = 60 * 60 * 1000;
 /// Below this, a "millisecond" timestamp is really seconds (1e12 ms is September 2001).
 const SECONDS_NOT_MILLIS: i64 = 1_000_000_000_000;
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 500;
 
 fn too_long(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.len() > max {
@@ -317,12 +315,17 @@ impl Api {
     ) -> Result<GetDeploymentReply, ApiError> {
         let id = &call.request.deployment_id;
         ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
+        Ok(GetDeploymentReply {
+            deployment: Some(self.deployment_now(id).await?),
+        })
+    }
+
+    /// A deployment with its instances as agents report them now.
+    pub(crate) async fn deployment_now(&self, id: &str) -> Result<DeploymentMessage, ApiError> {
         let deployment = self.store.deployment(id).await?;
         let topology = self.store.topology(id).await?;
         let instances = self.store.instances(id).await?;
-        Ok(GetDeploymentReply {
-            deployment: Some(deployment_message(deployment, &topology, instances)),
-        })
+        Ok(deployment_message(deployment, &topology, instances))
     }
 
     pub(crate) async fn list_deployments(
@@ -334,19 +337,10 @@ impl Api {
         if let Some(cursor) = &req.cursor {
             ids::validate(ids::DEPLOYMENT, "cursor", cursor)?;
         }
-        let limit = match req.limit {
-            None | Some(0) => DEFAULT_PAGE,
-            Some(n) if n > MAX_PAGE => {
-                return Err(ApiError::invalid_argument(format!(
-                    "limit must be at most {MAX_PAGE}"
-                )))
-            }
-            Some(n) => n,
-        };
+        let limit = page_limit(req.limit)?;
         let store = &self.store;
         store.project(&req.project_id).await?;
-        // One more than asked tells whether there is a next page.
-        let mut page = store
+        let page = store
             .list_deployments(
                 &req.project_id,
                 req.environment_slug.as_deref().filter(|s| !s.is_empty()),
@@ -354,12 +348,7 @@ impl Api {
                 limit + 1,
             )
             .await?;
-        let next_cursor = if page.len() > limit as usize {
-            page.truncate(limit as usize);
-            page.last().map(|d| d.id.clone())
-        } else {
-            None
-        };
+        let (page, next_cursor) = next_page(page, limit, |d| &d.id);
         let mut deployments = Vec::with_capacity(page.len());
         for d in page {
             let topology = store.topology(&d.id).await?;

@@ -78,6 +78,22 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
     micro
         .serve(
             o,
+            "list_workspaces",
+            slipway_core::subjects::project::LIST_WORKSPACES,
+            |o, c| async move { o.list_workspaces(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "list_projects",
+            slipway_core::subjects::project::LIST_PROJECTS,
+            |o, c| async move { o.list_projects(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
             "create_deployment",
             slipway_core::subjects::deploy::CREATE_DEPLOYMENT,
             |o, c| async move { o.create_deployment(c).await },
@@ -126,6 +142,14 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
     micro
         .serve(
             o,
+            "archive_deployment",
+            slipway_core::subjects::deploy::ARCHIVE_DEPLOYMENT,
+            |o, c| async move { o.archive_deployment(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
             "scale_down_idle_previews",
             slipway_core::subjects::deploy::SCALE_DOWN_IDLE_PREVIEWS,
             |o, c| async move { o.scale_down_idle_previews(c).await },
@@ -162,6 +186,36 @@ pub fn workflow_message(r: WorkflowRecord) -> Workflow {
         error: r.error,
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
+    }
+}
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+/// A listing's page size: `limit`, 50 when unset or 0, at most 500.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None | Some(0) => Ok(DEFAULT_PAGE),
+        Some(n) if n > MAX_PAGE => Err(ApiError::invalid_argument(format!(
+            "limit must be at most {MAX_PAGE}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// A page read with `limit + 1` rows: the first `limit`, and the cursor of the next page
+/// when there was one more.
+pub(crate) fn next_page<T>(
+    mut rows: Vec<T>,
+    limit: u32,
+    id: impl Fn(&T) -> &String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        let cursor = rows.last().map(|r| id(r).clone());
+        (rows, cursor)
+    } else {
+        (rows, None)
     }
 }
 

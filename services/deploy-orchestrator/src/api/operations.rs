@@ -1,16 +1,18 @@
-//! `rollback`, `promote` and `scale_down_idle_previews`: validated at once (a 4xx writes
+//! `rollback`, `promote`, `wake_deployment`, `archive_deployment` and
+//! `scale_down_idle_previews`: validated at once (a 4xx writes
 //! nothing), then run as workflows and awaited up to `wait_ms`.
 
 use slipway_core::{ids, state::DesiredState, ApiError};
 use slipway_nats::Call;
 use slipway_proto::v1::{
-    PromoteRequest, RollbackRequest, ScaleDownIdlePreviewsRequest, WakeDeploymentRequest,
-    WorkflowRunReply,
+    ArchiveDeploymentReply, ArchiveDeploymentRequest, PromoteRequest, RollbackRequest,
+    ScaleDownIdlePreviewsRequest, WakeDeploymentRequest, WorkflowRunReply,
 };
 
 use crate::{
     api::{wait_of, Api},
     workflows::{
+        archive::{self, Archive, ArchiveInput},
         promote::{self, Promote, PromoteInput},
         rollback::{self, Rollback, RollbackInput},
         scale_down::{ScaleDown, ScaleDownInput, Swept},
@@ -128,5 +130,44 @@ impl Api {
             .run_and_wait_as::<Wake>(&workflow_id, &d.project_id, &input, Some(id), wait)
             .await?;
         Ok(reply)
+    }
+
+    pub(crate) async fn archive_deployment(
+        &self,
+        call: Call<ArchiveDeploymentRequest>,
+    ) -> Result<ArchiveDeploymentReply, ApiError> {
+        let req = call.request;
+        let wait = wait_of(req.wait_ms)?;
+        let id = &req.deployment_id;
+        ids::validate(ids::DEPLOYMENT, "deployment_id", id)?;
+        let d = self.store.deployment(id).await?;
+        let (workflow_id, status) = if d.desired_state == DesiredState::Archived {
+            (String::new(), "completed".to_string())
+        } else {
+            // Refused at once here; the workflow checks again under the project's lease.
+            if self.store.serves_traffic(id).await? {
+                return Err(ApiError::failed_precondition(archive::serving(id)));
+            }
+            let input = ArchiveInput {
+                project_id: d.project_id.clone(),
+                deployment_id: id.clone(),
+            };
+            let (reply, record) = self
+                .run_and_wait::<Archive>(&d.project_id, &input, Some(id), wait)
+                .await?;
+            if reply.status == "failed" {
+                let why = record.error.unwrap_or_default();
+                return Err(ApiError::failed_precondition(format!(
+                    "deployment {id} was not archived: {why}"
+                )));
+            }
+            (reply.workflow_id, reply.status)
+        };
+        let deployment = self.deployment_now(id).await?;
+        Ok(ArchiveDeploymentReply {
+            deployment: Some(deployment),
+            workflow_id,
+            status,
+        })
     }
 }

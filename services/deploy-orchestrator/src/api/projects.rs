@@ -10,11 +10,13 @@ use slipway_nats::Call;
 use slipway_proto::v1::{
     CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
     CreateWorkspaceReply, CreateWorkspaceRequest, Environment as EnvironmentMessage,
-    GetProjectReply, GetProjectRequest, Project as ProjectMessage, Workspace as WorkspaceMessage,
+    GetProjectReply, GetProjectRequest, ListProjectsReply, ListProjectsRequest,
+    ListWorkspacesReply, ListWorkspacesRequest, Project as ProjectMessage,
+    Workspace as WorkspaceMessage,
 };
 use slipway_store::{Environment, Project, Workspace};
 
-use crate::api::Api;
+use crate::api::{next_page, page_limit, Api};
 
 pub const MAX_NAME: usize = 256;
 pub const MAX_REPLICAS: u32 = 100;
@@ -230,6 +232,48 @@ impl Api {
         Ok(GetProjectReply {
             project: Some(project_message(project)),
             environments: environments.into_iter().map(environment_message).collect(),
+        })
+    }
+
+    pub(crate) async fn list_workspaces(
+        &self,
+        call: Call<ListWorkspacesRequest>,
+    ) -> Result<ListWorkspacesReply, ApiError> {
+        let req = call.request;
+        if let Some(cursor) = &req.cursor {
+            ids::validate(ids::WORKSPACE, "cursor", cursor)?;
+        }
+        let limit = page_limit(req.limit)?;
+        let rows = self
+            .store
+            .list_workspaces(req.cursor.as_deref(), limit + 1)
+            .await?;
+        let (page, next_cursor) = next_page(rows, limit, |w| &w.id);
+        Ok(ListWorkspacesReply {
+            workspaces: page.into_iter().map(workspace_message).collect(),
+            next_cursor,
+        })
+    }
+
+    pub(crate) async fn list_projects(
+        &self,
+        call: Call<ListProjectsRequest>,
+    ) -> Result<ListProjectsReply, ApiError> {
+        let req = call.request;
+        ids::validate(ids::WORKSPACE, "workspace_id", &req.workspace_id)?;
+        if let Some(cursor) = &req.cursor {
+            ids::validate(ids::PROJECT, "cursor", cursor)?;
+        }
+        let limit = page_limit(req.limit)?;
+        self.store.workspace(&req.workspace_id).await?;
+        let rows = self
+            .store
+            .list_projects(&req.workspace_id, req.cursor.as_deref(), limit + 1)
+            .await?;
+        let (page, next_cursor) = next_page(rows, limit, |p| &p.id);
+        Ok(ListProjectsReply {
+            projects: page.into_iter().map(project_message).collect(),
+            next_cursor,
         })
     }
 }
