@@ -111,7 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let streams = [WORKFLOWS, TIMERS, TRAFFIC, EVENTS];
     let buckets = [DESIRED, WORKFLOW_RECORDS, LEASES, INSTANCES];
     provision::ensure(&js, c.js_replicas, c.provision, &streams, &buckets).await?;
-    let store = Store::open(&config.database.database_url)
+    let store = Store::open_configured(&config.database)
         .await
         .context("opening the database")?;
     let http = reqwest::Client::builder()

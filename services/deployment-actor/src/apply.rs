@@ -171,12 +171,8 @@ impl Actor {
             if state == DesiredState::Archived {
                 remove_desired_deployment(&self.inner.desired, &row.region, &deployment.id).await?;
             } else {
-                put_desired_deployment(
-                    &self.inner.desired,
-                    &row.region,
-                    &deployment.desired_for(row),
-                )
-                .await?;
+                let doc = self.inner.store.desired_for(deployment, row)?;
+                put_desired_deployment(&self.inner.desired, &row.region, &doc).await?;
             }
         }
 

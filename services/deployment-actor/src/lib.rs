@@ -83,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let streams = [provision::TIMERS, provision::EVENTS];
     let buckets = [provision::TRANSITIONS, provision::DESIRED];
     provision::ensure(&js, c.js_replicas, c.provision, &streams, &buckets).await?;
-    let store = Store::open(&config.database.database_url)
+    let store = Store::open_configured(&config.database)
         .await
         .context("opening the database")?;
 

@@ -71,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &buckets,
     )
     .await?;
-    let store = Store::open(&config.database.database_url)
+    let store = Store::open_configured(&config.database)
         .await
         .context("opening the database")?;
     let table = table::RouteTable::new(

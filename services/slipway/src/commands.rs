@@ -63,6 +63,12 @@ pub enum EnvCommand {
         #[arg(long)]
         sentinel_config: Option<String>,
     },
+    /// Set variables of an environment (new deployments get them).
+    Set(crate::variables::SetArgs),
+    /// Remove variables of an environment.
+    Unset(crate::variables::UnsetArgs),
+    /// An environment's variables (secret values are never shown).
+    Vars(crate::variables::VarsArgs),
 }
 
 fn parse_region(s: &str) -> Result<(String, u32), String> {
@@ -188,13 +194,18 @@ pub async fn project(api: &Api, command: ProjectCommand, json_out: bool) -> Resu
 }
 
 pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
-    let EnvCommand::Create {
-        slug,
-        project,
-        regions,
-        port,
-        sentinel_config,
-    } = command;
+    let (slug, project, regions, port, sentinel_config) = match command {
+        EnvCommand::Create {
+            slug,
+            project,
+            regions,
+            port,
+            sentinel_config,
+        } => (slug, project, regions, port, sentinel_config),
+        EnvCommand::Set(args) => return crate::variables::set(api, args, json_out).await,
+        EnvCommand::Unset(args) => return crate::variables::unset(api, args, json_out).await,
+        EnvCommand::Vars(args) => return crate::variables::list(api, args, json_out).await,
+    };
     let request = CreateEnvironmentRequest {
         project_id: project,
         slug,

@@ -1,6 +1,8 @@
 //! `slipway demo-app`: a small HTTP app to deploy in the demo and the tests. Listens on
 //! 127.0.0.1:`$PORT` (default 8080) and serves `/` (the message), `/healthz`, `/slow` (after a
-//! second), `/headers` (what reached it) and `/openapi.yaml`. Switches make it misbehave the
+//! second), `/headers` (what reached it), `/env` (its variables named `DEMO_*`, one
+//! `NAME=value` per line: only those, so a demo never shows anything else) and
+//! `/openapi.yaml`. Switches make it misbehave the
 //! ways a deploy must cope with.
 
 use std::time::Duration;
@@ -80,6 +82,17 @@ pub async fn run(args: DemoAppArgs) -> Result<()> {
                     .iter()
                     .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
                     .collect::<String>()
+            }),
+        )
+        .route(
+            "/env",
+            get(|| async {
+                let mut vars: Vec<String> = std::env::vars()
+                    .filter(|(k, _)| k.starts_with("DEMO_"))
+                    .map(|(k, v)| format!("{k}={v}\n"))
+                    .collect();
+                vars.sort();
+                vars.concat()
             }),
         )
         .route(

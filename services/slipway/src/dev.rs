@@ -60,6 +60,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("slipway.db").display()));
     let store = Store::open(&database_url).await?;
     seed(&store).await?;
+    let secrets_key = secrets_key(&dir)?;
 
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -76,6 +77,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ("SLIPWAY_EDGE_LISTEN", format!("127.0.0.1:{edge_port}")),
         ("SLIPWAY_NATS_URL", nats.url()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
+        ("SLIPWAY_SECRETS_KEY", secrets_key),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
         ("SLIPWAY_READY_TIMEOUT", args.ready_timeout.clone()),
         // One agent, the same after a restart: it takes its region's lease back at once
@@ -299,4 +301,22 @@ async fn seed(store: &Store) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// The key secret variables are sealed under: `SLIPWAY_SECRETS_KEY` when set, else one kept
+/// in the state directory (made on the first run, readable by its owner only), so that a
+/// restarted dev plane still opens the secrets it sealed.
+fn secrets_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("SLIPWAY_SECRETS_KEY") {
+        return Ok(key);
+    }
+    let path = dir.join("secrets.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_string());
+    }
+    let key = slipway_store::SecretsKey::generate()?;
+    std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(key)
 }

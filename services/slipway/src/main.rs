@@ -5,6 +5,7 @@ mod commands;
 mod demo_app;
 mod deploy;
 mod dev;
+mod variables;
 
 use clap::{Parser, Subcommand};
 use slipway_core::{config::NatsConfig, subjects};
@@ -35,7 +36,7 @@ enum Command {
     /// Projects.
     #[command(subcommand)]
     Project(commands::ProjectCommand),
-    /// Environments.
+    /// Environments and their variables.
     #[command(subcommand)]
     Env(commands::EnvCommand),
     /// Deploy an image and follow it to ready (or its failure).

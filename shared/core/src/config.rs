@@ -31,6 +31,11 @@ pub struct DatabaseConfig {
         default_value = "sqlite://slipway.db"
     )]
     pub database_url: String,
+    /// Key that secret environment variables are sealed under at rest: 64 hex digits
+    /// (`openssl rand -hex 32`). The same on every orchestrator and actor; without it,
+    /// secrets can be neither set nor run.
+    #[arg(long, env = "SLIPWAY_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
 }
 
 /// Where NATS is and how to authenticate: what every process, the CLI included, needs

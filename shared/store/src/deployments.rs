@@ -99,14 +99,22 @@ impl Store {
         }
         let command =
             serde_json::to_string(&new.command).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let env_vars =
-            serde_json::to_string(&new.env).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The environment's variables now, the deployment's own on top.
+        let mut snapshot = Self::snapshot(&mut tx, &env.id).await?;
+        for (name, value) in &new.env {
+            snapshot.sealed.remove(name);
+            snapshot.plain.insert(name.clone(), value.clone());
+        }
+        let env_vars = serde_json::to_string(&snapshot.plain)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let secret_env = serde_json::to_string(&snapshot.sealed)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO deployments (id, workspace_id, project_id, environment_id, image, git_branch, \
              git_commit_sha, git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, \
-             git_commit_timestamp_ms, key_auth_id, command, env, port, sentinel_config, workflow_id, \
-             created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18)",
+             git_commit_timestamp_ms, key_auth_id, command, env, secret_env, port, sentinel_config, \
+             workflow_id, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)",
         )
         .bind(&new.id)
         .bind(&env.workspace_id)
@@ -122,6 +130,7 @@ impl Store {
         .bind(&new.key_auth_id)
         .bind(command)
         .bind(env_vars)
+        .bind(secret_env)
         .bind(i64::from(env.port))
         .bind(&env.sentinel_config)
         .bind(&new.workflow_id)

@@ -19,6 +19,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::SecretsError),
 }
 
 impl StoreError {
@@ -37,6 +39,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Invalid(m) => ApiError::invalid_argument(m),
+            StoreError::Secrets(
+                e @ (crate::SecretsError::NoKey | crate::SecretsError::Unsealable(_)),
+            ) => ApiError::failed_precondition(e.to_string()),
             StoreError::Connect(_) | StoreError::Database(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("database unavailable; retry")

@@ -13,8 +13,10 @@ mod error;
 mod projects;
 mod records;
 mod routes;
+pub mod secrets;
+mod variables;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
@@ -25,6 +27,8 @@ pub use desired_state::ApplyOutcome;
 pub use error::StoreError;
 pub use records::*;
 pub use routes::NewRoute;
+pub use secrets::{SecretsError, SecretsKey};
+pub use variables::{Variable, VariableValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -36,6 +40,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Seals and opens secret variables; without it, secrets can be neither set nor run.
+    secrets: Option<Arc<SecretsKey>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -71,7 +77,11 @@ impl Store {
             options = options.max_connections(16);
         }
         let pool = options.connect(&url).await.map_err(StoreError::Connect)?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            secrets: None,
+        })
     }
 
     /// Connects and applies pending migrations.
@@ -79,6 +89,28 @@ impl Store {
         let store = Self::connect(url).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Opens the database `config` names, with its secrets key.
+    pub async fn open_configured(
+        config: &slipway_core::config::DatabaseConfig,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::open(&config.database_url)
+            .await?
+            .with_secrets_key(config.secrets_key.as_deref())?)
+    }
+
+    /// The key secret variables are sealed under (`SLIPWAY_SECRETS_KEY`, 64 hex digits).
+    pub fn with_secrets_key(mut self, hex: Option<&str>) -> Result<Self, SecretsError> {
+        self.secrets = match hex.filter(|h| !h.trim().is_empty()) {
+            Some(hex) => Some(Arc::new(SecretsKey::parse(hex)?)),
+            None => None,
+        };
+        Ok(self)
+    }
+
+    fn secrets(&self) -> Result<&SecretsKey, SecretsError> {
+        self.secrets.as_deref().ok_or(SecretsError::NoKey)
     }
 
     /// Applies pending migrations. Safe when several services start at once: PostgreSQL

@@ -229,6 +229,24 @@ impl Store {
         records::environment(&row, regions)
     }
 
+    /// The project's environment `slug`.
+    pub async fn environment_by_slug(
+        &self,
+        project_id: &str,
+        slug: &str,
+    ) -> Result<Environment, StoreError> {
+        self.project(project_id).await?;
+        self.environments(project_id)
+            .await?
+            .into_iter()
+            .find(|e| e.slug == slug)
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "environment {slug:?} not found in project {project_id}"
+                ))
+            })
+    }
+
     pub async fn environments(&self, project_id: &str) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query("SELECT * FROM environments WHERE project_id = $1 ORDER BY slug")
             .bind(project_id)

@@ -87,7 +87,10 @@ pub struct Deployment {
     pub git_commit_timestamp_ms: Option<i64>,
     pub key_auth_id: String,
     pub command: Vec<String>,
+    /// Plain variables: the environment's when the deployment was created, then its own.
     pub env: BTreeMap<String, String>,
+    /// Secret variables, still sealed (see [`crate::Store::desired_for`]).
+    pub secret_env: BTreeMap<String, String>,
     pub port: u32,
     pub sentinel_config: String,
     pub openapi_spec: Option<String>,
@@ -100,8 +103,13 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// What a region agent should run for this deployment, per its topology row.
-    pub fn desired_for(&self, row: &Topology) -> slipway_core::krane::DesiredDeployment {
+    /// What a region agent should run for this deployment, per its topology row, with its
+    /// plain variables only: enough for a document that stops it; one that runs it comes
+    /// from [`crate::Store::desired_for`], which adds the secrets.
+    pub fn desired_without_secrets(
+        &self,
+        row: &Topology,
+    ) -> slipway_core::krane::DesiredDeployment {
         use slipway_core::krane::Desired;
         slipway_core::krane::DesiredDeployment {
             deployment_id: self.id.clone(),
@@ -187,12 +195,13 @@ pub(crate) const DEPLOYMENT_COLUMNS: &str =
     e.slug AS environment_slug, d.status, d.desired_state, d.desired_state_nonce, d.image, \
     d.git_branch, d.git_commit_sha, d.git_commit_message, d.git_commit_author_handle, \
     d.git_commit_author_avatar_url, d.git_commit_timestamp_ms, d.key_auth_id, d.command, d.env, \
-    d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
+    d.secret_env, d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
     d.created_at_ms, d.updated_at_ms";
 
 pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
     let command: String = row.try_get("command")?;
     let env: String = row.try_get("env")?;
+    let secret_env: String = row.try_get("secret_env")?;
     let domains: String = row.try_get("domains")?;
     Ok(Deployment {
         id: row.try_get("id")?,
@@ -215,6 +224,8 @@ pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("deployments.command: {e}")))?,
         env: serde_json::from_str(&env)
             .map_err(|e| StoreError::Corrupt(format!("deployments.env: {e}")))?,
+        secret_env: serde_json::from_str(&secret_env)
+            .map_err(|e| StoreError::Corrupt(format!("deployments.secret_env: {e}")))?,
         port: u32_of(row, "port")?,
         sentinel_config: row.try_get("sentinel_config")?,
         openapi_spec: row.try_get("openapi_spec")?,

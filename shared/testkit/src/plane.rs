@@ -25,6 +25,9 @@ use crate::{
 
 /// How long a plane waits for anything (a service to be ready, a workflow to finish).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// The key a plane's services seal secret variables under.
+pub const TEST_SECRETS_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 /// The standby delay services get unless a test says otherwise.
 pub const STANDBY_DELAY: &str = "2s";
 
@@ -352,7 +355,9 @@ impl Plane {
     async fn on(nats: Nats, client: async_nats::Client, db: TestDb, secured: bool) -> Plane {
         let store = Store::open(&db.url)
             .await
-            .expect("opening the test database");
+            .expect("opening the test database")
+            .with_secrets_key(Some(TEST_SECRETS_KEY))
+            .expect("the test secrets key");
         let js = jetstream::new(client.clone());
         provision::provision(&js, nats.replicas())
             .await
@@ -405,6 +410,7 @@ impl Plane {
             ("SLIPWAY_NATS_URL", self.nats.url()),
             ("SLIPWAY_JS_REPLICAS", self.nats.replicas().to_string()),
             ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
+            ("SLIPWAY_SECRETS_KEY", TEST_SECRETS_KEY.into()),
             ("SLIPWAY_STANDBY_DELAY", STANDBY_DELAY.into()),
             ("SLIPWAY_READY_TIMEOUT", "20s".into()),
             ("SLIPWAY_FAILED_GRACE", "5s".into()),

@@ -201,16 +201,8 @@ impl Api {
         let store = &self.store;
         let project = store.project(&req.project_id).await?;
         let environment = store
-            .environments(&project.id)
-            .await?
-            .into_iter()
-            .find(|e| e.slug == req.environment_slug)
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "environment {:?} not found in project {}",
-                    req.environment_slug, project.id
-                ))
-            })?;
+            .environment_by_slug(&project.id, &req.environment_slug)
+            .await?;
         if req.git_source.is_some() {
             return Err(ApiError::failed_precondition(
                 "git sources need a builder, and no builder configured; deploy a docker_image",

@@ -20,6 +20,7 @@ pub(crate) mod cron;
 mod deployments;
 mod operations;
 mod projects;
+mod variables;
 
 pub(crate) use deployments::restart_orphans;
 
@@ -89,6 +90,30 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
             "list_projects",
             slipway_core::subjects::project::LIST_PROJECTS,
             |o, c| async move { o.list_projects(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "set_environment_variables",
+            slipway_core::subjects::project::SET_VARIABLES,
+            |o, c| async move { o.set_variables(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "unset_environment_variables",
+            slipway_core::subjects::project::UNSET_VARIABLES,
+            |o, c| async move { o.unset_variables(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "list_environment_variables",
+            slipway_core::subjects::project::LIST_VARIABLES,
+            |o, c| async move { o.list_variables(c).await },
         )
         .await?;
     micro

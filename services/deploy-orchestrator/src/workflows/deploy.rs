@@ -201,7 +201,8 @@ impl Workflow for Deploy {
             .step_err()?;
         // Its instances stop: a failed deployment must not crash-loop for ever.
         for row in &topology {
-            put_desired_deployment(&o.desired, &row.region, &deployment.desired_for(row))
+            let doc = deployment.desired_without_secrets(row);
+            put_desired_deployment(&o.desired, &row.region, &doc)
                 .await
                 .map_err(|e| StepError::retryable(e.to_string()))?;
         }
@@ -287,7 +288,7 @@ impl Deploy {
                 .upsert_topology(&d.id, region, *replicas, now_ms())
                 .await
                 .step_err()?;
-            let mut doc = d.desired_for(&row);
+            let mut doc = store.desired_for(&d, &row).step_err()?;
             doc.image = image.to_string();
             put_desired_deployment(&self.desired, region, &doc)
                 .await

@@ -123,6 +123,7 @@ mod tests {
             key_auth_id: String::new(),
             command: vec![],
             env: Default::default(),
+            secret_env: Default::default(),
             port: 8080,
             sentinel_config: String::new(),
             openapi_spec: None,
