@@ -189,6 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         engine: engine.clone(),
         events,
         apex_domain: config.apex_domain.clone(),
+        desired: js.get_key_value(DESIRED).await?,
     };
 
     let service = api::serve(&client, api.clone())

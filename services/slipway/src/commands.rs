@@ -12,6 +12,7 @@ use slipway_proto::v1::{
     GetProjectRequest, GetStateReply, GetStateRequest, ListDeploymentsReply,
     ListDeploymentsRequest, ListProjectsReply, ListProjectsRequest, ListRoutesReply,
     ListRoutesRequest, ListWorkspacesReply, ListWorkspacesRequest, PendingTransition,
+    ScaleEnvironmentReply, ScaleEnvironmentRequest,
 };
 
 use crate::api::{ago, print, time_of, Api};
@@ -62,6 +63,16 @@ pub enum EnvCommand {
         /// JSON object copied onto each new deployment.
         #[arg(long)]
         sentinel_config: Option<String>,
+    },
+    /// Change an environment's replicas per region: new deploys get them, and so do its
+    /// running deployments, through their agents.
+    Scale {
+        slug: String,
+        #[arg(long)]
+        project: String,
+        /// `<region>=<replicas>`, repeatable.
+        #[arg(long = "region", value_parser = parse_region, required = true)]
+        regions: Vec<(String, u32)>,
     },
     /// Set variables of an environment (new deployments get them).
     Set(crate::variables::SetArgs),
@@ -193,6 +204,41 @@ pub async fn project(api: &Api, command: ProjectCommand, json_out: bool) -> Resu
     Ok(())
 }
 
+async fn scale(
+    api: &Api,
+    slug: String,
+    project: String,
+    regions: Vec<(String, u32)>,
+    json_out: bool,
+) -> Result<()> {
+    let request = ScaleEnvironmentRequest {
+        project_id: project,
+        environment_slug: slug.clone(),
+        regions: regions.into_iter().collect(),
+    };
+    let reply: ScaleEnvironmentReply = api
+        .request(subjects::project::SCALE_ENVIRONMENT, &request)
+        .await?;
+    print(json_out, &reply, |r| {
+        let regions = r
+            .environment
+            .as_ref()
+            .map(|e| {
+                e.regions
+                    .iter()
+                    .map(|(region, n)| format!("{region}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        println!("{slug}: {regions}");
+        if !r.scaled.is_empty() {
+            println!("running deployments scaled: {}", r.scaled.join(", "));
+        }
+    });
+    Ok(())
+}
+
 pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
     let (slug, project, regions, port, sentinel_config) = match command {
         EnvCommand::Create {
@@ -202,6 +248,11 @@ pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
             port,
             sentinel_config,
         } => (slug, project, regions, port, sentinel_config),
+        EnvCommand::Scale {
+            slug,
+            project,
+            regions,
+        } => return scale(api, slug, project, regions, json_out).await,
         EnvCommand::Set(args) => return crate::variables::set(api, args, json_out).await,
         EnvCommand::Unset(args) => return crate::variables::unset(api, args, json_out).await,
         EnvCommand::Vars(args) => return crate::variables::list(api, args, json_out).await,

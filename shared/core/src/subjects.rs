@@ -25,6 +25,7 @@ pub mod project {
     pub const GET_PROJECT: &str = "slipway.project.v1.get_project";
     pub const LIST_WORKSPACES: &str = "slipway.project.v1.list_workspaces";
     pub const LIST_PROJECTS: &str = "slipway.project.v1.list_projects";
+    pub const SCALE_ENVIRONMENT: &str = "slipway.project.v1.scale_environment";
     pub const SET_VARIABLES: &str = "slipway.project.v1.set_environment_variables";
     pub const UNSET_VARIABLES: &str = "slipway.project.v1.unset_environment_variables";
     pub const LIST_VARIABLES: &str = "slipway.project.v1.list_environment_variables";

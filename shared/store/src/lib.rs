@@ -13,6 +13,7 @@ mod error;
 mod projects;
 mod records;
 mod routes;
+mod scale;
 pub mod secrets;
 mod variables;
 

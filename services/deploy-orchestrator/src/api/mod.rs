@@ -33,6 +33,8 @@ pub(crate) struct Api {
     pub(crate) events: Events,
     /// Apex of generated domains, which environment creation claims.
     pub(crate) apex_domain: String,
+    /// The agents' desired documents (scaling writes them).
+    pub(crate) desired: async_nats::jetstream::kv::Store,
 }
 
 pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, async_nats::Error> {
@@ -90,6 +92,14 @@ pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, 
             "list_projects",
             slipway_core::subjects::project::LIST_PROJECTS,
             |o, c| async move { o.list_projects(c).await },
+        )
+        .await?;
+    micro
+        .serve(
+            o,
+            "scale_environment",
+            slipway_core::subjects::project::SCALE_ENVIRONMENT,
+            |o, c| async move { o.scale_environment(c).await },
         )
         .await?;
     micro

@@ -11,8 +11,8 @@ use slipway_proto::v1::{
     CreateEnvironmentReply, CreateEnvironmentRequest, CreateProjectReply, CreateProjectRequest,
     CreateWorkspaceReply, CreateWorkspaceRequest, Environment as EnvironmentMessage,
     GetProjectReply, GetProjectRequest, ListProjectsReply, ListProjectsRequest,
-    ListWorkspacesReply, ListWorkspacesRequest, Project as ProjectMessage,
-    Workspace as WorkspaceMessage,
+    ListWorkspacesReply, ListWorkspacesRequest, Project as ProjectMessage, ScaleEnvironmentReply,
+    ScaleEnvironmentRequest, Workspace as WorkspaceMessage,
 };
 use slipway_store::{Environment, Project, Workspace};
 
@@ -48,6 +48,20 @@ fn validate_name_slug(kind: SlugKind, slug: &str) -> Result<(), ApiError> {
         Some(why) => Err(ApiError::invalid_argument(format!("slug {why}"))),
         None => Ok(()),
     }
+}
+
+fn validate_regions<'a>(
+    regions: impl IntoIterator<Item = (&'a String, &'a u32)>,
+) -> Result<(), ApiError> {
+    for (region, replicas) in regions {
+        validate_slug("region", region)?;
+        if *replicas == 0 || *replicas > MAX_REPLICAS {
+            return Err(ApiError::invalid_argument(format!(
+                "replicas of region {region} must be 1 to {MAX_REPLICAS}, not {replicas}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
@@ -163,14 +177,7 @@ impl Api {
         let req = call.request;
         ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
         validate_name_slug(SlugKind::Environment, &req.slug)?;
-        for (region, replicas) in &req.regions {
-            validate_slug("region", region)?;
-            if *replicas == 0 || *replicas > MAX_REPLICAS {
-                return Err(ApiError::invalid_argument(format!(
-                    "replicas of region {region} must be 1 to {MAX_REPLICAS}, not {replicas}"
-                )));
-            }
-        }
+        validate_regions(&req.regions)?;
         let port = req.port.unwrap_or(8080);
         if port == 0 || port > u32::from(u16::MAX) {
             return Err(ApiError::invalid_argument(format!(
@@ -274,6 +281,55 @@ impl Api {
         Ok(ListProjectsReply {
             projects: page.into_iter().map(project_message).collect(),
             next_cursor,
+        })
+    }
+
+    /// New replica counts for the environment's regions: new deploys take them, and its
+    /// ready running deployments get them through their agents (a new desired document per
+    /// region, forward in version). Repeating it is harmless: a caller retries on 503.
+    pub(crate) async fn scale_environment(
+        &self,
+        call: Call<ScaleEnvironmentRequest>,
+    ) -> Result<ScaleEnvironmentReply, ApiError> {
+        let req = call.request;
+        ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
+        if req.environment_slug.is_empty() {
+            return Err(ApiError::invalid_argument("environment_slug is required"));
+        }
+        if req.regions.is_empty() {
+            return Err(ApiError::invalid_argument(
+                "regions must name at least one region",
+            ));
+        }
+        validate_regions(&req.regions)?;
+        let store = &self.store;
+        let environment = store
+            .environment_by_slug(&req.project_id, &req.environment_slug)
+            .await?;
+        let regions = req.regions.into_iter().collect();
+        let (environment, running) = store
+            .scale_environment(&environment.id, &regions, now_ms())
+            .await?;
+        for id in &running {
+            let deployment = store.deployment(id).await?;
+            for (region, replicas) in &regions {
+                let row = store
+                    .scale_topology(id, region, *replicas, now_ms())
+                    .await?;
+                let doc = store.desired_for(&deployment, &row)?;
+                slipway_nats::krane::put_desired_deployment(&self.desired, region, &doc)
+                    .await
+                    .map_err(|e| {
+                        ApiError::unavailable(format!(
+                            "scaled in the database, not yet on the agents ({e}); retry"
+                        ))
+                    })?;
+            }
+        }
+        tracing::info!(environment_id = %environment.id, ?regions, scaled = ?running, "environment scaled");
+        Ok(ScaleEnvironmentReply {
+            environment: Some(environment_message(environment)),
+            scaled: running,
         })
     }
 }

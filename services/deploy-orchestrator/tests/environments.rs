@@ -1,6 +1,8 @@
-//! Environment variables end to end: set, listed (secrets without their values), passed to
-//! the app by the agent, snapshotted per deployment so a rollback runs the old build with its
-//! old variables; bad input is a 4xx that writes nothing; secrets need the key.
+//! What an environment gives its deployments, end to end. Variables: set, listed (secrets
+//! without their values), passed to the app by the agent, snapshotted per deployment so a
+//! rollback runs the old build with its old variables; secrets need the key. Replicas: a
+//! scale reaches the running deployment through its agent and every new deploy. Bad input
+//! is a 4xx that writes nothing.
 
 mod common;
 
@@ -161,4 +163,115 @@ async fn bad_variables_get_4xx_and_write_nothing() {
         "{e:?}"
     );
     assert!(e.message.contains("SLIPWAY_SECRETS_KEY"), "{}", e.message);
+}
+
+/// How many instances of `deployment` its agent reports running.
+async fn running(plane: &Plane, deployment: &str) -> usize {
+    plane.deployment(deployment).await["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "running")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_reaches_the_running_deployment_and_new_deploys() {
+    let mut plane = Plane::builder().services().edge().start().await;
+    plane.spawn_orchestrator(&[]);
+    let project = plane.project().await;
+    let v1 = plane.deployed(&project, "production", "v1").await;
+    assert_eq!(running(&plane, &v1).await, 1);
+
+    let reply = plane
+        .ok(
+            "slipway.project.v1.scale_environment",
+            json!({"project_id": project, "environment_slug": "production", "regions": {"local": 3}}),
+        )
+        .await;
+    assert_eq!(
+        reply["environment"]["regions"],
+        json!({"local": 3}),
+        "{reply}"
+    );
+    assert_eq!(reply["scaled"], json!([v1]), "{reply}");
+    plane
+        .deployment_where(&v1, |d| {
+            d["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().filter(|i| i["status"] == "running").count() == 3)
+        })
+        .await;
+    // The route table follows what runs.
+    let live = live_domain(&plane.routes(&project).await);
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let entry = plane.route_table(&live).await.expect("the live entry");
+        if entry["instances"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entry}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let v2 = plane.deployed(&project, "production", "v2").await;
+    assert_eq!(running(&plane, &v2).await, 3);
+
+    // Down again: the agent stops the extra instances.
+    plane
+        .ok(
+            "slipway.project.v1.scale_environment",
+            json!({"project_id": project, "environment_slug": "production", "regions": {"local": 1}}),
+        )
+        .await;
+    plane
+        .deployment_where(&v2, |d| {
+            d["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().filter(|i| i["status"] == "running").count() == 1)
+        })
+        .await;
+
+    for (request, status) in [
+        (
+            json!({"project_id": project, "environment_slug": "production", "regions": {}}),
+            400,
+        ),
+        (
+            json!({"project_id": project, "environment_slug": "production", "regions": {"local": 0}}),
+            400,
+        ),
+        (
+            json!({"project_id": project, "environment_slug": "production", "regions": {"local": 101}}),
+            400,
+        ),
+        (
+            json!({"project_id": project, "environment_slug": "production", "regions": {"Bad Region": 1}}),
+            400,
+        ),
+        (
+            json!({"project_id": project, "environment_slug": "staging", "regions": {"local": 1}}),
+            404,
+        ),
+    ] {
+        let e = plane
+            .call("slipway.project.v1.scale_environment", request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, status, "{request}: {e:?}");
+    }
+    let project_reply = plane.get_project(&project).await;
+    let production = project_reply["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["slug"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        production["regions"],
+        json!({"local": 1}),
+        "nothing written"
+    );
+    plane.invariants().assert(&[project]).await;
 }
