@@ -39,8 +39,8 @@ async fn an_app_that_never_becomes_healthy_fails_at_the_ready_timeout() {
     assert!(
         reason.contains("did not become healthy within the ready timeout (3s)")
             && reason.contains("0 of 1 running")
-            && reason.contains("not healthy yet"),
-        "{reason}"
+            && reason.contains("pending (GET /healthz answered 503 Service Unavailable)"),
+        "what the health check saw: {reason}"
     );
     let failed = plane.wait_event(&project, &dep, "failed").await;
     assert_eq!(failed["failure_reason"], reason);

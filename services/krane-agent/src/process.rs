@@ -45,6 +45,34 @@ fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
+/// An instance's log grows to about this size, then moves to `<id>.log.1` (one earlier file
+/// kept) when it next starts.
+pub const LOG_ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The instance's log, opened for appending with a line that marks this start: what a
+/// crashed run printed survives its restart.
+pub fn open_log(
+    state_dir: &Path,
+    instance_id: &str,
+    command_line: &str,
+) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let path = state_dir.join(format!("{instance_id}.log"));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        std::fs::rename(&path, state_dir.join(format!("{instance_id}.log.1")))?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    writeln!(
+        log,
+        "--- slipway: {instance_id} started at {at}: {command_line}"
+    )?;
+    Ok(log)
+}
+
 /// What the state directory keeps of an instance beside its process group
 /// (`<id>.instance`), so that the next agent of the region can adopt it without asking
 /// anyone.
@@ -60,7 +88,8 @@ fn record_path(state_dir: &Path, instance_id: &str) -> PathBuf {
     state_dir.join(format!("{instance_id}.instance"))
 }
 
-/// Starts `command_line` with `/bin/sh -c`, `PORT` and `env` set, output to `<id>.log`.
+/// Starts `command_line` with `/bin/sh -c`, `PORT` and `env` set, output appended to
+/// `<id>.log` ([`open_log`]).
 pub fn start(
     state_dir: &Path,
     deployment_id: &str,
@@ -78,7 +107,7 @@ pub fn start(
         record_path(state_dir, instance_id),
         serde_json::to_vec(&recorded).map_err(std::io::Error::other)?,
     )?;
-    let log = std::fs::File::create(state_dir.join(format!("{instance_id}.log")))?;
+    let log = open_log(state_dir, instance_id, command_line)?;
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command_line)

@@ -260,8 +260,8 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
         }
         if slot.process.is_some() {
             let url = format!("http://127.0.0.1:{}/healthz", slot.port);
-            let healthy =
-                matches!(ctx.http.get(&url).send().await, Ok(r) if r.status().is_success());
+            let seen = health_check(&ctx.http, &url).await;
+            let healthy = seen.is_none();
             slot.crash_looping = slot.exits >= ctx.crash_loop_after;
             let crash_loop = format!(
                 "crash-looping: exited {} times in a row, last {}",
@@ -285,10 +285,26 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             } else if slot.status != InstanceStatus::Failed {
                 slot.healthy_since = None;
                 slot.status = InstanceStatus::Pending;
+                // What the check saw, so that waiting (and a deploy that times out) says why.
+                slot.message = seen;
             } else {
                 slot.healthy_since = None;
             }
         }
+    }
+}
+
+/// One health check: `None` when it passed, else what it saw, worded for the instance's
+/// report (and so for `slipway deploy` and a deploy's failure reason).
+async fn health_check(http: &reqwest::Client, url: &str) -> Option<String> {
+    match http.get(url).send().await {
+        Ok(r) if r.status().is_success() => None,
+        Ok(r) => Some(format!("GET /healthz answered {}", r.status())),
+        Err(e) if e.is_timeout() => Some("GET /healthz timed out".into()),
+        Err(e) if e.is_connect() => {
+            Some("GET /healthz: connection refused (nothing listens on $PORT yet)".into())
+        }
+        Err(e) => Some(format!("GET /healthz failed: {e}")),
     }
 }
 

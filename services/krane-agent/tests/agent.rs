@@ -184,6 +184,19 @@ async fn crash_loops_and_other_image_schemes_are_reported_failed() {
             .contains("exit status: 1"),
         "{report:?}"
     );
+    // Every run's output is kept across its restarts (the log was truncated at each one).
+    let log = std::fs::read_to_string(
+        env.agent_state
+            .path()
+            .join("local")
+            .join(format!("{}.log", report.instances[0].id)),
+    )
+    .unwrap();
+    let runs = log.matches("exiting as asked").count();
+    assert!(
+        runs >= 2 && log.matches("--- slipway: ").count() >= runs,
+        "{log}"
+    );
 
     env.desire(
         "dep_oci",

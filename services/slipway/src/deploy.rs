@@ -58,6 +58,9 @@ pub struct DeployArgs {
     /// How long to follow before giving up.
     #[arg(long, default_value = "15m", value_parser = slipway_core::config::parse_duration)]
     timeout: Duration,
+    /// Arguments after `--` (API `command`): appended to an `exec:` image's command line.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
@@ -73,6 +76,7 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
         branch: args.branch.clone(),
         git_commit,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        command: args.command.clone(),
         ..Default::default()
     };
     let created: CreateDeploymentReply = api
@@ -160,7 +164,35 @@ async fn follow(
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(format!("{id}: pending"));
-    while let Some(message) = events.next().await {
+    // What agents report of its instances while it waits for them: each one's last health
+    // check, told once per change.
+    let mut reports = jetstream::new(api.client.clone())
+        .get_key_value(slipway_nats::provision::INSTANCES)
+        .await
+        .context("reading the instance reports")?
+        .watch(format!("{id}.*"))
+        .await?;
+    let mut told = String::new();
+    loop {
+        let message = tokio::select! {
+            message = events.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            Some(Ok(entry)) = reports.next() => {
+                let region = entry.key.rsplit('.').next().unwrap_or_default().to_string();
+                let health = instance_health(&region, &entry.value);
+                if !health.is_empty() && health != told {
+                    if bar.is_hidden() && !quiet {
+                        eprintln!("    {health}");
+                    } else {
+                        bar.println(format!("    {health}"));
+                    }
+                    told = health;
+                }
+                continue;
+            }
+        };
         let event: FollowedEvent = serde_json::from_slice(&message?.payload)
             .context("an unreadable event on the events stream")?;
         match event.kind.as_str() {
@@ -200,6 +232,26 @@ async fn follow(
     }
     bar.finish_and_clear();
     get_deployment(api, id).await
+}
+
+/// One line on a region's instances from its agent's report: `local: inst_1 running,
+/// inst_2 pending (GET /healthz answered 503 Service Unavailable)`.
+fn instance_health(region: &str, report: &[u8]) -> String {
+    let Ok(report) = serde_json::from_slice::<slipway_core::krane::InstancesReport>(report) else {
+        return String::new();
+    };
+    let instances: Vec<String> = report
+        .instances
+        .iter()
+        .map(|i| match &i.message {
+            Some(m) => format!("{} {} ({m})", i.id, i.status),
+            None => format!("{} {}", i.id, i.status),
+        })
+        .collect();
+    if instances.is_empty() {
+        return String::new();
+    }
+    format!("{region}: {}", instances.join(", "))
 }
 
 async fn workflow_of(api: &Api, workflow_id: &str) -> Result<slipway_proto::v1::Workflow> {
