@@ -3,69 +3,11 @@
 //! failing deploy and a server error exit non-zero with the server's message. Then Ctrl-C
 //! stops everything `slipway dev` started: no process is left.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Output, Stdio},
-};
+use std::process::{Command, Stdio};
 
-use serde_json::Value;
+mod common;
 
-const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
-
-struct Cli {
-    url: String,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(SLIPWAY)
-            .args(args)
-            .env("SLIPWAY_NATS_URL", &self.url)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// Runs with `--json`, expects success, parses stdout.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.run(&all);
-        assert!(
-            out.status.success(),
-            "slipway {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "slipway {args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-}
-
-/// `http://<host>:<port>/` → (host, port).
-fn host_and_port(url: &str) -> (String, u16) {
-    let rest = url.trim_start_matches("http://").trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').expect("a port in the URL");
-    (host.to_string(), port.parse().expect("a port number"))
-}
-
-/// GET `path` from 127.0.0.1:`port` with `Host: host`, as curl does for `*.localhost`; the body.
-async fn http_get(host: &str, port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the edge accepts connections");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
+use common::{host_and_port, http_get, Cli, Dev, SLIPWAY};
 
 /// Every process below `pid` (by parent links in /proc).
 fn descendants(pid: u32) -> Vec<u32> {
@@ -107,55 +49,18 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// `slipway dev`, interrupted (as Ctrl-C would) if the test fails before it does.
-struct Dev(std::process::Child);
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_drives_a_running_control_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dev = Command::new(SLIPWAY)
-        .args(["dev", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = dev.stdout.take().unwrap();
-    let mut dev = Dev(dev);
-    let (url, curl) = tokio::task::spawn_blocking(move || {
-        let (mut url, mut curl) = (None, None);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(u) = line.trim().strip_prefix("NATS") {
-                url = Some(u.trim().to_string());
-            }
-            if let Some(u) = line.trim().strip_prefix("curl ") {
-                curl = Some(u.trim().to_string());
-            }
-            if line.starts_with("Ctrl-C") {
-                break;
-            }
-        }
-        (url, curl)
-    })
-    .await
-    .unwrap();
-    let url = url.expect("slipway dev printed no NATS URL");
+    let mut dev = Dev::start(dir.path(), &[]).await;
+    let url = dev.nats_url();
     // The banner's curl works as printed: the demo app answers through the edge.
-    let curl = curl.expect("slipway dev printed no curl command");
+    let curl = dev
+        .line("curl ")
+        .expect("slipway dev printed no curl command");
     let (host, port) = host_and_port(&curl);
     assert_eq!(http_get(&host, port, "/").await, "hello", "{curl}");
-    let cli = Cli { url };
+    let cli = Cli::at(url);
 
     tokio::task::block_in_place(|| {
         let ws = cli.json(&["workspace", "create", "acme"]);
@@ -331,17 +236,17 @@ async fn the_cli_drives_a_running_control_plane() {
     });
 
     // Ctrl-C: everything it started goes, demo apps included.
-    let started = descendants(dev.0.id());
+    let started = descendants(dev.child.id());
     assert!(
         started.len() >= 6,
         "services, agent, nats-server and apps: {started:?}"
     );
     let interrupted = Command::new("kill")
-        .args(["-INT", &dev.0.id().to_string()])
+        .args(["-INT", &dev.child.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
-    let status = tokio::task::block_in_place(|| dev.0.wait().unwrap());
+    let status = tokio::task::block_in_place(|| dev.child.wait().unwrap());
     assert!(status.success(), "slipway dev exited with {status}");
     let left: Vec<u32> = started.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
