@@ -219,7 +219,15 @@ async fn the_live_deployment_is_never_changed_by_a_fired_standby() {
 
     env.schedule(&dep, 300, "standby", "").await;
     env.wait_transition_gone(&dep).await;
-    env.schedule(&dep, 0, "archived", "").await;
+    // An immediate stop of a serving deployment is refused to the caller at once.
+    let refused = env
+        .schedule_fenced(&dep, 0, "archived", 0)
+        .await
+        .expect_err("an immediate archive of the live deployment is refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (400, "failed_precondition")
+    );
 
     let d = env.store.deployment(&dep).await.unwrap();
     assert_eq!((d.desired_state.as_str(), d.updated_at_ms), ("running", 1));
@@ -232,7 +240,7 @@ async fn the_live_deployment_is_never_changed_by_a_fired_standby() {
         .all(|t| t.version == 1));
     assert!(env.project_events(&project).await.is_empty());
     assert!(env.get_state(&dep).await.pending.is_none());
-    assert!(env.services[0].count_log("refusing to stop a deployment that serves traffic") >= 2);
+    assert!(env.services[0].count_log("refusing to stop a deployment that serves traffic") >= 1);
 }
 
 #[tokio::test]
