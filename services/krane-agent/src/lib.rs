@@ -1,8 +1,10 @@
 //! `krane-agent`: the reference region agent (API.md "Region agents").
 //!
-//! It watches `slipway_desired` for `deployment.<region>.>`, runs each `exec:<command line>`
-//! image as local processes (`/bin/sh -c`, one per replica, each with `PORT` set to a free
-//! port on 127.0.0.1), health-checks them over HTTP (`GET /healthz`), restarts crashed ones
+//! It watches `slipway_desired` for `deployment.<region>.>` and runs each replica: an OCI image
+//! as a container through the Docker Engine API (Docker or Podman; `PORT` set to the
+//! environment's port, published on a free port of 127.0.0.1), an `exec:<command line>` image
+//! (where allowed) as a local process (`/bin/sh -c`, with `PORT` set to a free port on
+//! 127.0.0.1). It health-checks them over HTTP (`GET /healthz`), restarts crashed ones
 //! with backoff (reporting them `failed` while they crash-loop), stops them when the desired
 //! state is `stopped`, and reports to `slipway_instances`. Every process it starts is recorded
 //! in its state directory, so after its own crash it adopts the instances it left behind that
@@ -14,8 +16,10 @@
 //! what runs. An active agent that loses its lease (it stalled past the TTL) exits at once,
 //! leaving its instances to its successor.
 
+pub mod container;
 pub mod desired;
 pub mod process;
+pub mod runtime;
 pub mod supervisor;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -35,7 +39,7 @@ use tokio::sync::watch;
 #[command(
     name = "krane-agent",
     version,
-    about = "Slipway reference region agent: runs exec: images locally"
+    about = "Slipway reference region agent: runs a region's deployments as containers (or exec: processes)"
 )]
 pub struct Config {
     #[command(flatten)]
@@ -68,6 +72,10 @@ pub struct Config {
     /// shell on this host. For development and tests only; off by default.
     #[arg(long, env = "SLIPWAY_AGENT_ALLOW_EXEC")]
     pub allow_exec: bool,
+    /// The container engine's Docker Engine API (`unix://…`, `tcp://…`); default `DOCKER_HOST`,
+    /// else `unix:///var/run/docker.sock`. Podman serves it too (`podman system service`).
+    #[arg(long, env = "SLIPWAY_AGENT_DOCKER_HOST")]
+    pub docker_host: Option<String>,
     /// How long the region's active agent may go silent before a standby agent takes over.
     #[arg(long, env = "SLIPWAY_AGENT_LEASE_TTL", default_value = "5s", value_parser = slipway_core::config::parse_duration)]
     pub lease_ttl: Duration,
@@ -92,6 +100,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The control plane provisions the buckets; a region agent's NATS user may not
     // (nats/accounts.conf), so it waits for them.
     let instances = slipway_nats::kv::wait_for_bucket(&js, INSTANCES).await;
+    let docker_host = config
+        .docker_host
+        .clone()
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let scope = scope(&state_dir)?;
+    let engine = match container::Engine::connect(&docker_host, &config.region, &scope).await {
+        Ok(engine) => {
+            tracing::info!(%docker_host, "container engine answers: images run as containers");
+            Some(engine)
+        }
+        Err(e) => {
+            tracing::warn!(%docker_host, error = %e, "no container engine answers: only exec: images run here");
+            None
+        }
+    };
     let leases = slipway_nats::kv::wait_for_bucket(&js, LEASES).await;
     let ctx = supervisor::Context {
         region: config.region.clone(),
@@ -102,6 +126,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stable_after: config.stable_after,
         stop_grace: config.stop_grace,
         allow_exec: config.allow_exec,
+        engine,
+        docker_host,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?,
@@ -139,7 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
     // What an earlier agent started and still runs: adopted by the supervisors of the
     // deployments still desired, killed once the whole desired state has been seen.
-    let mut orphans = Some(process::recorded(&state_dir));
+    let mut orphans = Some(runtime::orphans(&state_dir, ctx.engine.as_ref()).await);
 
     let mut feed = Box::pin(desired::attach(&js, &config.region).await);
     tracing::info!(region = %config.region, "serving region");
@@ -200,12 +226,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // Every desired document has a supervisor: what none adopted is not desired.
                 let left = orphans.take().unwrap_or_default();
                 if !left.is_empty() {
-                    for (instance_id, recorded) in &left {
-                        process::Instance::adopted(&state_dir, instance_id, recorded.pgid).reap();
+                    let count = left.len();
+                    for orphan in left.into_values() {
+                        orphan.instance.reap().await;
                     }
                     tracing::info!(
-                        orphans = left.len(),
-                        "killed processes left by an earlier run"
+                        orphans = count,
+                        "stopped instances left by an earlier run that are no longer desired"
                     );
                 }
                 continue;
@@ -225,7 +252,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ => {
                 let adopted = match orphans.as_mut() {
-                    Some(orphans) => supervisor::adopt(&ctx, &deployment_id, orphans),
+                    Some(orphans) => supervisor::adopt(&deployment_id, orphans),
                     None => Adopted::default(),
                 };
                 let (tx, rx) = watch::channel(doc);
@@ -245,6 +272,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while running.join_next().await.is_some() {}
     lease.release().await;
     Ok(())
+}
+
+/// The id of the agents sharing `state_dir` (made on first start): it labels their containers,
+/// so that they adopt their own and leave alone those of other installations on the engine.
+fn scope(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = state_dir.join("scope");
+    if let Ok(scope) = std::fs::read_to_string(&path) {
+        if !scope.trim().is_empty() {
+            return Ok(scope.trim().to_string());
+        }
+    }
+    let scope = uuid::Uuid::new_v4().simple().to_string();
+    // Written whole, then renamed: two agents starting at once agree on one of theirs.
+    let tmp = state_dir.join(format!("scope.{scope}"));
+    std::fs::write(&tmp, &scope).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(std::fs::read_to_string(&path)?.trim().to_string())
 }
 
 /// The lease the agents of `region` elect their active agent with.

@@ -13,7 +13,10 @@ use slipway_core::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use crate::process;
+use crate::{
+    container,
+    runtime::{self, Instance, Orphan, StartError},
+};
 
 #[derive(Clone)]
 pub struct Context {
@@ -27,13 +30,16 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Whether `exec:` images run (`SLIPWAY_AGENT_ALLOW_EXEC`).
     pub allow_exec: bool,
+    /// Where other images run, if an engine answered at `docker_host` when the agent started.
+    pub engine: Option<container::Engine>,
+    pub docker_host: String,
 }
 
 /// One replica: its process (if running), what we report, and its restart bookkeeping.
 struct Slot {
     id: String,
     port: u16,
-    process: Option<process::Instance>,
+    process: Option<Instance>,
     status: InstanceStatus,
     message: Option<String>,
     /// Exits since it last ran stably, and how the last one went.
@@ -101,9 +107,8 @@ pub struct Adopted(Vec<Slot>);
 /// Takes from `orphans` (recorded by an earlier agent of the region in the state directory)
 /// the instances of `deployment_id`.
 pub fn adopt(
-    ctx: &Context,
     deployment_id: &str,
-    orphans: &mut std::collections::BTreeMap<String, process::Recorded>,
+    orphans: &mut std::collections::BTreeMap<String, Orphan>,
 ) -> Adopted {
     let ids: Vec<String> = orphans
         .iter()
@@ -113,15 +118,11 @@ pub fn adopt(
     let slots: Vec<Slot> = ids
         .into_iter()
         .filter_map(|id| {
-            let recorded = orphans.remove(&id)?;
+            let orphan = orphans.remove(&id)?;
             let mut slot = Slot::new();
-            slot.process = Some(process::Instance::adopted(
-                &ctx.state_dir,
-                &id,
-                recorded.pgid,
-            ));
+            slot.process = Some(orphan.instance);
             slot.id = id;
-            slot.port = recorded.port;
+            slot.port = orphan.port;
             Some(slot)
         })
         .collect();
@@ -193,18 +194,9 @@ pub async fn supervise(
 }
 
 async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
-    let line = match process::command_line(&d.image, &d.command, ctx.allow_exec) {
-        Ok(line) => line,
-        Err(message) => {
-            stop(ctx, slots).await;
-            slots.resize_with(d.replicas as usize, Slot::new);
-            for slot in slots.iter_mut() {
-                slot.status = InstanceStatus::Failed;
-                slot.message = Some(message.clone());
-                slot.unrunnable = true;
-            }
-            return;
-        }
+    let launch = match runtime::launch(d, ctx.allow_exec, ctx.engine.as_ref(), &ctx.docker_host) {
+        Ok(launch) => launch,
+        Err(message) => return unrunnable(ctx, d, slots, message).await,
     };
     while slots.len() < d.replicas as usize {
         slots.push(Slot::new());
@@ -215,11 +207,17 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
         }
     }
     let now = Instant::now();
+    // This agent cannot run the image after all (its pull failed, say).
+    let mut refused = None;
     for slot in slots.iter_mut() {
         // Exited by itself: count it and schedule a restart.
-        if let Some(status) = slot.process.as_mut().and_then(process::Instance::exited) {
+        let exited = match slot.process.as_mut() {
+            Some(p) => p.exited().await,
+            None => None,
+        };
+        if let Some(status) = exited {
             if let Some(p) = slot.process.take() {
-                p.reap();
+                p.reap().await;
             }
             slot.exits += 1;
             slot.healthy_since = None;
@@ -233,14 +231,15 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             let due = *slot.restart_at.get_or_insert(now);
             if now >= due {
                 let port = free_port();
-                match process::start(
-                    &ctx.state_dir,
-                    &d.deployment_id,
+                let started = runtime::start(
+                    &launch,
+                    d,
                     &slot.id,
-                    &line,
                     port,
-                    &d.env,
-                ) {
+                    &ctx.state_dir,
+                    ctx.engine.as_ref(),
+                );
+                match started.await {
                     Ok(p) => {
                         slot.process = Some(p);
                         slot.port = port;
@@ -249,10 +248,14 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
                             slot.status = InstanceStatus::Pending;
                         }
                     }
+                    Err(StartError::Unrunnable(message)) => {
+                        refused = Some(message);
+                        break;
+                    }
                     Err(e) => {
                         slot.exits += 1;
                         slot.status = InstanceStatus::Failed;
-                        slot.message = Some(format!("cannot start: {e}"));
+                        slot.message = Some(format!("cannot start: {:#}", anyhow::Error::new(e)));
                         slot.restart_at = Some(now + backoff(slot.exits));
                     }
                 }
@@ -291,6 +294,20 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
                 slot.healthy_since = None;
             }
         }
+    }
+    if let Some(message) = refused {
+        unrunnable(ctx, d, slots, message).await;
+    }
+}
+
+/// Every replica of `d` `failed` for good with `message`: this agent cannot run it.
+async fn unrunnable(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>, message: String) {
+    stop(ctx, slots).await;
+    slots.resize_with(d.replicas as usize, Slot::new);
+    for slot in slots.iter_mut() {
+        slot.status = InstanceStatus::Failed;
+        slot.message = Some(message.clone());
+        slot.unrunnable = true;
     }
 }
 

@@ -1,10 +1,10 @@
 //! krane-agent over real processes: a real nats-server, the agent binary, and `slipway
 //! demo-app` as the deployed app (built alongside by `cargo test --workspace`).
 
+mod common;
+
 use std::{
-    collections::BTreeMap,
     os::unix::process::CommandExt,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -12,103 +12,17 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
-use slipway_core::krane::{
-    desired_deployment_key, instances_key, Desired, DesiredDeployment, InstanceStatus,
-    InstancesReport,
-};
+use common::{all, get, slipway_bin, AgentCalls, TIMEOUT};
+use slipway_core::krane::{instances_key, Desired, InstanceStatus, InstancesReport};
 use slipway_testkit::{
     plane::{bin, Plane as Env, AGENT},
     ServiceProcess,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The `slipway` binary (cargo builds every workspace binary before tests run).
-fn slipway_bin() -> PathBuf {
-    bin("slipway")
-}
-
 /// A nats-server and the region agent of `local`.
 async fn start() -> Env {
     Env::builder().agent().start().await
-}
-
-/// The agent's side of KV, for its tests.
-#[allow(async_fn_in_trait)]
-trait AgentCalls {
-    /// Puts the desired state of deployment `id` in region `local`.
-    async fn desire(&self, id: &str, image: String, replicas: u32, desired: Desired, version: i64);
-    /// Waits, on a KV watch, for a report that satisfies `ok`.
-    async fn report_where(
-        &self,
-        id: &str,
-        ok: impl Fn(&InstancesReport) -> bool,
-    ) -> InstancesReport;
-}
-
-impl AgentCalls for Env {
-    async fn desire(&self, id: &str, image: String, replicas: u32, desired: Desired, version: i64) {
-        let doc = DesiredDeployment {
-            deployment_id: id.into(),
-            workspace_id: "ws_1".into(),
-            project_id: "proj_1".into(),
-            environment_id: "env_1".into(),
-            image,
-            replicas,
-            port: 8080,
-            command: vec![],
-            env: BTreeMap::new(),
-            desired,
-            version,
-        };
-        self.desired
-            .put(
-                desired_deployment_key("local", id),
-                serde_json::to_vec(&doc).unwrap().into(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn report_where(
-        &self,
-        id: &str,
-        ok: impl Fn(&InstancesReport) -> bool,
-    ) -> InstancesReport {
-        let mut watch = self
-            .instances
-            .watch_with_history(instances_key(id, "local"))
-            .await
-            .unwrap();
-        tokio::time::timeout(TIMEOUT, async {
-            while let Some(entry) = watch.next().await {
-                let report: InstancesReport =
-                    serde_json::from_slice(&entry.unwrap().value).unwrap();
-                if ok(&report) {
-                    return report;
-                }
-            }
-            panic!("watch ended")
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no such report for {id} within {TIMEOUT:?}"))
-    }
-}
-
-fn all(report: &InstancesReport, n: usize, status: InstanceStatus) -> bool {
-    report.instances.len() == n && report.instances.iter().all(|i| i.status == status)
-}
-
-/// GET over plain HTTP: Some(body) if anything answers on `address`.
-async fn get(address: &str, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
 fn demo_app(args: &str) -> String {
@@ -214,7 +128,7 @@ async fn crash_loops_and_other_image_schemes_are_reported_failed() {
             .message
             .as_deref()
             .unwrap()
-            .contains("exec:"),
+            .contains("no container engine"),
         "{report:?}"
     );
 

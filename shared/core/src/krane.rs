@@ -9,6 +9,19 @@ pub fn desired_deployment_key(region: &str, deployment_id: &str) -> String {
     format!("deployment.{region}.{deployment_id}")
 }
 
+/// Labels on the containers a region agent runs (Docker Engine API): whose they are, so that
+/// the next agent of the region adopts or removes them.
+pub mod labels {
+    pub const DEPLOYMENT: &str = "dev.slipway.deployment";
+    pub const INSTANCE: &str = "dev.slipway.instance";
+    pub const REGION: &str = "dev.slipway.region";
+    /// The port on 127.0.0.1 the container's port is published on: the instance's address.
+    pub const HOST_PORT: &str = "dev.slipway.host-port";
+    /// The id of the agents sharing one state directory (`<state dir>/<region>/scope`): other
+    /// installations on the same engine are left alone.
+    pub const SCOPE: &str = "dev.slipway.scope";
+}
+
 /// KV `slipway_instances` key for one deployment in one region.
 pub fn instances_key(deployment_id: &str, region: &str) -> String {
     format!("{deployment_id}.{region}")

@@ -6,6 +6,7 @@
 pub mod database;
 pub mod invariants;
 pub mod plane;
+pub mod podman;
 pub mod reply;
 pub mod seed;
 pub mod stats;
@@ -14,6 +15,7 @@ pub mod streams;
 pub use database::TestDb;
 pub use invariants::Invariants;
 pub use plane::{Plane, PlaneBuilder};
+pub use podman::Podman;
 pub use reply::{decode_reply, ErrorReply};
 pub use slipway_local::{nats_server, ports, process, NatsCluster, NatsServer, ServiceProcess};
 pub use stats::Samples;

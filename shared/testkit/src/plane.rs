@@ -100,6 +100,7 @@ pub struct PlaneBuilder {
     edge: bool,
     orchestrators: usize,
     env: Vec<(&'static str, String)>,
+    docker_host: Option<String>,
 }
 
 impl PlaneBuilder {
@@ -141,6 +142,13 @@ impl PlaneBuilder {
         self
     }
 
+    /// Agents run images as containers on the engine at `host` ([`crate::Podman::host`]);
+    /// without it they have no container engine.
+    pub fn docker_host(mut self, host: String) -> Self {
+        self.docker_host = Some(host);
+        self
+    }
+
     /// Starts `n` deploy-orchestrators.
     pub fn orchestrators(mut self, n: usize) -> Self {
         self.orchestrators = n;
@@ -178,6 +186,9 @@ impl PlaneBuilder {
         };
         let mut plane = Plane::on(nats, client, db, self.secured).await;
         plane.orchestrator_env = self.env;
+        if let Some(host) = self.docker_host {
+            plane.docker_host = host;
+        }
         for name in self.services {
             plane.spawn(name, &[]);
         }
@@ -295,6 +306,9 @@ pub struct Plane {
     /// How long a request waits for its reply before it is sent again: short while a
     /// stopped (SIGSTOP) orchestrator is in the queue group and may take it.
     pub request_timeout: Duration,
+    /// The container engine agents use (`SLIPWAY_AGENT_DOCKER_HOST`): by default a socket
+    /// nothing listens on, so that no test depends on a Docker the machine may have.
+    pub docker_host: String,
     /// With `nats/accounts.conf`: each service connects as its own user.
     secured: bool,
     seq: u32,
@@ -312,6 +326,7 @@ impl Plane {
             edge: false,
             orchestrators: 0,
             env: vec![],
+            docker_host: None,
         }
     }
 
@@ -366,6 +381,7 @@ impl Plane {
             let js = js.clone();
             async move { js.get_key_value(name).await.expect("a provisioned bucket") }
         };
+        let agent_state = tempfile::tempdir().expect("a temporary directory");
         Plane {
             routes: bucket(provision::ROUTES).await,
             instances: bucket(provision::INSTANCES).await,
@@ -377,7 +393,11 @@ impl Plane {
             store,
             client,
             js,
-            agent_state: tempfile::tempdir().expect("a temporary directory"),
+            docker_host: format!(
+                "unix://{}/no-container-engine.sock",
+                agent_state.path().display()
+            ),
+            agent_state,
             services: vec![],
             orchestrators: vec![],
             agent: None,
@@ -420,6 +440,7 @@ impl Plane {
             ("SLIPWAY_AGENT_LEASE_TTL", "2s".into()),
             // The demo app is an exec: image.
             ("SLIPWAY_AGENT_ALLOW_EXEC", "true".into()),
+            ("SLIPWAY_AGENT_DOCKER_HOST", self.docker_host.clone()),
             (
                 "SLIPWAY_AGENT_STATE_DIR",
                 self.agent_state.path().display().to_string(),
@@ -972,6 +993,11 @@ impl Drop for Plane {
         if let Some(mut agent) = self.agent.take() {
             agent.kill();
         }
-        slipway_local::process_groups::kill_recorded(&self.agent_state.path().join("local"));
+        let state = self.agent_state.path().join("local");
+        slipway_local::process_groups::kill_recorded(&state);
+        // And no container it started (on a podman service: testkit::Podman).
+        if let Ok(scope) = std::fs::read_to_string(state.join("scope")) {
+            crate::podman::remove_scope(&self.docker_host, scope.trim());
+        }
     }
 }

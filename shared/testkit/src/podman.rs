@@ -1,0 +1,232 @@
+//! A real container engine for tests: `podman system service` on a socket of its own, serving
+//! the Docker Engine API that region agents (and builders) speak. `scripts/install-podman.sh`
+//! installs podman, runc and a static busybox; test images are built `FROM scratch` around
+//! that busybox ([`Podman::build_www_image`]).
+//!
+//! Where podman is missing, [`Podman::start`] says so loudly and returns `None` (the test
+//! skips), except under `CI=true`, where it fails: CI must run the container tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+pub struct Podman {
+    dir: TempDir,
+    service: Child,
+    socket: PathBuf,
+}
+
+impl Podman {
+    /// Starts a podman service on a new socket and waits until it answers.
+    pub fn start() -> Option<Podman> {
+        if Command::new("podman")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            let message = "podman is not installed (scripts/install-podman.sh installs it): \
+                           the container tests cannot run";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+            eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a podman test directory");
+        std::fs::write(dir.path().join("containers.conf"), containers_conf())
+            .expect("writing containers.conf");
+        let socket = dir.path().join("podman.sock");
+        let log = std::fs::File::create(dir.path().join("service.log")).expect("service log");
+        let mut podman = Self {
+            service: Command::new("podman")
+                .env("CONTAINERS_CONF", dir.path().join("containers.conf"))
+                .args(["system", "service", "--time=0"])
+                .arg(format!("unix://{}", socket.display()))
+                .stdout(log.try_clone().expect("service log"))
+                .stderr(log)
+                .spawn()
+                .expect("starting podman system service"),
+            dir,
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !podman.answers() {
+            if let Ok(Some(status)) = podman.service.try_wait() {
+                panic!(
+                    "podman system service exited ({status}): {}",
+                    podman.service_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podman system service did not answer within 30 s: {}",
+                podman.service_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(podman)
+    }
+
+    /// The engine's address for `SLIPWAY_AGENT_DOCKER_HOST` / `DOCKER_HOST`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The podman CLI, configured as the service is.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"));
+        cmd
+    }
+
+    /// Runs the podman CLI with `args`; its stdout, or a panic with its stderr.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.cli().args(args).output().expect("running podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Builds `tag` from scratch: a static busybox whose httpd serves `files` (path → content;
+    /// `healthz` always) on `$PORT`, and `/env`: the environment it started with.
+    pub fn build_www_image(&self, tag: &str, files: &[(&str, &str)]) {
+        let context = tempfile::tempdir().expect("a build context");
+        write_www_context(context.path(), files);
+        self.run(&[
+            "build",
+            "-q",
+            "-t",
+            tag,
+            &context.path().display().to_string(),
+        ]);
+    }
+
+    /// The containers that carry every label of `labels`, running or not: their ids.
+    pub fn containers_labelled(&self, labels: &[(&str, &str)]) -> Vec<String> {
+        let mut args = vec!["ps", "-a", "-q", "--no-trunc"];
+        let filters: Vec<String> = labels
+            .iter()
+            .map(|(label, value)| format!("label={label}={value}"))
+            .collect();
+        for filter in &filters {
+            args.extend(["--filter", filter]);
+        }
+        self.run(&args).lines().map(str::to_string).collect()
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.") && answer.contains(" 200 ")
+    }
+
+    fn service_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+}
+
+/// A build context: a Dockerfile from scratch around the host's static busybox, serving
+/// `files` (and `healthz`) on `$PORT`.
+pub fn write_www_context(dir: &Path, files: &[(&str, &str)]) {
+    let busybox = Path::new("/bin/busybox");
+    std::fs::copy(busybox, dir.join("busybox")).expect("copying /bin/busybox (busybox-static)");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("healthz"), "ok\n").expect("healthz");
+    for (path, content) in files {
+        let path = www.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("www subdir");
+        }
+        std::fs::write(path, content).expect("www file");
+    }
+    std::fs::write(dir.join("Dockerfile"), WWW_DOCKERFILE).expect("Dockerfile");
+}
+
+/// Serves `/www` on `$PORT` (the agent sets it) in the foreground, logging each request;
+/// `/env` shows the environment it started with.
+pub const WWW_DOCKERFILE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD ["/bin/busybox", "sh", "-c", "echo serving on $PORT; /bin/busybox env > /www/env; exec /bin/busybox httpd -f -vv -p $PORT -h /www"]
+"#;
+
+/// runc and the cgroupfs manager (crun and systemd fail on these machines), and ulimits within
+/// the hard limits this process has (podman's default nofile of 1048576 is refused).
+fn containers_conf() -> String {
+    let hard = |flag: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("ulimit -H{flag}")])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(1024)
+            .min(65_536)
+    };
+    // Raising nproc to the hard limit is refused too on some machines (65536 was, 32768 not).
+    let (nofile, nproc) = (hard("n"), hard("u").min(4096));
+    format!(
+        "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
+    )
+}
+
+/// Removes the containers of the agents of `scope` ([`slipway_core::krane::labels::SCOPE`])
+/// from the podman service at `host`, if one answers there.
+pub fn remove_scope(host: &str, scope: &str) {
+    let Some(socket) = host.strip_prefix("unix://") else {
+        return;
+    };
+    if !Path::new(socket).exists() {
+        return;
+    }
+    // Listed, then removed by id: `podman rm --filter` (4.3) removed only one of several.
+    let label = format!("label={}={scope}", slipway_core::krane::labels::SCOPE);
+    let Ok(listed) = Command::new("podman")
+        .args(["--url", host, "ps", "-a", "-q", "--filter", &label])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let _ = Command::new("podman")
+        .args(["--url", host, "rm", "--force", "--time", "0"])
+        .args(&ids)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
