@@ -120,7 +120,10 @@ impl Dev {
             .env_remove("SLIPWAY_DATABASE_URL")
             .env_remove("SLIPWAY_SECRETS_KEY")
             // No container engine, whatever the machine runs: the tests deploy exec: images.
-            .env("SLIPWAY_AGENT_DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env(
+                "SLIPWAY_AGENT_DOCKER_HOST",
+                "unix:///nonexistent/docker.sock",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
