@@ -22,8 +22,8 @@ use slipway_workflow::{Engine, EngineConfig};
 
 use crate::{
     clients::{
-        actor::Actor, events::Events, instance_wait::ReadyTiming, instances::Instances,
-        routing::Routing,
+        actor::Actor, builder::Builder, events::Events, instance_wait::ReadyTiming,
+        instances::Instances, routing::Routing,
     },
     workflows::handover::Handover,
 };
@@ -89,6 +89,21 @@ pub struct Config {
     /// after a commit point retry until they succeed).
     #[arg(long, env = "SLIPWAY_STEP_RETRIES", default_value_t = 6)]
     pub step_retries: usize,
+    /// The Docker Engine API that builds images from git sources (`unix://…`, `tcp://…`);
+    /// without it, deployments of a `git_source` are refused. The region agents must be able
+    /// to run what it builds: the same engine, or a registry both reach (the prefix below).
+    #[arg(long, env = "SLIPWAY_BUILDER_DOCKER_HOST")]
+    pub builder_docker_host: Option<String>,
+    /// Built images are tagged `<prefix>/<project_id>:<deployment_id>`.
+    #[arg(
+        long,
+        env = "SLIPWAY_BUILD_IMAGE_PREFIX",
+        default_value = "localhost/slipway"
+    )]
+    pub build_image_prefix: String,
+    /// How long a build (fetch included) may take before the deployment fails.
+    #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub build_timeout: Duration,
     /// How long the per-project lease of a dead holder blocks others.
     #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -133,7 +148,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         instances: Instances::new(reports, client.clone(), http, timing, clock.clone()),
         standby_delay: config.standby_delay,
     };
+    let builder = match &config.builder_docker_host {
+        Some(host) => Some(
+            Builder::new(host, &config.build_image_prefix, config.build_timeout)
+                .with_context(|| format!("SLIPWAY_BUILDER_DOCKER_HOST {host}"))?,
+        ),
+        None => None,
+    };
     let deploy = Deploy {
+        builder: builder.clone(),
+        nats: client.clone(),
         store: store.clone(),
         handover: handover.clone(),
         routing: routing.clone(),
@@ -190,6 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events,
         apex_domain: config.apex_domain.clone(),
         desired: js.get_key_value(DESIRED).await?,
+        builds: builder.is_some(),
     };
 
     let service = api::serve(&client, api.clone())

@@ -18,6 +18,7 @@
 
 pub mod container;
 pub mod desired;
+pub mod logs;
 pub mod process;
 pub mod runtime;
 pub mod supervisor;
@@ -128,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         allow_exec: config.allow_exec,
         engine,
         docker_host,
+        client: client.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?,

@@ -14,7 +14,7 @@ use slipway_core::{
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    container,
+    container, logs,
     runtime::{self, Instance, Orphan, StartError},
 };
 
@@ -33,6 +33,8 @@ pub struct Context {
     /// Where other images run, if an engine answered at `docker_host` when the agent started.
     pub engine: Option<container::Engine>,
     pub docker_host: String,
+    /// Where instances' output lines go (`SLIPWAY_LOGS`).
+    pub client: async_nats::Client,
 }
 
 /// One replica: its process (if running), what we report, and its restart bookkeeping.
@@ -51,6 +53,8 @@ struct Slot {
     crash_looping: bool,
     /// This agent cannot run the image at all.
     unrunnable: bool,
+    /// Publishes what its log file gets, once it has run.
+    tail: Option<logs::Tail>,
 }
 
 impl Slot {
@@ -67,6 +71,18 @@ impl Slot {
             healthy_since: None,
             crash_looping: false,
             unrunnable: false,
+            tail: None,
+        }
+    }
+
+    /// Follows its log file from now on (from before it first starts, or when adopted).
+    fn follow_log(&mut self, ctx: &Context, deployment_id: &str) {
+        if self.tail.is_none() {
+            self.tail = Some(logs::Tail::start(
+                ctx.client.clone(),
+                ctx.state_dir.join(format!("{}.log", self.id)),
+                slipway_core::subjects::logs::of(deployment_id, &self.id),
+            ));
         }
     }
 
@@ -227,6 +243,7 @@ async fn run(ctx: &Context, d: &DesiredDeployment, slots: &mut Vec<Slot>) {
             slot.restart_at = Some(now + backoff(slot.exits));
             tracing::warn!(instance = %slot.id, exits = slot.exits, %status, "instance exited");
         }
+        slot.follow_log(ctx, &d.deployment_id);
         if slot.process.is_none() {
             let due = *slot.restart_at.get_or_insert(now);
             if now >= due {

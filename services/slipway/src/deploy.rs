@@ -11,7 +11,7 @@ use serde::Deserialize;
 use slipway_core::subjects;
 use slipway_proto::v1::{
     CreateDeploymentReply, CreateDeploymentRequest, Deployment, GetProjectReply, GetProjectRequest,
-    GetWorkflowReply, GetWorkflowRequest, GitCommit, WorkflowRunReply,
+    GetWorkflowReply, GetWorkflowRequest, GitCommit, GitSource, WorkflowRunReply,
 };
 
 use crate::{
@@ -38,9 +38,19 @@ pub struct DeployArgs {
     project: String,
     #[arg(long = "env", default_value = slipway_core::state::PRODUCTION_ENVIRONMENT)]
     environment: String,
-    /// The image to run (`exec:<command line>` for krane-agent).
-    #[arg(long)]
-    image: String,
+    /// The image to run (an OCI image; `exec:<command line>` where the agent allows it).
+    #[arg(long, required_unless_present = "git", conflicts_with = "git")]
+    image: Option<String>,
+    /// Build the image from this git repository (any URL git understands, or a local path)
+    /// at `--commit`, which is then required; `slipway deploy` shows the build's output.
+    #[arg(long, requires = "commit")]
+    git: Option<String>,
+    /// The build context: a directory of the repository (with `--git`).
+    #[arg(long, default_value = "", requires = "git")]
+    context: String,
+    /// The Dockerfile, relative to the context (with `--git`).
+    #[arg(long, default_value = "Dockerfile", requires = "git")]
+    dockerfile: String,
     /// Default: the project's default branch.
     #[arg(long)]
     branch: Option<String>,
@@ -69,10 +79,17 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
         commit_message: args.commit_message.clone().unwrap_or_default(),
         ..Default::default()
     });
+    let git_source = args.git.as_ref().map(|repository| GitSource {
+        repository: local_path_as_url(repository),
+        commit_sha: args.commit.clone().unwrap_or_default(),
+        context_path: args.context.clone(),
+        dockerfile_path: args.dockerfile.clone(),
+    });
     let request = CreateDeploymentRequest {
         project_id: args.project.clone(),
         environment_slug: args.environment.clone(),
-        docker_image: Some(args.image.clone()),
+        docker_image: args.image.clone(),
+        git_source,
         branch: args.branch.clone(),
         git_commit,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
@@ -134,6 +151,17 @@ pub async fn deploy(api: &Api, args: DeployArgs, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// A relative local path means nothing to an orchestrator elsewhere: made absolute.
+fn local_path_as_url(repository: &str) -> String {
+    let path = std::path::Path::new(repository);
+    if !repository.contains("://") && path.exists() {
+        if let Ok(absolute) = path.canonicalize() {
+            return absolute.display().to_string();
+        }
+    }
+    repository.to_string()
+}
+
 /// Follows the deployment's events (from its first) until its workflow has finished.
 async fn follow(
     api: &Api,
@@ -173,8 +201,23 @@ async fn follow(
         .watch(format!("{id}.*"))
         .await?;
     let mut told = String::new();
+    // What its build prints, while it builds (nothing for an image deploy).
+    let mut build =
+        match crate::logs::lines(api, &subjects::logs::of(id, subjects::logs::BUILD)).await {
+            Ok(lines) => lines.messages.boxed(),
+            Err(_) => futures::stream::pending().boxed(),
+        };
     loop {
         let message = tokio::select! {
+            Some(Ok(line)) = build.next() => {
+                let line = format!("    build | {}", String::from_utf8_lossy(&line.payload));
+                if bar.is_hidden() && !quiet {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+                continue;
+            }
             message = events.next() => match message {
                 Some(message) => message,
                 None => break,

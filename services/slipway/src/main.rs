@@ -5,6 +5,7 @@ mod commands;
 mod demo_app;
 mod deploy;
 mod dev;
+mod logs;
 mod variables;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +64,14 @@ enum Command {
     },
     /// A deployment: state, instances, domains, pending transition.
     Status { deployment: String },
+    /// What a deployment's build and its instances printed (`<source> | <line>`, the source
+    /// being `build` or an instance id).
+    Logs {
+        deployment: String,
+        /// Keep printing new lines as they come (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// A project's deployments, newest first; `*` marks the live one.
     Ls {
         #[arg(long)]
@@ -139,6 +148,7 @@ async fn run(cli: Cli, origin: api::UrlOrigin) -> anyhow::Result<()> {
             wait_ms,
         } => commands::archive(&api, deployment, wait_ms, json_out).await,
         Command::Status { deployment } => commands::status(&api, &deployment, json_out).await,
+        Command::Logs { deployment, follow } => logs::logs(&api, &deployment, follow).await,
         Command::Ls {
             project,
             environment,

@@ -92,6 +92,22 @@ pub mod events {
     }
 }
 
+/// Output lines on `SLIPWAY_LOGS`: a deployment's build, and each of its instances.
+pub mod logs {
+    /// What a build of `deployment_id` printed.
+    pub const BUILD: &str = "build";
+
+    /// Lines of `source` ([`BUILD`] or an instance id) of `deployment_id`.
+    pub fn of(deployment_id: &str, source: &str) -> String {
+        format!("slipway.logs.{deployment_id}.{source}")
+    }
+
+    /// Every line of one deployment.
+    pub fn of_deployment(deployment_id: &str) -> String {
+        format!("slipway.logs.{deployment_id}.>")
+    }
+}
+
 /// Message schedules and what they fire into, on `SLIPWAY_TIMERS`.
 pub mod timers {
     /// The prefix of every deployment's standby/archive schedule.

@@ -11,6 +11,7 @@ pub const TIMERS: &str = "SLIPWAY_TIMERS";
 pub const EVENTS: &str = "SLIPWAY_EVENTS";
 pub const WORKFLOWS: &str = "SLIPWAY_WORKFLOWS";
 pub const TRAFFIC: &str = "SLIPWAY_TRAFFIC";
+pub const LOGS: &str = "SLIPWAY_LOGS";
 pub const TRANSITIONS: &str = "slipway_transitions";
 pub const ROUTES: &str = "slipway_routes";
 pub const DESIRED: &str = "slipway_desired";
@@ -34,6 +35,10 @@ const STREAMS: &[(&str, &str)] = &[
     (
         TRAFFIC,
         include_str!("../../../nats/streams/SLIPWAY_TRAFFIC.json"),
+    ),
+    (
+        LOGS,
+        include_str!("../../../nats/streams/SLIPWAY_LOGS.json"),
     ),
 ];
 

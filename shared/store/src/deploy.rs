@@ -72,6 +72,17 @@ impl Store {
         Ok(topology)
     }
 
+    /// The image built for a deployment from its git source.
+    pub async fn set_built_image(
+        &self,
+        id: &str,
+        image: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.update_deployment(id, "image", Some(image), now_ms)
+            .await
+    }
+
     pub async fn set_openapi_spec(
         &self,
         id: &str,

@@ -109,12 +109,18 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let secret_env = serde_json::to_string(&snapshot.sealed)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let git_source = new
+            .git_source
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO deployments (id, workspace_id, project_id, environment_id, image, git_branch, \
              git_commit_sha, git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, \
              git_commit_timestamp_ms, key_auth_id, command, env, secret_env, port, sentinel_config, \
-             workflow_id, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)",
+             workflow_id, git_source, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20)",
         )
         .bind(&new.id)
         .bind(&env.workspace_id)
@@ -134,6 +140,7 @@ impl Store {
         .bind(i64::from(env.port))
         .bind(&env.sentinel_config)
         .bind(&new.workflow_id)
+        .bind(git_source)
         .bind(now_ms)
         .execute(&mut *tx)
         .await

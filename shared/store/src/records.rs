@@ -49,6 +49,20 @@ pub struct Environment {
     pub updated_at_ms: i64,
 }
 
+/// Where a deployment's image is built from (API.md `git_source`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GitSource {
+    /// Any URL git understands, local paths and `file://` included.
+    pub repository: String,
+    pub commit_sha: String,
+    /// The build context: a directory of the repository ("" for its root).
+    #[serde(default)]
+    pub context_path: String,
+    /// The Dockerfile, relative to the context ("" for `Dockerfile`).
+    #[serde(default)]
+    pub dockerfile_path: String,
+}
+
 /// What a new deployment is made of; the rest (status, desired state, times) the store sets.
 #[derive(Debug, Clone, Default)]
 pub struct NewDeployment {
@@ -64,6 +78,8 @@ pub struct NewDeployment {
     pub key_auth_id: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Built from this (its `image` is empty until then).
+    pub git_source: Option<GitSource>,
     /// The workflow that deploys it.
     pub workflow_id: Option<String>,
 }
@@ -91,6 +107,8 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// Secret variables, still sealed (see [`crate::Store::desired_for`]).
     pub secret_env: BTreeMap<String, String>,
+    /// Built from this: `image` is empty until the build is done.
+    pub git_source: Option<GitSource>,
     pub port: u32,
     pub sentinel_config: String,
     pub openapi_spec: Option<String>,
@@ -195,13 +213,14 @@ pub(crate) const DEPLOYMENT_COLUMNS: &str =
     e.slug AS environment_slug, d.status, d.desired_state, d.desired_state_nonce, d.image, \
     d.git_branch, d.git_commit_sha, d.git_commit_message, d.git_commit_author_handle, \
     d.git_commit_author_avatar_url, d.git_commit_timestamp_ms, d.key_auth_id, d.command, d.env, \
-    d.secret_env, d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
+    d.secret_env, d.git_source, d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
     d.created_at_ms, d.updated_at_ms";
 
 pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
     let command: String = row.try_get("command")?;
     let env: String = row.try_get("env")?;
     let secret_env: String = row.try_get("secret_env")?;
+    let git_source: Option<String> = row.try_get("git_source")?;
     let domains: String = row.try_get("domains")?;
     Ok(Deployment {
         id: row.try_get("id")?,
@@ -226,6 +245,10 @@ pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("deployments.env: {e}")))?,
         secret_env: serde_json::from_str(&secret_env)
             .map_err(|e| StoreError::Corrupt(format!("deployments.secret_env: {e}")))?,
+        git_source: git_source
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("deployments.git_source: {e}")))?,
         port: u32_of(row, "port")?,
         sentinel_config: row.try_get("sentinel_config")?,
         openapi_spec: row.try_get("openapi_spec")?,

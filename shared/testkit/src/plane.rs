@@ -142,8 +142,8 @@ impl PlaneBuilder {
         self
     }
 
-    /// Agents run images as containers on the engine at `host` ([`crate::Podman::host`]);
-    /// without it they have no container engine.
+    /// Agents run images as containers, and orchestrators build git sources, on the engine at
+    /// `host` ([`crate::Podman::host`]); without it there is no container engine.
     pub fn docker_host(mut self, host: String) -> Self {
         self.docker_host = Some(host);
         self
@@ -187,6 +187,10 @@ impl PlaneBuilder {
         let mut plane = Plane::on(nats, client, db, self.secured).await;
         plane.orchestrator_env = self.env;
         if let Some(host) = self.docker_host {
+            // Orchestrators build git sources on the engine the agents run containers on.
+            plane
+                .orchestrator_env
+                .push(("SLIPWAY_BUILDER_DOCKER_HOST", host.clone()));
             plane.docker_host = host;
         }
         for name in self.services {

@@ -18,6 +18,8 @@ pub struct Podman {
     dir: TempDir,
     service: Child,
     socket: PathBuf,
+    /// Image references removed when it stops (the storage outlives the service).
+    images: std::sync::Mutex<Vec<String>>,
 }
 
 impl Podman {
@@ -51,6 +53,7 @@ impl Podman {
                 .expect("starting podman system service"),
             dir,
             socket,
+            images: Default::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !podman.answers() {
@@ -105,6 +108,14 @@ impl Podman {
             tag,
             &context.path().display().to_string(),
         ]);
+        self.remove_when_done(tag);
+    }
+
+    /// Removes the images of `reference` (`localhost/slipway/<project>`, say) when it stops.
+    pub fn remove_when_done(&self, reference: &str) {
+        if let Ok(mut images) = self.images.lock() {
+            images.push(reference.to_string());
+        }
     }
 
     /// The containers that carry every label of `labels`, running or not: their ids.
@@ -143,6 +154,28 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
+        let references = self.images.lock().map(|i| i.clone()).unwrap_or_default();
+        for reference in references {
+            let filter = format!("reference={reference}");
+            let Ok(listed) = self
+                .cli()
+                .args(["images", "-q", "--filter", &filter])
+                .output()
+            else {
+                continue;
+            };
+            let ids = String::from_utf8_lossy(&listed.stdout).to_string();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = self
+                    .cli()
+                    .args(["rmi", "--force"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let _ = self.service.kill();
         let _ = self.service.wait();
     }
@@ -151,6 +184,7 @@ impl Drop for Podman {
 /// A build context: a Dockerfile from scratch around the host's static busybox, serving
 /// `files` (and `healthz`) on `$PORT`.
 pub fn write_www_context(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("a build context directory");
     let busybox = Path::new("/bin/busybox");
     std::fs::copy(busybox, dir.join("busybox")).expect("copying /bin/busybox (busybox-static)");
     let www = dir.join("www");

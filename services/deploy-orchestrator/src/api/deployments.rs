@@ -58,6 +58,17 @@ fn validate_sha(field: &str, sha: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A path inside the repository: relative, without `..`.
+fn relative_path(field: &str, path: &str) -> Result<(), ApiError> {
+    too_long(field, path, MAX_FIELD)?;
+    if path.starts_with('/') || path.split('/').any(|part| part == "..") || path.contains('\0') {
+        return Err(ApiError::invalid_argument(format!(
+            "{field} {path:?} must be a path inside the repository (relative, no '..')"
+        )));
+    }
+    Ok(())
+}
+
 /// Everything about the request that needs no database.
 fn validate(req: &CreateDeploymentRequest, now: i64) -> Result<(), ApiError> {
     ids::validate(ids::PROJECT, "project_id", &req.project_id)?;
@@ -83,8 +94,26 @@ fn validate(req: &CreateDeploymentRequest, now: i64) -> Result<(), ApiError> {
             too_long("docker_image", image, MAX_IMAGE)?;
         }
         (None, Some(source)) => {
-            too_long("git_source.repository", &source.repository, MAX_FIELD)?;
+            let repository = source.repository.trim();
+            if repository.is_empty() {
+                return Err(ApiError::invalid_argument(
+                    "git_source.repository is required",
+                ));
+            }
+            if repository.starts_with('-') {
+                return Err(ApiError::invalid_argument(
+                    "git_source.repository must not start with '-'",
+                ));
+            }
+            too_long("git_source.repository", repository, MAX_IMAGE)?;
+            if source.commit_sha.is_empty() {
+                return Err(ApiError::invalid_argument(
+                    "git_source.commit_sha is required: a build is of exactly one commit",
+                ));
+            }
             validate_sha("git_source.commit_sha", &source.commit_sha)?;
+            relative_path("git_source.context_path", &source.context_path)?;
+            relative_path("git_source.dockerfile_path", &source.dockerfile_path)?;
         }
     }
     if let Some(branch) = &req.branch {
@@ -203,9 +232,9 @@ impl Api {
         let environment = store
             .environment_by_slug(&project.id, &req.environment_slug)
             .await?;
-        if req.git_source.is_some() {
+        if req.git_source.is_some() && !self.builds {
             return Err(ApiError::failed_precondition(
-                "git sources need a builder, and no builder configured; deploy a docker_image",
+                "git sources need a builder, and none is configured (SLIPWAY_BUILDER_DOCKER_HOST); deploy a docker_image",
             ));
         }
 
@@ -227,6 +256,12 @@ impl Api {
             key_auth_id: req.key_auth_id.clone(),
             command: req.command.clone(),
             env: Default::default(),
+            git_source: req.git_source.as_ref().map(|s| slipway_store::GitSource {
+                repository: s.repository.trim().to_string(),
+                commit_sha: s.commit_sha.to_ascii_lowercase(),
+                context_path: s.context_path.trim_matches('/').to_string(),
+                dockerfile_path: s.dockerfile_path.clone(),
+            }),
             workflow_id: Some(ids::new(ids::WORKFLOW)),
         };
         let idempotency = (!req.idempotency_key.is_empty()).then(|| Idempotency {

@@ -35,6 +35,8 @@ pub(crate) struct Api {
     pub(crate) apex_domain: String,
     /// The agents' desired documents (scaling writes them).
     pub(crate) desired: async_nats::jetstream::kv::Store,
+    /// Whether git sources are built here (`SLIPWAY_BUILDER_DOCKER_HOST`).
+    pub(crate) builds: bool,
 }
 
 pub(crate) async fn serve(client: &async_nats::Client, o: Api) -> Result<Micro, async_nats::Error> {

@@ -1,7 +1,8 @@
-//! What the workflows call: the deployment actor, routing, the event stream and the region
-//! agents' instance reports. Each client turns failures into step errors.
+//! What the workflows call: the deployment actor, routing, the event stream, the region
+//! agents' instance reports and the image builder. Each client turns failures into step errors.
 
 pub(crate) mod actor;
+pub(crate) mod builder;
 pub(crate) mod events;
 pub(crate) mod instance_wait;
 pub(crate) mod instances;

@@ -11,18 +11,20 @@ use slipway_core::{
     domains::{self, DomainInput, Sticky},
     ids,
     state::{DeploymentStatus, PRODUCTION_ENVIRONMENT},
+    subjects,
     time::now_ms,
     ApiError,
 };
 use slipway_nats::krane::put_desired_deployment;
 use slipway_proto::v1::{AssignFrontlineRoutesRequest, RouteSpec};
-use slipway_store::{Store, StoreError};
+use slipway_store::{GitSource, Store, StoreError};
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
 
 use crate::{
     clients::{
+        builder::Builder,
         events::{scope_of, Events},
         instances::ReadyInstance,
         routing::{Committed, Routing},
@@ -50,6 +52,9 @@ struct Loaded {
     image: String,
     git_branch: String,
     git_commit_sha: String,
+    /// Built into `image` (empty until then) by the `source` step.
+    #[serde(default)]
+    git_source: Option<GitSource>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +69,10 @@ struct RoutePlan {
 
 /// The Deploy workflow and what it needs.
 pub struct Deploy {
+    /// Builds git sources, where configured.
+    pub(crate) builder: Option<Builder>,
+    /// Where build output goes, a line per message (`SLIPWAY_LOGS`).
+    pub(crate) nats: async_nats::Client,
     pub(crate) store: Store,
     pub(crate) handover: Handover,
     pub(crate) routing: Routing,
@@ -87,17 +96,7 @@ impl Workflow for Deploy {
 
         let loaded: Loaded = ctx.step("load", || o.load(id)).await?;
         let scope = &loaded.scope;
-        let image: String = ctx
-            .step("source", || async {
-                // Git sources are refused at the API until a builder exists.
-                if loaded.image.is_empty() {
-                    return Err(StepError::terminal(
-                        "no image to deploy and no builder configured",
-                    ));
-                }
-                Ok(loaded.image.clone())
-            })
-            .await?;
+        let image: String = ctx.step("source", || o.source(&loaded)).await?;
         let deadline_ms: i64 = ctx
             .step("deploying", || async {
                 o.set_status(scope, DeploymentStatus::Deploying).await?;
@@ -249,7 +248,57 @@ impl Deploy {
             image: d.image,
             git_branch: d.git_branch,
             git_commit_sha: d.git_commit_sha,
+            git_source: d.git_source,
         })
+    }
+
+    /// Step 2: the image to run: the one asked for, or the one built from the git source
+    /// (status `building` meanwhile). A build resumed after a crash reuses the image the
+    /// first one finished, if it did ([`Builder::build`]).
+    async fn source(&self, loaded: &Loaded) -> Result<String, StepError> {
+        if !loaded.image.is_empty() {
+            return Ok(loaded.image.clone());
+        }
+        let Some(source) = &loaded.git_source else {
+            return Err(StepError::terminal("no image to deploy and no git source"));
+        };
+        let Some(builder) = &self.builder else {
+            return Err(StepError::terminal(
+                "a git source, and no builder configured (SLIPWAY_BUILDER_DOCKER_HOST)",
+            ));
+        };
+        let scope = &loaded.scope;
+        self.set_status(scope, DeploymentStatus::Building).await?;
+        let deployment_id = scope.deployment_id.as_str();
+        // Lines go out as they come, on their own task: a build never waits for NATS.
+        let (lines, mut to_publish) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let nats = self.nats.clone();
+        let subject = subjects::logs::of(deployment_id, subjects::logs::BUILD);
+        let publisher = tokio::spawn(async move {
+            while let Some(line) = to_publish.recv().await {
+                let _ = nats.publish(subject.clone(), line.into()).await;
+            }
+            let _ = nats.flush().await;
+        });
+        let built = builder
+            .build(&scope.project_id, deployment_id, source, |line| {
+                tracing::debug!(%deployment_id, build = %line);
+                let _ = lines.send(line.to_string());
+            })
+            .await;
+        drop(lines);
+        let _ = publisher.await;
+        let image = match built {
+            Ok(image) => image,
+            Err(e) if e.is_final() => return Err(StepError::terminal(e.to_string())),
+            Err(e) => return Err(StepError::retryable(format!("{:#}", anyhow::Error::new(e)))),
+        };
+        tracing::info!(%deployment_id, %image, "built");
+        self.store
+            .set_built_image(deployment_id, &image, now_ms())
+            .await
+            .step_err()?;
+        Ok(image)
     }
 
     async fn set_status(

@@ -124,6 +124,7 @@ mod tests {
             command: vec![],
             env: Default::default(),
             secret_env: Default::default(),
+            git_source: None,
             port: 8080,
             sentinel_config: String::new(),
             openapi_spec: None,

@@ -1,0 +1,279 @@
+//! Images built from a deployment's git source (API.md `git_source`) through the Docker
+//! Engine API's build endpoint. The repository is fetched at exactly `commit_sha` into a bare
+//! repository of its own; `git archive` of the context directory at that commit is the build
+//! context (nothing else of the repository, nothing of a working tree); the image is tagged
+//! `<prefix>/<project_id>:<deployment_id>`.
+//!
+//! A build is idempotent by deployment: an image already tagged for it is reused, so a build
+//! step resumed after a crash either builds again (the first never finished) or takes the
+//! image the first build made, and a deployment never runs two images.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bollard::{errors::Error as DockerError, query_parameters::BuildImageOptionsBuilder, Docker};
+use futures::StreamExt;
+use slipway_store::GitSource;
+use tokio::process::Command;
+
+/// How many of the build's last output lines a failure reports.
+const LAST_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot fetch {repository} at {commit_sha}: {detail}")]
+    Fetch {
+        repository: String,
+        commit_sha: String,
+        detail: String,
+    },
+    #[error("the build failed: {0}")]
+    Failed(String),
+    #[error("the build took longer than {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("cannot reach the build engine")]
+    Engine(#[source] DockerError),
+    #[error("cannot run git")]
+    Git(#[source] std::io::Error),
+}
+
+impl BuildError {
+    /// Whether building again would give the same answer (the deployment fails with it).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Fetch { .. } | Self::Failed(_) | Self::TimedOut(_)
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct Builder {
+    docker: Docker,
+    /// The tag prefix: `<prefix>/<project_id>:<deployment_id>`.
+    prefix: String,
+    timeout: Duration,
+    /// Where fetches happen (a directory per build, removed after it).
+    work_dir: PathBuf,
+}
+
+impl Builder {
+    /// A builder on the engine at `host` (`unix://…`, `tcp://…`); it is reached only when a
+    /// build runs.
+    pub fn new(host: &str, prefix: &str, timeout: Duration) -> Result<Self, DockerError> {
+        Ok(Self {
+            docker: Docker::connect_with_host(host)?,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            timeout,
+            work_dir: std::env::temp_dir(),
+        })
+    }
+
+    /// The image a deployment's build is tagged with.
+    pub fn tag(&self, project_id: &str, deployment_id: &str) -> String {
+        format!("{}/{project_id}:{deployment_id}", self.prefix)
+    }
+
+    /// Builds (or finds already built) the image of `deployment_id`; `progress` gets each
+    /// line of the build's output.
+    pub async fn build(
+        &self,
+        project_id: &str,
+        deployment_id: &str,
+        source: &GitSource,
+        mut progress: impl FnMut(&str),
+    ) -> Result<String, BuildError> {
+        let tag = self.tag(project_id, deployment_id);
+        let docker = self.docker.clone().negotiate_version().await;
+        let docker = docker.map_err(BuildError::Engine)?;
+        if docker.inspect_image(&tag).await.is_ok() {
+            progress(&format!("reusing {tag}, built before"));
+            return Ok(tag);
+        }
+        let work = self.work_dir.join(format!("slipway-build-{deployment_id}"));
+        let built = tokio::time::timeout(self.timeout, async {
+            let context = fetch_context(&work, source).await?;
+            progress(&format!(
+                "fetched {} at {}",
+                source.repository, source.commit_sha
+            ));
+            build(
+                &docker,
+                &tag,
+                &source.dockerfile_path,
+                context,
+                &mut progress,
+            )
+            .await
+        })
+        .await;
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        built.map_err(|_| BuildError::TimedOut(self.timeout))??;
+        Ok(tag)
+    }
+}
+
+/// The context directory of `source` at its commit, as a tar.
+async fn fetch_context(work: &Path, source: &GitSource) -> Result<Vec<u8>, BuildError> {
+    let fetch_error = |detail: String| BuildError::Fetch {
+        repository: source.repository.clone(),
+        commit_sha: source.commit_sha.clone(),
+        detail,
+    };
+    let _ = tokio::fs::remove_dir_all(work).await;
+    tokio::fs::create_dir_all(work)
+        .await
+        .map_err(BuildError::Git)?;
+    if let Err(detail) = git(work, &["init", "--quiet", "--bare"]).await? {
+        return Err(BuildError::Git(std::io::Error::other(detail)));
+    }
+    // The commit alone where the server allows it; else everything, then the commit in it.
+    let shallow = git(
+        work,
+        &[
+            "fetch",
+            "--quiet",
+            "--depth=1",
+            "--",
+            &source.repository,
+            &source.commit_sha,
+        ],
+    )
+    .await?;
+    if let Err(first) = shallow {
+        let all = git(
+            work,
+            &[
+                "fetch",
+                "--quiet",
+                "--",
+                &source.repository,
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )
+        .await?;
+        if let Err(detail) = all {
+            return Err(fetch_error(if detail.is_empty() { first } else { detail }));
+        }
+    }
+    let commit = format!("{}^{{commit}}", source.commit_sha);
+    if let Err(detail) = git(work, &["cat-file", "-e", &commit]).await? {
+        return Err(fetch_error(format!("no such commit ({detail})")));
+    }
+    let tree = if source.context_path.trim_matches('/').is_empty() {
+        source.commit_sha.clone()
+    } else {
+        format!(
+            "{}:{}",
+            source.commit_sha,
+            source.context_path.trim_matches('/')
+        )
+    };
+    let out = git_command(work)
+        .args(["archive", "--format=tar", &tree])
+        .output()
+        .await
+        .map_err(BuildError::Git)?;
+    if !out.status.success() {
+        return Err(fetch_error(format!(
+            "no context directory {:?} in that commit: {}",
+            source.context_path,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// `git` in `work` with transports that run commands refused.
+fn git_command(work: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(work)
+        .args(["-c", "protocol.ext.allow=never"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs git: Err when it cannot run at all, Ok(Err(stderr)) when it fails.
+async fn git(work: &Path, args: &[&str]) -> Result<Result<(), String>, BuildError> {
+    let out = git_command(work)
+        .args(args)
+        .output()
+        .await
+        .map_err(BuildError::Git)?;
+    if out.status.success() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+async fn build(
+    docker: &Docker,
+    tag: &str,
+    dockerfile: &str,
+    context: Vec<u8>,
+    progress: &mut impl FnMut(&str),
+) -> Result<(), BuildError> {
+    let dockerfile = if dockerfile.is_empty() {
+        "Dockerfile"
+    } else {
+        dockerfile
+    };
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(dockerfile)
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .build();
+    let mut output = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut last: VecDeque<String> = VecDeque::new();
+    let mut keep = |line: &str, last: &mut VecDeque<String>| {
+        for line in line.lines().filter(|l| !l.trim().is_empty()) {
+            progress(line);
+            if last.len() == LAST_LINES {
+                last.pop_front();
+            }
+            last.push_back(line.to_string());
+        }
+    };
+    let failed = |error: String, last: &VecDeque<String>| {
+        let mut lines: Vec<&str> = last.iter().map(String::as_str).collect();
+        if !lines.iter().any(|l| l.contains(error.trim())) {
+            lines.push(error.trim());
+        }
+        BuildError::Failed(lines.join("\n"))
+    };
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(stream) = info.stream.as_deref() {
+                    keep(stream, &mut last);
+                }
+                if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                    return Err(failed(error, &last));
+                }
+            }
+            Err(DockerError::DockerStreamError { error }) => return Err(failed(error, &last)),
+            Err(DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            }) if status_code < 500 || !last.is_empty() => {
+                return Err(failed(message, &last));
+            }
+            Err(e) => return Err(BuildError::Engine(e)),
+        }
+    }
+    // An engine may end the stream without an error and without the image (podman did,
+    // for a Dockerfile it could not parse): only the tag says it was built.
+    match docker.inspect_image(tag).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(failed("no image was produced".into(), &last)),
+    }
+}
