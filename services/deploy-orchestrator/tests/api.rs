@@ -121,7 +121,32 @@ async fn bad_deployment_requests_get_4xx_and_write_nothing() {
             ),
             400,
             "failed_precondition",
-            "no builder configured",
+            "none is configured (SLIPWAY_BUILDER_DOCKER_HOST)",
+        ),
+        (
+            "git source without a commit",
+            with(json!({"docker_image": null, "git_source": {"repository": "o/r"}})),
+            400,
+            "invalid_argument",
+            "commit_sha is required",
+        ),
+        (
+            "git source outside the repository",
+            with(
+                json!({"docker_image": null, "git_source": {"repository": "o/r", "commit_sha": SHA, "context_path": "app/../../etc"}}),
+            ),
+            400,
+            "invalid_argument",
+            "context_path",
+        ),
+        (
+            "git repository as an option",
+            with(
+                json!({"docker_image": null, "git_source": {"repository": "--upload-pack=touch /tmp/x", "commit_sha": SHA}}),
+            ),
+            400,
+            "invalid_argument",
+            "must not start with '-'",
         ),
         (
             "empty image",
