@@ -107,6 +107,7 @@ async fn a_git_source_is_built_at_its_commit_and_deployed_and_a_broken_build_fai
         .docker_host(podman.host())
         .services()
         .orchestrators(1)
+        .edge()
         .start()
         .await;
     let project = plane.project().await;
@@ -125,6 +126,13 @@ async fn a_git_source_is_built_at_its_commit_and_deployed_and_a_broken_build_fai
         format!("localhost/slipway/{project}:{dep}")
     );
     assert_eq!(served(&d).await, "built from the first commit\n");
+    // Through the edge too, at the project's live domain.
+    let live = plane.serving_domain(&project, "live", "").await;
+    let (status, deployment, body) = plane.through_edge(&live, "/").await;
+    assert_eq!(
+        (status, deployment.as_str(), body.as_str()),
+        (200, dep.as_str(), "built from the first commit\n")
+    );
     // It went through building.
     let statuses: Vec<String> = plane
         .events(&project, &dep)
