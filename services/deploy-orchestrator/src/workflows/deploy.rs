@@ -280,6 +280,7 @@ impl Deploy {
             }
             let _ = nats.flush().await;
         });
+        let started = std::time::Instant::now();
         let built = builder
             .build(&scope.project_id, deployment_id, source, |line| {
                 tracing::debug!(%deployment_id, build = %line);
@@ -293,7 +294,8 @@ impl Deploy {
             Err(e) if e.is_final() => return Err(StepError::terminal(e.to_string())),
             Err(e) => return Err(StepError::retryable(format!("{:#}", anyhow::Error::new(e)))),
         };
-        tracing::info!(%deployment_id, %image, "built");
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(%deployment_id, %image, took_ms, "built");
         self.store
             .set_built_image(deployment_id, &image, now_ms())
             .await
