@@ -101,6 +101,10 @@ pub struct Config {
         default_value = "localhost/slipway"
     )]
     pub build_image_prefix: String,
+    /// Push built images (set it when the prefix names a registry the region agents pull
+    /// from, `registry.example.com/slipway`; their engines pull what they do not have).
+    #[arg(long, env = "SLIPWAY_BUILD_PUSH")]
+    pub build_push: bool,
     /// How long a build (fetch included) may take before the deployment fails.
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub build_timeout: Duration,
@@ -150,8 +154,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let builder = match &config.builder_docker_host {
         Some(host) => Some(
-            Builder::new(host, &config.build_image_prefix, config.build_timeout)
-                .with_context(|| format!("SLIPWAY_BUILDER_DOCKER_HOST {host}"))?,
+            Builder::new(
+                host,
+                &config.build_image_prefix,
+                config.build_timeout,
+                config.build_push,
+            )
+            .with_context(|| format!("SLIPWAY_BUILDER_DOCKER_HOST {host}"))?,
         ),
         None => None,
     };

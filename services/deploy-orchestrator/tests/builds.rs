@@ -5,7 +5,10 @@
 use std::{path::Path, process::Command};
 
 use serde_json::{json, Value};
-use slipway_testkit::{podman::write_www_context, Plane, Podman};
+use slipway_testkit::{
+    podman::{write_www_context, Options, Registry},
+    Plane, Podman,
+};
 
 /// Runs git in `repo`; its stdout.
 fn git(repo: &Path, args: &[&str]) -> String {
@@ -250,5 +253,64 @@ async fn an_orchestrator_killed_mid_build_resumes_and_deploys_one_image() {
         &format!("reference=localhost/slipway/{project}"),
     ]);
     assert_eq!(images.lines().count(), 1, "{images}");
+    plane.invariants().assert(&[project]).await;
+}
+
+/// With a registry configured, a built image is pushed, and an agent whose engine does not
+/// have it (its own image storage: another host, as far as images go) pulls and runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let options = Options {
+        own_storage: false,
+        insecure_registry: Some(registry.address.clone()),
+    };
+    let Some(builder) = Podman::start_with(options.clone()) else {
+        return;
+    };
+    let Some(runner) = Podman::start_with(Options {
+        own_storage: true,
+        ..options
+    }) else {
+        return;
+    };
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let sha = commit_app(repo.path(), "pulled from the registry\n");
+
+    let prefix = format!("{}/slipway", registry.address);
+    let mut plane = Plane::builder()
+        .docker_host(runner.host())
+        .orchestrator_env("SLIPWAY_BUILDER_DOCKER_HOST", builder.host())
+        .orchestrator_env("SLIPWAY_BUILD_IMAGE_PREFIX", prefix.clone())
+        .orchestrator_env("SLIPWAY_BUILD_PUSH", "true")
+        .services()
+        .orchestrators(1)
+        .start()
+        .await;
+    let project = plane.project().await;
+    builder.remove_when_done(&format!("{prefix}/{project}"));
+    runner.remove_when_done(&format!("{prefix}/{project}"));
+
+    let (dep, wf) = deploy_source(&plane, &project, repo.path(), &sha).await;
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    let d = plane.deployment(&dep).await;
+    assert_eq!(
+        d["image"].as_str().unwrap(),
+        format!("{prefix}/{project}:{dep}")
+    );
+    assert_eq!(served(&d).await, "pulled from the registry\n");
+    assert_eq!(registry.tags(&format!("slipway/{project}")), vec![dep.clone()]);
+    // The agent's engine has it only because it pulled it.
+    let pulled = runner.run(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("reference={prefix}/{project}"),
+    ]);
+    assert_eq!(pulled.lines().count(), 1, "{pulled}");
     plane.invariants().assert(&[project]).await;
 }

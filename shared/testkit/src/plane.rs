@@ -185,14 +185,15 @@ impl PlaneBuilder {
             (nats, client)
         };
         let mut plane = Plane::on(nats, client, db, self.secured).await;
-        plane.orchestrator_env = self.env;
         if let Some(host) = self.docker_host {
-            // Orchestrators build git sources on the engine the agents run containers on.
+            // Orchestrators build git sources on the engine the agents run containers on
+            // (unless the test's orchestrator environment says otherwise: it comes after).
             plane
                 .orchestrator_env
                 .push(("SLIPWAY_BUILDER_DOCKER_HOST", host.clone()));
             plane.docker_host = host;
         }
+        plane.orchestrator_env.extend(self.env);
         for name in self.services {
             plane.spawn(name, &[]);
         }

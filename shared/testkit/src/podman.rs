@@ -14,8 +14,19 @@ use std::{
 
 use tempfile::TempDir;
 
+/// How a [`Podman`] service differs from the default one.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Its own image and container storage: an engine that has only what it pulls or builds
+    /// (another host's, as far as images go).
+    pub own_storage: bool,
+    /// A registry it talks to over plain HTTP (`127.0.0.1:<port>`: [`Registry`]).
+    pub insecure_registry: Option<String>,
+}
+
 pub struct Podman {
     dir: TempDir,
+    options: Options,
     service: Child,
     socket: PathBuf,
     /// Image references removed when it stops (the storage outlives the service).
@@ -25,6 +36,11 @@ pub struct Podman {
 impl Podman {
     /// Starts a podman service on a new socket and waits until it answers.
     pub fn start() -> Option<Podman> {
+        Self::start_with(Options::default())
+    }
+
+    /// [`start`](Self::start), as `options` say.
+    pub fn start_with(options: Options) -> Option<Podman> {
         if Command::new("podman")
             .arg("--version")
             .stdout(Stdio::null())
@@ -40,11 +56,18 @@ impl Podman {
         let dir = tempfile::tempdir().expect("a podman test directory");
         std::fs::write(dir.path().join("containers.conf"), containers_conf())
             .expect("writing containers.conf");
+        if let Some(registry) = &options.insecure_registry {
+            std::fs::write(
+                dir.path().join("registries.conf"),
+                format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"),
+            )
+            .expect("writing registries.conf");
+        }
         let socket = dir.path().join("podman.sock");
         let log = std::fs::File::create(dir.path().join("service.log")).expect("service log");
+        let mut service = command(dir.path(), &options);
         let mut podman = Self {
-            service: Command::new("podman")
-                .env("CONTAINERS_CONF", dir.path().join("containers.conf"))
+            service: service
                 .args(["system", "service", "--time=0"])
                 .arg(format!("unix://{}", socket.display()))
                 .stdout(log.try_clone().expect("service log"))
@@ -52,6 +75,7 @@ impl Podman {
                 .spawn()
                 .expect("starting podman system service"),
             dir,
+            options,
             socket,
             images: Default::default(),
         };
@@ -80,9 +104,7 @@ impl Podman {
 
     /// The podman CLI, configured as the service is.
     pub fn cli(&self) -> Command {
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"));
-        cmd
+        command(self.dir.path(), &self.options)
     }
 
     /// Runs the podman CLI with `args`; its stdout, or a panic with its stderr.
@@ -178,6 +200,110 @@ impl Drop for Podman {
         }
         let _ = self.service.kill();
         let _ = self.service.wait();
+    }
+}
+
+/// `podman` with the configuration written in `dir`.
+fn command(dir: &Path, options: &Options) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", dir.join("containers.conf"));
+    if options.insecure_registry.is_some() {
+        cmd.env("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf"));
+    }
+    if options.own_storage {
+        cmd.arg("--root")
+            .arg(dir.join("storage"))
+            .arg("--runroot")
+            .arg(dir.join("run"));
+    }
+    cmd
+}
+
+/// A container registry for tests: Debian's `docker-registry` (the CNCF distribution
+/// registry) serving plain HTTP on a free port of 127.0.0.1, with storage of its own.
+pub struct Registry {
+    _dir: TempDir,
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+}
+
+impl Registry {
+    /// Starts one and waits until it answers; `None` (or a failure under `CI=true`) where
+    /// `docker-registry` is not installed.
+    pub fn start() -> Option<Registry> {
+        if Command::new("docker-registry")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            let message = "docker-registry is not installed (scripts/install-podman.sh \
+                           installs it): the registry tests cannot run";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+            eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a registry directory");
+        let port = crate::ports::free_port().expect("a free port");
+        let address = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("writing the registry's config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().expect("registry log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let registry = Registry {
+            _dir: dir,
+            child,
+            address,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.address).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    /// The tags the registry holds of repository `name` (`slipway/proj_…`).
+    pub fn tags(&self, name: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.address) else {
+            return vec![];
+        };
+        let request = format!("GET /v2/{name}/tags/list HTTP/1.0\r\nHost: r\r\n\r\n");
+        if s.write_all(request.as_bytes()).is_err() {
+            return vec![];
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["tags"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

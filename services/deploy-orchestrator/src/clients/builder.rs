@@ -2,7 +2,8 @@
 //! Engine API's build endpoint. The repository is fetched at exactly `commit_sha` into a bare
 //! repository of its own; `git archive` of the context directory at that commit is the build
 //! context (nothing else of the repository, nothing of a working tree); the image is tagged
-//! `<prefix>/<project_id>:<deployment_id>`.
+//! `<prefix>/<project_id>:<deployment_id>`, and pushed when the prefix names a registry that
+//! the region agents pull from (`push`).
 //!
 //! A build is idempotent by deployment: an image already tagged for it is reused, so a build
 //! step resumed after a crash either builds again (the first never finished) or takes the
@@ -14,7 +15,11 @@ use std::{
     time::Duration,
 };
 
-use bollard::{errors::Error as DockerError, query_parameters::BuildImageOptionsBuilder, Docker};
+use bollard::{
+    errors::Error as DockerError,
+    query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder},
+    Docker,
+};
 use futures::StreamExt;
 use slipway_store::GitSource;
 use tokio::process::Command;
@@ -34,6 +39,8 @@ pub enum BuildError {
     Failed(String),
     #[error("the build took longer than {}", humantime::format_duration(*.0))]
     TimedOut(Duration),
+    #[error("cannot push {tag}: {detail}")]
+    Push { tag: String, detail: String },
     #[error("cannot reach the build engine")]
     Engine(#[source] DockerError),
     #[error("cannot run git")]
@@ -56,6 +63,8 @@ pub struct Builder {
     /// The tag prefix: `<prefix>/<project_id>:<deployment_id>`.
     prefix: String,
     timeout: Duration,
+    /// Push each image after it is built (the prefix names a registry).
+    push: bool,
     /// Where fetches happen (a directory per build, removed after it).
     work_dir: PathBuf,
 }
@@ -63,11 +72,17 @@ pub struct Builder {
 impl Builder {
     /// A builder on the engine at `host` (`unix://…`, `tcp://…`); it is reached only when a
     /// build runs.
-    pub fn new(host: &str, prefix: &str, timeout: Duration) -> Result<Self, DockerError> {
+    pub fn new(
+        host: &str,
+        prefix: &str,
+        timeout: Duration,
+        push: bool,
+    ) -> Result<Self, DockerError> {
         Ok(Self {
             docker: Docker::connect_with_host(host)?,
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout,
+            push,
             work_dir: std::env::temp_dir(),
         })
     }
@@ -91,6 +106,8 @@ impl Builder {
         let docker = docker.map_err(BuildError::Engine)?;
         if docker.inspect_image(&tag).await.is_ok() {
             progress(&format!("reusing {tag}, built before"));
+            // Its push may not have finished: pushing again is harmless.
+            self.push(&docker, &tag, &mut progress).await?;
             return Ok(tag);
         }
         let work = self.work_dir.join(format!("slipway-build-{deployment_id}"));
@@ -112,7 +129,42 @@ impl Builder {
         .await;
         let _ = tokio::fs::remove_dir_all(&work).await;
         built.map_err(|_| BuildError::TimedOut(self.timeout))??;
+        self.push(&docker, &tag, &mut progress).await?;
         Ok(tag)
+    }
+
+    /// Pushes `tag` to its registry, where configured.
+    async fn push(
+        &self,
+        docker: &Docker,
+        tag: &str,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<(), BuildError> {
+        if !self.push {
+            return Ok(());
+        }
+        let (name, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let options = PushImageOptionsBuilder::default().tag(version).build();
+        let mut pushing = docker.push_image(name, Some(options), None);
+        while let Some(item) = pushing.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(status) = info.status.as_deref() {
+                        progress(status);
+                    }
+                }
+                Err(DockerError::DockerStreamError { error })
+                | Err(DockerError::DockerResponseServerError { message: error, .. }) => {
+                    return Err(BuildError::Push {
+                        tag: tag.to_string(),
+                        detail: error,
+                    })
+                }
+                Err(e) => return Err(BuildError::Engine(e)),
+            }
+        }
+        progress(&format!("pushed {tag}"));
+        Ok(())
     }
 }
 
