@@ -313,6 +313,18 @@ async fn bad_project_requests_get_4xx() {
         ),
         (
             "slipway.project.v1.create_environment",
+            json!({"project_id": project, "slug": "qa", "memory_mb": 1}),
+            400,
+            "memory_mb must be 0 (no limit) or 6 to",
+        ),
+        (
+            "slipway.project.v1.create_environment",
+            json!({"project_id": project, "slug": "qa", "cpu_millis": 2_000_000}),
+            400,
+            "cpu_millis",
+        ),
+        (
+            "slipway.project.v1.create_environment",
             json!({"project_id": project, "slug": "qa", "sentinel_config": "[1]"}),
             400,
             "sentinel_config",

@@ -303,7 +303,10 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
         format!("{prefix}/{project}:{dep}")
     );
     assert_eq!(served(&d).await, "pulled from the registry\n");
-    assert_eq!(registry.tags(&format!("slipway/{project}")), vec![dep.clone()]);
+    assert_eq!(
+        registry.tags(&format!("slipway/{project}")),
+        vec![dep.clone()]
+    );
     // The agent's engine has it only because it pulled it.
     let pulled = runner.run(&[
         "images",

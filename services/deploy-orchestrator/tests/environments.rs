@@ -275,3 +275,32 @@ async fn scaling_reaches_the_running_deployment_and_new_deploys() {
     );
     plane.invariants().assert(&[project]).await;
 }
+
+/// An environment's per-instance limits are in its record and reach the agents with each of
+/// its deployments (which snapshot them, as they do the port).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_s_limits_reach_its_deployments_desired_state() {
+    let mut plane = Plane::start().await;
+    let project = plane.project().await;
+    let created = plane
+        .ok(
+            "slipway.project.v1.create_environment",
+            json!({"project_id": project, "slug": "limited", "memory_mb": 256, "cpu_millis": 500}),
+        )
+        .await;
+    assert_eq!(created["environment"]["memory_mb"], 256, "{created}");
+    assert_eq!(created["environment"]["cpu_millis"], 500, "{created}");
+    let dep = plane.deployed(&project, "limited", "capped").await;
+    let entry = plane
+        .desired
+        .get(format!("deployment.local.{dep}"))
+        .await
+        .unwrap()
+        .expect("a desired document");
+    let doc: Value = serde_json::from_slice(&entry).unwrap();
+    assert_eq!(
+        doc["limits"],
+        json!({"memory_mb": 256, "cpu_millis": 500}),
+        "{doc}"
+    );
+}

@@ -24,6 +24,7 @@ use slipway_core::krane::labels::{
     DEPLOYMENT as LABEL_DEPLOYMENT, HOST_PORT as LABEL_HOST_PORT, INSTANCE as LABEL_INSTANCE,
     REGION as LABEL_REGION, SCOPE as LABEL_SCOPE,
 };
+use slipway_core::krane::Limits;
 
 /// Why a container could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,7 @@ pub struct Spec<'a> {
     pub port: u16,
     /// The port on 127.0.0.1 it is published on: the instance's address.
     pub host_port: u16,
+    pub limits: Limits,
 }
 
 impl Engine {
@@ -133,6 +135,10 @@ impl Engine {
             labels: Some(labels),
             exposed_ports: Some(vec![exposed.clone()]),
             host_config: Some(HostConfig {
+                memory: (spec.limits.memory_mb > 0)
+                    .then(|| i64::from(spec.limits.memory_mb) * 1024 * 1024),
+                nano_cpus: (spec.limits.cpu_millis > 0)
+                    .then(|| i64::from(spec.limits.cpu_millis) * 1_000_000),
                 port_bindings: Some(HashMap::from([(
                     exposed,
                     Some(vec![PortBinding {

@@ -85,6 +85,7 @@ pub async fn start(
                     .filter(|p| *p != 0)
                     .unwrap_or(8080),
                 host_port: port,
+                limits: d.limits,
             };
             Ok(Instance::Container(engine.start(&spec, state_dir).await?))
         }

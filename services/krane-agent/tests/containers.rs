@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{all, doc, get, AgentCalls};
-use slipway_core::krane::{labels, Desired, InstanceStatus, InstancesReport};
+use slipway_core::krane::{labels, Desired, InstanceStatus, InstancesReport, Limits};
 use slipway_testkit::{plane::Plane as Env, Podman};
 
 async fn start(podman: &Podman) -> Env {
@@ -62,6 +62,10 @@ async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_
 
     let mut d = doc("dep_box", tag.clone(), 2, Desired::Running, 1);
     d.env.insert("GREETING".into(), "hej".into());
+    d.limits = Limits {
+        memory_mb: 64,
+        cpu_millis: 500,
+    };
     let asked = Instant::now();
     env.desire_doc(&d).await;
     let report = env
@@ -91,6 +95,16 @@ async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_
     assert_eq!(started.len(), 2, "{started:?}");
     let started_at = |id: &String| podman.run(&["inspect", "-f", "{{.State.StartedAt}}", id]);
     let first_started: Vec<String> = started.iter().map(started_at).collect();
+    // The environment's limits, as the engine applies them.
+    for id in &started {
+        let limits = podman.run(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+            id,
+        ]);
+        assert_eq!(limits, format!("{} 500000000", 64 * 1024 * 1024));
+    }
 
     // The agent SIGKILLed and started again adopts its containers: same instances, same
     // addresses, the same containers never restarted.

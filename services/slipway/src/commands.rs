@@ -58,8 +58,15 @@ pub enum EnvCommand {
         /// `<region>=<replicas>`, repeatable (default: every configured region, 1 replica).
         #[arg(long = "region", value_parser = parse_region)]
         regions: Vec<(String, u32)>,
+        /// The port the app listens on inside its container (`PORT`).
         #[arg(long)]
         port: Option<u32>,
+        /// Memory per instance, in MiB (containers).
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// CPU per instance, in thousandths of a core: 500 is half a core (containers).
+        #[arg(long)]
+        cpu_millis: Option<u32>,
         /// JSON object copied onto each new deployment.
         #[arg(long)]
         sentinel_config: Option<String>,
@@ -240,14 +247,24 @@ async fn scale(
 }
 
 pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
-    let (slug, project, regions, port, sentinel_config) = match command {
+    let request = match command {
         EnvCommand::Create {
             slug,
             project,
             regions,
             port,
+            memory_mb,
+            cpu_millis,
             sentinel_config,
-        } => (slug, project, regions, port, sentinel_config),
+        } => CreateEnvironmentRequest {
+            project_id: project,
+            slug,
+            regions: regions.into_iter().collect(),
+            port,
+            sentinel_config,
+            memory_mb,
+            cpu_millis,
+        },
         EnvCommand::Scale {
             slug,
             project,
@@ -256,13 +273,6 @@ pub async fn env(api: &Api, command: EnvCommand, json_out: bool) -> Result<()> {
         EnvCommand::Set(args) => return crate::variables::set(api, args, json_out).await,
         EnvCommand::Unset(args) => return crate::variables::unset(api, args, json_out).await,
         EnvCommand::Vars(args) => return crate::variables::list(api, args, json_out).await,
-    };
-    let request = CreateEnvironmentRequest {
-        project_id: project,
-        slug,
-        regions: regions.into_iter().collect(),
-        port,
-        sentinel_config,
     };
     let reply: CreateEnvironmentReply = api
         .request(subjects::project::CREATE_ENVIRONMENT, &request)

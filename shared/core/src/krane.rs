@@ -46,9 +46,33 @@ pub struct DesiredDeployment {
     pub port: u32,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Per instance; agents that run containers apply them.
+    #[serde(default, skip_serializing_if = "Limits::is_none")]
+    pub limits: Limits,
     pub desired: Desired,
     /// Grows with every change, so an agent can ignore a stale document.
     pub version: i64,
+}
+
+/// What one instance may use, set per environment: 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// CPU in thousandths of a core (500: half a core).
+    #[serde(default)]
+    pub cpu_millis: u32,
+}
+
+impl Limits {
+    /// Lowest and highest settable values.
+    pub const MEMORY_MB: std::ops::RangeInclusive<u32> = 6..=1_048_576;
+    pub const CPU_MILLIS: std::ops::RangeInclusive<u32> = 10..=1_024_000;
+
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 crate::state::wire_enum! {

@@ -119,8 +119,8 @@ impl Store {
             "INSERT INTO deployments (id, workspace_id, project_id, environment_id, image, git_branch, \
              git_commit_sha, git_commit_message, git_commit_author_handle, git_commit_author_avatar_url, \
              git_commit_timestamp_ms, key_auth_id, command, env, secret_env, port, sentinel_config, \
-             workflow_id, git_source, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20)",
+             workflow_id, git_source, created_at_ms, updated_at_ms, memory_mb, cpu_millis) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20, $21, $22)",
         )
         .bind(&new.id)
         .bind(&env.workspace_id)
@@ -142,6 +142,8 @@ impl Store {
         .bind(&new.workflow_id)
         .bind(git_source)
         .bind(now_ms)
+        .bind(i64::from(env.limits.memory_mb))
+        .bind(i64::from(env.limits.cpu_millis))
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::or_conflict(e, || format!("deployment {} already exists", new.id)))?;

@@ -11,6 +11,7 @@ mod deployments;
 mod desired_state;
 mod error;
 mod projects;
+pub use projects::Shape;
 mod records;
 mod routes;
 mod scale;
@@ -29,6 +30,7 @@ pub use error::StoreError;
 pub use records::*;
 pub use routes::NewRoute;
 pub use secrets::{SecretsError, SecretsKey};
+pub use slipway_core::krane::Limits;
 pub use variables::{Variable, VariableValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

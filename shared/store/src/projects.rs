@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use slipway_core::domains::Scheme;
 use sqlx::Row;
 
-use crate::{records, Environment, Project, Store, StoreError, Workspace};
+use crate::{records, Environment, Limits, Project, Store, StoreError, Workspace};
 
 impl Store {
     pub async fn create_workspace(
@@ -147,6 +147,40 @@ impl Store {
         domains: &[String],
         now_ms: i64,
     ) -> Result<Environment, StoreError> {
+        let shape = Shape {
+            regions,
+            port,
+            limits: Limits::default(),
+        };
+        self.create_environment_shaped(
+            id,
+            project_id,
+            slug,
+            &shape,
+            sentinel_config,
+            domains,
+            now_ms,
+        )
+        .await
+    }
+
+    /// [`create_environment`](Self::create_environment) with per-instance limits.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_environment_shaped(
+        &self,
+        id: &str,
+        project_id: &str,
+        slug: &str,
+        shape: &Shape<'_>,
+        sentinel_config: &str,
+        domains: &[String],
+        now_ms: i64,
+    ) -> Result<Environment, StoreError> {
+        let Shape {
+            regions,
+            port,
+            limits,
+        } = *shape;
         let project = self.project(project_id).await?;
         let mut tx = self.begin().await?;
         for fqdn in domains {
@@ -166,8 +200,8 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO environments (id, workspace_id, project_id, slug, port, sentinel_config, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            "INSERT INTO environments (id, workspace_id, project_id, slug, port, sentinel_config, created_at_ms, updated_at_ms, memory_mb, cpu_millis) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
         )
         .bind(id)
         .bind(&project.workspace_id)
@@ -176,6 +210,8 @@ impl Store {
         .bind(i64::from(port))
         .bind(sentinel_config)
         .bind(now_ms)
+        .bind(i64::from(limits.memory_mb))
+        .bind(i64::from(limits.cpu_millis))
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::or_conflict(e, || format!("environment {slug:?} already exists in project {project_id}")))?;
@@ -275,4 +311,13 @@ impl Store {
             .map(|r| Ok((r.try_get("region")?, records::u32_of(r, "replicas")?)))
             .collect()
     }
+}
+
+/// How an environment runs its deployments: replicas per region, the port inside a
+/// container, per-instance limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub regions: &'a BTreeMap<String, u32>,
+    pub port: u32,
+    pub limits: Limits,
 }

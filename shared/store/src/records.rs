@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use slipway_core::{
     domains::Sticky,
-    krane::InstanceStatus,
+    krane::{InstanceStatus, Limits},
     state::{DeploymentStatus, DesiredState, TopologyStatus, UnknownValue},
 };
 use sqlx::{any::AnyRow, Row};
@@ -44,6 +44,8 @@ pub struct Environment {
     /// region → replicas
     pub regions: BTreeMap<String, u32>,
     pub port: u32,
+    /// Per instance (0: none).
+    pub limits: Limits,
     pub sentinel_config: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -109,6 +111,8 @@ pub struct Deployment {
     pub secret_env: BTreeMap<String, String>,
     /// Built from this: `image` is empty until the build is done.
     pub git_source: Option<GitSource>,
+    /// Its environment's when it was created.
+    pub limits: Limits,
     pub port: u32,
     pub sentinel_config: String,
     pub openapi_spec: Option<String>,
@@ -139,6 +143,7 @@ impl Deployment {
             port: self.port,
             command: self.command.clone(),
             env: self.env.clone(),
+            limits: self.limits,
             desired: match row.desired_status {
                 TopologyStatus::Started => Desired::Running,
                 TopologyStatus::Stopped => Desired::Stopped,
@@ -201,9 +206,17 @@ pub(crate) fn environment(
         slug: row.try_get("slug")?,
         regions,
         port: u32_of(row, "port")?,
+        limits: limits_of(row)?,
         sentinel_config: row.try_get("sentinel_config")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn limits_of(row: &AnyRow) -> Result<Limits, StoreError> {
+    Ok(Limits {
+        memory_mb: u32_of(row, "memory_mb")?,
+        cpu_millis: u32_of(row, "cpu_millis")?,
     })
 }
 
@@ -213,7 +226,7 @@ pub(crate) const DEPLOYMENT_COLUMNS: &str =
     e.slug AS environment_slug, d.status, d.desired_state, d.desired_state_nonce, d.image, \
     d.git_branch, d.git_commit_sha, d.git_commit_message, d.git_commit_author_handle, \
     d.git_commit_author_avatar_url, d.git_commit_timestamp_ms, d.key_auth_id, d.command, d.env, \
-    d.secret_env, d.git_source, d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
+    d.secret_env, d.git_source, d.memory_mb, d.cpu_millis, d.port, d.sentinel_config, d.openapi_spec, d.failure_reason, d.workflow_id, d.domains, \
     d.created_at_ms, d.updated_at_ms";
 
 pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
@@ -249,6 +262,7 @@ pub(crate) fn deployment(row: &AnyRow) -> Result<Deployment, StoreError> {
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("deployments.git_source: {e}")))?,
+        limits: limits_of(row)?,
         port: u32_of(row, "port")?,
         sentinel_config: row.try_get("sentinel_config")?,
         openapi_spec: row.try_get("openapi_spec")?,

@@ -14,7 +14,7 @@ use slipway_proto::v1::{
     ListWorkspacesReply, ListWorkspacesRequest, Project as ProjectMessage, ScaleEnvironmentReply,
     ScaleEnvironmentRequest, Workspace as WorkspaceMessage,
 };
-use slipway_store::{Environment, Project, Workspace};
+use slipway_store::{Environment, Limits, Project, Shape, Workspace};
 
 use crate::api::{next_page, page_limit, Api};
 
@@ -106,6 +106,23 @@ pub fn project_message(p: Project) -> ProjectMessage {
     }
 }
 
+/// A per-instance limit: absent or 0 for none, else within `range`.
+fn limit(
+    field: &str,
+    value: Option<u32>,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ApiError> {
+    match value.unwrap_or(0) {
+        0 => Ok(0),
+        v if range.contains(&v) => Ok(v),
+        v => Err(ApiError::invalid_argument(format!(
+            "{field} must be 0 (no limit) or {} to {}, not {v}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
 pub fn environment_message(e: Environment) -> EnvironmentMessage {
     EnvironmentMessage {
         id: e.id,
@@ -117,6 +134,8 @@ pub fn environment_message(e: Environment) -> EnvironmentMessage {
         sentinel_config: e.sentinel_config,
         created_at_ms: e.created_at_ms,
         updated_at_ms: e.updated_at_ms,
+        memory_mb: e.limits.memory_mb,
+        cpu_millis: e.limits.cpu_millis,
     }
 }
 
@@ -192,15 +211,24 @@ impl Api {
                 "sentinel_config must be a JSON object",
             ));
         }
+        let limits = Limits {
+            memory_mb: limit("memory_mb", req.memory_mb, Limits::MEMORY_MB)?,
+            cpu_millis: limit("cpu_millis", req.cpu_millis, Limits::CPU_MILLIS)?,
+        };
         let claims = self.claims(&req.project_id, &req.slug).await?;
+        let regions = req.regions.into_iter().collect();
+        let shape = Shape {
+            regions: &regions,
+            port,
+            limits,
+        };
         let environment = self
             .store
-            .create_environment(
+            .create_environment_shaped(
                 &ids::new(ids::ENVIRONMENT),
                 &req.project_id,
                 &req.slug,
-                &req.regions.into_iter().collect(),
-                port,
+                &shape,
                 &sentinel_config,
                 &claims,
                 now_ms(),

@@ -125,6 +125,7 @@ mod tests {
             env: Default::default(),
             secret_env: Default::default(),
             git_source: None,
+            limits: Default::default(),
             port: 8080,
             sentinel_config: String::new(),
             openapi_spec: None,

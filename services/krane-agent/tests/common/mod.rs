@@ -37,6 +37,7 @@ pub fn doc(
         port: 8080,
         command: vec![],
         env: BTreeMap::new(),
+        limits: Default::default(),
         desired,
         version,
     }
