@@ -317,3 +317,62 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
     assert_eq!(pulled.lines().count(), 1, "{pulled}");
     plane.invariants().assert(&[project]).await;
 }
+
+/// `slipway deploy --git` builds and deploys, printing the build's lines while it builds; a
+/// build past `SLIPWAY_BUILD_TIMEOUT` fails the deployment saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn slipway_deploy_shows_the_build_and_a_build_past_its_timeout_fails() {
+    let Some(podman) = Podman::start() else {
+        return;
+    };
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let quick = commit_app(repo.path(), "deployed by the CLI\n");
+    let dockerfile = repo.path().join("app/Dockerfile");
+    let slow = std::fs::read_to_string(&dockerfile).unwrap().replace(
+        "COPY www /www\n",
+        "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"30\"]\n",
+    );
+    std::fs::write(&dockerfile, slow).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "slow"]);
+    let slow = git(repo.path(), &["rev-parse", "HEAD"]);
+
+    let mut plane = Plane::builder()
+        .docker_host(podman.host())
+        .orchestrator_env("SLIPWAY_BUILD_TIMEOUT", "4s")
+        .services()
+        .orchestrators(1)
+        .start()
+        .await;
+    let project = plane.project().await;
+    podman.remove_when_done(&format!("localhost/slipway/{project}"));
+
+    let deploy = |sha: &str| {
+        Command::new(slipway_testkit::plane::bin("slipway"))
+            .args(["deploy", "--project", &project, "--git"])
+            .arg(repo.path())
+            .args(["--commit", sha, "--context", "app", "--timeout", "60s"])
+            .env("SLIPWAY_NATS_URL", plane.nats.url())
+            .output()
+            .expect("running slipway deploy")
+    };
+    let out = deploy(&quick);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("is ready"), "{stdout}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("build | ") && l.contains("COPY")),
+        "{stderr}"
+    );
+
+    let out = deploy(&slow);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the build took longer than 4s"), "{stderr}");
+    plane.invariants().assert(&[project]).await;
+}
