@@ -182,19 +182,20 @@ impl Engine {
         for summary in self.docker.list_containers(Some(options)).await? {
             let labels = summary.labels.unwrap_or_default();
             let running = summary.state.is_some_and(|s| s.to_string() == "running");
-            let record = (|| {
-                Some(Recorded {
-                    instance_id: labels.get(LABEL_INSTANCE)?.clone(),
-                    deployment_id: labels.get(LABEL_DEPLOYMENT)?.clone(),
-                    host_port: labels.get(LABEL_HOST_PORT)?.parse().ok()?,
-                })
-            })();
             let name = summary
                 .names
                 .and_then(|n| n.into_iter().next())
                 .map(|n| n.trim_start_matches('/').to_string())
                 .or(summary.id)
                 .unwrap_or_default();
+            let record = (|| {
+                Some(Recorded {
+                    instance_id: labels.get(LABEL_INSTANCE)?.clone(),
+                    deployment_id: labels.get(LABEL_DEPLOYMENT)?.clone(),
+                    host_port: labels.get(LABEL_HOST_PORT)?.parse().ok()?,
+                    container: name.clone(),
+                })
+            })();
             match record {
                 Some(record) if running => {
                     alive.insert(record.instance_id.clone(), record);
@@ -208,9 +209,9 @@ impl Engine {
         Ok(alive)
     }
 
-    /// Takes over the running container of `instance_id`, its new output appended to its log.
-    pub fn adopt(&self, instance_id: &str, log_dir: &Path) -> Container {
-        let name = container_name(instance_id);
+    /// Takes over the running container `recorded` names, its new output appended to its log.
+    pub fn adopt(&self, recorded: &Recorded, log_dir: &Path) -> Container {
+        let (name, instance_id) = (recorded.container.clone(), &recorded.instance_id);
         let log = crate::process::open_log(log_dir, instance_id, "(adopted)").ok();
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -264,6 +265,8 @@ pub struct Recorded {
     pub instance_id: String,
     pub deployment_id: String,
     pub host_port: u16,
+    /// Its name (`slipway-<instance id>` when this agent made it).
+    pub container: String,
 }
 
 pub struct Container {

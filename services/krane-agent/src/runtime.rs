@@ -155,7 +155,7 @@ pub async fn orphans(
         match engine.recorded().await {
             Ok(containers) => {
                 for (id, r) in containers {
-                    let instance = Instance::Container(engine.adopt(&id, state_dir));
+                    let instance = Instance::Container(engine.adopt(&r, state_dir));
                     let orphan = Orphan {
                         deployment_id: r.deployment_id,
                         port: r.host_port,

@@ -51,6 +51,19 @@ fn instance_log(env: &Env, instance_id: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The instance's log once it satisfies `ok`.
+async fn log_where(env: &Env, instance_id: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = instance_log(env, instance_id);
+        if ok(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{instance_id}'s log: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_standby() {
     let Some(podman) = Podman::start() else {
@@ -87,9 +100,9 @@ async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_
             vars.contains("GREETING=hej") && vars.contains("PORT=8080"),
             "{vars}"
         );
-        // Its output is captured in the instance's log.
-        let log = instance_log(&env, &instance.id);
-        assert!(log.contains("serving on 8080"), "{log}");
+        // Its output is captured in the instance's log (copied from the engine's log
+        // stream as it comes: moments after the app printed it).
+        log_where(&env, &instance.id, |log| log.contains("serving on 8080")).await;
     }
     let started = containers(&podman, &env, "dep_box");
     assert_eq!(started.len(), 2, "{started:?}");
@@ -115,6 +128,28 @@ async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_
             "died with the agent"
         );
     }
+    // While no agent runs, a container of this region's agents that no deployment claims
+    // (left by a crash, say): the next agent removes it once it has read the desired state.
+    let scope = std::fs::read_to_string(env.agent_state.path().join("local/scope")).unwrap();
+    let label = |name: &str, value: &str| format!("{name}={value}");
+    podman.run(&[
+        "run",
+        "-d",
+        "--label",
+        &label(labels::SCOPE, scope.trim()),
+        "--label",
+        &label(labels::REGION, "local"),
+        "--label",
+        &label(labels::DEPLOYMENT, "dep_gone"),
+        "--label",
+        &label(labels::INSTANCE, "inst_gone"),
+        "--label",
+        &label(labels::HOST_PORT, "1"),
+        "-e",
+        "PORT=8080",
+        &tag,
+    ]);
+    assert_eq!(containers(&podman, &env, "dep_gone").len(), 1);
     let restarted = slipway_core::time::now_ms();
     env.start_agent();
     let adopted = env
@@ -128,6 +163,14 @@ async fn an_image_runs_as_containers_that_outlive_an_agent_restart_and_stop_for_
         started.iter().map(started_at).collect::<Vec<_>>(),
         first_started
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers(&podman, &env, "dep_gone").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan container is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Standby: the containers stop (and go), the instances stay listed inactive.
     d.desired = Desired::Stopped;
@@ -218,8 +261,10 @@ async fn a_container_that_keeps_exiting_is_restarted_and_reported_crash_looping(
         "{instance:?}"
     );
     // Every run's output is kept, each run marked.
-    let log = instance_log(&env, &instance.id);
-    assert!(log.matches("giving up").count() >= 3, "{log}");
+    log_where(&env, &instance.id, |log| {
+        log.matches("giving up").count() >= 3
+    })
+    .await;
     // One container at a time: the exited one goes before the next starts.
     assert!(containers(&podman, &env, "dep_crash").len() <= 1);
 }
