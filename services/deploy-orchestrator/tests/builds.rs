@@ -35,6 +35,18 @@ fn commit_app(repo: &Path, index: &str) -> String {
     git(repo, &["rev-parse", "HEAD"])
 }
 
+/// Commits a build step of `app/` that sleeps `seconds`; the commit's sha.
+fn commit_slow_build(repo: &Path, seconds: u32) -> String {
+    let dockerfile = repo.join("app/Dockerfile");
+    let slow = std::fs::read_to_string(&dockerfile).unwrap().replace(
+        "COPY www /www\n",
+        &format!("COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"),
+    );
+    std::fs::write(&dockerfile, slow).unwrap();
+    git(repo, &["commit", "-q", "-am", "slow"]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
 async fn deploy_source(plane: &Plane, project: &str, repo: &Path, sha: &str) -> (String, String) {
     let reply = plane
         .ok(
@@ -213,17 +225,9 @@ async fn an_orchestrator_killed_mid_build_resumes_and_deploys_one_image() {
     };
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q", "-b", "main"]);
-    write_www_context(&repo.path().join("app"), &[("index.html", "slow build\n")]);
+    commit_app(repo.path(), "slow build\n");
     // A build step that takes a while, so the kill lands inside it.
-    let dockerfile = repo.path().join("app/Dockerfile");
-    let slow = std::fs::read_to_string(&dockerfile).unwrap().replace(
-        "COPY www /www\n",
-        "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"3\"]\n",
-    );
-    std::fs::write(&dockerfile, slow).unwrap();
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "slow"]);
-    let sha = git(repo.path(), &["rev-parse", "HEAD"]);
+    let sha = commit_slow_build(repo.path(), 3);
 
     let mut plane = Plane::builder()
         .docker_host(podman.host())
@@ -246,13 +250,8 @@ async fn an_orchestrator_killed_mid_build_resumes_and_deploys_one_image() {
     assert_eq!(served(&d).await, "slow build\n");
     let tag = format!("localhost/slipway/{project}:{dep}");
     assert_eq!(d["image"].as_str().unwrap(), tag);
-    let images = podman.run(&[
-        "images",
-        "-q",
-        "--filter",
-        &format!("reference=localhost/slipway/{project}"),
-    ]);
-    assert_eq!(images.lines().count(), 1, "{images}");
+    let images = podman.images(&format!("localhost/slipway/{project}"));
+    assert_eq!(images.len(), 1, "{images:?}");
     plane.invariants().assert(&[project]).await;
 }
 
@@ -308,13 +307,8 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
         vec![dep.clone()]
     );
     // The agent's engine has it only because it pulled it.
-    let pulled = runner.run(&[
-        "images",
-        "-q",
-        "--filter",
-        &format!("reference={prefix}/{project}"),
-    ]);
-    assert_eq!(pulled.lines().count(), 1, "{pulled}");
+    let pulled = runner.images(&format!("{prefix}/{project}"));
+    assert_eq!(pulled.len(), 1, "{pulled:?}");
     plane.invariants().assert(&[project]).await;
 }
 
@@ -328,14 +322,7 @@ async fn slipway_deploy_shows_the_build_and_a_build_past_its_timeout_fails() {
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q", "-b", "main"]);
     let quick = commit_app(repo.path(), "deployed by the CLI\n");
-    let dockerfile = repo.path().join("app/Dockerfile");
-    let slow = std::fs::read_to_string(&dockerfile).unwrap().replace(
-        "COPY www /www\n",
-        "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"30\"]\n",
-    );
-    std::fs::write(&dockerfile, slow).unwrap();
-    git(repo.path(), &["commit", "-q", "-am", "slow"]);
-    let slow = git(repo.path(), &["rev-parse", "HEAD"]);
+    let slow = commit_slow_build(repo.path(), 30);
 
     let mut plane = Plane::builder()
         .docker_host(podman.host())

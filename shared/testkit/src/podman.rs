@@ -133,6 +133,21 @@ impl Podman {
         self.remove_when_done(tag);
     }
 
+    /// The ids of the images of `reference` (`localhost/slipway/<project>`, say).
+    pub fn images(&self, reference: &str) -> Vec<String> {
+        let filter = format!("reference={reference}");
+        self.cli()
+            .args(["images", "-q", "--filter", &filter])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Removes the images of `reference` (`localhost/slipway/<project>`, say) when it stops.
     pub fn remove_when_done(&self, reference: &str) {
         if let Ok(mut images) = self.images.lock() {
@@ -178,16 +193,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let references = self.images.lock().map(|i| i.clone()).unwrap_or_default();
         for reference in references {
-            let filter = format!("reference={reference}");
-            let Ok(listed) = self
-                .cli()
-                .args(["images", "-q", "--filter", &filter])
-                .output()
-            else {
-                continue;
-            };
-            let ids = String::from_utf8_lossy(&listed.stdout).to_string();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
+            let ids = self.images(&reference);
             if !ids.is_empty() {
                 let _ = self
                     .cli()
