@@ -130,14 +130,9 @@ fn route_specs(specs: &[RouteSpec]) -> Result<Vec<NewRoute>, ApiError> {
 }
 
 fn live_change(live: &str) -> Result<LiveChange, ApiError> {
-    match live {
-        "" => Ok(LiveChange::Leave),
-        "take" => Ok(LiveChange::Take),
-        "pin" => Ok(LiveChange::Pin),
-        other => Err(ApiError::invalid_argument(format!(
-            "live {other:?} is not one of \"\", take, pin"
-        ))),
-    }
+    LiveChange::parse(live).ok_or_else(|| {
+        ApiError::invalid_argument(format!("live {live:?} is not one of \"\", take, pin"))
+    })
 }
 
 impl Routing {
@@ -204,6 +199,7 @@ impl Routing {
             moved = assigned.moved.len(),
             live = req.live,
             fencing_token = req.fencing_token,
+            repeated = assigned.repeated,
             "routes assigned"
         );
         Ok(AssignFrontlineRoutesReply {
@@ -211,6 +207,9 @@ impl Routing {
             previous_live_deployment_id: assigned.previous_live,
             replaced_earlier_deployment_ids: assigned.replaced_earlier,
             routes: assigned.routes.into_iter().map(message).collect(),
+            took_live: assigned.took_live,
+            live_deployment_id: assigned.live_now,
+            repeated: assigned.repeated,
         })
     }
 

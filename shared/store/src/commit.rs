@@ -22,6 +22,24 @@ pub enum LiveChange {
     Pin,
 }
 
+impl LiveChange {
+    /// The API's spelling (`assign_frontline_routes.live`): "", "take" or "pin".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leave => "",
+            Self::Take => "take",
+            Self::Pin => "pin",
+        }
+    }
+
+    /// The inverse of [`LiveChange::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Leave, Self::Take, Self::Pin]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
 /// One commit: create `create` where missing (pointing at the deployment), move `route_ids`
 /// to it, and apply `live`, all or nothing.
 #[derive(Debug, Clone)]
@@ -35,8 +53,9 @@ pub struct Assignment<'a> {
     /// The project lease's epoch; 0 for an unfenced write (an operator's own call).
     pub fencing_token: u64,
     pub live: LiveChange,
-    /// Who commits (the workflow id; "" for an operator's call): the same commit repeated
-    /// after the live pointer moved away reports what it first replaced.
+    /// Who commits (the workflow id; "" for an operator's call). A commit is applied once:
+    /// repeated (its run died before journaling it and was resumed), it writes nothing and
+    /// answers what its first application did.
     pub commit_id: &'a str,
 }
 
@@ -50,11 +69,17 @@ pub struct Assigned {
     /// With a live change: the deployment that was live before (the same on a repeat).
     pub previous_live: Option<String>,
     /// The deployments earlier runs of this same commit (`commit_id`) replaced as live, other
-    /// than `previous_live`, the deployment itself and the one live now. Their follow-up
-    /// (their standby) may never have run — the run died right after the commit, and the
-    /// resumed run decided again, whether to take live again or not — so the caller settles
-    /// them too.
+    /// than `previous_live`, the deployment itself and the one live now: commits applied
+    /// before commits were applied once (migration 0011) may have taken live twice, and the
+    /// follow-up (standby) of the first may never have run, so the caller settles them too.
     pub replaced_earlier: Vec<String>,
+    /// Whether the commit moved the live pointer (its first application, on a repeat).
+    pub took_live: bool,
+    /// The project's live deployment after the commit: on a repeat, another commit may have
+    /// moved it since the first application.
+    pub live_now: Option<String>,
+    /// The commit had been applied before: nothing was written.
+    pub repeated: bool,
 }
 
 /// Refuses `token` if the project has seen a newer epoch, and remembers it otherwise. The
@@ -127,6 +152,16 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Whether commit `commit_id` was applied: a resumed workflow whose run died right after
+    /// its commit does not validate again what its own commit changed.
+    pub async fn commit_applied(&self, commit_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM applied_commits WHERE commit_id = $1")
+            .bind(commit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
@@ -228,6 +263,11 @@ impl Store {
         let mut tx = self.begin().await?;
         let project = self.lock_project(&mut tx, a.project_id).await?;
         fence_in(&mut tx, &project, a.project_id, a.fencing_token).await?;
+        if let Some(first) = applied(&mut tx, a.commit_id).await? {
+            let assigned = repeat(&mut tx, &project, a, first).await?;
+            tx.commit().await?;
+            return Ok(assigned);
+        }
         let owner = sqlx::query("SELECT project_id, environment_id FROM deployments WHERE id = $1")
             .bind(a.deployment_id)
             .fetch_optional(&mut *tx)
@@ -282,16 +322,32 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        let (previous_live, replaced_earlier) = match a.live {
+        let live: Option<String> = project.try_get("live_deployment_id")?;
+        let (previous_live, replaced_earlier, live_now) = match a.live {
             LiveChange::Leave => {
-                let live: Option<String> = project.try_get("live_deployment_id")?;
                 let skip = [live.as_deref(), Some(a.deployment_id)];
-                (None, replaced_earlier(&mut tx, a.commit_id, &skip).await?)
+                let earlier = replaced_earlier(&mut tx, a.commit_id, &skip).await?;
+                (None, earlier, live)
             }
             LiveChange::Take | LiveChange::Pin => {
-                self.swap_live(&mut tx, &project, a, now_ms).await?
+                let (previous, earlier) = self.swap_live(&mut tx, &project, a, now_ms).await?;
+                (previous, earlier, Some(a.deployment_id.to_string()))
             }
         };
+        if !a.commit_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO applied_commits (commit_id, project_id, deployment_id, live, previous_live_deployment_id, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(a.commit_id)
+            .bind(a.project_id)
+            .bind(a.deployment_id)
+            .bind(a.live.as_str())
+            .bind(&previous_live)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
 
         let mut moved: Vec<Route> = moving
@@ -325,6 +381,9 @@ impl Store {
             moved,
             previous_live,
             replaced_earlier,
+            took_live: a.live != LiveChange::Leave,
+            live_now,
+            repeated: false,
         })
     }
 
@@ -464,4 +523,79 @@ async fn replaced_earlier(
     let mut replaced = replaced_by(&mut **tx, commit_id).await?;
     replaced.retain(|r| !skip.contains(&Some(r.as_str())));
     Ok(replaced)
+}
+
+/// What the first application of a commit did (table `applied_commits`).
+struct Applied {
+    deployment_id: String,
+    live: LiveChange,
+    previous_live: Option<String>,
+}
+
+/// The first application of commit `commit_id`, if it was applied ("": an operator's call,
+/// never recorded).
+async fn applied(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    commit_id: &str,
+) -> Result<Option<Applied>, StoreError> {
+    if commit_id.is_empty() {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT deployment_id, live, previous_live_deployment_id FROM applied_commits WHERE commit_id = $1",
+    )
+    .bind(commit_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let live: String = row.try_get("live")?;
+    Ok(Some(Applied {
+        deployment_id: row.try_get("deployment_id")?,
+        live: LiveChange::parse(&live).ok_or_else(|| {
+            StoreError::Invalid(format!("commit {commit_id} recorded live change {live:?}"))
+        })?,
+        previous_live: row.try_get("previous_live_deployment_id")?,
+    }))
+}
+
+/// A commit applied before, repeated: writes nothing (another commit may have moved routes
+/// or the live pointer since, and repeating this one would undo that) and answers what the
+/// first application did, with the routes as they are now.
+async fn repeat(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    project: &AnyRow,
+    a: &Assignment<'_>,
+    first: Applied,
+) -> Result<Assigned, StoreError> {
+    if first.deployment_id != a.deployment_id {
+        return Err(StoreError::Invalid(format!(
+            "commit {} was applied for deployment {}, not {}",
+            a.commit_id, first.deployment_id, a.deployment_id
+        )));
+    }
+    let live_now: Option<String> = project.try_get("live_deployment_id")?;
+    let mut routes = routes::routes_in(&mut **tx, routes::RouteKey::Id, a.route_ids).await?;
+    let fqdns: Vec<String> = a.create.iter().map(|r| r.fqdn.clone()).collect();
+    for r in routes::routes_in(&mut **tx, routes::RouteKey::Fqdn, &fqdns).await? {
+        if r.project_id == a.project_id && !routes.iter().any(|x| x.id == r.id) {
+            routes.push(r);
+        }
+    }
+    let skip = [
+        live_now.as_deref(),
+        first.previous_live.as_deref(),
+        Some(a.deployment_id),
+    ];
+    let replaced_earlier = replaced_earlier(tx, a.commit_id, &skip).await?;
+    Ok(Assigned {
+        routes,
+        moved: Vec::new(),
+        previous_live: first.previous_live,
+        replaced_earlier,
+        took_live: first.live != LiveChange::Leave,
+        live_now,
+        repeated: true,
+    })
 }

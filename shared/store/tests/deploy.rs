@@ -19,6 +19,7 @@ on_both_backends!(
     a_repeated_commit_reports_what_it_first_replaced,
     a_repeated_commit_that_leaves_live_reports_what_it_first_replaced,
     a_repeated_commit_names_the_routes_it_created,
+    a_repeated_commit_moves_no_route_back,
     what_a_commit_replaced_outlives_later_commits_of_the_same_deployment,
     idle_preview_candidates_page_by_environment,
     failing_stops_the_topology_once,
@@ -116,7 +117,8 @@ async fn live_swap_is_idempotent_and_respects_a_pin(db: &TestDb) {
 }
 
 /// A commit whose run died before journaling it, then repeated by the resumed run after
-/// another commit moved live away: it reports the deployment its first time replaced.
+/// another commit moved live away: it writes nothing (live stays where the other commit put
+/// it) and reports what its first application did.
 async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
     let f = fixture(db).await;
     for id in ["dep_1", "dep_2", "dep_3"] {
@@ -139,10 +141,20 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
     let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Take)
         .await
         .unwrap();
+    assert!(again.repeated && again.took_live);
     assert_eq!(
         (again.previous_live.as_deref(), again.replaced_earlier),
-        (Some("dep_3"), vec!["dep_1".to_string()])
+        (Some("dep_1"), vec![])
     );
+    assert_eq!(again.live_now.as_deref(), Some("dep_3"));
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(
+        p.live_deployment_id.as_deref(),
+        Some("dep_3"),
+        "not taken back"
+    );
+    assert!(s.commit_applied("wf_a").await.unwrap());
+    assert!(!s.commit_applied("wf_z").await.unwrap());
     // Another commit of dep_2 (a later promote) is not that one: dep_3 it replaced long ago
     // was handled by then.
     commit_as(&f, "wf_c", "dep_1", &[], 0, LiveChange::Take)
@@ -190,7 +202,8 @@ async fn a_repeated_commit_names_the_routes_it_created(db: &TestDb) {
 }
 
 /// The same, when the resumed run decided not to take live any more (a rollback pinned the
-/// project meanwhile): found by the chaos test, where dep_1 was left running for ever.
+/// project meanwhile): found by the chaos test, where dep_1 was left running for ever. The
+/// repeat still reports what the first application did, and leaves the pin alone.
 async fn a_repeated_commit_that_leaves_live_reports_what_it_first_replaced(db: &TestDb) {
     let f = fixture(db).await;
     for id in ["dep_1", "dep_2", "dep_3"] {
@@ -206,22 +219,76 @@ async fn a_repeated_commit_that_leaves_live_reports_what_it_first_replaced(db: &
     let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Leave)
         .await
         .unwrap();
+    assert!(again.repeated && again.took_live);
     assert_eq!(
-        (again.previous_live, again.replaced_earlier),
-        (None, vec!["dep_1".to_string()])
+        (again.previous_live.as_deref(), again.replaced_earlier),
+        (Some("dep_1"), vec![])
     );
-    // Not when what it replaced is live again, nor for another commit.
-    commit_as(&f, "wf_s", "dep_1", &[], 0, LiveChange::Pin)
-        .await
-        .unwrap();
-    let again = commit_as(&f, "wf_a", "dep_2", &[], 0, LiveChange::Leave)
-        .await
-        .unwrap();
-    assert!(again.replaced_earlier.is_empty());
+    let p = f.store.project(&f.project_id).await.unwrap();
+    assert_eq!(p.live_deployment_id.as_deref(), Some("dep_3"));
+    assert!(p.is_rolled_back);
+    // Another commit is not that one.
     let other = commit_as(&f, "wf_x", "dep_2", &[], 0, LiveChange::Leave)
         .await
         .unwrap();
+    assert!(!other.repeated && !other.took_live);
     assert!(other.replaced_earlier.is_empty());
+}
+
+/// A repeated commit writes nothing, also when it moved routes: a later commit that moved
+/// them on keeps them.
+async fn a_repeated_commit_moves_no_route_back(db: &TestDb) {
+    let f = fixture(db).await;
+    for id in ["dep_1", "dep_2"] {
+        deployment(&f, id).await;
+    }
+    let create = [NewRoute {
+        fqdn: "shop-staging.slipway.localhost".into(),
+        sticky: Sticky::Environment,
+    }];
+    let assignment = |deployment_id, commit_id| Assignment {
+        project_id: &f.project_id,
+        deployment_id,
+        route_ids: &[],
+        create: &create,
+        environment_id: &f.environment_id,
+        fencing_token: 0,
+        live: LiveChange::Leave,
+        commit_id,
+    };
+    let first = f
+        .store
+        .assign_routes(&assignment("dep_1", "wf_a"), 100)
+        .await
+        .unwrap();
+    let route = first.routes[0].id.clone();
+    commit_as(
+        &f,
+        "wf_b",
+        "dep_2",
+        std::slice::from_ref(&route),
+        0,
+        LiveChange::Leave,
+    )
+    .await
+    .unwrap();
+    let moved = [route];
+    let again = f
+        .store
+        .assign_routes(
+            &Assignment {
+                route_ids: &moved,
+                ..assignment("dep_1", "wf_a")
+            },
+            300,
+        )
+        .await
+        .unwrap();
+    assert!(again.repeated && again.moved.is_empty());
+    assert_eq!(again.routes.len(), 1);
+    assert_eq!(again.routes[0].deployment_id, "dep_2", "as it is now");
+    let stored = f.store.routes(&f.project_id, None).await.unwrap();
+    assert_eq!(stored[0].deployment_id, "dep_2");
 }
 
 /// Found by the chaos test: promote A made dep_2 live (replacing dep_1) and died before

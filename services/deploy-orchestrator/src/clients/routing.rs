@@ -22,6 +22,17 @@ pub(crate) struct Committed {
     /// The fencing token the commit carried; the follow-up schedules carry it too.
     #[serde(default)]
     pub fencing_token: u64,
+    /// The commit had been applied before (its run died before journaling it): nothing was
+    /// written, and `previous` and `took_live` tell what the first application did.
+    #[serde(default)]
+    pub repeated: bool,
+    /// Whether the commit moved the live pointer (read only when `repeated`: journals from
+    /// before it was recorded lack it).
+    #[serde(default)]
+    pub took_live: bool,
+    /// The project's live deployment after the commit.
+    #[serde(default)]
+    pub live_now: Option<String>,
 }
 
 /// `replaced_earlier` as journaled before it became a list (one or none).
@@ -70,6 +81,9 @@ impl Routing {
             previous: reply.previous_live_deployment_id,
             replaced_earlier: reply.replaced_earlier_deployment_ids,
             fencing_token,
+            repeated: reply.repeated,
+            took_live: reply.took_live,
+            live_now: reply.live_deployment_id,
         })
     }
 

@@ -144,6 +144,15 @@ impl Workflow for Deploy {
             })
             .await?;
         let previous = committed.previous.as_deref();
+        // A repeated commit (this run's first died before journaling it) wrote nothing now:
+        // the follow-ups are those of its first application, and its live event only while
+        // no later commit has moved live away (a late one would contradict the later's).
+        let (took_live, live_now) = if committed.repeated {
+            let live_now = committed.live_now.as_deref() == Some(id);
+            (committed.took_live, live_now)
+        } else {
+            (plan.take_live, plan.take_live)
+        };
         // Past the commit point every step retries until it succeeds.
         ctx.step("ready", || async {
             o.set_status(scope, DeploymentStatus::Ready).await?;
@@ -163,10 +172,10 @@ impl Workflow for Deploy {
                 .await
         })
         .await?;
-        if plan.take_live {
+        if took_live && live_now {
             ctx.step("live", || o.live_event(scope, previous)).await?;
         }
-        let superseded = previous.filter(|p| plan.take_live && *p != id);
+        let superseded = previous.filter(|p| took_live && *p != id);
         o.handover
             .supersede(ctx, &scope.project_id, superseded, id, &committed)
             .await
@@ -459,7 +468,9 @@ impl Deploy {
                 },
             )
             .await?;
-        if plan.take_live {
+        if committed.repeated {
+            tracing::info!(previous = ?committed.previous, live = ?committed.live_now, "the commit had been applied before: nothing written again");
+        } else if plan.take_live {
             tracing::info!(previous = ?committed.previous, "deployment is live");
         }
         Ok(committed)

@@ -46,15 +46,20 @@ impl Workflow for Promote {
         let target = input.target.as_str();
         let project_id = input.project_id.as_str();
         let token = o.handover.lease_project(ctx, project_id).await?;
+        let wf = ctx.workflow_id().to_string();
         let plan: PromotePlan = ctx
             .step("validate", || async {
+                // Not validated again once its own commit went through: the target is live
+                // because of it.
+                if o.store.commit_applied(&wf).await.step_err()? {
+                    return Ok(PromotePlan::Repeat);
+                }
                 check(&o.store, target)
                     .await
                     .map(|(_, plan)| plan)
                     .map_err(StepError::from)
             })
             .await?;
-        let wf = ctx.workflow_id().to_string();
         let scope = ctx.scope().cloned().unwrap_or_default();
         match plan {
             PromotePlan::ConfirmRollback => {
@@ -77,8 +82,14 @@ impl Workflow for Promote {
                 })
                 .await?;
             }
-            PromotePlan::Move { route_ids } => {
-                o.handover.wake(ctx, target, token).await?;
+            PromotePlan::Move { .. } | PromotePlan::Repeat => {
+                let route_ids = match plan {
+                    PromotePlan::Move { route_ids } => {
+                        o.handover.wake(ctx, target, token).await?;
+                        route_ids
+                    }
+                    _ => Vec::new(),
+                };
                 // The commit point: routes, live pointer and the cleared pin together.
                 let committed: Committed = ctx
                     .commit("assign_routes", || {

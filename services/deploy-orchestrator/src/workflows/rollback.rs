@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use slipway_core::{ids, ApiError};
 use slipway_store::Store;
-use slipway_workflow::{Context, Failure, StepError, Workflow, WorkflowError};
+use slipway_workflow::{Context, Failure, StepError, StepResultExt, Workflow, WorkflowError};
 
 use crate::{
     clients::{
@@ -32,6 +32,10 @@ pub struct RollbackInput {
 pub(crate) struct RollbackPlan {
     pub project_id: String,
     pub route_ids: Vec<String>,
+    /// Its commit was applied before its run died (a resumed run): not validated again
+    /// (the source is no longer live because of it), only followed up.
+    #[serde(default)]
+    pub repeat: bool,
 }
 
 /// The Rollback workflow and what it needs.
@@ -51,17 +55,26 @@ impl Workflow for Rollback {
         let o = self;
         let (source, target) = (input.source.as_str(), input.target.as_str());
         let token = o.handover.lease_project(ctx, &input.project_id).await?;
+        let wf = ctx.workflow_id().to_string();
         let plan: RollbackPlan = ctx
             .step("validate", || async {
+                if o.store.commit_applied(&wf).await.step_err()? {
+                    return Ok(RollbackPlan {
+                        project_id: input.project_id.clone(),
+                        route_ids: Vec::new(),
+                        repeat: true,
+                    });
+                }
                 check(&o.store, source, target)
                     .await
                     .map_err(StepError::from)
             })
             .await?;
-        o.handover.wake(ctx, target, token).await?;
+        if !plan.repeat {
+            o.handover.wake(ctx, target, token).await?;
+        }
         // The commit point: the live and environment routes move to the target, the live
         // pointer follows and the project is pinned, in one transaction.
-        let wf = ctx.workflow_id().to_string();
         let committed: Committed = ctx
             .commit("assign_routes", || {
                 let ids = &plan.route_ids;
@@ -143,5 +156,6 @@ pub(crate) async fn check(
     Ok(RollbackPlan {
         project_id: project.id,
         route_ids,
+        repeat: false,
     })
 }

@@ -16,6 +16,9 @@ pub(crate) enum PromotePlan {
     Move {
         route_ids: Vec<String>,
     },
+    /// Its commit was applied before its run died (a resumed run): only the follow-ups
+    /// remain; the commit, repeated, answers what it did.
+    Repeat,
 }
 
 /// Rolling `project`'s live deployment `s` back to `t`, moving `route_ids` (the project's
