@@ -192,11 +192,36 @@ impl RouteTable {
             .await
             .map_err(kv_err)?;
         for key in keys.into_iter().filter(|k| !fqdns.contains(k)) {
-            slipway_nats::kv::remove(&self.kv, &key)
-                .await
-                .map_err(kv_err)?;
-            stats.removed += 1;
+            if self.remove_stale(&key).await? {
+                stats.removed += 1;
+            }
         }
         Ok(stats)
+    }
+
+    /// Removes the entry of `fqdn`, which had no route when the database was read, unless a
+    /// commit created its route since: the entry's revision is read before the database is
+    /// asked again, and the removal holds only at that revision, so a commit that wrote the
+    /// entry in between keeps it. (Removing on the first read lost the entries of routes
+    /// created while a reconcile ran: seen on a cluster, where failovers start reconciles
+    /// during deploys.)
+    async fn remove_stale(&self, fqdn: &str) -> Result<bool, TableError> {
+        let Some(entry) = self.kv.entry(fqdn).await.map_err(kv_err)? else {
+            return Ok(false);
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Ok(false);
+        }
+        if !self
+            .store
+            .routes_by_fqdn(&[fqdn.to_string()])
+            .await?
+            .is_empty()
+        {
+            return Ok(false);
+        }
+        slipway_nats::kv::remove_at(&self.kv, fqdn, entry.revision)
+            .await
+            .map_err(kv_err)
     }
 }

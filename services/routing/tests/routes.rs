@@ -602,3 +602,57 @@ async fn a_retried_commit_publishes_the_routes_its_first_try_created() {
     assert!(env.kv_entries().await.contains_key(&fqdn));
     env.assert_kv_matches_db().await;
 }
+
+/// Found on a cluster, where failovers start reconciles during deploys: a reconcile reads
+/// the database, then lists the route table's keys, and removed the entry of a route a
+/// commit created and published in between as one without a route. With reconciles running
+/// back to back while commits create routes, every route keeps its entry.
+#[tokio::test]
+async fn a_reconcile_keeps_the_routes_created_while_it_runs() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let env = start(2).await;
+    env.services[0]
+        .wait_for_log("route table reconciled", TIMEOUT)
+        .unwrap();
+    let table = routing::table::RouteTable::new(
+        env.routes.clone(),
+        env.store.clone(),
+        "slipway.localhost".into(),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let reconciling = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut removed = 0;
+            while !done.load(Ordering::Relaxed) {
+                removed += table.reconcile().await.expect("a reconcile").removed;
+            }
+            removed
+        }
+    });
+    for i in 0..100 {
+        let body = serde_json::json!({
+            "deployment_id": "dep_2",
+            "environment_id": "env_1",
+            "create": [{"fqdn": format!("r{i}.shop.test"), "sticky": "none"}],
+        });
+        let reply = env
+            .client
+            .request(
+                format!("slipway.routing.v1.assign_frontline_routes.{PROJECT}"),
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+        let reply: AssignFrontlineRoutesReply = serde_json::from_slice(&reply.payload)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", reply.payload));
+        assert_eq!(reply.assigned, 1);
+    }
+    done.store(true, Ordering::Relaxed);
+    let removed = reconciling.await.unwrap();
+    assert_eq!(removed, 0, "entries of existing routes removed");
+    env.assert_kv_matches_db().await;
+}

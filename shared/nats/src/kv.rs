@@ -237,3 +237,20 @@ pub async fn remove(kv: &jetstream::kv::Store, key: &str) -> Result<(), async_na
     kv.purge_with_ttl(key, REMOVAL_MARKER_TTL).await?;
     Ok(())
 }
+
+/// Removes `key` as [`remove`] does, only if it is still at `revision`: returns false, with
+/// nothing removed, when it was written since (a compare-and-set on the stream leader).
+pub async fn remove_at(
+    kv: &jetstream::kv::Store,
+    key: &str,
+    revision: u64,
+) -> Result<bool, async_nats::Error> {
+    match kv
+        .purge_expect_revision_with_ttl(key, revision, REMOVAL_MARKER_TTL)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
