@@ -9,7 +9,7 @@ use slipway_nats::{
     provision::TIMERS,
 };
 
-use crate::{timers::Fired, Actor};
+use crate::{apply::Applied, timers::Fired, Actor};
 
 const CONSUMER: &str = "deployment-actor";
 
@@ -39,6 +39,25 @@ async fn handle(actor: &Actor, subject: &str, payload: &[u8]) -> Disposition {
         }
     };
     match actor.apply(&fired.deployment_id, &fired.nonce).await {
+        Ok(Applied::Stale) => {
+            // A newer transition (or none) is stored. Its schedule may have gone with this
+            // one: seen on a cluster, a schedule replaced just as the old one fired was never
+            // fired. Publish the stored transition's schedule again (idempotent).
+            let timers = &actor.inner.timers;
+            match timers
+                .sync(&fired.deployment_id, &actor.inner.transitions)
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(deployment_id = %fired.deployment_id, "stale fired change; schedule of the stored transition checked");
+                    Disposition::Ack
+                }
+                Err(e) => {
+                    tracing::warn!(deployment_id = %fired.deployment_id, error = %e, "cannot check the schedule after a stale fired change; will retry");
+                    Disposition::Retry(Duration::from_secs(1))
+                }
+            }
+        }
         Ok(outcome) => {
             tracing::debug!(deployment_id = %fired.deployment_id, ?outcome, "fired change handled");
             Disposition::Ack

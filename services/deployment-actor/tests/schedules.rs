@@ -281,3 +281,52 @@ async fn the_same_idempotency_key_returns_the_first_nonce_and_schedules_nothing_
     assert_eq!(env.get_state(&dep).await.desired_state, "standby");
     assert_eq!(env.project_events(&project).await.len(), 1);
 }
+
+/// Found by the cluster test: a schedule replaced just as the one it replaces fires. The
+/// fired message of the old one is stale (its nonce is not the stored one), and the new
+/// schedule was gone with it: its transition stayed pending with no schedule, until the
+/// periodic reconcile. Each of 40 deployments is rescheduled within ±40 ms of its first
+/// schedule's due time; every one ends in standby with nothing pending, soon after.
+#[tokio::test]
+async fn a_schedule_replaced_as_the_old_one_fires_still_fires() {
+    replaced_as_the_old_one_fires(common::start().await).await;
+}
+
+/// The same on a 3-node cluster (R3), where the cluster test saw it.
+#[tokio::test]
+async fn a_schedule_replaced_as_the_old_one_fires_still_fires_on_a_cluster() {
+    let env = Env::builder()
+        .cluster()
+        .service(common::ACTOR)
+        .start()
+        .await;
+    replaced_as_the_old_one_fires(env).await;
+}
+
+async fn replaced_as_the_old_one_fires(mut env: Env) {
+    let mut deployments = Vec::new();
+    for _ in 0..40 {
+        deployments.push(env.seed_deployment().await.1);
+    }
+    let env = std::sync::Arc::new(env);
+    let mut replaced = tokio::task::JoinSet::new();
+    for (i, dep) in deployments.iter().enumerate() {
+        let first = env.schedule(dep, 1500, "standby", "").await;
+        let offset = (i as i64 * 2) - 40;
+        let (env, dep) = (env.clone(), dep.clone());
+        replaced.spawn(async move {
+            let wait = (first.fires_at_ms + offset - now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            env.schedule(&dep, 500, "standby", "").await;
+        });
+    }
+    while let Some(done) = replaced.join_next().await {
+        done.unwrap();
+    }
+    for dep in &deployments {
+        tokio::time::timeout(Duration::from_secs(10), env.wait_transition_gone(dep))
+            .await
+            .unwrap_or_else(|_| panic!("{dep}: its newest transition never fired"));
+        assert_eq!(env.get_state(dep).await.desired_state, "standby", "{dep}");
+    }
+}
