@@ -166,8 +166,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
     // What an earlier agent started and still runs: adopted by the supervisors of the
-    // deployments still desired, killed once the whole desired state has been seen.
+    // deployments still desired, killed a lease TTL after the whole desired state has been
+    // seen. Not at once: on a cluster, the feed's consumer can report itself caught up while
+    // its replica still lags behind the stream (seen after a takeover: desired instances
+    // reaped as orphans, then started again), and the rest arrives within moments.
     let mut orphans = Some(runtime::orphans(&state_dir, ctx.engine.as_ref()).await);
+    let reap_orphans = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(reap_orphans);
+    let mut reap_armed = false;
 
     let mut feed = Box::pin(desired::attach(&js, &config.region).await);
     tracing::info!(region = %config.region, "serving region");
@@ -198,34 +204,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = lease_check.tick() => {
                 if lease.is_lost() {
                     // Renewals failed past the expiry (NATS was unreachable), or another agent
-                    // took the lease. Unless another agent holds it, it is ours again at once.
-                    // While NATS does not answer, no other agent can take it either: carry on
-                    // and look again at the next tick.
-                    match leases.try_acquire(&lease_name, &holder).await {
-                        Ok(Some(again)) if again.is_continuous() => {
-                            tracing::warn!(region = %config.region, epoch = again.epoch(), "could not renew the region's lease for a while; took it back (no other agent had taken it)");
-                            lease = again;
-                        }
-                        Ok(_) => {
-                            // Another agent is active now and adopts what runs: leave it all
-                            // to it (a clean shutdown would stop the instances).
-                            tracing::error!(region = %config.region, "another agent of the region is active now; exiting without stopping instances");
-                            std::process::exit(3);
-                        }
-                        Err(e) => tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again"),
+                    // took the lease. While NATS does not answer, no other agent can take it
+                    // either: carry on and look again at the next tick.
+                    if let Err(e) = keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
+                        tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again");
                     }
                 }
                 continue;
             }
-            _ = &mut shutdown => break,
-        };
-        let Some(change) = change else {
-            anyhow::bail!("the slipway_desired feed ended");
-        };
-        let desired::Change { deployment_id, doc } = match change {
-            Ok(desired::Item::Change(c)) => *c,
-            Ok(desired::Item::CaughtUp) => {
-                // Every desired document has a supervisor: what none adopted is not desired.
+            _ = &mut reap_orphans, if reap_armed => {
+                reap_armed = false;
                 let left = orphans.take().unwrap_or_default();
                 if !left.is_empty() {
                     let count = left.len();
@@ -239,15 +227,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 continue;
             }
+            _ = &mut shutdown => break,
+        };
+        let Some(change) = change else {
+            anyhow::bail!("the slipway_desired feed ended");
+        };
+        let desired::Change { deployment_id, doc } = match change {
+            Ok(desired::Item::Change(c)) => *c,
+            Ok(desired::Item::CaughtUp) => {
+                // Every desired document has a supervisor: what none adopted by the time the
+                // reap is due is not desired.
+                if orphans.is_some() && !reap_armed {
+                    reap_orphans
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + config.lease_ttl);
+                    reap_armed = true;
+                }
+                continue;
+            }
             Err(e) => {
-                // Its consumer's leader died, or the consumer went with a node: read the
-                // whole desired state again from a new one (supervisors ignore documents
-                // they already carry out).
-                tracing::warn!(error = %e, "desired-state feed error; attaching again");
+                // Its consumer's leader died, or the consumer went with a node, or another
+                // agent took the region and made the consumer its own. Still the active agent,
+                // read the whole desired state again from a new consumer (supervisors ignore
+                // documents they already carry out); else leave. Re-attaching without looking
+                // took the consumer back from the agent that had taken over the region.
+                tracing::warn!(error = %e, "desired-state feed error");
+                if let Err(e) = keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
+                    tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; attaching again all the same");
+                }
+                tracing::info!("attaching to the desired state again");
                 feed = Box::pin(desired::attach(&js, &config.region).await);
                 continue;
             }
         };
+        tracing::debug!(%deployment_id, version = doc.as_ref().map(|d| d.version), "desired document");
         match supervisors.get(&deployment_id) {
             Some(tx) if !tx.is_closed() => {
                 let _ = tx.send(doc);
@@ -291,6 +304,33 @@ fn scope(state_dir: &std::path::Path) -> anyhow::Result<String> {
     std::fs::write(&tmp, &scope).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(std::fs::read_to_string(&path)?.trim().to_string())
+}
+
+/// Makes sure this agent still holds the region's lease: takes it back if nobody else took
+/// it meanwhile (renewals failed while NATS was unreachable), and exits if another agent
+/// holds it — that one adopts what runs, so this one stops nothing (a clean shutdown would
+/// stop the instances). An error: the lease could not be read, nothing is known.
+async fn keep_or_exit(
+    leases: &Leases,
+    name: &str,
+    holder: &Holder,
+    lease: &mut slipway_nats::lease::Lease,
+) -> Result<(), slipway_nats::lease::LeaseError> {
+    match leases.try_acquire(name, holder).await? {
+        Some(again) if again.is_continuous() => {
+            if lease.is_lost() {
+                tracing::warn!(epoch = again.epoch(), "could not renew the region's lease for a while; took it back (no other agent had taken it)");
+            }
+            *lease = again;
+            Ok(())
+        }
+        _ => {
+            tracing::error!(
+                "another agent of the region is active now; exiting without stopping instances"
+            );
+            std::process::exit(3);
+        }
+    }
 }
 
 /// The lease the agents of `region` elect their active agent with.

@@ -313,6 +313,72 @@ async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
     );
 }
 
+/// Found by the cluster test: the active agent stalled (SIGSTOP) past the lease TTL, the
+/// standby took the region over and made the feed's consumer its own. The stalled one,
+/// continued, saw its feed fail and attached again, taking the consumer back from the new
+/// active agent, which then ran no new deployment for a while. Now it looks at the lease
+/// first and leaves the region to the new agent: it exits without stopping anything, and the
+/// new agent's feed never fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
+    let mut env = start().await;
+    let standby = ServiceProcess::spawn(
+        "agent-b",
+        bin(AGENT),
+        &[],
+        &env.env_for("krane-agent-local"),
+    )
+    .unwrap();
+    standby.wait_ready(AGENT, TIMEOUT).unwrap();
+    env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
+        .await;
+    let a = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+
+    env.agent.as_ref().unwrap().stop();
+    tokio::task::block_in_place(|| {
+        standby
+            .wait_for_log("active agent of the region", TIMEOUT)
+            .unwrap();
+        standby.wait_for_log("serving region", TIMEOUT).unwrap();
+    });
+    env.agent.as_ref().unwrap().cont();
+    tokio::task::block_in_place(|| {
+        env.agent
+            .as_ref()
+            .unwrap()
+            .wait_for_log("another agent of the region is active now", TIMEOUT)
+            .unwrap()
+    });
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while env.agent.as_mut().unwrap().is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled agent still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = env.agent.as_ref().unwrap();
+    assert_eq!(old.count_log("attaching to the desired state again"), 0);
+
+    // The new active agent kept its feed and runs new deployments; dep_a was adopted.
+    env.desire("dep_b", demo_app("--message two"), 1, Desired::Running, 1)
+        .await;
+    let b = env
+        .report_where("dep_b", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    assert_eq!(
+        get(&b.instances[0].address, "/").await.as_deref(),
+        Some("two")
+    );
+    assert_eq!(
+        get(&a.instances[0].address, "/").await.as_deref(),
+        Some("one")
+    );
+    assert_eq!(standby.count_log("desired-state feed error"), 0);
+}
+
 #[tokio::test]
 async fn a_stopped_agent_stops_its_instances() {
     let mut env = start().await;
