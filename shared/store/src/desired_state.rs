@@ -30,7 +30,9 @@ impl Store {
     /// route that keeps it running: [`Store::serves_traffic`]); else write `desired_state`,
     /// remember `nonce`, and set the topology's desired status (bumping its version).
     /// The first statement reads the deployment with its project's live pointer and locks
-    /// both rows, so a concurrent live-pointer swap cannot slip between guard and write;
+    /// both rows (those two only: locking the environment's row too deadlocked with
+    /// deployments being created in it, on PostgreSQL), so a concurrent live-pointer swap
+    /// cannot slip between guard and write;
     /// three statements in all, since on SQLite every apply queues for the one writer.
     pub async fn apply_desired_state(
         &self,
@@ -48,7 +50,7 @@ impl Store {
              WHERE d.id = $1{}",
             records::DEPLOYMENT_COLUMNS,
             crate::routes::keeping_routes("d.id"),
-            self.for_update()
+            self.for_update_of("d, p")
         );
         let Some(row) = sqlx::query(&sql)
             .bind(deployment_id)

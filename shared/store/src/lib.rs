@@ -154,4 +154,14 @@ impl Store {
             Backend::Postgres => " FOR UPDATE",
         }
     }
+
+    /// [`Store::for_update`] of the rows of `tables` only (aliases of a join), so a join
+    /// does not also lock rows others need (an environment's row, which every insert of a
+    /// deployment into it reads for its foreign key).
+    pub(crate) fn for_update_of(&self, tables: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" FOR UPDATE OF {tables}"),
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use slipway_store::{ApplyOutcome, LiveChange, NewRoute, Store, StoreError};
+use slipway_store::{ApplyOutcome, LiveChange, NewDeployment, NewRoute, Store, StoreError};
 use slipway_testkit::TestDb;
 
 mod common;
@@ -18,6 +18,7 @@ on_both_backends!(
     records_round_trip,
     unique_slugs_conflict,
     apply_desired_state_outcomes,
+    applies_and_new_deployments_in_one_environment_do_not_deadlock,
     topology_upsert_is_idempotent,
     routes_are_created_once_and_move_all_or_nothing,
 );
@@ -321,4 +322,45 @@ async fn routes_are_created_once_and_move_all_or_nothing(db: &TestDb) {
         "a.example"
     );
     assert_eq!(f.store.routes_page("a.example", 10).await.unwrap().len(), 1);
+}
+
+/// Found by the cluster test on PostgreSQL: the actor's apply locked the deployment's
+/// environment row too (`FOR UPDATE` of the whole join), and a deployment being created in
+/// that environment (its foreign keys take key-share locks on the environment, then the
+/// project) deadlocked with it. Applies and creations in one environment, concurrently.
+async fn applies_and_new_deployments_in_one_environment_do_not_deadlock(db: &TestDb) {
+    let f = fixture(db).await;
+    for i in 0..20 {
+        deployment(&f, &format!("dep_old{i}")).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let g = f.clone();
+        tasks.spawn(async move {
+            let f = g;
+            let state = if i % 2 == 0 {
+                DesiredState::Standby
+            } else {
+                DesiredState::Running
+            };
+            f.store
+                .apply_desired_state(&format!("dep_old{i}"), state, &format!("n{i}"), 50)
+                .await
+                .map(|_| ())
+        });
+        let g = f.clone();
+        tasks.spawn(async move {
+            let f = g;
+            let new = NewDeployment {
+                id: format!("dep_new{i}"),
+                environment_id: f.environment_id.clone(),
+                image: "exec:true".into(),
+                ..Default::default()
+            };
+            f.store.insert_deployment(&new, 60).await.map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
 }
