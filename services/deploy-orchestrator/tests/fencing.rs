@@ -222,6 +222,10 @@ async fn a_promote_that_died_right_after_its_commit_leaves_no_deployment_behind(
     assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
     assert!(record.runs >= 2, "it resumed");
     assert_settled(&plane, &project, &v3, &[&v1, &v2]).await;
+    // v1's live events: its deploy's only; none late from the promote, after v3's.
+    let live = plane.events(&project, &v1).await;
+    let live = live.iter().filter(|e| e["type"] == "live").count();
+    assert_eq!(live, 1, "a late live event for v1");
 }
 
 /// Found by the chaos test: a promote of v1 whose commit went through (v1 live, v2 replaced)

@@ -99,6 +99,10 @@ impl Workflow for Promote {
                     })
                     .await?;
                 let previous = committed.previous.clone();
+                // A repeated commit's `live` event only while the target is still live, as
+                // for a deploy: a late one would contradict a later commit's.
+                let superseded_since =
+                    committed.repeated && committed.live_now.as_deref() != Some(target);
                 ctx.step("promoted", || async {
                     #[derive(Serialize)]
                     struct Promoted<'a> {
@@ -107,8 +111,8 @@ impl Workflow for Promote {
                     let detail = Promoted {
                         previous_deployment_id: previous.as_deref(),
                     };
-                    o.promoted_event(&scope, &wf, detail, previous.as_deref())
-                        .await
+                    let live_from = previous.as_deref().filter(|_| !superseded_since);
+                    o.promoted_event(&scope, &wf, detail, live_from).await
                 })
                 .await?;
                 let superseded = previous.as_deref().filter(|p| *p != target);
