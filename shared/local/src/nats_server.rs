@@ -314,13 +314,49 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Why a cluster did not start: a node exited (its ports may have been taken), or not.
+enum StartError {
+    Exited(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Other(e.into())
+    }
+}
+
 /// A 3-node JetStream cluster on free ports.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
 }
 
 impl NatsCluster {
+    /// Starts a cluster on free ports; again on other ones if a node could not start (a free
+    /// port is only free until someone binds it: seen once in CI, "exited at start").
     pub async fn start() -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::try_start().await {
+                Ok(cluster) => return Ok(cluster),
+                Err(StartError::Exited(e)) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!(
+                        "a nats-server of the cluster could not start ({e}); trying other ports"
+                    );
+                }
+                Err(StartError::Exited(e) | StartError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start() -> Result<Self, StartError> {
         let cluster_ports = [free_port()?, free_port()?, free_port()?];
         let routes = cluster_ports
             .iter()
@@ -351,12 +387,18 @@ impl NatsCluster {
                 ],
             });
         }
-        // Start all before waiting: JetStream needs a quorum to answer.
+        // Start all before waiting: JetStream needs a quorum to answer. Dropped on an
+        // error, the nodes started are killed.
         for node in &mut nodes {
             node.launch()?;
         }
         for node in &mut nodes {
-            node.wait_ready(Duration::from_secs(30)).await?;
+            if let Err(e) = node.wait_ready(Duration::from_secs(30)).await {
+                return Err(match node.exited() {
+                    true => StartError::Exited(e),
+                    false => StartError::Other(e),
+                });
+            }
         }
         Ok(Self { nodes })
     }
