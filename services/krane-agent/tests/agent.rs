@@ -224,13 +224,9 @@ async fn a_restarted_agent_adopts_what_is_still_desired_and_kills_the_rest() {
     }
 }
 
-/// Two agents for region `local` on one host (one state directory): one is active, the other
-/// waits; each instance runs once. The active one SIGKILLed, the standby takes over within
-/// the lease TTL (2 s here), adopts the running instances (they keep answering throughout)
-/// and runs new deployments.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
-    let mut env = start().await;
+/// A second agent for region `local`, sharing the state directory, once it is ready (it
+/// waits for the region's lease).
+fn standby_agent(env: &Env) -> ServiceProcess {
     let standby = ServiceProcess::spawn(
         "agent-b",
         bin(AGENT),
@@ -239,6 +235,17 @@ async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
     )
     .unwrap();
     standby.wait_ready(AGENT, TIMEOUT).unwrap();
+    standby
+}
+
+/// Two agents for region `local` on one host (one state directory): one is active, the other
+/// waits; each instance runs once. The active one SIGKILLed, the standby takes over within
+/// the lease TTL (2 s here), adopts the running instances (they keep answering throughout)
+/// and runs new deployments.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
+    let mut env = start().await;
+    let standby = standby_agent(&env);
     env.desire("dep_a", demo_app("--message one"), 2, Desired::Running, 1)
         .await;
     let before = env
@@ -322,14 +329,7 @@ async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
     let mut env = start().await;
-    let standby = ServiceProcess::spawn(
-        "agent-b",
-        bin(AGENT),
-        &[],
-        &env.env_for("krane-agent-local"),
-    )
-    .unwrap();
-    standby.wait_ready(AGENT, TIMEOUT).unwrap();
+    let standby = standby_agent(&env);
     env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
         .await;
     let a = env
