@@ -5,24 +5,28 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Either, Empty, Full};
 use hyper::{
-    body::Incoming,
+    body::{Body as _, Incoming},
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::request::Parts,
     Request, Response, StatusCode, Uri,
 };
 use hyper_util::client::legacy::Client;
 use slipway_core::{routes::RouteEntry, state::DesiredState};
+use tokio::time::Instant;
 
 use crate::{connector::InstanceConnector, Shared};
 
 /// What one HTTP worker's requests use: the shared state, and the worker's own client.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub client: Client<InstanceConnector, Incoming>,
+    pub client: Client<InstanceConnector, UpstreamBody>,
 }
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
+/// What goes to an instance: the client's body, or nothing (a request that can be sent again).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 pub const DEPLOYMENT_HEADER: &str = "x-slipway-deployment";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -53,8 +57,62 @@ pub async fn handle(
         return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
     };
     let edge = &worker.shared;
-    let Some(route) = edge.table.get(&host) else {
-        return Ok(plain(
+    let (parts, body) = req.into_parts();
+    // A request without a body can be sent again: one that reached no instance (the table
+    // still lists instances that are gone) waits for the table to move on and goes again.
+    let mut body = (!body.is_end_stream()).then_some(body);
+    let deadline = Instant::now() + edge.wake_timeout;
+    loop {
+        let route = match route_with_instances(edge, &host, deadline).await {
+            Ok(route) => route,
+            Err(res) => return Ok(res),
+        };
+        let deployment = route.deployment_id.as_str();
+        let upstream = match upstream_request(&parts, body.take(), deployment, &host, peer) {
+            Ok(upstream) => upstream,
+            Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
+        };
+        let sent_again = upstream.replayable;
+        let res = match worker.client.request(upstream.request).await {
+            Ok(res) => {
+                let (mut parts, body) = res.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) if e.is_connect() => {
+                if sent_again && table_moved_on(edge, &host, &route, deadline).await {
+                    tracing::debug!(%deployment, error = %e, "no instance accepted; routing the request again");
+                    continue;
+                }
+                // Nothing of the request was sent: the client may safely try again.
+                tracing::warn!(%deployment, error = %e, "no instance accepts connections");
+                unavailable(&format!(
+                    "no instance of deployment {deployment} accepts connections"
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(%deployment, error = %e, "upstream request failed");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("deployment {deployment} did not answer"),
+                )
+            }
+        };
+        edge.traffic.count(deployment);
+        return Ok(with_deployment(res, deployment));
+    }
+}
+
+/// The route of `host` with running instances, or the answer when there is none: 404 for an
+/// unknown host or an archived deployment; for a deployment in standby, after waking it
+/// (holding the request until `deadline`); else 503 with `Retry-After`.
+async fn route_with_instances(
+    edge: &Shared,
+    host: &str,
+    deadline: Instant,
+) -> Result<Arc<RouteEntry>, Response<Body>> {
+    let Some(route) = edge.table.get(host) else {
+        return Err(plain(
             StatusCode::NOT_FOUND,
             &format!("no route for {host}"),
         ));
@@ -66,57 +124,33 @@ pub async fn handle(
             StatusCode::NOT_FOUND,
             &format!("deployment {deployment} behind {host} is archived"),
         );
-        return Ok(with_deployment(res, &deployment));
+        return Err(with_deployment(res, &deployment));
     }
-    let route = if route.instances.is_empty() {
-        match ready_route(edge, &host, route).await {
-            Some(route) => route,
-            None => {
-                let mut res = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("deployment {deployment} runs no instance"),
-                );
-                res.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(RETRY_AFTER.as_secs()),
-                );
-                return Ok(with_deployment(res, &deployment));
-            }
-        }
-    } else {
-        route
-    };
-    edge.traffic.count(&route.deployment_id);
-    let upstream = match upstream_request(req, &route.deployment_id, &host, peer) {
-        Ok(upstream) => upstream,
-        Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
-    };
-    let res = match worker.client.request(upstream).await {
-        Ok(res) => {
-            let (mut parts, body) = res.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => {
-            tracing::warn!(deployment = %route.deployment_id, error = %e, "upstream request failed");
-            plain(
-                StatusCode::BAD_GATEWAY,
-                &format!("deployment {} did not answer", route.deployment_id),
-            )
-        }
-    };
-    Ok(with_deployment(res, &route.deployment_id))
+    if !route.instances.is_empty() {
+        return Ok(route);
+    }
+    match woken(edge, host, route, deadline).await {
+        Some(route) => Ok(route),
+        None => Err(with_deployment(
+            unavailable(&format!("deployment {deployment} runs no instance")),
+            &deployment,
+        )),
+    }
 }
 
 /// A route with running instances for `host`: for a deployment in standby, after waking it
-/// (waiting up to the wake timeout); None when there is none to be had.
-async fn ready_route(edge: &Shared, host: &str, route: Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
+/// (waiting until `deadline`); None when there is none to be had.
+async fn woken(
+    edge: &Shared,
+    host: &str,
+    route: Arc<RouteEntry>,
+    deadline: Instant,
+) -> Option<Arc<RouteEntry>> {
     if route.desired_state != Some(DesiredState::Standby) {
         return None;
     }
     let mut changed = edge.table.subscribe();
     edge.waker.wake(&route.deployment_id);
-    let deadline = tokio::time::Instant::now() + edge.wake_timeout;
     loop {
         if let Some(now) = edge.table.get(host) {
             if !now.instances.is_empty() {
@@ -130,31 +164,59 @@ async fn ready_route(edge: &Shared, host: &str, route: Arc<RouteEntry>) -> Optio
     }
 }
 
+/// Waits until `host` no longer routes as `tried` did (another deployment, other instances, a
+/// new desired state, or no route): true when it moved on before `deadline`.
+async fn table_moved_on(edge: &Shared, host: &str, tried: &RouteEntry, deadline: Instant) -> bool {
+    let instances = edge.table.instances_of(&tried.deployment_id);
+    let mut changed = edge.table.subscribe();
+    loop {
+        let moved = match edge.table.get(host) {
+            None => true,
+            Some(now) => {
+                now.deployment_id != tried.deployment_id
+                    || now.desired_state != tried.desired_state
+                    || edge.table.instances_of(&now.deployment_id) != instances
+            }
+        };
+        if moved {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// A request for an instance, and whether it can be sent again (it has no body).
+struct Upstream {
+    request: Request<UpstreamBody>,
+    replayable: bool,
+}
+
 /// The request as the instance gets it: the URI names the deployment (the connector picks the
 /// instance), hop-by-hop headers go, `X-Forwarded-*` come.
 fn upstream_request(
-    req: Request<Incoming>,
+    original: &Parts,
+    body: Option<Incoming>,
     deployment: &str,
     host: &str,
     peer: SocketAddr,
-) -> Result<Request<Incoming>, String> {
-    let (mut parts, body) = req.into_parts();
-    let path = parts
+) -> Result<Upstream, String> {
+    let path = original
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    parts.uri = format!("http://{deployment}{path}")
+    let uri = format!("http://{deployment}{path}")
         .parse::<Uri>()
         .map_err(|e| format!("bad request target: {e}"))?;
-    parts.version = hyper::Version::HTTP_11;
-    let original_host = parts
-        .headers
+    let mut headers = original.headers.clone();
+    let original_host = headers
         .get(header::HOST)
         .cloned()
         .or_else(|| HeaderValue::from_str(host).ok());
-    strip_hop_by_hop(&mut parts.headers);
-    let headers = &mut parts.headers;
+    strip_hop_by_hop(&mut headers);
     if let Some(original) = original_host {
         headers.insert(header::HOST, original.clone());
         headers.insert(X_FORWARDED_HOST, original);
@@ -167,7 +229,20 @@ fn upstream_request(
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    Ok(Request::from_parts(parts, body))
+    let replayable = body.is_none();
+    let body = match body {
+        Some(body) => Either::Left(body),
+        None => Either::Right(Empty::new()),
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = original.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = hyper::Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok(Upstream {
+        request,
+        replayable,
+    })
 }
 
 /// The request's host, lower case, without a port: the `Host` header (HTTP/1.1) or the
@@ -203,6 +278,16 @@ fn with_deployment(mut res: Response<Body>, deployment: &str) -> Response<Body> 
     if let Ok(value) = HeaderValue::from_str(deployment) {
         res.headers_mut().insert(DEPLOYMENT_HEADER, value);
     }
+    res
+}
+
+/// 503: nothing runs to answer now; the client is told when to try again.
+fn unavailable(message: &str) -> Response<Body> {
+    let mut res = plain(StatusCode::SERVICE_UNAVAILABLE, message);
+    res.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER.as_secs()),
+    );
     res
 }
 

@@ -1,7 +1,9 @@
 //! The edge on its own: a nats-server with route entries written by hand, a demo app, the
 //! edge binary. A route whose first instance refuses connections still answers (the next
 //! instance takes it), a deployment that runs nothing is 503 with `Retry-After`, and HTTP/2
-//! without TLS (h2c, prior knowledge) is served like HTTP/1.1.
+//! without TLS (h2c, prior knowledge) is served like HTTP/1.1. A request none of whose
+//! instances accepts a connection waits for the table to move on (the agent's report of the
+//! new address, the route's standby) rather than failing: 503 only when it never does.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -107,4 +109,52 @@ async fn refused_instances_are_skipped_empty_deployments_are_503_and_h2c_is_serv
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-slipway-deployment"], "dep_app");
     assert_eq!(text(response).await, "direct");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_reaches_no_instance_waits_for_the_table_to_move_on() {
+    let mut plane = Plane::builder().start().await;
+    let (_app, app) = demo_app("restarted");
+    // The instance the table lists is gone (crashed, or stopped for standby) and the edge has
+    // not heard of it yet.
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut moving = entry("moving.example", "dep_moving", std::slice::from_ref(&dead));
+    put(&plane, &moving).await;
+    put(&plane, &entry("gone.example", "dep_gone", &[dead])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_WAKE_TIMEOUT", "2s")]);
+    let edge = plane.edge_address.unwrap();
+    let get = |host: &'static str| async move {
+        let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+        let (mut http1, connection) = conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("/")
+            .header(hyper::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = http1.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        (status, retry_after, text(response).await)
+    };
+
+    let mut held = tokio::spawn(get("moving.example"));
+    // Held, not answered 502: nothing of it reached an instance.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut held)
+            .await
+            .is_err(),
+        "the request was answered before the table moved on"
+    );
+    // The agent's report: the instance runs again, on a new port.
+    moving.instances = vec![app];
+    moving.instances_revision = 2;
+    put(&plane, &moving).await;
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "restarted"));
+
+    // A table that never moves on: 503 once the wake timeout passed, to be tried again.
+    let (status, retry_after, body) = get("gone.example").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after.unwrap(), "5");
+    assert!(body.contains("accepts connections"), "{body}");
 }

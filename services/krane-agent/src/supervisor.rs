@@ -108,6 +108,22 @@ fn backoff(exits: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << exits.min(6))).min(Duration::from_secs(10))
 }
 
+/// The first probe of a starting instance: then doubling up to the steady interval, so an app
+/// that starts in milliseconds is seen running in milliseconds, and a slow one is not polled
+/// harder than usual for long.
+const FIRST_PROBE: Duration = Duration::from_millis(5);
+
+/// When to look again: soon while an instance is starting (its `starting`-th probe since it
+/// started; None when none is), else at the steady interval.
+fn next_check(check_every: Duration, starting: Option<u32>) -> Duration {
+    match starting {
+        Some(probes) => FIRST_PROBE
+            .saturating_mul(1 << probes.min(16))
+            .min(check_every),
+        None => check_every,
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -157,6 +173,8 @@ pub async fn supervise(
 ) -> (String, watch::Receiver<Option<DesiredDeployment>>) {
     let mut slots: Vec<Slot> = adopted.0;
     let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
+    // Probes made since an instance began starting (None: none is starting).
+    let mut starting: Option<u32> = None;
     loop {
         let doc = desired.borrow_and_update().clone();
         let runs = matches!(&doc, Some(d) if d.desired == Desired::Running);
@@ -198,13 +216,17 @@ pub async fn supervise(
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
         }
+        let any_starting = slots
+            .iter()
+            .any(|s| s.process.is_some() && s.status == InstanceStatus::Pending);
+        starting = any_starting.then(|| starting.map_or(0, |n| n + 1));
         tokio::select! {
             changed = desired.changed() => if changed.is_err() {
                 tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
                 stop(&ctx, &mut slots).await;
                 return (deployment_id, desired);
             },
-            _ = tokio::time::sleep(ctx.check_every) => {}
+            _ = tokio::time::sleep(next_check(ctx.check_every, starting)) => {}
         }
     }
 }
@@ -395,4 +417,23 @@ async fn put_report(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_instance_is_probed_soon_then_less_often_up_to_the_steady_interval() {
+        let every = Duration::from_millis(500);
+        let delays: Vec<u64> = (0..9)
+            .map(|n| next_check(every, Some(n)).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 500, 500]);
+        assert_eq!(next_check(every, Some(u32::MAX)), every);
+        assert_eq!(next_check(every, None), every);
+        // A steady interval shorter than the first probe wins.
+        let fast = Duration::from_millis(2);
+        assert_eq!(next_check(fast, Some(0)), fast);
+    }
 }

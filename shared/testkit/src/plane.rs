@@ -524,6 +524,11 @@ impl Plane {
     /// Starts the edge (again, on the same port after the first time) and waits until it
     /// is ready.
     pub fn start_edge(&mut self) {
+        self.start_edge_with(&[]);
+    }
+
+    /// [`start_edge`](Self::start_edge), with `extra` settings (they win).
+    pub fn start_edge_with(&mut self, extra: &[(&'static str, &str)]) {
         let address = *self.edge_address.get_or_insert_with(|| {
             let port = crate::ports::free_port().expect("a free port");
             std::net::SocketAddr::from(([127, 0, 0, 1], port))
@@ -532,6 +537,7 @@ impl Plane {
         env.push(("SLIPWAY_EDGE_LISTEN", address.to_string()));
         env.push(("SLIPWAY_EDGE_TRAFFIC_EVERY", "1s".into()));
         env.push(("SLIPWAY_EDGE_WAKE_TIMEOUT", "20s".into()));
+        env.extend(extra.iter().map(|(var, value)| (*var, value.to_string())));
         let edge = ServiceProcess::spawn("edge", bin(EDGE), &[], &env).expect("spawning the edge");
         edge.wait_ready(EDGE, TIMEOUT).expect("the edge is ready");
         self.edge = Some(edge);

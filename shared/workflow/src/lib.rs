@@ -26,6 +26,7 @@
 
 mod context;
 mod error;
+mod finishes;
 mod record;
 mod worker;
 
@@ -36,7 +37,7 @@ use async_nats::{
     HeaderMap,
 };
 use backon::ExponentialBuilder;
-use futures::{future::BoxFuture, StreamExt};
+use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::time::now_ms;
 use slipway_nats::provision::{LEASES, WORKFLOW_RECORDS};
@@ -174,6 +175,7 @@ pub(crate) struct Shared {
     leases: Leases,
     config: EngineConfig,
     workflows: HashMap<&'static str, Arc<dyn Erased>>,
+    finishes: Arc<finishes::Finishes>,
 }
 
 /// Runs `op` until it succeeds or [`slipway_nats::retry::failover`] is spent: a stream with no
@@ -236,6 +238,7 @@ impl EngineBuilder {
                 records,
                 config: self.config,
                 workflows: self.workflows,
+                finishes: Arc::default(),
             }),
         })
     }
@@ -323,41 +326,33 @@ impl Engine {
     }
 
     /// The record once the workflow has finished, or as it is when `timeout` has passed.
+    /// Waits share one watch of finished records (see `finishes`): any number may run at once.
     pub async fn wait(
         &self,
         workflow_id: &str,
         timeout: Duration,
     ) -> Result<WorkflowRecord, EngineError> {
-        let key = record::key(workflow_id);
-        // The watch delivers the current value first, then every change.
-        let mut watch = self
-            .shared
-            .records
-            .watch_with_history(key.as_str())
+        let shared = &self.shared;
+        let waiter = shared
+            .finishes
+            .register(&shared.js, &shared.records, &record::key(workflow_id))
             .await
-            .map_err(EngineError::nats)?;
-        let mut last = None;
+            .map_err(EngineError::Nats)?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut timed_out = false;
         loop {
-            match tokio::time::timeout_at(deadline, watch.next()).await {
-                Ok(Some(Ok(entry))) if entry.operation == kv::Operation::Put => {
-                    let record: WorkflowRecord = rmp_serde::from_slice(&entry.value)?;
-                    if record.status.is_finished() {
-                        return Ok(record);
-                    }
-                    last = Some(record);
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => return Err(EngineError::nats(e)),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        match last {
-            Some(record) => Ok(record),
-            None => self
+            // Listening before reading: a finish written after the read is not missed.
+            let finished = waiter.notify.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let record = self
                 .get(workflow_id)
                 .await?
-                .ok_or_else(|| EngineError::NotFound(workflow_id.to_string())),
+                .ok_or_else(|| EngineError::NotFound(workflow_id.to_string()))?;
+            if record.status.is_finished() || timed_out {
+                return Ok(record);
+            }
+            timed_out = tokio::time::timeout_at(deadline, finished).await.is_err();
         }
     }
 

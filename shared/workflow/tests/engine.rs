@@ -12,6 +12,7 @@ use std::{
 
 use async_nats::jetstream;
 use backon::ExponentialBuilder;
+use futures::StreamExt;
 use slipway_nats::provision;
 use slipway_testkit::Plane;
 use slipway_workflow::{
@@ -26,6 +27,8 @@ struct Counters {
     flaky: AtomicU32,
     runs: AtomicU32,
     failures: AtomicU32,
+    /// Gated runs wait for this to open before their first step.
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 /// `first` (a side effect), then `flaky` (fails as the input says), after aborting its
@@ -39,6 +42,7 @@ struct ProbeInput {
     terminal: bool,
     abort_first_run: bool,
     panic: bool,
+    gated: bool,
 }
 
 impl Workflow for Probe {
@@ -49,6 +53,9 @@ impl Workflow for Probe {
     async fn run(&self, ctx: &mut Context, input: ProbeInput) -> Result<u32, WorkflowError> {
         let c = &self.0;
         let run = c.runs.fetch_add(1, Ordering::SeqCst);
+        if input.gated {
+            let _ = c.gate.subscribe().wait_for(|open| *open).await;
+        }
         let drawn: u32 = ctx
             .step("first", || async {
                 c.first.fetch_add(1, Ordering::SeqCst);
@@ -127,6 +134,7 @@ fn input(flaky_failures: u32) -> ProbeInput {
         terminal: false,
         abort_first_run: false,
         panic: false,
+        gated: false,
     }
 }
 
@@ -400,4 +408,50 @@ async fn a_lost_invocation_is_delivered_again_by_redeliver_not_by_start() {
         .unwrap();
     assert_eq!(record.status, Status::Completed);
     assert_eq!(counters.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish() {
+    let env = env().await;
+    const WAITS: usize = 1_000;
+    let ids: Vec<String> = (0..WAITS).map(|i| format!("wf_many_{i}")).collect();
+    let mut gated = input(0);
+    gated.gated = true;
+    for id in &ids {
+        env.engine
+            .start::<Probe>(id, id, &gated, None)
+            .await
+            .unwrap();
+    }
+    let mut waits: futures::stream::FuturesUnordered<_> = ids
+        .iter()
+        .map(|id| {
+            let engine = env.engine.clone();
+            let id = id.clone();
+            tokio::spawn(async move { engine.wait(&id, Duration::from_secs(120)).await })
+        })
+        .collect();
+    // While the workflows are held, every wait is in flight, and none returns (a wait that
+    // could not watch would fail here).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), waits.next())
+            .await
+            .is_err(),
+        "a wait returned while its workflow was held"
+    );
+    env.counters.gate.send_replace(true);
+    let mut completed = 0;
+    while let Some(wait) = waits.next().await {
+        let record = wait.unwrap().unwrap();
+        assert_eq!(record.status, Status::Completed, "{record:?}");
+        completed += 1;
+    }
+    assert_eq!(completed, WAITS);
+    // A wait that times out returns the record as it is.
+    let record = env
+        .engine
+        .wait("wf_many_0", Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
 }
