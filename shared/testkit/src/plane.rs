@@ -101,9 +101,18 @@ pub struct PlaneBuilder {
     orchestrators: usize,
     env: Vec<(&'static str, String)>,
     docker_host: Option<String>,
+    sync_always: bool,
 }
 
 impl PlaneBuilder {
+    /// The nats-server fsyncs every write before acknowledging it (`sync_interval: always`),
+    /// the durability tier benchmarks compare in; by default it syncs every two minutes, as
+    /// nats-server does, and a write is durable once replicated.
+    pub fn sync_always(mut self) -> Self {
+        self.sync_always = true;
+        self
+    }
+
     /// Starts an edge on a free port (traffic reported every second).
     pub fn edge(mut self) -> Self {
         self.edge = true;
@@ -176,6 +185,13 @@ impl PlaneBuilder {
         } else {
             let nats = if self.cluster {
                 Nats::Cluster(NatsCluster::start().await.expect("a nats-server cluster"))
+            } else if self.sync_always {
+                let config = "jetstream { sync_interval: always }";
+                Nats::Server(
+                    NatsServer::start_with_config(config)
+                        .await
+                        .expect("nats-server"),
+                )
             } else {
                 Nats::Server(NatsServer::start().await.expect("nats-server"))
             };
@@ -332,6 +348,7 @@ impl Plane {
             orchestrators: 0,
             env: vec![],
             docker_host: None,
+            sync_always: false,
         }
     }
 

@@ -123,7 +123,7 @@ async fn run(
             "resuming workflow"
         );
     }
-    ctx.republish_last_step().await?;
+    ctx.republish_last_steps().await?;
     let workflow_id = ctx.record.id.clone();
     let (mut ctx, result) = match tokio::spawn(workflow.run(ctx).in_current_span()).await {
         Ok(done) => done,
@@ -135,6 +135,8 @@ async fn run(
                 .map_err(|e| WorkflowError::Aborted(e.to_string()))?
                 .ok_or_else(|| WorkflowError::Aborted("record vanished".into()))?;
             let mut ctx = Context::new(shared.clone(), record, revision);
+            // Its last step events may not have been stored.
+            ctx.republish_last_steps().await?;
             ctx.record.status = Status::Failing;
             ctx.record.error = Some(format!("workflow panicked: {join}"));
             ctx.save().await?;
@@ -143,6 +145,7 @@ async fn run(
     };
     match result {
         Ok(output) => {
+            ctx.settle_step_event().await?;
             ctx.record.status = Status::Completed;
             ctx.record.output = output;
             ctx.save().await?;
@@ -151,6 +154,7 @@ async fn run(
             Ok(None)
         }
         Err(WorkflowError::Failed(reason)) => {
+            ctx.settle_step_event().await?;
             ctx.record.status = Status::Failing;
             ctx.record.error = Some(reason.clone());
             // Saved first: a stale run (a later one took over) fails nothing.

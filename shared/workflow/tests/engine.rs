@@ -455,3 +455,32 @@ async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish
         .unwrap();
     assert_eq!(record.status, Status::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_workflow_has_every_step_event_stored_in_step_order() {
+    let env = env().await;
+    // Step events are sent without waiting for each to be stored: the finishing write waits.
+    for run in 0..20 {
+        let id = format!("wf_events_{run}");
+        let scope = slipway_workflow::EventScope {
+            workspace_id: "ws_1".into(),
+            project_id: "proj_1".into(),
+            deployment_id: format!("dep_{run}"),
+            environment_slug: "production".into(),
+        };
+        env.engine
+            .start::<Probe>(&id, "k", &input(0), Some(scope))
+            .await
+            .unwrap();
+        let record = env.engine.wait(&id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(record.status, Status::Completed);
+        let events = slipway_testkit::stream_messages(
+            &env.js,
+            provision::EVENTS,
+            &format!("slipway.events.proj_1.dep_{run}.step"),
+        )
+        .await;
+        let steps: Vec<&str> = events.iter().filter_map(|e| e["step"].as_str()).collect();
+        assert_eq!(steps, ["first", "flaky"], "{events:?}");
+    }
+}
