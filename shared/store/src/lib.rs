@@ -42,9 +42,31 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where transactions that write run: on SQLite a pool of one connection, so this
+    /// process's writers queue for it in order instead of in SQLite's busy handler (which
+    /// sleeps up to 100 ms at a time while the lock may already be free); on PostgreSQL the
+    /// pool itself.
+    writer: AnyPool,
     backend: Backend,
     /// Seals and opens secret variables; without it, secrets can be neither set nor run.
     secrets: Option<Arc<SecretsKey>>,
+}
+
+/// A pool of at most `max` SQLite connections in WAL mode, waiting up to 10 s for another
+/// process's write lock.
+fn sqlite_options(max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(30))
+        .max_connections(max)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -65,23 +87,23 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
-        if backend == Backend::Sqlite {
-            options = options.max_connections(8).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            });
-        } else {
-            options = options.max_connections(16);
-        }
+        let options = match backend {
+            Backend::Sqlite => sqlite_options(8),
+            Backend::Postgres => AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(30))
+                .max_connections(16),
+        };
         let pool = options.connect(&url).await.map_err(StoreError::Connect)?;
+        let writer = match backend {
+            Backend::Sqlite => sqlite_options(1)
+                .connect(&url)
+                .await
+                .map_err(StoreError::Connect)?,
+            Backend::Postgres => pool.clone(),
+        };
         Ok(Self {
             pool,
+            writer,
             backend,
             secrets: None,
         })
@@ -141,7 +163,7 @@ impl Store {
     /// A transaction that may write after reading.
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(tx)
