@@ -15,7 +15,8 @@
 //! and `page cache` (nats-server's default).
 //!
 //! `cargo build --release --workspace && cargo bench -p deploy-orchestrator --bench shapes`
-//! (after scripts/install-nats-server.sh). `SLIPWAY_BENCH_TIERS=fsync` runs one tier.
+//! (after scripts/install-nats-server.sh). `SLIPWAY_BENCH_TIERS=fsync` runs one tier,
+//! `SLIPWAY_BENCH_SHAPES=workflows,pairs,timers` some of the shapes (RSS is always measured).
 
 use std::{
     collections::HashMap,
@@ -93,23 +94,25 @@ async fn run_tier(fsync: bool) -> anyhow::Result<Vec<(String, String)>> {
         .build()
         .await?;
     let workers = tokio::spawn(engine.clone().run_workers());
-    for steps in [1, 12] {
-        let (p50, p99) = sequential(&engine, &deployments, steps).await?;
-        rows.push((
-            format!("{steps}-step workflow, sequential p50 / p99"),
-            format!("{p50:.1} / {p99:.1} ms"),
-        ));
-    }
-    for in_flight in [1, 10, 100] {
-        let rate = throughput(&engine, &deployments, in_flight).await?;
-        rows.push((
-            format!("12-step workflows/s, {in_flight} in flight"),
-            format!("{rate:.0}"),
-        ));
+    if runs("workflows") {
+        for steps in [1, 12] {
+            let (p50, p99) = sequential(&engine, &deployments, steps).await?;
+            rows.push((
+                format!("{steps}-step workflow, sequential p50 / p99"),
+                format!("{p50:.1} / {p99:.1} ms"),
+            ));
+        }
+        for in_flight in [1, 10, 100] {
+            let rate = throughput(&engine, &deployments, in_flight).await?;
+            rows.push((
+                format!("12-step workflows/s, {in_flight} in flight"),
+                format!("{rate:.0}"),
+            ));
+        }
     }
     workers.abort();
 
-    for clients in [1, 16, 64] {
+    for clients in [1, 16, 64].into_iter().filter(|_| runs("pairs")) {
         let rate = pairs(&plane, &deployments[..clients]).await?;
         rows.push((
             format!("schedule + clear pairs/s, {clients} clients"),
@@ -117,30 +120,32 @@ async fn run_tier(fsync: bool) -> anyhow::Result<Vec<(String, String)>> {
         ));
     }
 
-    let first = &deployments[..TIMERS];
-    let calm = storm(&mut plane, first, "standby", false).await?;
-    rows.push((
-        "10,000 timers: lateness p50 / p99 / max".into(),
-        calm.lateness(),
-    ));
-    rows.push((
-        "10,000 timers: lost / applied twice".into(),
-        calm.lost_twice(),
-    ));
-    let second = &deployments[TIMERS..];
-    let killed = storm(&mut plane, second, "standby", true).await?;
-    rows.push((
-        "actor killed mid-storm: lateness p50 / p99 / max".into(),
-        killed.lateness(),
-    ));
-    rows.push((
-        "actor killed mid-storm: lost / applied twice".into(),
-        killed.lost_twice(),
-    ));
-    rows.push((
-        "  of those due while it was down: p50 / p99 / max".into(),
-        killed.down_lateness(),
-    ));
+    if runs("timers") {
+        let first = &deployments[..TIMERS];
+        let calm = storm(&mut plane, first, "standby", false).await?;
+        rows.push((
+            "10,000 timers: lateness p50 / p99 / max".into(),
+            calm.lateness(),
+        ));
+        rows.push((
+            "10,000 timers: lost / applied twice".into(),
+            calm.lost_twice(),
+        ));
+        let second = &deployments[TIMERS..];
+        let killed = storm(&mut plane, second, "standby", true).await?;
+        rows.push((
+            "actor killed mid-storm: lateness p50 / p99 / max".into(),
+            killed.lateness(),
+        ));
+        rows.push((
+            "actor killed mid-storm: lost / applied twice".into(),
+            killed.lost_twice(),
+        ));
+        rows.push((
+            "  of those due while it was down: p50 / p99 / max".into(),
+            killed.down_lateness(),
+        ));
+    }
 
     let loaded = rss(&plane);
     for ((name, before), (_, after)) in idle.iter().zip(&loaded) {
@@ -150,6 +155,13 @@ async fn run_tier(fsync: bool) -> anyhow::Result<Vec<(String, String)>> {
         ));
     }
     Ok(rows)
+}
+
+/// Whether `shape` (workflows, pairs, timers) is among `SLIPWAY_BENCH_SHAPES` (default: all).
+fn runs(shape: &str) -> bool {
+    std::env::var("SLIPWAY_BENCH_SHAPES")
+        .map(|shapes| shapes.split(',').any(|s| s.trim() == shape))
+        .unwrap_or(true)
 }
 
 fn mib(kib: u64) -> f64 {

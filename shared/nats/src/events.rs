@@ -42,37 +42,19 @@ pub async fn publish<D: Serialize>(
     msg_id: &str,
 ) -> Result<(), PublishError> {
     let kind = event.kind;
-    send(js, event, msg_id)
-        .await?
-        .await
-        .map_err(|e| PublishError::Publish {
-            kind,
-            source: e.into(),
-        })?;
-    Ok(())
-}
-
-/// Publishes `event` with message id `msg_id`, without waiting for the stream to store it:
-/// the returned future is its acknowledgement. Events sent on one connection are stored in
-/// the order they were sent.
-pub async fn send<D: Serialize>(
-    js: &jetstream::Context,
-    event: &Event<D>,
-    msg_id: &str,
-) -> Result<jetstream::context::PublishAckFuture, PublishError> {
-    let kind = event.kind;
     let payload =
         serde_json::to_vec(event).map_err(|source| PublishError::Encode { kind, source })?;
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MESSAGE_ID, msg_id);
+    let failed = |source: async_nats::Error| PublishError::Publish { kind, source };
     js.publish_with_headers(
         events::subject(&event.project_id, &event.deployment_id, kind),
         headers,
         payload.into(),
     )
     .await
-    .map_err(|e| PublishError::Publish {
-        kind,
-        source: e.into(),
-    })
+    .map_err(|e| failed(e.into()))?
+    .await
+    .map_err(|e| failed(e.into()))?;
+    Ok(())
 }

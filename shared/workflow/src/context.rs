@@ -14,7 +14,6 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::context::PublishAckFuture;
 use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
@@ -35,8 +34,6 @@ pub struct Context {
     leases: Vec<Lease>,
     /// Past the commit point: steps retry until they succeed.
     committed: bool,
-    /// The last `step` event sent and not yet known to be stored: (step index, its ack).
-    unacked_event: Option<(usize, PublishAckFuture)>,
 }
 
 impl Context {
@@ -48,7 +45,6 @@ impl Context {
             cursor: 0,
             leases: Vec::new(),
             committed: false,
-            unacked_event: None,
         }
     }
 
@@ -185,7 +181,7 @@ impl Context {
                 });
                 self.save().await?;
                 fault::point(&format!("{kind}.{name}.after_journal"));
-                self.send_step_event(index).await?;
+                self.step_event(index).await?;
                 tracing::debug!(step = name, attempts, "step completed");
                 Ok(value)
             }
@@ -395,12 +391,20 @@ impl Context {
         })
     }
 
-    /// The `step` event of journaled step `index` and its message id, deduplicated by workflow
-    /// and index (and epoch), so a resumed run can publish it again safely.
-    fn step_event_of(&self, index: usize) -> Option<(Event<StepDone<'_>>, String)> {
+    /// The `step` event of journaled step `index`, deduplicated by workflow and index, so a
+    /// resumed run can publish the last one again safely.
+    pub(crate) async fn step_event(&self, index: usize) -> Result<(), WorkflowError> {
         let (Some(scope), Some(step)) = (&self.record.scope, self.record.steps.get(index)) else {
-            return None;
+            return Ok(());
         };
+        #[derive(Serialize)]
+        struct StepDone<'a> {
+            workflow_id: &'a str,
+            kind: &'a str,
+            step: &'a str,
+            index: usize,
+            attempts: u32,
+        }
         let event = Event {
             kind: "step",
             at_ms: step.finished_at_ms,
@@ -421,68 +425,19 @@ impl Context {
             0 => format!("step.{}.{index}", self.record.id),
             epoch => format!("step.{}.{index}.{epoch}", self.record.id),
         };
-        Some((event, msg_id))
-    }
-
-    /// Publishes the `step` event of journaled step `index` and waits until it is stored.
-    async fn step_event(&self, index: usize) -> Result<(), WorkflowError> {
-        let Some((event, msg_id)) = self.step_event_of(index) else {
-            return Ok(());
-        };
         slipway_nats::events::publish(&self.shared.js, &event, &msg_id)
             .await
-            .map_err(|e| WorkflowError::Aborted(e.to_string()))
-    }
-
-    /// Sends the `step` event of the step just journaled, without waiting for the stream to
-    /// store it: its write overlaps the next step's journal write (one fsync's time per step,
-    /// not two). The previous step's event is settled first, so at most one is unacknowledged,
-    /// and events still go out in step order.
-    async fn send_step_event(&mut self, index: usize) -> Result<(), WorkflowError> {
-        self.settle_step_event().await?;
-        let Some((event, msg_id)) = self.step_event_of(index) else {
-            return Ok(());
-        };
-        let ack = slipway_nats::events::send(&self.shared.js, &event, &msg_id)
-            .await
             .map_err(|e| WorkflowError::Aborted(e.to_string()))?;
-        self.unacked_event = Some((index, ack));
         Ok(())
     }
 
-    /// Waits until the last sent `step` event is stored; publishes it again if it was not.
-    /// Done before the workflow's finishing write, so a finished workflow has all its events.
-    pub(crate) async fn settle_step_event(&mut self) -> Result<(), WorkflowError> {
-        let Some((index, ack)) = self.unacked_event.take() else {
-            return Ok(());
-        };
-        match ack.await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(index, error = %e, "a step event was not stored; publishing it again");
-                self.step_event(index).await
-            }
+    /// Re-publishes the last journaled step's event, which a crash may have cut off.
+    pub(crate) async fn republish_last_step(&self) -> Result<(), WorkflowError> {
+        match self.record.steps.len() {
+            0 => Ok(()),
+            n => self.step_event(n - 1).await,
         }
     }
-
-    /// Re-publishes the events of the last two journaled steps, which a crash may have cut
-    /// off: the last one's may not have been sent, and the one before it not yet stored.
-    pub(crate) async fn republish_last_steps(&self) -> Result<(), WorkflowError> {
-        let n = self.record.steps.len();
-        for index in n.saturating_sub(2)..n {
-            self.step_event(index).await?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Serialize)]
-struct StepDone<'a> {
-    workflow_id: &'a str,
-    kind: &'a str,
-    step: &'a str,
-    index: usize,
-    attempts: u32,
 }
 
 /// Why a record write did not go through.

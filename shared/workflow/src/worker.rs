@@ -123,7 +123,7 @@ async fn run(
             "resuming workflow"
         );
     }
-    ctx.republish_last_steps().await?;
+    ctx.republish_last_step().await?;
     let workflow_id = ctx.record.id.clone();
     let (mut ctx, result) = match tokio::spawn(workflow.run(ctx).in_current_span()).await {
         Ok(done) => done,
@@ -135,8 +135,6 @@ async fn run(
                 .map_err(|e| WorkflowError::Aborted(e.to_string()))?
                 .ok_or_else(|| WorkflowError::Aborted("record vanished".into()))?;
             let mut ctx = Context::new(shared.clone(), record, revision);
-            // Its last step events may not have been stored.
-            ctx.republish_last_steps().await?;
             ctx.record.status = Status::Failing;
             ctx.record.error = Some(format!("workflow panicked: {join}"));
             ctx.save().await?;
@@ -145,7 +143,6 @@ async fn run(
     };
     match result {
         Ok(output) => {
-            ctx.settle_step_event().await?;
             ctx.record.status = Status::Completed;
             ctx.record.output = output;
             ctx.save().await?;
@@ -154,7 +151,6 @@ async fn run(
             Ok(None)
         }
         Err(WorkflowError::Failed(reason)) => {
-            ctx.settle_step_event().await?;
             ctx.record.status = Status::Failing;
             ctx.record.error = Some(reason.clone());
             // Saved first: a stale run (a later one took over) fails nothing.

@@ -459,7 +459,6 @@ async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_workflow_has_every_step_event_stored_in_step_order() {
     let env = env().await;
-    // Step events are sent without waiting for each to be stored: the finishing write waits.
     for run in 0..20 {
         let id = format!("wf_events_{run}");
         let scope = slipway_workflow::EventScope {
