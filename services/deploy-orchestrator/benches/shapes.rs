@@ -30,7 +30,6 @@ use slipway_proto::v1::{
     ClearScheduledStateChangesReply, ClearScheduledStateChangesRequest,
     ScheduleDesiredStateChangeReply, ScheduleDesiredStateChangeRequest,
 };
-use slipway_store::Store;
 use slipway_testkit::{
     plane::{Nats, Plane, ACTOR},
     Samples,
@@ -83,7 +82,7 @@ async fn run_tier(fsync: bool) -> anyhow::Result<Vec<(String, String)>> {
         builder = builder.sync_always();
     }
     let mut plane = builder.start().await;
-    let deployments = seed(&plane.store, TIMERS * 2).await?;
+    let deployments = slipway_testkit::seed::bench_deployments(&plane.store, TIMERS * 2).await?;
     let mut rows = vec![];
     let idle = rss(&plane);
 
@@ -184,38 +183,6 @@ fn rss_of(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-}
-
-/// One workspace, project and preview environment, and `n` deployments with one region each.
-async fn seed(store: &Store, n: usize) -> anyhow::Result<Vec<String>> {
-    store.create_workspace("ws_b", "bench", "Bench", 1).await?;
-    store
-        .create_project("proj_b", "ws_b", "bench", "Bench", "main", 1)
-        .await?;
-    let regions = [("local".to_string(), 1)].into_iter().collect();
-    store
-        .create_environment("env_b", "proj_b", "preview", &regions, 8080, "{}", &[], 1)
-        .await?;
-    let ids: Vec<String> = (0..n).map(|i| format!("dep_bench{i:05}")).collect();
-    let mut tx = store.pool().begin().await?;
-    for id in &ids {
-        sqlx::query(
-            "INSERT INTO deployments (id, workspace_id, project_id, environment_id, created_at_ms, updated_at_ms) \
-             VALUES ($1, 'ws_b', 'proj_b', 'env_b', 1, 1)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO deployment_topology (deployment_id, region, replicas, created_at_ms, updated_at_ms) \
-             VALUES ($1, 'local', 1, 1, 1)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(ids)
 }
 
 /// Shape 1: N journaled steps of 100 bytes under the project's lease, then a fenced actor

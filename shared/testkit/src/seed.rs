@@ -73,3 +73,37 @@ pub async fn deployment(store: &Store, new: &NewDeployment, regions: &BTreeMap<S
             .expect("seeding a topology row");
     }
 }
+
+/// For benches: workspace `ws_b`, project `proj_b`, its `preview` environment `env_b` in region
+/// `local`, and `n` deployments of it (`dep_bench00000`, …) with one replica there, in one
+/// transaction. Returns their ids.
+pub async fn bench_deployments(store: &Store, n: usize) -> anyhow::Result<Vec<String>> {
+    store.create_workspace("ws_b", "bench", "Bench", 1).await?;
+    store
+        .create_project("proj_b", "ws_b", "bench", "Bench", "main", 1)
+        .await?;
+    let regions = [("local".to_string(), 1)].into_iter().collect();
+    store
+        .create_environment("env_b", "proj_b", "preview", &regions, 8080, "{}", &[], 1)
+        .await?;
+    let ids: Vec<String> = (0..n).map(|i| format!("dep_bench{i:05}")).collect();
+    let mut tx = store.pool().begin().await?;
+    for id in &ids {
+        sqlx::query(
+            "INSERT INTO deployments (id, workspace_id, project_id, environment_id, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'ws_b', 'proj_b', 'env_b', 1, 1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deployment_topology (deployment_id, region, replicas, created_at_ms, updated_at_ms) \
+             VALUES ($1, 'local', 1, 1, 1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
