@@ -61,6 +61,7 @@ pub async fn handle(
     // A request without a body can be sent again: one that reached no instance (the table
     // still lists instances that are gone) waits for the table to move on and goes again.
     let mut body = (!body.is_end_stream()).then_some(body);
+    let replayable = body.is_none();
     let deadline = Instant::now() + edge.wake_timeout;
     loop {
         let route = match route_with_instances(edge, &host, deadline).await {
@@ -72,15 +73,14 @@ pub async fn handle(
             Ok(upstream) => upstream,
             Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
         };
-        let sent_again = upstream.replayable;
-        let res = match worker.client.request(upstream.request).await {
+        let res = match worker.client.request(upstream).await {
             Ok(res) => {
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) if e.is_connect() => {
-                if sent_again && table_moved_on(edge, &host, &route, deadline).await {
+                if replayable && table_moved_on(edge, &host, &route, deadline).await {
                     tracing::debug!(%deployment, error = %e, "no instance accepted; routing the request again");
                     continue;
                 }
@@ -149,49 +149,31 @@ async fn woken(
     if route.desired_state != Some(DesiredState::Standby) {
         return None;
     }
-    let mut changed = edge.table.subscribe();
+    let changed = edge.table.subscribe();
     edge.waker.wake(&route.deployment_id);
-    loop {
-        if let Some(now) = edge.table.get(host) {
-            if !now.instances.is_empty() {
-                return Some(now);
-            }
-        }
-        match tokio::time::timeout_at(deadline, changed.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return None,
-        }
-    }
+    edge.table
+        .wait_until(changed, deadline, || {
+            edge.table.get(host).filter(|now| !now.instances.is_empty())
+        })
+        .await
 }
 
 /// Waits until `host` no longer routes as `tried` did (another deployment, other instances, a
 /// new desired state, or no route): true when it moved on before `deadline`.
 async fn table_moved_on(edge: &Shared, host: &str, tried: &RouteEntry, deadline: Instant) -> bool {
     let instances = edge.table.instances_of(&tried.deployment_id);
-    let mut changed = edge.table.subscribe();
-    loop {
-        let moved = match edge.table.get(host) {
-            None => true,
-            Some(now) => {
-                now.deployment_id != tried.deployment_id
-                    || now.desired_state != tried.desired_state
-                    || edge.table.instances_of(&now.deployment_id) != instances
-            }
-        };
-        if moved {
-            return true;
-        }
-        match tokio::time::timeout_at(deadline, changed.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return false,
-        }
-    }
-}
-
-/// A request for an instance, and whether it can be sent again (it has no body).
-struct Upstream {
-    request: Request<UpstreamBody>,
-    replayable: bool,
+    let changed = edge.table.subscribe();
+    let moved = || match edge.table.get(host) {
+        None => Some(()),
+        Some(now) => (now.deployment_id != tried.deployment_id
+            || now.desired_state != tried.desired_state
+            || edge.table.instances_of(&now.deployment_id) != instances)
+            .then_some(()),
+    };
+    edge.table
+        .wait_until(changed, deadline, moved)
+        .await
+        .is_some()
 }
 
 /// The request as the instance gets it: the URI names the deployment (the connector picks the
@@ -202,7 +184,7 @@ fn upstream_request(
     deployment: &str,
     host: &str,
     peer: SocketAddr,
-) -> Result<Upstream, String> {
+) -> Result<Request<UpstreamBody>, String> {
     let path = original
         .uri
         .path_and_query()
@@ -229,7 +211,6 @@ fn upstream_request(
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    let replayable = body.is_none();
     let body = match body {
         Some(body) => Either::Left(body),
         None => Either::Right(Empty::new()),
@@ -239,10 +220,7 @@ fn upstream_request(
     *request.uri_mut() = uri;
     *request.version_mut() = hyper::Version::HTTP_11;
     *request.headers_mut() = headers;
-    Ok(Upstream {
-        request,
-        replayable,
-    })
+    Ok(request)
 }
 
 /// The request's host, lower case, without a port: the `Host` header (HTTP/1.1) or the

@@ -58,6 +58,25 @@ impl Table {
         self.changed.subscribe()
     }
 
+    /// The first `Some` of `check`, asked now and after every change `changed` announces,
+    /// until `deadline` (then None). Subscribe before the event that may change the table.
+    pub async fn wait_until<T>(
+        &self,
+        mut changed: watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            if let Some(found) = check() {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
         // A panic while holding the lock cannot leave the maps half-written (each change is
         // one insert or remove), so a poisoned lock is still a consistent table.
