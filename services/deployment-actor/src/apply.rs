@@ -31,11 +31,24 @@ pub enum Applied {
     Completed,
     /// No stored transition, or a newer one: a cleared or superseded schedule.
     Stale,
+    /// Claimed by another apply under way, and left to it ([`OnClaimed::Leave`]).
+    UnderWay,
     /// The deployment serves traffic (live, or behind a live or environment route): refused,
     /// left untouched.
     RefusedServing,
     /// The deployment no longer exists.
     Gone,
+}
+
+/// What to do with a transition another apply has claimed and not yet removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnClaimed {
+    /// Complete it (idempotent): its process may have died, or the caller must not reply
+    /// before it is done.
+    Complete,
+    /// Leave it: a timer held in memory that finds its change under way elsewhere; should
+    /// that process die, the backstop schedule completes it.
+    Leave,
 }
 
 /// A failure worth retrying (the store or NATS is unavailable).
@@ -53,7 +66,12 @@ pub enum ApplyError {
 
 impl Actor {
     #[tracing::instrument(skip(self), fields(deployment_id = %deployment_id, nonce = %nonce))]
-    pub async fn apply(&self, deployment_id: &str, nonce: &str) -> Result<Applied, ApplyError> {
+    pub async fn apply(
+        &self,
+        deployment_id: &str,
+        nonce: &str,
+        on_claimed: OnClaimed,
+    ) -> Result<Applied, ApplyError> {
         // Claim the transition first (compare-and-set): a clear or a newer schedule that
         // comes after the claim completes this apply before replying; one that came before
         // it makes the claim fail, and the apply is a no-op.
@@ -64,6 +82,10 @@ impl Actor {
                 return Ok(Applied::Stale);
             };
             if transition.applying {
+                if on_claimed == OnClaimed::Leave {
+                    tracing::debug!("claimed by an apply under way: left to it");
+                    return Ok(Applied::UnderWay);
+                }
                 break (transition, current.fencing_token, current.revision);
             }
             let claimed = Transition {

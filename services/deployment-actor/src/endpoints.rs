@@ -9,6 +9,7 @@ use slipway_proto::v1::{
 };
 
 use crate::{
+    apply::OnClaimed,
     timers::TimerError,
     transitions::{Current, Transition, TransitionError},
     Actor, SERVICE_NAME,
@@ -169,7 +170,10 @@ impl Actor {
         if req.delay_ms == 0 {
             // Applied at once; should that fail, the sync below leaves a due timer behind, so
             // the fired-change consumer retries it: the change is durable either way.
-            if let Err(e) = self.apply(&deployment_id, &transition.nonce).await {
+            if let Err(e) = self
+                .apply(&deployment_id, &transition.nonce, OnClaimed::Complete)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot apply at once; the timer will retry it");
             }
         }
@@ -241,12 +245,14 @@ impl Actor {
         let Some(t) = current.transition.as_ref().filter(|t| t.applying) else {
             return Ok(false);
         };
-        self.apply(deployment_id, &t.nonce).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot complete a change under way");
-            ApiError::unavailable(format!(
-                "a change under way cannot be completed now ({e}); retry"
-            ))
-        })?;
+        self.apply(deployment_id, &t.nonce, OnClaimed::Complete)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot complete a change under way");
+                ApiError::unavailable(format!(
+                    "a change under way cannot be completed now ({e}); retry"
+                ))
+            })?;
         Ok(true)
     }
 

@@ -9,7 +9,11 @@ use slipway_nats::{
     provision::TIMERS,
 };
 
-use crate::{apply::Applied, timers::Fired, Actor};
+use crate::{
+    apply::{Applied, OnClaimed},
+    timers::Fired,
+    Actor,
+};
 
 const CONSUMER: &str = "deployment-actor";
 
@@ -38,7 +42,10 @@ async fn handle(actor: &Actor, subject: &str, payload: &[u8]) -> Disposition {
             return Disposition::Drop;
         }
     };
-    match actor.apply(&fired.deployment_id, &fired.nonce).await {
+    match actor
+        .apply(&fired.deployment_id, &fired.nonce, OnClaimed::Complete)
+        .await
+    {
         Ok(Applied::Stale) => {
             // A newer transition (or none) is stored. Its schedule may have gone with this
             // one: seen on a cluster, a schedule replaced just as the old one fired was never

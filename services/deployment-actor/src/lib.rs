@@ -3,14 +3,16 @@
 //! An actor's state is its pending transition in KV `slipway_transitions`; every operation on
 //! it is a compare-and-set on that key's revision, so any number of actor processes can serve
 //! the same deployment and stay linearizable. The timer is a JetStream message schedule in
-//! `SLIPWAY_TIMERS`, which each operation converges on the KV (see [`timers::Timers::sync`]).
-//! A fired schedule is applied only if its nonce is still the stored one.
+//! `SLIPWAY_TIMERS`, which each operation converges on the KV (see [`timers::Timers::sync`]),
+//! and held in memory by the process so that it is applied on time ([`timetable`]). A change
+//! is applied only if its nonce is still the stored one.
 
 pub mod apply;
 pub mod endpoints;
 pub mod fired;
 pub mod reconcile;
 pub mod timers;
+pub mod timetable;
 pub mod transitions;
 
 use std::{sync::Arc, time::Duration};
@@ -40,6 +42,10 @@ pub struct Config {
     /// How long an idempotency key is remembered after its change fired or was cleared.
     #[arg(long, env = "SLIPWAY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = slipway_core::config::parse_duration)]
     pub idempotency_ttl: Duration,
+    /// How long after a change's due time its JetStream schedule fires, should no process
+    /// have applied it from memory by then (the one holding it crashed, or applying failed).
+    #[arg(long, env = "SLIPWAY_ACTOR_BACKSTOP_AFTER", default_value = "2s", value_parser = slipway_core::config::parse_duration)]
+    pub backstop_after: Duration,
     /// How often timers are reconciled with stored transitions (also once at start-up).
     #[arg(long, env = "SLIPWAY_ACTOR_RECONCILE_EVERY", default_value = "5m", value_parser = slipway_core::config::parse_duration)]
     pub reconcile_every: Duration,
@@ -95,7 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 js.get_key_value(TRANSITIONS).await?,
                 config.idempotency_ttl,
             ),
-            timers: timers::Timers::new(js.clone()).await?,
+            timers: timers::Timers::new(js.clone(), config.backstop_after).await?,
             desired: js.get_key_value(DESIRED).await?,
             js: js.clone(),
         }),
@@ -105,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the micro service: {e}"))?;
     let consumer = tokio::spawn(fired::consume(actor.clone(), config.concurrency));
+    tokio::spawn(timetable::run(actor.clone(), config.concurrency));
     tokio::spawn(reconcile::run_periodically(
         actor.clone(),
         config.reconcile_every,

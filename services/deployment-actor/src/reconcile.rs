@@ -3,19 +3,24 @@
 //! clear's KV delete and its purge. Every deployment with a stored transition or a waiting
 //! schedule is synced, so each stored transition has its timer and no stray timer survives.
 //!
+//! Each sync also holds the stored transition's timer in memory, so a process that starts
+//! holds every stored timer.
+//!
 //! Run at start-up, every `SLIPWAY_ACTOR_RECONCILE_EVERY`, and soon after the leader of
 //! `SLIPWAY_TIMERS` changes: a failover is where a schedule could be lost (a new leader that
 //! never had it), so the repair should not wait for the periodic run.
 
 use std::{collections::BTreeSet, time::Duration};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use slipway_core::{
     subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, transition_keys,
 };
 use slipway_nats::provision::TIMERS;
 
 use crate::Actor;
+
+const SYNCS_AT_ONCE: usize = 32;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -86,12 +91,16 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
             .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string)),
     );
 
-    for deployment_id in &deployments {
-        actor
-            .inner
-            .timers
-            .sync(deployment_id, &actor.inner.transitions)
-            .await?;
-    }
-    Ok(deployments.len())
+    // Concurrently: at start-up this is also what loads every stored timer into memory, and
+    // the ones that came due while no actor ran wait for it.
+    let n = deployments.len();
+    futures::stream::iter(deployments)
+        .map(|id| {
+            let inner = actor.inner.clone();
+            async move { inner.timers.sync(&id, &inner.transitions).await }
+        })
+        .buffer_unordered(SYNCS_AT_ONCE)
+        .try_collect::<()>()
+        .await?;
+    Ok(n)
 }

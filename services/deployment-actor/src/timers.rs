@@ -1,6 +1,10 @@
-//! The JetStream side of an actor's timer: one schedule subject per deployment in
-//! `SLIPWAY_TIMERS` (`Nats-Schedule: @at …`), firing into the deployment's fired subject.
-//! A new message on the schedule subject replaces the schedule; a purge cancels it.
+//! An actor's timer, on two sides: held in memory by the process (see [`crate::timetable`]),
+//! and durably as one schedule subject per deployment in `SLIPWAY_TIMERS` (`Nats-Schedule:
+//! @at …`, the backstop, set `SLIPWAY_ACTOR_BACKSTOP_AFTER` past the due time), firing into
+//! the deployment's fired subject. A new message on the schedule subject replaces the
+//! schedule; a purge cancels it.
+
+use std::time::Duration;
 
 use async_nats::{
     header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
@@ -10,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use slipway_core::time::to_system_time;
 use slipway_nats::provision::TIMERS;
 
-use crate::transitions::{Current, Transition, TransitionError, Transitions};
+use crate::{
+    timetable::LocalTimers,
+    transitions::{Current, Transition, TransitionError, Transitions},
+};
 
 /// How long a fired message stays in the stream. Deleting each one once applied contends
 /// with the server's scheduler on the same stream (measured: 10,000 due at once fired ~100×
@@ -46,17 +53,32 @@ fn js_err(e: impl Into<async_nats::Error>) -> TimerError {
 pub struct Timers {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
+    local: LocalTimers,
+    backstop_after: Duration,
 }
 
 impl Timers {
-    pub async fn new(js: jetstream::Context) -> Result<Self, TimerError> {
+    pub async fn new(js: jetstream::Context, backstop_after: Duration) -> Result<Self, TimerError> {
         let stream = js.get_stream(TIMERS).await.map_err(js_err)?;
-        Ok(Self { js, stream })
+        Ok(Self {
+            js,
+            stream,
+            local: LocalTimers::default(),
+            backstop_after,
+        })
     }
 
-    /// Writes (or replaces) the deployment's schedule for `t`.
+    /// The timers this process holds in memory.
+    pub fn local(&self) -> &LocalTimers {
+        &self.local
+    }
+
+    /// Writes (or replaces) the deployment's backstop schedule for `t`.
     async fn publish(&self, deployment_id: &str, t: &Transition) -> Result<(), TimerError> {
-        let at = humantime::format_rfc3339_millis(to_system_time(t.fires_at_ms));
+        let backstop_ms = slipway_core::time::millis(self.backstop_after);
+        let at = humantime::format_rfc3339_millis(to_system_time(
+            t.fires_at_ms.saturating_add(backstop_ms),
+        ));
         let mut headers = HeaderMap::new();
         headers.insert(NATS_SCHEDULE, format!("@at {at}").as_str());
         headers.insert(NATS_SCHEDULE_TARGET, fired_subject(deployment_id).as_str());
@@ -86,11 +108,11 @@ impl Timers {
         Ok(())
     }
 
-    /// Brings the schedule in line with the stored transition. Concurrent operations can
-    /// finish their stream writes in another order than their KV writes, so after writing,
-    /// re-read the KV and repeat until what was written is what is stored: the last stream
-    /// write is then always checked against the latest transition, and the two agree once
-    /// the operations settle.
+    /// Brings the schedule, and the timer held in memory, in line with the stored transition.
+    /// Concurrent operations can finish their stream writes in another order than their KV
+    /// writes, so after writing, re-read the KV and repeat until what was written is what is
+    /// stored: the last stream write is then always checked against the latest transition,
+    /// and the two agree once the operations settle.
     pub async fn sync(
         &self,
         deployment_id: &str,
@@ -104,6 +126,7 @@ impl Timers {
             }
             let now = transitions.get(deployment_id).await?;
             if now.nonce() == current.nonce() {
+                self.local.set(deployment_id, now.transition.as_ref());
                 return Ok(());
             }
             current = now;

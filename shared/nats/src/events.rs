@@ -36,25 +36,56 @@ pub fn message_id(kind: &str, deployment_id: &str, id: &str) -> String {
 }
 
 /// Publishes `event` with message id `msg_id` and waits until the stream has stored it.
+///
+/// Two processes can complete the same change at once (an apply and a call that finishes it
+/// first): on a cluster the second publish of a message id can then meet the first one still
+/// being stored ("duplicate message id is in process"). It is sent again once that one is
+/// through: the stream then either acknowledges it as a duplicate or, had the first failed,
+/// stores it.
 pub async fn publish<D: Serialize>(
     js: &jetstream::Context,
     event: &Event<D>,
     msg_id: &str,
 ) -> Result<(), PublishError> {
     let kind = event.kind;
-    let payload =
-        serde_json::to_vec(event).map_err(|source| PublishError::Encode { kind, source })?;
+    let payload: bytes::Bytes = serde_json::to_vec(event)
+        .map_err(|source| PublishError::Encode { kind, source })?
+        .into();
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MESSAGE_ID, msg_id);
-    let failed = |source: async_nats::Error| PublishError::Publish { kind, source };
-    js.publish_with_headers(
-        events::subject(&event.project_id, &event.deployment_id, kind),
-        headers,
-        payload.into(),
-    )
-    .await
-    .map_err(|e| failed(e.into()))?
-    .await
-    .map_err(|e| failed(e.into()))?;
-    Ok(())
+    let subject = events::subject(&event.project_id, &event.deployment_id, kind);
+    let mut delays = crate::retry::blip();
+    loop {
+        let sent = async {
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        };
+        match sent.await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_in_process(&e) => match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    return Err(PublishError::Publish {
+                        kind,
+                        source: e.into(),
+                    })
+                }
+            },
+            Err(e) => {
+                return Err(PublishError::Publish {
+                    kind,
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+/// "Duplicate message id is in process": the same id is being stored by another publish.
+fn is_in_process(e: &jetstream::context::PublishError) -> bool {
+    const DUPLICATE_IN_PROCESS: jetstream::ErrorCode = jetstream::ErrorCode(10158);
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| js.error_code() == DUPLICATE_IN_PROCESS)
 }

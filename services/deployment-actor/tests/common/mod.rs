@@ -72,6 +72,9 @@ pub trait ActorCalls {
     async fn get_state(&self, dep: &str) -> GetStateReply;
     /// The schedule message waiting for `dep`, if any.
     async fn schedule_in_stream(&self, dep: &str) -> Option<serde_json::Value>;
+    /// Waits until `dep` has no schedule message: an apply from memory cancels its backstop
+    /// schedule just after it removed the transition.
+    async fn wait_schedule_gone(&self, dep: &str);
     async fn desired_doc(&self, region: &str, dep: &str) -> Option<DesiredDeployment>;
     /// Waits until the deployment has no pending transition (the key is deleted, or holds
     /// only a fencing token).
@@ -180,6 +183,18 @@ impl ActorCalls for Env {
             .await
             .ok()
             .map(|m| serde_json::from_slice(&m.payload).unwrap())
+    }
+
+    async fn wait_schedule_gone(&self, dep: &str) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.schedule_in_stream(dep).await.is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{dep}: its schedule is still there"
+            );
+            // A purge has no event to wait for: look again shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn desired_doc(&self, region: &str, dep: &str) -> Option<DesiredDeployment> {

@@ -1,0 +1,177 @@
+//! Timers held in memory, with the JetStream schedule as their backstop
+//! (`SLIPWAY_ACTOR_BACKSTOP_AFTER` past the due time): a change is applied from memory on time,
+//! by a process that starts after its due time, by another process through the backstop when
+//! the one holding it died, and once when both paths race for it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ActorCalls, Env, ACTOR, TIMEOUT};
+use futures::StreamExt;
+use slipway_core::{
+    state::{DesiredState, TopologyStatus},
+    time::now_ms,
+};
+
+fn backstop(after: &str) -> [(&'static str, String); 1] {
+    [("SLIPWAY_ACTOR_BACKSTOP_AFTER", after.to_string())]
+}
+
+/// The `desired_state` event of `dep`, and when it was seen.
+async fn applied_at(sub: &mut async_nats::Subscriber) -> (i64, serde_json::Value) {
+    let msg = tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("a desired_state event")
+        .expect("the subscription is open");
+    (now_ms(), serde_json::from_slice(&msg.payload).unwrap())
+}
+
+async fn events_of(env: &Env, dep: &str) -> async_nats::Subscriber {
+    let sub = env
+        .client
+        .subscribe(format!("slipway.events.*.{dep}.desired_state"))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    sub
+}
+
+/// One event, the database written once (topology version 2), nothing pending.
+async fn assert_applied_once(env: &Env, project: &str, dep: &str) {
+    env.wait_transition_gone(dep).await;
+    let events = env.project_events(project).await;
+    assert_eq!(events.len(), 1, "{dep}: {events:?}");
+    assert_eq!(
+        env.store.deployment(dep).await.unwrap().desired_state,
+        DesiredState::Standby
+    );
+    let topology = env.store.topology(dep).await.unwrap();
+    assert!(
+        topology
+            .iter()
+            .all(|t| t.version == 2 && t.desired_status == TopologyStatus::Stopped),
+        "{dep}: {topology:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_is_applied_from_memory_on_time_while_its_backstop_is_an_hour_away() {
+    let mut env = common::without_actor().await;
+    env.spawn(ACTOR, &backstop("1h"));
+    let (project, dep) = env.seed_deployment().await;
+    let mut events = events_of(&env, &dep).await;
+
+    let reply = env.schedule(&dep, 300, "standby", "").await;
+    // The durable schedule is the backstop, an hour after the due time.
+    let stream = env
+        .js
+        .get_stream(slipway_nats::provision::TIMERS)
+        .await
+        .unwrap();
+    let schedule = stream
+        .get_last_raw_message_by_subject(&deployment_actor::timers::schedule_subject(&dep))
+        .await
+        .expect("the backstop schedule");
+    let at = schedule
+        .headers
+        .get(async_nats::header::NATS_SCHEDULE)
+        .expect("Nats-Schedule")
+        .to_string();
+    let backstop_at =
+        humantime::parse_rfc3339(at.trim_start_matches("@at ")).expect("an @at schedule");
+    let backstop_ms = backstop_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(backstop_ms, reply.fires_at_ms + 3_600_000);
+
+    let (seen_at, event) = applied_at(&mut events).await;
+    let lateness = seen_at - reply.fires_at_ms;
+    assert!(
+        (0..300).contains(&lateness),
+        "applied {lateness} ms after its due time"
+    );
+    assert_eq!(event["nonce"], reply.nonce.as_str());
+    assert_applied_once(&env, &project, &dep).await;
+    // Applied: the backstop is cancelled, so it never fires.
+    env.wait_schedule_gone(&dep).await;
+}
+
+#[tokio::test]
+async fn a_change_due_while_no_actor_ran_is_applied_as_soon_as_one_starts() {
+    let mut env = common::without_actor().await;
+    let first = env.spawn(ACTOR, &backstop("1h"));
+    let (project, dep) = env.seed_deployment().await;
+    let mut events = events_of(&env, &dep).await;
+    let reply = env.schedule(&dep, 300, "standby", "").await;
+    env.kill_service(first);
+
+    // Well past the due time; the backstop is an hour away.
+    tokio::time::sleep(Duration::from_millis(
+        (reply.fires_at_ms + 500 - now_ms()).max(0) as u64,
+    ))
+    .await;
+    assert!(
+        env.transitions.get(&dep).await.unwrap().is_some(),
+        "applied by nobody yet"
+    );
+    let started = now_ms();
+    env.spawn(ACTOR, &backstop("1h"));
+    let (seen_at, _) = applied_at(&mut events).await;
+    assert!(
+        seen_at - started < 5_000,
+        "applied {} ms after the actor started",
+        seen_at - started
+    );
+    assert_applied_once(&env, &project, &dep).await;
+}
+
+#[tokio::test]
+async fn a_timer_whose_process_died_is_applied_by_another_through_the_backstop() {
+    let mut env = common::without_actor().await;
+    let a = env.spawn(ACTOR, &backstop("1s"));
+    let b = env.spawn(ACTOR, &backstop("1s"));
+    let (project, dep) = env.seed_deployment().await;
+    let mut events = events_of(&env, &dep).await;
+    let reply = env.schedule(&dep, 500, "standby", "").await;
+
+    // Only the process that took the call holds the timer; it dies before the due time.
+    let holder = [a, b]
+        .into_iter()
+        .find(|&i| env.services[i].count_log(&reply.nonce) > 0)
+        .expect("a process logged the schedule");
+    env.kill_service(holder);
+
+    let (seen_at, event) = applied_at(&mut events).await;
+    assert_eq!(event["nonce"], reply.nonce.as_str());
+    let lateness = seen_at - reply.fires_at_ms;
+    assert!(
+        lateness >= 900,
+        "applied {lateness} ms after its due time: not by the backstop"
+    );
+    assert_applied_once(&env, &project, &dep).await;
+}
+
+/// With no delay before the backstop, every timer fires from memory and from the stream at
+/// about the same moment, in two processes: the nonce claim lets one of them apply it.
+#[tokio::test]
+async fn both_paths_racing_for_every_timer_apply_each_change_once() {
+    let mut env = common::without_actor().await;
+    env.spawn(ACTOR, &backstop("0s"));
+    env.spawn(ACTOR, &backstop("0s"));
+    let mut seeded = Vec::new();
+    for _ in 0..30 {
+        seeded.push(env.seed_deployment().await);
+    }
+    for (_, dep) in &seeded {
+        env.schedule(dep, 800, "standby", "").await;
+    }
+    for (project, dep) in &seeded {
+        assert_applied_once(&env, project, dep).await;
+    }
+    env.wait_consumer_idle().await;
+    for (project, dep) in &seeded {
+        assert_eq!(env.project_events(project).await.len(), 1, "{dep}");
+    }
+}
