@@ -18,7 +18,7 @@ use slipway_nats::{
 use slipway_store::{ApplyOutcome, Deployment, StoreError, Topology};
 
 use crate::{
-    transitions::{Transition, TransitionError},
+    transitions::{Current, Transition, TransitionError},
     Actor,
 };
 
@@ -65,18 +65,46 @@ pub enum ApplyError {
 }
 
 impl Actor {
-    #[tracing::instrument(skip(self), fields(deployment_id = %deployment_id, nonce = %nonce))]
     pub async fn apply(
         &self,
         deployment_id: &str,
         nonce: &str,
         on_claimed: OnClaimed,
     ) -> Result<Applied, ApplyError> {
+        self.apply_from(deployment_id, nonce, on_claimed, None)
+            .await
+    }
+
+    /// Applies the transition `seen` stored for the deployment (a timer held in memory):
+    /// the claim is tried against it at once, and only a conflict reads the key again.
+    pub async fn apply_seen(
+        &self,
+        deployment_id: &str,
+        seen: Current,
+    ) -> Result<Applied, ApplyError> {
+        let Some(nonce) = seen.nonce().map(str::to_string) else {
+            return Ok(Applied::Stale);
+        };
+        self.apply_from(deployment_id, &nonce, OnClaimed::Leave, Some(seen))
+            .await
+    }
+
+    #[tracing::instrument(skip(self, seen), fields(deployment_id = %deployment_id, nonce = %nonce))]
+    async fn apply_from(
+        &self,
+        deployment_id: &str,
+        nonce: &str,
+        on_claimed: OnClaimed,
+        mut seen: Option<Current>,
+    ) -> Result<Applied, ApplyError> {
         // Claim the transition first (compare-and-set): a clear or a newer schedule that
         // comes after the claim completes this apply before replying; one that came before
         // it makes the claim fail, and the apply is a no-op.
         let (transition, fencing_token, revision) = loop {
-            let current = self.inner.transitions.get(deployment_id).await?;
+            let current = match seen.take() {
+                Some(current) => current,
+                None => self.inner.transitions.get(deployment_id).await?,
+            };
             let Some(transition) = current.transition.filter(|t| t.nonce == nonce) else {
                 tracing::debug!("stale or cleared transition: no-op");
                 return Ok(Applied::Stale);

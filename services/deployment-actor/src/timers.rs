@@ -108,6 +108,21 @@ impl Timers {
         Ok(())
     }
 
+    /// After an apply removed its transition: cancels the backstop schedule, then makes sure
+    /// no newer transition came meanwhile whose schedule the cancel took (else syncs it). One
+    /// read fewer than [`Timers::sync`], which would first read what the apply just removed.
+    pub async fn cancel_applied(
+        &self,
+        deployment_id: &str,
+        transitions: &Transitions,
+    ) -> Result<(), TimerError> {
+        self.cancel(deployment_id).await?;
+        if transitions.get(deployment_id).await?.transition.is_some() {
+            return self.sync(deployment_id, transitions).await;
+        }
+        Ok(())
+    }
+
     /// Brings the schedule, and the timer held in memory, in line with the stored transition.
     /// Concurrent operations can finish their stream writes in another order than their KV
     /// writes, so after writing, re-read the KV and repeat until what was written is what is
@@ -126,7 +141,7 @@ impl Timers {
             }
             let now = transitions.get(deployment_id).await?;
             if now.nonce() == current.nonce() {
-                self.local.set(deployment_id, now.transition.as_ref());
+                self.local.set(deployment_id, &now);
                 return Ok(());
             }
             current = now;

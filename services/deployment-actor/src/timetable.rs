@@ -21,33 +21,32 @@ use std::{
 use slipway_core::time::now_ms;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::{
-    apply::{Applied, OnClaimed},
-    transitions::Transition,
-    Actor,
-};
+use crate::{apply::Applied, transitions::Current, Actor};
 
-/// A timer that came due.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub deployment_id: String,
-    pub nonce: String,
-}
-
-/// Which deployment is due when: at most one timer per deployment, its stored transition's.
-#[derive(Debug, Default)]
-pub struct Timetable {
-    by_deployment: HashMap<String, (i64, String)>,
+/// Which deployment is due when: at most one timer per deployment, each with what it fires
+/// (`T`).
+#[derive(Debug)]
+pub struct Timetable<T> {
+    by_deployment: HashMap<String, (i64, T)>,
     by_time: BTreeSet<(i64, String)>,
 }
 
-impl Timetable {
-    /// Holds `deployment_id`'s timer for `nonce` due at `at_ms`, replacing the one it had.
-    pub fn arm(&mut self, deployment_id: &str, nonce: &str, at_ms: i64) {
+impl<T> Default for Timetable<T> {
+    fn default() -> Self {
+        Self {
+            by_deployment: HashMap::new(),
+            by_time: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T> Timetable<T> {
+    /// Holds `deployment_id`'s timer due at `at_ms`, replacing the one it had.
+    pub fn arm(&mut self, deployment_id: &str, at_ms: i64, fires: T) {
         self.disarm(deployment_id);
         self.by_time.insert((at_ms, deployment_id.to_string()));
         self.by_deployment
-            .insert(deployment_id.to_string(), (at_ms, nonce.to_string()));
+            .insert(deployment_id.to_string(), (at_ms, fires));
     }
 
     pub fn disarm(&mut self, deployment_id: &str) {
@@ -57,7 +56,7 @@ impl Timetable {
     }
 
     /// Removes and returns every timer due at `now_ms`, earliest first.
-    pub fn take_due(&mut self, now_ms: i64) -> Vec<Due> {
+    pub fn take_due(&mut self, now_ms: i64) -> Vec<(String, T)> {
         let mut due = Vec::new();
         while let Some((at_ms, _)) = self.by_time.first() {
             if *at_ms > now_ms {
@@ -66,11 +65,8 @@ impl Timetable {
             let Some((_, deployment_id)) = self.by_time.pop_first() else {
                 break;
             };
-            if let Some((_, nonce)) = self.by_deployment.remove(&deployment_id) {
-                due.push(Due {
-                    deployment_id,
-                    nonce,
-                });
+            if let Some((_, fires)) = self.by_deployment.remove(&deployment_id) {
+                due.push((deployment_id, fires));
             }
         }
         due
@@ -96,19 +92,21 @@ pub struct LocalTimers {
     shared: Arc<Shared>,
 }
 
+/// A held timer fires the transition as it was seen stored, so that its apply can claim it
+/// without reading it first.
 #[derive(Default)]
 struct Shared {
-    table: Mutex<Timetable>,
+    table: Mutex<Timetable<Current>>,
     earlier: Notify,
 }
 
 impl LocalTimers {
-    /// Holds the timer of `transition` (what is stored for the deployment now), or none.
-    pub fn set(&self, deployment_id: &str, transition: Option<&Transition>) {
+    /// Holds the timer of what is stored for the deployment now (`current`), if anything.
+    pub fn set(&self, deployment_id: &str, current: &Current) {
         let mut table = self.table();
         let before = table.next_at();
-        match transition {
-            Some(t) => table.arm(deployment_id, &t.nonce, t.fires_at_ms),
+        match &current.transition {
+            Some(t) => table.arm(deployment_id, t.fires_at_ms, current.clone()),
             None => table.disarm(deployment_id),
         }
         // The applying task sleeps until the earliest timer it knew of.
@@ -120,7 +118,7 @@ impl LocalTimers {
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Timetable> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Timetable<Current>> {
         // The table stays consistent across a panic (each method completes its two writes
         // before anything can panic), so a poisoned lock is still usable.
         self.shared
@@ -139,13 +137,13 @@ pub async fn run(actor: Actor, concurrency: usize) {
             let mut table = local.table();
             (table.take_due(now_ms()), table.next_at())
         };
-        for d in due {
+        for (deployment_id, seen) in due {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let actor = actor.clone();
             tokio::spawn(async move {
-                apply_due(&actor, &d).await;
+                apply_due(&actor, &deployment_id, seen).await;
                 drop(permit);
             });
         }
@@ -165,12 +163,9 @@ pub async fn run(actor: Actor, concurrency: usize) {
 
 /// Applies a due timer and cancels its backstop. A failure is left to the backstop, which
 /// fires `SLIPWAY_ACTOR_BACKSTOP_AFTER` later and is retried until it succeeds.
-#[tracing::instrument(skip_all, fields(deployment_id = %due.deployment_id, nonce = %due.nonce))]
-async fn apply_due(actor: &Actor, due: &Due) {
-    match actor
-        .apply(&due.deployment_id, &due.nonce, OnClaimed::Leave)
-        .await
-    {
+#[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+async fn apply_due(actor: &Actor, deployment_id: &str, seen: Current) {
+    match actor.apply_seen(deployment_id, seen).await {
         // Whoever replaced, cleared or claimed the transition has its timers in hand.
         Ok(Applied::Stale | Applied::UnderWay) => {}
         Ok(outcome) => {
@@ -178,7 +173,7 @@ async fn apply_due(actor: &Actor, due: &Due) {
             let inner = &actor.inner;
             if let Err(e) = inner
                 .timers
-                .sync(&due.deployment_id, &inner.transitions)
+                .cancel_applied(deployment_id, &inner.transitions)
                 .await
             {
                 tracing::warn!(error = %e, "applied; cannot cancel the backstop schedule, which will fire as a no-op");
@@ -194,21 +189,26 @@ async fn apply_due(actor: &Actor, due: &Due) {
 mod tests {
     use super::*;
 
-    fn ids(due: &[Due]) -> Vec<(&str, &str)> {
-        due.iter()
-            .map(|d| (d.deployment_id.as_str(), d.nonce.as_str()))
-            .collect()
+    fn ids(due: &[(String, &'static str)]) -> Vec<(String, &'static str)> {
+        due.to_vec()
+    }
+
+    fn due(id: &str, fires: &'static str) -> (String, &'static str) {
+        (id.to_string(), fires)
     }
 
     #[test]
     fn timers_come_due_in_time_order_and_only_once() {
         let mut t = Timetable::default();
-        t.arm("dep_b", "n2", 200);
-        t.arm("dep_a", "n1", 100);
-        t.arm("dep_c", "n3", 300);
+        t.arm("dep_b", 200, "n2");
+        t.arm("dep_a", 100, "n1");
+        t.arm("dep_c", 300, "n3");
         assert_eq!(t.next_at(), Some(100));
         assert!(t.take_due(99).is_empty());
-        assert_eq!(ids(&t.take_due(200)), [("dep_a", "n1"), ("dep_b", "n2")]);
+        assert_eq!(
+            ids(&t.take_due(200)),
+            [due("dep_a", "n1"), due("dep_b", "n2")]
+        );
         assert!(t.take_due(200).is_empty(), "taken once");
         assert_eq!(t.next_at(), Some(300));
         assert_eq!(t.len(), 1);
@@ -217,21 +217,21 @@ mod tests {
     #[test]
     fn a_deployment_holds_one_timer_the_last_armed() {
         let mut t = Timetable::default();
-        t.arm("dep_a", "old", 100);
-        t.arm("dep_a", "new", 500);
+        t.arm("dep_a", 100, "old");
+        t.arm("dep_a", 500, "new");
         assert_eq!(t.len(), 1);
         assert!(t.take_due(400).is_empty(), "the replaced timer is gone");
-        assert_eq!(ids(&t.take_due(500)), [("dep_a", "new")]);
+        assert_eq!(ids(&t.take_due(500)), [due("dep_a", "new")]);
     }
 
     #[test]
     fn a_disarmed_timer_never_comes_due() {
         let mut t = Timetable::default();
-        t.arm("dep_a", "n1", 100);
-        t.arm("dep_b", "n2", 100);
+        t.arm("dep_a", 100, "n1");
+        t.arm("dep_b", 100, "n2");
         t.disarm("dep_a");
         t.disarm("dep_unknown");
-        assert_eq!(ids(&t.take_due(1_000)), [("dep_b", "n2")]);
+        assert_eq!(ids(&t.take_due(1_000)), [due("dep_b", "n2")]);
         assert!(t.is_empty());
         assert_eq!(t.next_at(), None);
     }

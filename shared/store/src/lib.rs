@@ -48,6 +48,8 @@ pub struct Store {
     /// pool itself.
     writer: AnyPool,
     backend: Backend,
+    /// On SQLite, where concurrent desired-state changes are written together.
+    group_commit: Option<desired_state::GroupCommit>,
     /// Seals and opens secret variables; without it, secrets can be neither set nor run.
     secrets: Option<Arc<SecretsKey>>,
 }
@@ -101,12 +103,17 @@ impl Store {
                 .map_err(StoreError::Connect)?,
             Backend::Postgres => pool.clone(),
         };
-        Ok(Self {
+        let mut store = Self {
             pool,
             writer,
             backend,
+            group_commit: None,
             secrets: None,
-        })
+        };
+        if backend == Backend::Sqlite {
+            store.group_commit = Some(desired_state::GroupCommit::start(store.clone()));
+        }
+        Ok(store)
     }
 
     /// Connects and applies pending migrations.

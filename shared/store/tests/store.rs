@@ -18,6 +18,7 @@ on_both_backends!(
     records_round_trip,
     unique_slugs_conflict,
     apply_desired_state_outcomes,
+    concurrent_applies_each_get_their_own_outcome,
     applies_and_new_deployments_in_one_environment_do_not_deadlock,
     topology_upsert_is_idempotent,
     routes_are_created_once_and_move_all_or_nothing,
@@ -99,6 +100,72 @@ async fn unique_slugs_conflict(db: &TestDb) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+/// Changes applied at once (on SQLite they share transactions) each get their own outcome,
+/// each written once: new ones, a repeated nonce, a refused live one, an unknown deployment,
+/// and two changes of one deployment in a row.
+async fn concurrent_applies_each_get_their_own_outcome(db: &TestDb) {
+    let f = fixture(db).await;
+    let ids: Vec<String> = (0..60).map(|i| format!("dep_c{i}")).collect();
+    for id in &ids {
+        deployment(&f, id).await;
+    }
+    f.store
+        .set_live_deployment(&f.project_id, Some("dep_c0"), 10)
+        .await
+        .unwrap();
+    f.store
+        .apply_desired_state("dep_c1", DesiredState::Standby, "done", 20)
+        .await
+        .unwrap();
+
+    let mut changes: Vec<(String, &str)> = ids.iter().map(|id| (id.clone(), "n1")).collect();
+    changes[1].1 = "done";
+    changes.push(("dep_unknown".into(), "n1"));
+    changes.push(("dep_c2".into(), "n2"));
+    let tasks: Vec<_> = changes
+        .iter()
+        .map(|(id, nonce)| {
+            let (store, id, nonce) = (f.store.clone(), id.clone(), nonce.to_string());
+            tokio::spawn(async move {
+                store
+                    .apply_desired_state(&id, DesiredState::Standby, &nonce, 30)
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(outcomes[0], ApplyOutcome::ServesTraffic);
+    assert!(matches!(outcomes[1], ApplyOutcome::AlreadyApplied { .. }));
+    assert_eq!(outcomes[60], ApplyOutcome::NotFound);
+    for (i, outcome) in outcomes.iter().enumerate().take(60).skip(2) {
+        assert!(
+            matches!(outcome, ApplyOutcome::Applied { .. }),
+            "{i}: {outcome:?}"
+        );
+    }
+    assert!(
+        matches!(outcomes[61], ApplyOutcome::Applied { .. }),
+        "{:?}",
+        outcomes[61]
+    );
+    // Each write counted once: version 2 after one change, 3 after dep_c2's two.
+    for (i, id) in ids.iter().enumerate() {
+        let expected = match i {
+            0 => 1,
+            2 => 3,
+            _ => 2,
+        };
+        let topology = f.store.topology(id).await.unwrap();
+        assert!(
+            topology.iter().all(|t| t.version == expected),
+            "{id}: {topology:?}"
+        );
+    }
 }
 
 async fn apply_desired_state_outcomes(db: &TestDb) {
