@@ -10,7 +10,10 @@
 //! `SLIPWAY_TIMERS` changes: a failover is where a schedule could be lost (a new leader that
 //! never had it), so the repair should not wait for the periodic run.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
 
 use futures::{StreamExt, TryStreamExt};
 use slipway_core::{
@@ -70,7 +73,7 @@ pub async fn on_leader_change(actor: Actor, every: Duration) {
     }
 }
 
-/// Returns how many deployments were synced.
+/// Returns how many deployments were looked at.
 pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     let mut deployments = BTreeSet::new();
     let keys: Vec<String> = actor.inner.transitions.keys().await?.try_collect().await?;
@@ -85,11 +88,11 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
         .info_with_subjects(format!("{SCHEDULE_PREFIX}>"))
         .await?;
     let subjects: Vec<(String, usize)> = info.try_collect().await?;
-    deployments.extend(
-        subjects
-            .into_iter()
-            .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string)),
-    );
+    let scheduled: HashSet<String> = subjects
+        .into_iter()
+        .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string))
+        .collect();
+    deployments.extend(scheduled.iter().cloned());
 
     // Concurrently: at start-up this is also what loads every stored timer into memory, and
     // the ones that came due while no actor ran wait for it.
@@ -97,7 +100,13 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     futures::stream::iter(deployments)
         .map(|id| {
             let inner = actor.inner.clone();
-            async move { inner.timers.sync(&id, &inner.transitions).await }
+            let has_schedule = scheduled.contains(&id);
+            async move {
+                inner
+                    .timers
+                    .check(&id, &inner.transitions, has_schedule)
+                    .await
+            }
         })
         .buffer_unordered(SYNCS_AT_ONCE)
         .try_collect::<()>()

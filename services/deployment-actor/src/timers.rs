@@ -108,6 +108,25 @@ impl Timers {
         Ok(())
     }
 
+    /// The reconcile's look at one deployment: a stored transition with a schedule, or
+    /// neither, only needs its timer held in memory (a schedule of an older nonce fires as a
+    /// stale no-op that syncs, and the timer held applies the stored one on time); a
+    /// transition without a schedule (its writer died before publishing it, or a failover
+    /// lost it) or a schedule without a transition is synced.
+    pub async fn check(
+        &self,
+        deployment_id: &str,
+        transitions: &Transitions,
+        has_schedule: bool,
+    ) -> Result<(), TimerError> {
+        let current = transitions.get(deployment_id).await?;
+        if current.transition.is_some() != has_schedule {
+            return self.sync(deployment_id, transitions).await;
+        }
+        self.local.set(deployment_id, &current);
+        Ok(())
+    }
+
     /// After an apply removed its transition: cancels the backstop schedule, then makes sure
     /// no newer transition came meanwhile whose schedule the cancel took (else syncs it). One
     /// read fewer than [`Timers::sync`], which would first read what the apply just removed.
