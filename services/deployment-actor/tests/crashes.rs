@@ -4,31 +4,7 @@
 
 mod common;
 
-use common::{ActorCalls, Env, ACTOR, TIMEOUT};
-use slipway_core::krane::Desired;
-use slipway_core::state::{DesiredState, TopologyStatus};
-
-/// Exactly one event, the database written once, desired state published, nothing left.
-async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
-    env.wait_transition_gone(dep).await;
-    let events = env.project_events(project).await;
-    assert_eq!(events.len(), 1, "{dep}: {events:?}");
-    assert_eq!(events[0]["nonce"], nonce);
-    let d = env.store.deployment(dep).await.unwrap();
-    assert_eq!(d.desired_state, DesiredState::Standby);
-    let topology = env.store.topology(dep).await.unwrap();
-    assert!(
-        topology
-            .iter()
-            .all(|t| t.version == 2 && t.desired_status == TopologyStatus::Stopped),
-        "{topology:?}"
-    );
-    assert_eq!(
-        env.desired_doc("eu", dep).await.unwrap().desired,
-        Desired::Stopped
-    );
-    assert!(env.get_state(dep).await.pending.is_none());
-}
+use common::{assert_applied_once, ActorCalls, ACTOR, TIMEOUT};
 
 #[tokio::test]
 async fn actor_killed_before_the_due_time_and_nats_restarted_applies_every_change_once() {

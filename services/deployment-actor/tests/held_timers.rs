@@ -7,12 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ActorCalls, Env, ACTOR, TIMEOUT};
+use common::{assert_applied_once, events_of, ActorCalls, ACTOR, TIMEOUT};
 use futures::StreamExt;
-use slipway_core::{
-    state::{DesiredState, TopologyStatus},
-    time::now_ms,
-};
+use slipway_core::time::now_ms;
 
 fn backstop(after: &str) -> [(&'static str, String); 1] {
     [("SLIPWAY_ACTOR_BACKSTOP_AFTER", after.to_string())]
@@ -25,34 +22,6 @@ async fn applied_at(sub: &mut async_nats::Subscriber) -> (i64, serde_json::Value
         .expect("a desired_state event")
         .expect("the subscription is open");
     (now_ms(), serde_json::from_slice(&msg.payload).unwrap())
-}
-
-async fn events_of(env: &Env, dep: &str) -> async_nats::Subscriber {
-    let sub = env
-        .client
-        .subscribe(format!("slipway.events.*.{dep}.desired_state"))
-        .await
-        .unwrap();
-    env.client.flush().await.unwrap();
-    sub
-}
-
-/// One event, the database written once (topology version 2), nothing pending.
-async fn assert_applied_once(env: &Env, project: &str, dep: &str) {
-    env.wait_transition_gone(dep).await;
-    let events = env.project_events(project).await;
-    assert_eq!(events.len(), 1, "{dep}: {events:?}");
-    assert_eq!(
-        env.store.deployment(dep).await.unwrap().desired_state,
-        DesiredState::Standby
-    );
-    let topology = env.store.topology(dep).await.unwrap();
-    assert!(
-        topology
-            .iter()
-            .all(|t| t.version == 2 && t.desired_status == TopologyStatus::Stopped),
-        "{dep}: {topology:?}"
-    );
 }
 
 #[tokio::test]
@@ -93,7 +62,7 @@ async fn a_change_is_applied_from_memory_on_time_while_its_backstop_is_an_hour_a
         "applied {lateness} ms after its due time"
     );
     assert_eq!(event["nonce"], reply.nonce.as_str());
-    assert_applied_once(&env, &project, &dep).await;
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
     // Applied: the backstop is cancelled, so it never fires.
     env.wait_schedule_gone(&dep).await;
 }
@@ -124,7 +93,7 @@ async fn a_change_due_while_no_actor_ran_is_applied_as_soon_as_one_starts() {
         "applied {} ms after the actor started",
         seen_at - started
     );
-    assert_applied_once(&env, &project, &dep).await;
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
 }
 
 #[tokio::test]
@@ -150,7 +119,7 @@ async fn a_timer_whose_process_died_is_applied_by_another_through_the_backstop()
         lateness >= 900,
         "applied {lateness} ms after its due time: not by the backstop"
     );
-    assert_applied_once(&env, &project, &dep).await;
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
 }
 
 /// With no delay before the backstop, every timer fires from memory and from the stream at
@@ -164,11 +133,12 @@ async fn both_paths_racing_for_every_timer_apply_each_change_once() {
     for _ in 0..30 {
         seeded.push(env.seed_deployment().await);
     }
+    let mut nonces = Vec::new();
     for (_, dep) in &seeded {
-        env.schedule(dep, 800, "standby", "").await;
+        nonces.push(env.schedule(dep, 800, "standby", "").await.nonce);
     }
-    for (project, dep) in &seeded {
-        assert_applied_once(&env, project, dep).await;
+    for ((project, dep), nonce) in seeded.iter().zip(&nonces) {
+        assert_applied_once(&env, project, dep, nonce).await;
     }
     env.wait_consumer_idle().await;
     for (project, dep) in &seeded {

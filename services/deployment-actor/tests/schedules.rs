@@ -5,21 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ActorCalls, Env, TIMEOUT};
+use common::{events_of, ActorCalls, Env, TIMEOUT};
 use futures::StreamExt;
 use slipway_core::state::TopologyStatus;
 use slipway_core::{krane::Desired, time::now_ms};
-
-/// Subscribes to a deployment's desired_state events before anything is scheduled.
-async fn events_of(env: &Env, dep: &str) -> async_nats::Subscriber {
-    let sub = env
-        .client
-        .subscribe(format!("slipway.events.*.{dep}.desired_state"))
-        .await
-        .unwrap();
-    env.client.flush().await.unwrap();
-    sub
-}
 
 async fn next_event(
     sub: &mut async_nats::Subscriber,

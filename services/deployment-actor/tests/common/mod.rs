@@ -251,3 +251,41 @@ pub fn protobuf_headers() -> HeaderMap {
     h.insert("Content-Type", "application/protobuf");
     h
 }
+
+/// Subscribes to a deployment's desired_state events before anything is scheduled.
+pub async fn events_of(env: &Env, dep: &str) -> async_nats::Subscriber {
+    let sub = env
+        .client
+        .subscribe(format!("slipway.events.*.{dep}.desired_state"))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    sub
+}
+
+/// Change `nonce` (to standby) applied exactly once: one event, the database written once,
+/// desired state published, nothing left pending.
+pub async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &str) {
+    use slipway_core::{
+        krane::Desired,
+        state::{DesiredState, TopologyStatus},
+    };
+    env.wait_transition_gone(dep).await;
+    let events = env.project_events(project).await;
+    assert_eq!(events.len(), 1, "{dep}: {events:?}");
+    assert_eq!(events[0]["nonce"], nonce);
+    let d = env.store.deployment(dep).await.unwrap();
+    assert_eq!(d.desired_state, DesiredState::Standby);
+    let topology = env.store.topology(dep).await.unwrap();
+    assert!(
+        topology
+            .iter()
+            .all(|t| t.version == 2 && t.desired_status == TopologyStatus::Stopped),
+        "{dep}: {topology:?}"
+    );
+    assert_eq!(
+        env.desired_doc("eu", dep).await.unwrap().desired,
+        Desired::Stopped
+    );
+    assert!(env.get_state(dep).await.pending.is_none());
+}
