@@ -1,9 +1,11 @@
 //! Start-up and periodic repair of the one gap compare-and-set cannot close: a process that
 //! dies between writing the transition (KV) and writing its schedule (stream), or between a
 //! clear's KV delete and its purge. Every deployment with a stored transition or a waiting
-//! schedule is synced, so each stored transition has its timer and no stray timer survives.
+//! schedule is checked ([`crate::timers::Timers::check`]): one with a transition and no
+//! schedule, or a schedule and no transition, is synced, so each stored transition has its
+//! timer and no stray timer survives.
 //!
-//! Each sync also holds the stored transition's timer in memory, so a process that starts
+//! Each check also holds the stored transition's timer in memory, so a process that starts
 //! holds every stored timer.
 //!
 //! Run at start-up, every `SLIPWAY_ACTOR_RECONCILE_EVERY`, and soon after the leader of

@@ -8,9 +8,10 @@
 //! process held the timer (the one that did crashed) or applying it failed. Both paths claim
 //! the stored transition by its nonce first, so whichever comes first applies it, once.
 //!
-//! What is held mirrors what [`crate::timers::Timers::sync`] last saw stored for a deployment,
-//! so every process holds the timers it scheduled, and a process that starts holds every
-//! stored one (the start-up reconcile syncs them all).
+//! What is held mirrors what [`crate::timers::Timers::sync`] or
+//! [`crate::timers::Timers::check`] last saw stored for a deployment, so every process holds
+//! the timers it scheduled, and a process that starts holds every stored one (its start-up
+//! reconcile checks them all).
 
 use std::{
     collections::{BTreeSet, HashMap},
