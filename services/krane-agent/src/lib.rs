@@ -14,12 +14,14 @@
 //! elect one active agent through the lease `agent.<region>` in `slipway_leases`. The others
 //! wait as its standbys; when it dies, one takes the lease over within a lease TTL and adopts
 //! what runs. An active agent that loses its lease (it stalled past the TTL) exits at once,
-//! leaving its instances to its successor.
+//! leaving its instances to its successor; until it knows, its reports are fenced by the
+//! lease's epoch ([`report`]), so none of them lands over its successor's.
 
 pub mod container;
 pub mod desired;
 pub mod logs;
 pub mod process;
+pub mod report;
 pub mod runtime;
 pub mod supervisor;
 
@@ -118,22 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let leases = slipway_nats::kv::wait_for_bucket(&js, LEASES).await;
-    let ctx = supervisor::Context {
-        region: config.region.clone(),
-        state_dir: state_dir.clone(),
-        instances,
-        check_every: config.check_every,
-        crash_loop_after: config.crash_loop_after,
-        stable_after: config.stable_after,
-        stop_grace: config.stop_grace,
-        allow_exec: config.allow_exec,
-        engine,
-        docker_host,
-        client: client.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()?,
-    };
     // Announces that this region has an agent, active or standby (`nats micro ls`; a deploy
     // to a region without one fails at once).
     let _service = slipway_nats::Micro::start(
@@ -165,6 +151,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
+    let ctx = supervisor::Context {
+        region: config.region.clone(),
+        state_dir: state_dir.clone(),
+        reports: report::Reporter::new(instances, &config.region, lease.epoch()),
+        check_every: config.check_every,
+        crash_loop_after: config.crash_loop_after,
+        stable_after: config.stable_after,
+        stop_grace: config.stop_grace,
+        allow_exec: config.allow_exec,
+        engine,
+        docker_host,
+        client: client.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?,
+    };
     // What an earlier agent started and still runs: adopted by the supervisors of the
     // deployments still desired, killed a lease TTL after the whole desired state has been
     // seen. Not at once: on a cluster, the feed's consumer can report itself caught up while
@@ -204,10 +206,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = lease_check.tick() => {
                 if lease.is_lost() {
                     // Renewals failed past the expiry (NATS was unreachable), or another agent
-                    // took the lease. While NATS does not answer, no other agent can take it
-                    // either: carry on and look again at the next tick.
-                    if let Err(e) = keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
-                        tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again");
+                    // took the lease. On a cluster another agent may reach NATS where this one
+                    // cannot, and take over: carrying on is safe because reports are fenced
+                    // (`report`), so this agent's late reports never land over its successor's.
+                    match keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
+                        Ok(()) => ctx.reports.set_epoch(lease.epoch()),
+                        Err(e) => tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again"),
                     }
                 }
                 continue;
@@ -226,6 +230,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     );
                 }
                 continue;
+            }
+            _ = ctx.reports.deposed() => {
+                // Its successor reports the region now (it took the lease while this agent
+                // could not renew it): leave everything to it, as keep_or_exit does.
+                tracing::error!(region = %config.region, "a later active agent of the region writes its reports; exiting without stopping instances");
+                std::process::exit(3);
             }
             _ = &mut shutdown => break,
         };
@@ -252,8 +262,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // documents they already carry out); else leave. Re-attaching without looking
                 // took the consumer back from the agent that had taken over the region.
                 tracing::warn!(error = %e, "desired-state feed error");
-                if let Err(e) = keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
-                    tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; attaching again all the same");
+                match keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
+                    Ok(()) => ctx.reports.set_epoch(lease.epoch()),
+                    Err(e) => {
+                        tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; attaching again all the same")
+                    }
                 }
                 tracing::info!("attaching to the desired state again");
                 feed = Box::pin(desired::attach(&js, &config.region).await);

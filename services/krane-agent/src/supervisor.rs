@@ -3,18 +3,12 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use async_nats::jetstream::kv;
-use slipway_core::{
-    krane::{
-        instances_key, Desired, DesiredDeployment, InstanceStatus, InstancesReport,
-        ReportedInstance,
-    },
-    time::now_ms,
-};
+use slipway_core::krane::{Desired, DesiredDeployment, InstanceStatus, ReportedInstance};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
     container, logs,
+    report::Reporter,
     runtime::{self, Instance, Orphan, StartError},
 };
 
@@ -22,7 +16,8 @@ use crate::{
 pub struct Context {
     pub region: String,
     pub state_dir: PathBuf,
-    pub instances: kv::Store,
+    /// Writes the reports to `slipway_instances`, fenced by the region lease.
+    pub reports: Reporter,
     pub check_every: Duration,
     pub crash_loop_after: u32,
     pub stable_after: Duration,
@@ -172,6 +167,7 @@ pub async fn supervise(
     adopted: Adopted,
 ) -> (String, watch::Receiver<Option<DesiredDeployment>>) {
     let mut slots: Vec<Slot> = adopted.0;
+    let mut report = ctx.reports.of(&deployment_id);
     let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
     // Probes made since an instance began starting (None: none is starting).
     let mut starting: Option<u32> = None;
@@ -184,24 +180,24 @@ pub async fn supervise(
         }
         let told = match doc.as_ref() {
             // Removed (archived): nothing of it runs, and its report goes too.
-            None => remove_report(&ctx, &deployment_id).await,
+            None => report.remove().await,
             // Reported with the version of the document it is carried out for, once done.
             Some(d) => {
-                let report = (
+                let now = (
                     slots.iter().map(Slot::report).collect::<Vec<_>>(),
                     d.version,
                 );
-                if reported.as_ref() == Some(&report) {
+                if reported.as_ref() == Some(&now) {
                     Ok(())
                 } else if !runs && slots.is_empty() && reported.is_none() {
                     // A new supervisor of a stopped document (the document was written again,
                     // or the agent restarted): it stopped nothing, and the report of the
                     // instances that did stop stands.
-                    keep_or_put_empty(&ctx, &deployment_id, d.version).await
+                    report.put_if_absent(d.version).await
                 } else {
-                    let put = put_report(&ctx, &deployment_id, &report.0, report.1).await;
+                    let put = report.put(&now.0, now.1).await;
                     if put.is_ok() {
-                        reported = Some(report);
+                        reported = Some(now);
                     }
                     put
                 }
@@ -214,7 +210,9 @@ pub async fn supervise(
             // so its idle work does not grow with the documents it has seen.
             Ok(()) if !runs => return (deployment_id, desired),
             Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot report instances; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %anyhow::Error::new(e), "cannot report instances; will retry")
+            }
         }
         let any_starting = slots
             .iter()
@@ -378,45 +376,6 @@ async fn stop(ctx: &Context, slots: &mut [Slot]) {
         slot.healthy_since = None;
         slot.crash_looping = false;
     }
-}
-
-async fn keep_or_put_empty(
-    ctx: &Context,
-    deployment_id: &str,
-    version: i64,
-) -> Result<(), async_nats::Error> {
-    match ctx
-        .instances
-        .get(instances_key(deployment_id, &ctx.region))
-        .await?
-    {
-        Some(_) => Ok(()),
-        None => put_report(ctx, deployment_id, &[], version).await,
-    }
-}
-
-async fn remove_report(ctx: &Context, deployment_id: &str) -> Result<(), async_nats::Error> {
-    slipway_nats::kv::remove(&ctx.instances, &instances_key(deployment_id, &ctx.region)).await
-}
-
-async fn put_report(
-    ctx: &Context,
-    deployment_id: &str,
-    instances: &[ReportedInstance],
-    version: i64,
-) -> Result<(), async_nats::Error> {
-    let report = InstancesReport {
-        instances: instances.to_vec(),
-        reported_at_ms: now_ms(),
-        version,
-    };
-    ctx.instances
-        .put(
-            instances_key(deployment_id, &ctx.region),
-            serde_json::to_vec(&report)?.into(),
-        )
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

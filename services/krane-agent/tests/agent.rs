@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::{all, get, slipway_bin, AgentCalls, TIMEOUT};
+use futures::StreamExt;
 use slipway_core::krane::{instances_key, Desired, InstanceStatus, InstancesReport};
 use slipway_testkit::{
     plane::{bin, Plane as Env, AGENT},
@@ -375,6 +376,97 @@ async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
     assert_eq!(
         get(&a.instances[0].address, "/").await.as_deref(),
         Some("one")
+    );
+    assert_eq!(standby.count_log("desired-state feed error"), 0);
+}
+
+/// The fence on reports. The active agent stalls past its lease; its standby takes over,
+/// adopts the instance and reports it. The instance is killed while the old agent is still
+/// stopped: its parent, it alone sees the exit once continued, and it writes that at once, as
+/// if it were still active, while its successor restarts the instance. Unfenced, the late
+/// report landed over the successor's (the cluster test saw one stay there: routes to an
+/// address nobody supervised). Fenced, it is refused: every report after the successor's
+/// first carries the successor's lease epoch, and the old agent exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_agent_s_late_report_never_lands_over_its_successor_s() {
+    let mut env = start().await;
+    let standby = standby_agent(&env);
+    env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
+        .await;
+    let first = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    let old_epoch = first.epoch;
+    assert!(old_epoch > 0, "reports carry the lease epoch: {first:?}");
+    let instance = first.instances[0].clone();
+    // Every report from now on, in order (the bucket keeps only the last).
+    let mut watch = env
+        .instances
+        .watch(instances_key("dep_a", "local"))
+        .await
+        .unwrap();
+    let (stop_watching, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let mut epochs = Vec::new();
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        let report: InstancesReport = serde_json::from_slice(&entry.value).unwrap();
+                        epochs.push(report.epoch);
+                    }
+                    _ => return epochs,
+                },
+                _ = &mut stopped => return epochs,
+            }
+        }
+    });
+
+    env.agent.as_ref().unwrap().stop();
+    let adopted = env
+        .report_where("dep_a", |r| {
+            r.epoch > old_epoch && all(r, 1, InstanceStatus::Running)
+        })
+        .await;
+    assert_eq!(
+        adopted.instances[0].id, instance.id,
+        "adopted, not restarted"
+    );
+    let new_epoch = adopted.epoch;
+
+    // Killed by hand: its process stays a zombie of the stopped agent, so the new one sees
+    // it fail its health check, not exit.
+    env.kill_instance(&instance.id);
+    env.report_where("dep_a", |r| {
+        r.epoch == new_epoch && r.instances[0].status != InstanceStatus::Running
+    })
+    .await;
+    env.agent.as_ref().unwrap().cont();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while env.agent.as_mut().unwrap().is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled agent still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarted = env
+        .report_where("dep_a", |r| {
+            all(r, 1, InstanceStatus::Running) && r.instances[0].address != instance.address
+        })
+        .await;
+    assert_eq!(restarted.epoch, new_epoch);
+    assert_eq!(
+        get(&restarted.instances[0].address, "/").await.as_deref(),
+        Some("one")
+    );
+
+    stop_watching.send(()).unwrap();
+    let epochs = watcher.await.unwrap();
+    let successor_from = epochs.iter().position(|e| *e == new_epoch).unwrap();
+    assert!(
+        epochs[successor_from..].iter().all(|e| *e == new_epoch),
+        "a report of the old agent landed after its successor's: epochs in order {epochs:?}"
     );
     assert_eq!(standby.count_log("desired-state feed error"), 0);
 }

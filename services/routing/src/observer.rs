@@ -61,6 +61,7 @@ async fn observe(routing: &Routing, message: jetstream::Message) -> Disposition 
             instances: vec![],
             reported_at_ms: now_ms(),
             version: 0,
+            epoch: 0,
         },
         kv::Operation::Put => match serde_json::from_slice(&message.payload) {
             Ok(report) => report,

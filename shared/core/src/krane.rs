@@ -122,4 +122,13 @@ pub struct InstancesReport {
     /// waiter for a newer document knows this report is not about it yet.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub version: i64,
+    /// The epoch of the region lease the agent wrote it under (0: not said). An agent writes
+    /// over a report only with a compare-and-set, and never over one of a later epoch: an
+    /// agent that lost the region cannot overwrite its successor's reports.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub epoch: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }

@@ -284,6 +284,7 @@ mod tests {
                 .collect(),
             reported_at_ms: 0,
             version: 0,
+            epoch: 0,
         }
     }
 
