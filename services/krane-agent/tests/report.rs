@@ -56,7 +56,10 @@ async fn a_report_of_a_later_epoch_fences_out_every_earlier_writer() {
     assert!(deposed(old.of("dep_a").put_if_absent(1).await));
     assert!(deposed(old.of("dep_a").remove().await));
     let report = stored(&env, "dep_a").await.unwrap();
-    assert_eq!((report.epoch, report.instances), (9, running("127.0.0.1:2")));
+    assert_eq!(
+        (report.epoch, report.instances),
+        (9, running("127.0.0.1:2"))
+    );
 
     // The successor goes on: writes over its own revision, removes, writes again.
     new_a.put(&running("127.0.0.1:4"), 2).await.unwrap();
@@ -90,7 +93,10 @@ async fn a_write_that_lost_a_race_reads_again_and_writes() {
     other.put(&running("127.0.0.1:2"), 1).await.unwrap();
     one.put(&running("127.0.0.1:3"), 1).await.unwrap();
     let report = stored(&env, "dep_a").await.unwrap();
-    assert_eq!((report.epoch, report.instances), (7, running("127.0.0.1:3")));
+    assert_eq!(
+        (report.epoch, report.instances),
+        (7, running("127.0.0.1:3"))
+    );
 
     // The same agent took the lease again (a later epoch): its writes carry it.
     agent.set_epoch(8);

@@ -18,6 +18,7 @@ use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
 use slipway_nats::lease::{Holder, Lease};
+use tracing::Instrument;
 
 use crate::{
     record::{self, StepRecord, StepStatus, WorkflowRecord},
@@ -34,6 +35,10 @@ pub struct Context {
     leases: Vec<Lease>,
     /// Past the commit point: steps retry until they succeed.
     committed: bool,
+    /// The last journaled step's event, sent but not yet stored: the next journal write waits
+    /// for it alongside its own, so the two fsyncs overlap instead of adding up. At most one
+    /// step's event is ever unconfirmed, and a resumed run publishes the last two again.
+    event_in_flight: Option<tokio::task::JoinHandle<Result<(), WorkflowError>>>,
 }
 
 impl Context {
@@ -45,6 +50,7 @@ impl Context {
             cursor: 0,
             leases: Vec::new(),
             committed: false,
+            event_in_flight: None,
         }
     }
 
@@ -181,7 +187,9 @@ impl Context {
                 });
                 self.save().await?;
                 fault::point(&format!("{kind}.{name}.after_journal"));
-                self.step_event(index).await?;
+                if let Some(tell) = self.step_event(index) {
+                    self.event_in_flight = Some(tokio::spawn(tell.in_current_span()));
+                }
                 tracing::debug!(step = name, attempts, "step completed");
                 Ok(value)
             }
@@ -302,11 +310,29 @@ impl Context {
         }
     }
 
+    /// Writes the record ([`write_record`](Self::write_record)) while the previous step's
+    /// event is being stored; fails if either does.
+    pub(crate) async fn save(&mut self) -> Result<(), WorkflowError> {
+        let in_flight = self.event_in_flight.take();
+        let told = async move {
+            match in_flight {
+                Some(task) => task.await.unwrap_or_else(|e| {
+                    Err(WorkflowError::Aborted(format!(
+                        "publishing a step event: {e}"
+                    )))
+                }),
+                None => Ok(()),
+            }
+        };
+        let (saved, told) = tokio::join!(self.write_record(), told);
+        saved.and(told)
+    }
+
     /// Writes the record by compare-and-set. Errors a cluster throws for a few seconds (a
     /// leader election, a timeout) are retried; as a write that timed out may have landed, a
     /// conflict after one is checked against what the leader holds: our own record there is
     /// a success.
-    pub(crate) async fn save(&mut self) -> Result<(), WorkflowError> {
+    async fn write_record(&mut self) -> Result<(), WorkflowError> {
         self.record.updated_at_ms = now_ms();
         let payload: bytes::Bytes = rmp_serde::to_vec_named(&self.record)
             .map_err(|e| WorkflowError::Aborted(format!("cannot encode the record: {e}")))?
@@ -391,17 +417,24 @@ impl Context {
         })
     }
 
-    /// The `step` event of journaled step `index`, deduplicated by workflow and index, so a
-    /// resumed run can publish the last one again safely.
-    pub(crate) async fn step_event(&self, index: usize) -> Result<(), WorkflowError> {
-        let (Some(scope), Some(step)) = (&self.record.scope, self.record.steps.get(index)) else {
-            return Ok(());
-        };
+    /// Publishing the `step` event of journaled step `index` (None: the workflow tells no
+    /// deployment's story, or the step did not complete), deduplicated by workflow, index and
+    /// epoch, so a resumed run can publish it again safely.
+    pub(crate) fn step_event(
+        &self,
+        index: usize,
+    ) -> Option<impl Future<Output = Result<(), WorkflowError>> + Send + 'static> {
+        let scope = self.record.scope.as_ref()?;
+        let step = self
+            .record
+            .steps
+            .get(index)
+            .filter(|s| s.status == StepStatus::Completed)?;
         #[derive(Serialize)]
-        struct StepDone<'a> {
-            workflow_id: &'a str,
-            kind: &'a str,
-            step: &'a str,
+        struct StepDone {
+            workflow_id: String,
+            kind: String,
+            step: String,
             index: usize,
             attempts: u32,
         }
@@ -413,9 +446,9 @@ impl Context {
             deployment_id: scope.deployment_id.clone(),
             environment_slug: scope.environment_slug.clone(),
             detail: StepDone {
-                workflow_id: &self.record.id,
-                kind: &self.record.kind,
-                step: &step.name,
+                workflow_id: self.record.id.clone(),
+                kind: self.record.kind.clone(),
+                step: step.name.clone(),
                 index,
                 attempts: step.attempts,
             },
@@ -425,18 +458,25 @@ impl Context {
             0 => format!("step.{}.{index}", self.record.id),
             epoch => format!("step.{}.{index}.{epoch}", self.record.id),
         };
-        slipway_nats::events::publish(&self.shared.js, &event, &msg_id)
-            .await
-            .map_err(|e| WorkflowError::Aborted(e.to_string()))?;
-        Ok(())
+        let js = self.shared.js.clone();
+        Some(async move {
+            slipway_nats::events::publish(&js, &event, &msg_id)
+                .await
+                .map_err(|e| WorkflowError::Aborted(e.to_string()))
+        })
     }
 
-    /// Re-publishes the last journaled step's event, which a crash may have cut off.
-    pub(crate) async fn republish_last_step(&self) -> Result<(), WorkflowError> {
-        match self.record.steps.len() {
-            0 => Ok(()),
-            n => self.step_event(n - 1).await,
+    /// Publishes the events of the last two journaled steps again: a crash may have cut off
+    /// the last one's, and the one before it was still unconfirmed while the last was
+    /// journaled.
+    pub(crate) async fn republish_last_steps(&self) -> Result<(), WorkflowError> {
+        let n = self.record.steps.len();
+        for index in n.saturating_sub(2)..n {
+            if let Some(tell) = self.step_event(index) {
+                tell.await?;
+            }
         }
+        Ok(())
     }
 }
 

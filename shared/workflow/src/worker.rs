@@ -123,7 +123,7 @@ async fn run(
             "resuming workflow"
         );
     }
-    ctx.republish_last_step().await?;
+    ctx.republish_last_steps().await?;
     let workflow_id = ctx.record.id.clone();
     let (mut ctx, result) = match tokio::spawn(workflow.run(ctx).in_current_span()).await {
         Ok(done) => done,
