@@ -3,7 +3,7 @@
 //!
 //! 1. the demo app's own start-up (spawn → first healthy `/healthz`), for reference;
 //! 2. the journaled-step cost (an engine workflow of no-op steps) beside a bare KV put round
-//!    trip, in the same run;
+//!    trip, in the same run, on a page-cache and on an fsync nats-server;
 //! 3. request → `ready` and → completed (live) for one production deploy at a time, p50/p99,
 //!    and the orchestration overhead: total minus the `wait_instances` step (which is the
 //!    agent starting the app and seeing it healthy);
@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
     }
     slipway_core::config::init_logging(slipway_core::config::LogFormat::Text);
     demo_app_startup().await?;
-    step_cost().await?;
+    step_cost(false).await?;
+    step_cost(true).await?;
 
     let mut plane = Plane::without_orchestrator().await;
     plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "5s".into())];
@@ -125,8 +126,14 @@ impl Workflow for NoOps {
     }
 }
 
-async fn step_cost() -> anyhow::Result<()> {
-    let plane = Plane::builder().start().await;
+/// The journaled-step cost; with `fsync`, on a nats-server that syncs every write
+/// (`sync_interval: always`), where a step's journal write and its event each wait for one.
+async fn step_cost(fsync: bool) -> anyhow::Result<()> {
+    let mut builder = Plane::builder();
+    if fsync {
+        builder = builder.sync_always();
+    }
+    let plane = builder.start().await;
     let js = plane.js.clone();
     let kv = plane.instances.clone();
     let mut puts = vec![];
@@ -140,7 +147,8 @@ async fn step_cost() -> anyhow::Result<()> {
         .build()
         .await?;
     let workers = tokio::spawn(engine.clone().run_workers());
-    println!("journaled step vs bare KV put (same nats-server, sequential):");
+    let tier = if fsync { "fsync" } else { "page cache" };
+    println!("journaled step vs bare KV put (same nats-server, sequential; {tier} tier):");
     summary("KV put round trip", puts);
     for (label, scope) in [
         (

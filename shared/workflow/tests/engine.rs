@@ -456,6 +456,67 @@ async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish
     assert_eq!(record.status, Status::Completed);
 }
 
+/// The one watch that serves every wait breaks (its consumer is deleted on the server) while
+/// waits are in flight, and their workflows finish before it is back: every wait still
+/// returns its finished workflow, none times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_in_flight_see_their_workflow_finish_while_the_watch_is_broken() {
+    let env = env().await;
+    const WAITS: usize = 20;
+    let ids: Vec<String> = (0..WAITS).map(|i| format!("wf_broken_{i}")).collect();
+    let mut gated = input(0);
+    gated.gated = true;
+    for id in &ids {
+        env.engine
+            .start::<Probe>(id, id, &gated, None)
+            .await
+            .unwrap();
+    }
+    let mut waits: futures::stream::FuturesUnordered<_> = ids
+        .iter()
+        .map(|id| {
+            let engine = env.engine.clone();
+            let id = id.clone();
+            tokio::spawn(async move { engine.wait(&id, Duration::from_secs(90)).await })
+        })
+        .collect();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), waits.next())
+            .await
+            .is_err(),
+        "a wait returned while its workflow was held"
+    );
+
+    let stream = env.js.get_stream("KV_slipway_workflows").await.unwrap();
+    let watches: Vec<String> = stream
+        .consumers()
+        .filter_map(|info| async move {
+            info.ok()
+                .filter(|i| i.config.description.as_deref() == Some("finished workflows"))
+                .map(|i| i.name)
+        })
+        .collect()
+        .await;
+    assert_eq!(watches.len(), 1, "one watch per engine: {watches:?}");
+    assert!(stream.delete_consumer(&watches[0]).await.unwrap().success);
+    env.counters.gate.send_replace(true);
+
+    // Told once the watch is back (its heartbeats go missing first: ~10 s), long before the
+    // waits' own timeout, which would return the record as it is too.
+    let completed = tokio::time::timeout(Duration::from_secs(40), async {
+        let mut completed = 0;
+        while let Some(wait) = waits.next().await {
+            let record = wait.unwrap().unwrap();
+            assert_eq!(record.status, Status::Completed, "{record:?}");
+            completed += 1;
+        }
+        completed
+    })
+    .await
+    .expect("the waits were not told their workflows finished");
+    assert_eq!(completed, WAITS);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_workflow_has_every_step_event_stored_in_step_order() {
     let env = env().await;
