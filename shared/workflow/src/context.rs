@@ -18,7 +18,6 @@ use backon::BackoffBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 use slipway_core::{events::Event, fault, time::now_ms};
 use slipway_nats::lease::{Holder, Lease};
-use tracing::Instrument;
 
 use crate::{
     record::{self, StepRecord, StepStatus, WorkflowRecord},
@@ -35,10 +34,11 @@ pub struct Context {
     leases: Vec<Lease>,
     /// Past the commit point: steps retry until they succeed.
     committed: bool,
-    /// The last journaled step's event, sent but not yet stored: the next journal write waits
-    /// for it alongside its own, so the two fsyncs overlap instead of adding up. At most one
-    /// step's event is ever unconfirmed, and a resumed run publishes the last two again.
-    event_in_flight: Option<tokio::task::JoinHandle<Result<(), WorkflowError>>>,
+    /// The last journaled step's event, sent (before the next step runs, so the events of
+    /// what that step does come after it) but not yet known stored: the next journal write
+    /// waits for it alongside its own, so the two fsyncs overlap instead of adding up. At most
+    /// one step's event is ever unconfirmed, and a resumed run publishes the last two again.
+    event_in_flight: Option<slipway_nats::events::Sent>,
 }
 
 impl Context {
@@ -187,9 +187,7 @@ impl Context {
                 });
                 self.save().await?;
                 fault::point(&format!("{kind}.{name}.after_journal"));
-                if let Some(tell) = self.step_event(index) {
-                    self.event_in_flight = Some(tokio::spawn(tell.in_current_span()));
-                }
+                self.event_in_flight = self.send_step_event(index).await?;
                 tracing::debug!(step = name, attempts, "step completed");
                 Ok(value)
             }
@@ -316,11 +314,10 @@ impl Context {
         let in_flight = self.event_in_flight.take();
         let told = async move {
             match in_flight {
-                Some(task) => task.await.unwrap_or_else(|e| {
-                    Err(WorkflowError::Aborted(format!(
-                        "publishing a step event: {e}"
-                    )))
-                }),
+                Some(sent) => sent
+                    .stored()
+                    .await
+                    .map_err(|e| WorkflowError::Aborted(e.to_string())),
                 None => Ok(()),
             }
         };
@@ -417,24 +414,29 @@ impl Context {
         })
     }
 
-    /// Publishing the `step` event of journaled step `index` (None: the workflow tells no
+    /// Sends the `step` event of journaled step `index` (None: the workflow tells no
     /// deployment's story, or the step did not complete), deduplicated by workflow, index and
     /// epoch, so a resumed run can publish it again safely.
-    pub(crate) fn step_event(
+    async fn send_step_event(
         &self,
         index: usize,
-    ) -> Option<impl Future<Output = Result<(), WorkflowError>> + Send + 'static> {
-        let scope = self.record.scope.as_ref()?;
-        let step = self
+    ) -> Result<Option<slipway_nats::events::Sent>, WorkflowError> {
+        let Some(scope) = self.record.scope.as_ref() else {
+            return Ok(None);
+        };
+        let Some(step) = self
             .record
             .steps
             .get(index)
-            .filter(|s| s.status == StepStatus::Completed)?;
+            .filter(|s| s.status == StepStatus::Completed)
+        else {
+            return Ok(None);
+        };
         #[derive(Serialize)]
-        struct StepDone {
-            workflow_id: String,
-            kind: String,
-            step: String,
+        struct StepDone<'a> {
+            workflow_id: &'a str,
+            kind: &'a str,
+            step: &'a str,
             index: usize,
             attempts: u32,
         }
@@ -446,9 +448,9 @@ impl Context {
             deployment_id: scope.deployment_id.clone(),
             environment_slug: scope.environment_slug.clone(),
             detail: StepDone {
-                workflow_id: self.record.id.clone(),
-                kind: self.record.kind.clone(),
-                step: step.name.clone(),
+                workflow_id: &self.record.id,
+                kind: &self.record.kind,
+                step: &step.name,
                 index,
                 attempts: step.attempts,
             },
@@ -458,12 +460,10 @@ impl Context {
             0 => format!("step.{}.{index}", self.record.id),
             epoch => format!("step.{}.{index}.{epoch}", self.record.id),
         };
-        let js = self.shared.js.clone();
-        Some(async move {
-            slipway_nats::events::publish(&js, &event, &msg_id)
-                .await
-                .map_err(|e| WorkflowError::Aborted(e.to_string()))
-        })
+        slipway_nats::events::send(&self.shared.js, &event, &msg_id)
+            .await
+            .map(Some)
+            .map_err(|e| WorkflowError::Aborted(e.to_string()))
     }
 
     /// Publishes the events of the last two journaled steps again: a crash may have cut off
@@ -472,8 +472,10 @@ impl Context {
     pub(crate) async fn republish_last_steps(&self) -> Result<(), WorkflowError> {
         let n = self.record.steps.len();
         for index in n.saturating_sub(2)..n {
-            if let Some(tell) = self.step_event(index) {
-                tell.await?;
+            if let Some(sent) = self.send_step_event(index).await? {
+                sent.stored()
+                    .await
+                    .map_err(|e| WorkflowError::Aborted(e.to_string()))?;
             }
         }
         Ok(())
