@@ -239,19 +239,27 @@ fn standby_agent(env: &Env) -> ServiceProcess {
     standby
 }
 
+/// An active agent and its standby, with `dep_a` (answering "one") running `replicas`
+/// instances; its first report of them all running.
+async fn active_and_standby(replicas: usize) -> (Env, ServiceProcess, InstancesReport) {
+    let env = start().await;
+    let standby = standby_agent(&env);
+    let n = u32::try_from(replicas).expect("a few replicas");
+    env.desire("dep_a", demo_app("--message one"), n, Desired::Running, 1)
+        .await;
+    let report = env
+        .report_where("dep_a", |r| all(r, replicas, InstanceStatus::Running))
+        .await;
+    (env, standby, report)
+}
+
 /// Two agents for region `local` on one host (one state directory): one is active, the other
 /// waits; each instance runs once. The active one SIGKILLed, the standby takes over within
 /// the lease TTL (2 s here), adopts the running instances (they keep answering throughout)
 /// and runs new deployments.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
-    let mut env = start().await;
-    let standby = standby_agent(&env);
-    env.desire("dep_a", demo_app("--message one"), 2, Desired::Running, 1)
-        .await;
-    let before = env
-        .report_where("dep_a", |r| all(r, 2, InstanceStatus::Running))
-        .await;
+    let (mut env, standby, before) = active_and_standby(2).await;
     let active = env.agent.as_ref().unwrap();
     assert_eq!(active.count_log("active agent of the region"), 1);
     assert_eq!(standby.count_log("active agent of the region"), 0);
@@ -329,13 +337,7 @@ async fn a_standby_agent_takes_over_and_adopts_the_running_instances() {
 /// new agent's feed never fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
-    let mut env = start().await;
-    let standby = standby_agent(&env);
-    env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
-        .await;
-    let a = env
-        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
-        .await;
+    let (mut env, standby, a) = active_and_standby(1).await;
 
     env.agent.as_ref().unwrap().stop();
     tokio::task::block_in_place(|| {
@@ -389,13 +391,7 @@ async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
 /// first carries the successor's lease epoch, and the old agent exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_agent_s_late_report_never_lands_over_its_successor_s() {
-    let mut env = start().await;
-    let standby = standby_agent(&env);
-    env.desire("dep_a", demo_app("--message one"), 1, Desired::Running, 1)
-        .await;
-    let first = env
-        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
-        .await;
+    let (mut env, standby, first) = active_and_standby(1).await;
     let old_epoch = first.epoch;
     assert!(old_epoch > 0, "reports carry the lease epoch: {first:?}");
     let instance = first.instances[0].clone();

@@ -410,11 +410,17 @@ async fn a_lost_invocation_is_delivered_again_by_redeliver_not_by_start() {
     assert_eq!(counters.runs.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish() {
-    let env = env().await;
-    const WAITS: usize = 1_000;
-    let ids: Vec<String> = (0..WAITS).map(|i| format!("wf_many_{i}")).collect();
+type Waits = futures::stream::FuturesUnordered<
+    tokio::task::JoinHandle<
+        Result<slipway_workflow::WorkflowRecord, slipway_workflow::EngineError>,
+    >,
+>;
+
+/// Starts `n` workflows `<prefix>_<i>` held at their gate and a wait (with `timeout`) for each;
+/// checks that, while they are held, every wait is in flight and none returns (a wait that
+/// could not watch would fail here).
+async fn held_waits(env: &Env, prefix: &str, n: usize, timeout: Duration) -> Waits {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}_{i}")).collect();
     let mut gated = input(0);
     gated.gated = true;
     for id in &ids {
@@ -423,22 +429,28 @@ async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish
             .await
             .unwrap();
     }
-    let mut waits: futures::stream::FuturesUnordered<_> = ids
+    let mut waits: Waits = ids
         .iter()
         .map(|id| {
             let engine = env.engine.clone();
             let id = id.clone();
-            tokio::spawn(async move { engine.wait(&id, Duration::from_secs(120)).await })
+            tokio::spawn(async move { engine.wait(&id, timeout).await })
         })
         .collect();
-    // While the workflows are held, every wait is in flight, and none returns (a wait that
-    // could not watch would fail here).
     assert!(
         tokio::time::timeout(Duration::from_secs(2), waits.next())
             .await
             .is_err(),
         "a wait returned while its workflow was held"
     );
+    waits
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish() {
+    let env = env().await;
+    const WAITS: usize = 1_000;
+    let mut waits = held_waits(&env, "wf_many", WAITS, Duration::from_secs(120)).await;
     env.counters.gate.send_replace(true);
     let mut completed = 0;
     while let Some(wait) = waits.next().await {
@@ -463,29 +475,7 @@ async fn a_thousand_concurrent_waits_on_one_engine_all_see_their_workflow_finish
 async fn waits_in_flight_see_their_workflow_finish_while_the_watch_is_broken() {
     let env = env().await;
     const WAITS: usize = 20;
-    let ids: Vec<String> = (0..WAITS).map(|i| format!("wf_broken_{i}")).collect();
-    let mut gated = input(0);
-    gated.gated = true;
-    for id in &ids {
-        env.engine
-            .start::<Probe>(id, id, &gated, None)
-            .await
-            .unwrap();
-    }
-    let mut waits: futures::stream::FuturesUnordered<_> = ids
-        .iter()
-        .map(|id| {
-            let engine = env.engine.clone();
-            let id = id.clone();
-            tokio::spawn(async move { engine.wait(&id, Duration::from_secs(90)).await })
-        })
-        .collect();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(1), waits.next())
-            .await
-            .is_err(),
-        "a wait returned while its workflow was held"
-    );
+    let mut waits = held_waits(&env, "wf_broken", WAITS, Duration::from_secs(90)).await;
 
     let stream = env.js.get_stream("KV_slipway_workflows").await.unwrap();
     let watches: Vec<String> = stream
