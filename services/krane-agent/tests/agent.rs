@@ -239,6 +239,18 @@ fn standby_agent(env: &Env) -> ServiceProcess {
     standby
 }
 
+/// Waits until the (stalled, then continued) agent has exited.
+async fn exited(agent: &mut ServiceProcess) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while agent.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled agent still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An active agent and its standby, with `dep_a` (answering "one") running `replicas`
 /// instances; its first report of them all running.
 async fn active_and_standby(replicas: usize) -> (Env, ServiceProcess, InstancesReport) {
@@ -354,14 +366,7 @@ async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
             .wait_for_log("another agent of the region is active now", TIMEOUT)
             .unwrap()
     });
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while env.agent.as_mut().unwrap().is_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled agent still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    exited(env.agent.as_mut().unwrap()).await;
     let old = env.agent.as_ref().unwrap();
     assert_eq!(old.count_log("attaching to the desired state again"), 0);
 
@@ -438,14 +443,7 @@ async fn a_stalled_agent_s_late_report_never_lands_over_its_successor_s() {
     })
     .await;
     env.agent.as_ref().unwrap().cont();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while env.agent.as_mut().unwrap().is_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled agent still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    exited(env.agent.as_mut().unwrap()).await;
     let restarted = env
         .report_where("dep_a", |r| {
             all(r, 1, InstanceStatus::Running) && r.instances[0].address != instance.address
