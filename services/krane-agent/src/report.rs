@@ -130,12 +130,10 @@ impl Report {
     /// Writes an empty report for `version` unless the key holds one already: a supervisor of
     /// a stopped document that stopped nothing leaves the report of what did stop.
     pub async fn put_if_absent(&mut self, version: i64) -> Result<(), ReportError> {
-        self.revision = None;
-        let present = match self.entry().await? {
-            Some(entry) => entry.operation == kv::Operation::Put,
-            None => false,
-        };
-        if present {
+        let entry = self.entry().await?;
+        // What was read is the base of the write, if there is one: no second read.
+        self.revision = Some(entry.as_ref().map_or(0, |e| e.revision));
+        if entry.is_some_and(|e| e.operation == kv::Operation::Put) {
             return Ok(());
         }
         self.put(&[], version).await

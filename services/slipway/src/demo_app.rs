@@ -32,6 +32,12 @@ pub struct DemoAppArgs {
 
 pub async fn run(args: DemoAppArgs) -> Result<()> {
     if let Some(after) = args.exit_after {
+        if after.is_zero() {
+            // At once means before it listens: exiting from a task raced the first health
+            // check, which could find it serving (a deploy of it then went ready).
+            eprintln!("demo-app: exiting as asked (--exit-after 0s)");
+            std::process::exit(1);
+        }
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             eprintln!("demo-app: exiting as asked (--exit-after)");
