@@ -51,6 +51,19 @@ pub enum OnClaimed {
     Leave,
 }
 
+/// What becomes of the stored transition once its change is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Afterwards {
+    /// Removed (compare-and-set): the caller reads the key again, or a fired backstop is done.
+    Remove,
+    /// Left as claimed: a timer held in memory, whose caller cancels the backstop next, so
+    /// nothing applies it again. The claim is the record that the change was applied, and
+    /// saves a write on the bucket every timer of a storm writes to; the next schedule or
+    /// clear of the deployment (or the reconcile) completes the apply, a no-op, and removes
+    /// it.
+    KeepClaim,
+}
+
 /// A failure worth retrying (the store or NATS is unavailable).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -71,12 +84,13 @@ impl Actor {
         nonce: &str,
         on_claimed: OnClaimed,
     ) -> Result<Applied, ApplyError> {
-        self.apply_from(deployment_id, nonce, on_claimed, None)
+        self.apply_from(deployment_id, nonce, on_claimed, Afterwards::Remove, None)
             .await
     }
 
     /// Applies the transition `seen` stored for the deployment (a timer held in memory):
-    /// the claim is tried against it at once, and only a conflict reads the key again.
+    /// the claim is tried against it at once, and only a conflict reads the key again. The
+    /// claim stays stored ([`Afterwards::KeepClaim`]).
     pub async fn apply_seen(
         &self,
         deployment_id: &str,
@@ -85,7 +99,20 @@ impl Actor {
         let Some(nonce) = seen.nonce().map(str::to_string) else {
             return Ok(Applied::Stale);
         };
-        self.apply_from(deployment_id, &nonce, OnClaimed::Leave, Some(seen))
+        let (leave, keep) = (OnClaimed::Leave, Afterwards::KeepClaim);
+        self.apply_from(deployment_id, &nonce, leave, keep, Some(seen))
+            .await
+    }
+
+    /// Applies a held timer's transition again after a failure: completes it should this
+    /// process have claimed it already.
+    pub async fn complete_held(
+        &self,
+        deployment_id: &str,
+        nonce: &str,
+    ) -> Result<Applied, ApplyError> {
+        let (complete, keep) = (OnClaimed::Complete, Afterwards::KeepClaim);
+        self.apply_from(deployment_id, nonce, complete, keep, None)
             .await
     }
 
@@ -95,6 +122,7 @@ impl Actor {
         deployment_id: &str,
         nonce: &str,
         on_claimed: OnClaimed,
+        afterwards: Afterwards,
         mut seen: Option<Current>,
     ) -> Result<Applied, ApplyError> {
         // Claim the transition first (compare-and-set): a clear or a newer schedule that
@@ -184,8 +212,10 @@ impl Actor {
             }
         };
         fault::point("actor.before_transition_removed");
-        self.remove_transition(deployment_id, fencing_token, revision)
-            .await?;
+        if afterwards == Afterwards::Remove {
+            self.remove_transition(deployment_id, fencing_token, revision)
+                .await?;
+        }
         Ok(applied)
     }
 

@@ -270,9 +270,9 @@ impl Actor {
         Ok(GetStateReply {
             deployment_id: deployment.id,
             desired_state: deployment.desired_state.to_string(),
-            pending: current.transition.map(|t| PendingTransition {
-                nonce: t.nonce,
-                state: t.state,
+            pending: current.pending().map(|t| PendingTransition {
+                nonce: t.nonce.clone(),
+                state: t.state.clone(),
                 fires_at_ms: t.fires_at_ms,
             }),
         })

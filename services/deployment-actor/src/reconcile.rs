@@ -6,7 +6,7 @@
 //! timer and no stray timer survives.
 //!
 //! Each check also holds the stored transition's timer in memory, so a process that starts
-//! holds every stored timer.
+//! holds every stored timer, and tidies away the claims applied timers left stored.
 //!
 //! Run at start-up, every `SLIPWAY_ACTOR_RECONCILE_EVERY`, and soon after the leader of
 //! `SLIPWAY_TIMERS` changes: a failover is where a schedule could be lost (a new leader that
@@ -19,13 +19,18 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use slipway_core::{
-    subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, transition_keys,
+    subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, time::now_ms, transition_keys,
 };
 use slipway_nats::provision::TIMERS;
 
-use crate::Actor;
+use crate::{apply::OnClaimed, Actor};
 
 const SYNCS_AT_ONCE: usize = 32;
+
+/// How long after its due time the claim an applied timer left stored is tidied away (its
+/// apply completed again, a no-op, and the claim removed): not at once, so a restart in the
+/// middle of a storm does not redo the changes it just applied.
+const TIDY_AFTER_MS: i64 = 60_000;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -101,13 +106,20 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     let n = deployments.len();
     futures::stream::iter(deployments)
         .map(|id| {
-            let inner = actor.inner.clone();
             let has_schedule = scheduled.contains(&id);
             async move {
-                inner
+                let inner = &actor.inner;
+                let applied = inner
                     .timers
                     .check(&id, &inner.transitions, has_schedule)
-                    .await
+                    .await?;
+                match applied {
+                    Some(t) if t.fires_at_ms < now_ms() - TIDY_AFTER_MS => {
+                        actor.apply(&id, &t.nonce, OnClaimed::Complete).await?;
+                    }
+                    _ => {}
+                }
+                Ok::<_, async_nats::Error>(())
             }
         })
         .buffer_unordered(SYNCS_AT_ONCE)

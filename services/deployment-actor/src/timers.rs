@@ -73,8 +73,8 @@ impl Timers {
         &self.local
     }
 
-    /// Writes (or replaces) the deployment's backstop schedule for `t`.
-    async fn publish(&self, deployment_id: &str, t: &Transition) -> Result<(), TimerError> {
+    /// Writes (or replaces) the deployment's backstop schedule for `t`; returns its sequence.
+    async fn publish(&self, deployment_id: &str, t: &Transition) -> Result<u64, TimerError> {
         let backstop_ms = slipway_core::time::millis(self.backstop_after);
         let at = humantime::format_rfc3339_millis(to_system_time(
             t.fires_at_ms.saturating_add(backstop_ms),
@@ -89,54 +89,64 @@ impl Timers {
             state: t.state.clone(),
         })
         .map_err(js_err)?;
-        self.js
+        let ack = self
+            .js
             .publish_with_headers(schedule_subject(deployment_id), headers, body.into())
             .await
             .map_err(js_err)?
             .await
             .map_err(js_err)?;
+        Ok(ack.sequence)
+    }
+
+    /// Removes the deployment's schedule, if any; with `through`, only one stored at or
+    /// before that sequence (a newer schedule stays).
+    async fn cancel(&self, deployment_id: &str, through: Option<u64>) -> Result<(), TimerError> {
+        let purge = self.stream.purge().filter(schedule_subject(deployment_id));
+        match through {
+            Some(seq) => purge.sequence(seq + 1).await,
+            None => purge.await,
+        }
+        .map_err(js_err)?;
         Ok(())
     }
 
-    /// Removes the deployment's schedule, if any.
-    async fn cancel(&self, deployment_id: &str) -> Result<(), TimerError> {
-        self.stream
-            .purge()
-            .filter(schedule_subject(deployment_id))
-            .await
-            .map_err(js_err)?;
-        Ok(())
-    }
-
-    /// The reconcile's look at one deployment: a stored transition with a schedule, or
+    /// The reconcile's look at one deployment: a pending transition with a schedule, or
     /// neither, only needs its timer held in memory (a schedule of an older nonce fires as a
     /// stale no-op that syncs, and the timer held applies the stored one on time); a
     /// transition without a schedule (its writer died before publishing it, or a failover
-    /// lost it) or a schedule without a transition is synced.
+    /// lost it) or a schedule without a transition is synced. A claimed transition with a
+    /// schedule is left to its apply or, should that have died, to the schedule; one without
+    /// is returned: applied, and its claim left stored (the caller completes and removes it).
     pub async fn check(
         &self,
         deployment_id: &str,
         transitions: &Transitions,
         has_schedule: bool,
-    ) -> Result<(), TimerError> {
+    ) -> Result<Option<Transition>, TimerError> {
         let current = transitions.get(deployment_id).await?;
-        if current.transition.is_some() != has_schedule {
-            return self.sync(deployment_id, transitions).await;
+        if let Some(claimed) = current.claimed() {
+            return Ok((!has_schedule).then(|| claimed.clone()));
         }
-        self.local.set(deployment_id, &current);
-        Ok(())
+        if current.transition.is_some() != has_schedule {
+            self.sync(deployment_id, transitions).await?;
+            return Ok(None);
+        }
+        self.local.set(deployment_id, &current, None);
+        Ok(None)
     }
 
-    /// After an apply removed its transition: cancels the backstop schedule, then makes sure
-    /// no newer transition came meanwhile whose schedule the cancel took (else syncs it). One
-    /// read fewer than [`Timers::sync`], which would first read what the apply just removed.
+    /// After a timer held in memory was applied: cancels its backstop schedule. With the
+    /// schedule's sequence, only that one goes; without, any goes, and a newer transition
+    /// that came meanwhile (whose schedule the cancel may have taken) is synced.
     pub async fn cancel_applied(
         &self,
         deployment_id: &str,
         transitions: &Transitions,
+        backstop_seq: Option<u64>,
     ) -> Result<(), TimerError> {
-        self.cancel(deployment_id).await?;
-        if transitions.get(deployment_id).await?.transition.is_some() {
+        self.cancel(deployment_id, backstop_seq).await?;
+        if backstop_seq.is_none() && transitions.get(deployment_id).await?.pending().is_some() {
             return self.sync(deployment_id, transitions).await;
         }
         Ok(())
@@ -154,13 +164,16 @@ impl Timers {
     ) -> Result<(), TimerError> {
         let mut current: Current = transitions.get(deployment_id).await?;
         loop {
-            match &current.transition {
-                Some(t) => self.publish(deployment_id, t).await?,
-                None => self.cancel(deployment_id).await?,
-            }
+            let backstop_seq = match &current.transition {
+                Some(t) => Some(self.publish(deployment_id, t).await?),
+                None => {
+                    self.cancel(deployment_id, None).await?;
+                    None
+                }
+            };
             let now = transitions.get(deployment_id).await?;
             if now.nonce() == current.nonce() {
-                self.local.set(deployment_id, &now);
+                self.local.set(deployment_id, &now, backstop_seq);
                 return Ok(());
             }
             current = now;

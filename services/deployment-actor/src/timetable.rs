@@ -93,21 +93,36 @@ pub struct LocalTimers {
     shared: Arc<Shared>,
 }
 
-/// A held timer fires the transition as it was seen stored, so that its apply can claim it
-/// without reading it first.
 #[derive(Default)]
 struct Shared {
-    table: Mutex<Timetable<Current>>,
+    table: Mutex<Timetable<Held>>,
     earlier: Notify,
 }
 
+/// What a held timer fires: the transition as it was seen stored, so that its apply can claim
+/// it without reading it first, and the sequence of its backstop schedule when this process
+/// published it, so that cancelling the backstop can never take a newer one (no read after).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub seen: Current,
+    pub backstop_seq: Option<u64>,
+}
+
 impl LocalTimers {
-    /// Holds the timer of what is stored for the deployment now (`current`), if anything.
-    pub fn set(&self, deployment_id: &str, current: &Current) {
+    /// Holds the timer of what is stored for the deployment now (`current`), if anything: a
+    /// pending transition, not one already claimed by an apply. `backstop_seq` is the stream
+    /// sequence of the transition's backstop schedule, when known.
+    pub fn set(&self, deployment_id: &str, current: &Current, backstop_seq: Option<u64>) {
         let mut table = self.table();
         let before = table.next_at();
-        match &current.transition {
-            Some(t) => table.arm(deployment_id, t.fires_at_ms, current.clone()),
+        match current.pending() {
+            Some(t) => {
+                let held = Held {
+                    seen: current.clone(),
+                    backstop_seq,
+                };
+                table.arm(deployment_id, t.fires_at_ms, held)
+            }
             None => table.disarm(deployment_id),
         }
         // The applying task sleeps until the earliest timer it knew of.
@@ -119,7 +134,7 @@ impl LocalTimers {
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Timetable<Current>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Timetable<Held>> {
         // The table stays consistent across a panic (each method completes its two writes
         // before anything can panic), so a poisoned lock is still usable.
         self.shared
@@ -138,13 +153,13 @@ pub async fn run(actor: Actor, concurrency: usize) {
             let mut table = local.table();
             (table.take_due(now_ms()), table.next_at())
         };
-        for (deployment_id, seen) in due {
+        for (deployment_id, held) in due {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let actor = actor.clone();
             tokio::spawn(async move {
-                apply_due(&actor, &deployment_id, seen).await;
+                apply_due(&actor, &deployment_id, held).await;
                 drop(permit);
             });
         }
@@ -162,26 +177,40 @@ pub async fn run(actor: Actor, concurrency: usize) {
     }
 }
 
-/// Applies a due timer and cancels its backstop. A failure is left to the backstop, which
-/// fires `SLIPWAY_ACTOR_BACKSTOP_AFTER` later and is retried until it succeeds.
+/// Applies a due timer and cancels its backstop. A failure (a failover, say) is retried here
+/// for as long as [`slipway_nats::retry::failover`] rides out, then left to the backstop, which
+/// fires `SLIPWAY_ACTOR_BACKSTOP_AFTER` after the due time and is retried until it succeeds.
+/// Retried here because once claimed, a change whose backstop a failover lost would otherwise
+/// wait for the reconcile to tidy its claim.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
-async fn apply_due(actor: &Actor, deployment_id: &str, seen: Current) {
-    match actor.apply_seen(deployment_id, seen).await {
+async fn apply_due(actor: &Actor, deployment_id: &str, held: Held) {
+    let Some(nonce) = held.seen.nonce().map(str::to_string) else {
+        return;
+    };
+    let mut outcome = actor.apply_seen(deployment_id, held.seen).await;
+    let mut delays = slipway_nats::retry::failover();
+    while let Err(e) = &outcome {
+        let Some(delay) = delays.next() else {
+            tracing::warn!(error = %e, "cannot apply a due change; the backstop schedule will retry it");
+            return;
+        };
+        tracing::debug!(error = %e, "cannot apply a due change; retrying");
+        tokio::time::sleep(delay).await;
+        outcome = actor.complete_held(deployment_id, &nonce).await;
+    }
+    match outcome {
         // Whoever replaced, cleared or claimed the transition has its timers in hand.
-        Ok(Applied::Stale | Applied::UnderWay) => {}
+        Ok(Applied::Stale | Applied::UnderWay) | Err(_) => {}
         Ok(outcome) => {
             tracing::debug!(?outcome, "due change handled");
             let inner = &actor.inner;
             if let Err(e) = inner
                 .timers
-                .cancel_applied(deployment_id, &inner.transitions)
+                .cancel_applied(deployment_id, &inner.transitions, held.backstop_seq)
                 .await
             {
                 tracing::warn!(error = %e, "applied; cannot cancel the backstop schedule, which will fire as a no-op");
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot apply a due change; the backstop schedule will retry it");
         }
     }
 }

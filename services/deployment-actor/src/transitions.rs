@@ -22,8 +22,10 @@ pub struct Transition {
     pub fires_at_ms: i64,
     #[serde(default)]
     pub idempotency_key: String,
-    /// Claimed by an apply that is under way: a clear or a newer schedule completes the
-    /// apply before it replies, so no reply is ever followed by the older transition.
+    /// Claimed by an apply, under way or done: a clear or a newer schedule completes the
+    /// apply (idempotent) before it replies, so no reply is ever followed by the older
+    /// transition. A timer held in memory leaves its claim stored once applied, as the record
+    /// that it was (see [`crate::apply::Afterwards`]).
     #[serde(default)]
     pub applying: bool,
 }
@@ -50,6 +52,17 @@ pub struct Current {
 impl Current {
     pub fn nonce(&self) -> Option<&str> {
         self.transition.as_ref().map(|t| t.nonce.as_str())
+    }
+
+    /// The transition still waiting for its time; not one an apply has claimed (applied, or
+    /// being applied).
+    pub fn pending(&self) -> Option<&Transition> {
+        self.transition.as_ref().filter(|t| !t.applying)
+    }
+
+    /// The transition an apply has claimed, if that is what is stored.
+    pub fn claimed(&self) -> Option<&Transition> {
+        self.transition.as_ref().filter(|t| t.applying)
     }
 
     /// The token to store with a write that carries `token` (0: unfenced), or the newer token

@@ -39,7 +39,7 @@ async fn a_clear_that_replied_is_never_followed_by_the_change_it_raced() {
             .wait_for_log("desired state change completed after a redelivery", TIMEOUT)
             .unwrap()
     });
-    env.wait_transition_gone(&dep).await;
+    env.wait_transition_done(&dep).await;
     assert_eq!(
         env.store.deployment(&dep).await.unwrap().desired_state,
         at_reply

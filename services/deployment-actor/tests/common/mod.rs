@@ -73,12 +73,14 @@ pub trait ActorCalls {
     /// The schedule message waiting for `dep`, if any.
     async fn schedule_in_stream(&self, dep: &str) -> Option<serde_json::Value>;
     /// Waits until `dep` has no schedule message: an apply from memory cancels its backstop
-    /// schedule just after it removed the transition.
+    /// schedule as its last step.
     async fn wait_schedule_gone(&self, dep: &str);
     async fn desired_doc(&self, region: &str, dep: &str) -> Option<DesiredDeployment>;
-    /// Waits until the deployment has no pending transition (the key is deleted, or holds
-    /// only a fencing token).
-    async fn wait_transition_gone(&self, dep: &str);
+    /// Waits until the deployment's transition is done: the key is deleted or holds only a
+    /// fencing token (cleared, or applied from a fired schedule), or it holds the claim an
+    /// apply from memory leaves, and that apply's last step, cancelling the backstop schedule,
+    /// is done (or the schedule fired, and the consumer has completed the change).
+    async fn wait_transition_done(&self, dep: &str);
     /// Waits until the actors' consumer has nothing pending or unacknowledged.
     async fn wait_consumer_idle(&self);
 }
@@ -205,22 +207,31 @@ impl ActorCalls for Env {
             .map(|v| serde_json::from_slice(&v).unwrap())
     }
 
-    async fn wait_transition_gone(&self, dep: &str) {
+    async fn wait_transition_done(&self, dep: &str) {
         let mut watch = self.transitions.watch_with_history(dep).await.unwrap();
-        tokio::time::timeout(TIMEOUT, async {
+        let claimed = tokio::time::timeout(TIMEOUT, async {
             while let Some(entry) = watch.next().await {
                 let entry = entry.unwrap();
                 if entry.operation != kv::Operation::Put {
-                    return;
+                    return false;
                 }
                 let stored: serde_json::Value = rmp_serde::from_slice(&entry.value).unwrap();
                 if stored.get("nonce").is_none() {
-                    return;
+                    return false;
+                }
+                if stored["applying"] == true {
+                    return true;
                 }
             }
+            false
         })
         .await
-        .unwrap_or_else(|_| panic!("transition of {dep} still there after {TIMEOUT:?}"));
+        .unwrap_or_else(|_| panic!("transition of {dep} still pending after {TIMEOUT:?}"));
+        if claimed {
+            // Gone once cancelled, or once fired: then the fired-change consumer completes it.
+            self.wait_schedule_gone(dep).await;
+            self.wait_consumer_idle().await;
+        }
     }
 
     async fn wait_consumer_idle(&self) {
@@ -270,7 +281,7 @@ pub async fn assert_applied_once(env: &Env, project: &str, dep: &str, nonce: &st
         krane::Desired,
         state::{DesiredState, TopologyStatus},
     };
-    env.wait_transition_gone(dep).await;
+    env.wait_transition_done(dep).await;
     let events = env.project_events(project).await;
     assert_eq!(events.len(), 1, "{dep}: {events:?}");
     assert_eq!(events[0]["nonce"], nonce);
