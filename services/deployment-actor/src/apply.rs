@@ -75,6 +75,8 @@ pub enum ApplyError {
     Desired(#[from] DesiredError),
     #[error(transparent)]
     Event(#[from] events::PublishError),
+    #[error(transparent)]
+    Timer(#[from] crate::timers::TimerError),
 }
 
 impl Actor {
@@ -217,6 +219,38 @@ impl Actor {
                 .await?;
         }
         Ok(applied)
+    }
+
+    /// Settles a transition found claimed (`current`): a claim whose apply is done is only
+    /// removed, so that its event is not sent again (once the event stream's duplicate window
+    /// has passed, it would be a second one); any other is completed (idempotent), which
+    /// removes it. Done means its backstop is gone (an apply from memory cancels it last) and
+    /// the database has its nonce: the one other claim without a backstop, a fired one that
+    /// the consumer is applying, is completed here unless its database write is made, and then
+    /// the consumer finishes it. A conflict is left to the caller, which reads the key again.
+    pub async fn settle_claimed(
+        &self,
+        deployment_id: &str,
+        current: &Current,
+    ) -> Result<(), ApplyError> {
+        let Some(claimed) = current.claimed() else {
+            return Ok(());
+        };
+        let done = self.inner.timers.backstop_nonce(deployment_id).await?
+            != Some(claimed.nonce.clone())
+            && match self.inner.store.deployment(deployment_id).await {
+                Ok(d) => d.desired_state_nonce.as_deref() == Some(claimed.nonce.as_str()),
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e.into()),
+            };
+        if done {
+            return self
+                .remove_transition(deployment_id, current.fencing_token, current.revision)
+                .await;
+        }
+        self.apply(deployment_id, &claimed.nonce, OnClaimed::Complete)
+            .await
+            .map(drop)
     }
 
     /// Removes the applied transition unless a newer one was written meanwhile.

@@ -133,7 +133,7 @@ impl Actor {
             }
         }
         // Last writer wins: compare-and-set against the revision just read, retry on a race.
-        let transition = loop {
+        let (transition, written) = loop {
             let current = transitions
                 .get(&deployment_id)
                 .await
@@ -143,7 +143,7 @@ impl Actor {
                 .as_ref()
                 .filter(|t| !key.is_empty() && t.idempotency_key == key)
             {
-                break t.clone();
+                break (t.clone(), None);
             }
             let fencing_token = stale(&deployment_id, &current, req.fencing_token)?;
             if self.finish_claimed(&deployment_id, &current).await? {
@@ -160,28 +160,38 @@ impl Actor {
                 .put(&deployment_id, &candidate, fencing_token, current.revision)
                 .await
             {
-                Ok(_) => break candidate,
+                Ok(revision) => {
+                    let written = Current {
+                        transition: Some(candidate.clone()),
+                        fencing_token,
+                        revision,
+                    };
+                    break (candidate, Some(written));
+                }
                 Err(TransitionError::Conflict) => continue,
                 Err(e) => return Err(transition_err(e)),
             }
         };
 
         slipway_core::fault::point("actor.after_transition_stored");
-        if req.delay_ms == 0 {
+        let timers = &self.inner.timers;
+        let synced = match written {
             // Applied at once; should that fail, the sync below leaves a due timer behind, so
             // the fired-change consumer retries it: the change is durable either way.
-            if let Err(e) = self
-                .apply(&deployment_id, &transition.nonce, OnClaimed::Complete)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot apply at once; the timer will retry it");
+            _ if req.delay_ms == 0 => {
+                if let Err(e) = self
+                    .apply(&deployment_id, &transition.nonce, OnClaimed::Complete)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot apply at once; the timer will retry it");
+                }
+                timers.sync(&deployment_id, transitions).await
             }
-        }
-        self.inner
-            .timers
-            .sync(&deployment_id, transitions)
-            .await
-            .map_err(timer_err)?;
+            // What this call stored is what the schedule is written for (no read first).
+            Some(written) => timers.sync_from(&deployment_id, transitions, written).await,
+            None => timers.sync(&deployment_id, transitions).await,
+        };
+        synced.map_err(timer_err)?;
         if !key.is_empty() {
             transitions
                 .remember(&deployment_id, &transition)
@@ -242,10 +252,10 @@ impl Actor {
         deployment_id: &str,
         current: &Current,
     ) -> Result<bool, ApiError> {
-        let Some(t) = current.transition.as_ref().filter(|t| t.applying) else {
+        if current.claimed().is_none() {
             return Ok(false);
-        };
-        self.apply(deployment_id, &t.nonce, OnClaimed::Complete)
+        }
+        self.settle_claimed(deployment_id, current)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot complete a change under way");

@@ -46,6 +46,12 @@ pub struct Config {
     /// have applied it from memory by then (the one holding it crashed, or applying failed).
     #[arg(long, env = "SLIPWAY_ACTOR_BACKSTOP_AFTER", default_value = "2s", value_parser = slipway_core::config::parse_duration)]
     pub backstop_after: Duration,
+    /// How long after its due time the claim a timer applied from memory left stored is
+    /// tidied away by the reconcile (its apply completed again, a no-op, and the claim
+    /// removed). Not at once, so that a restart in the middle of a storm does not redo what it
+    /// just applied.
+    #[arg(long, env = "SLIPWAY_ACTOR_TIDY_CLAIMS_AFTER", default_value = "1m", value_parser = slipway_core::config::parse_duration)]
+    pub tidy_claims_after: Duration,
     /// How often timers are reconciled with stored transitions (also once at start-up).
     #[arg(long, env = "SLIPWAY_ACTOR_RECONCILE_EVERY", default_value = "5m", value_parser = slipway_core::config::parse_duration)]
     pub reconcile_every: Duration,
@@ -73,6 +79,7 @@ struct Inner {
     transitions: transitions::Transitions,
     timers: timers::Timers,
     desired: jetstream::kv::Store,
+    tidy_claims_after: Duration,
 }
 
 impl Actor {
@@ -103,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
             timers: timers::Timers::new(js.clone(), config.backstop_after).await?,
             desired: js.get_key_value(DESIRED).await?,
+            tidy_claims_after: config.tidy_claims_after,
             js: js.clone(),
         }),
     };

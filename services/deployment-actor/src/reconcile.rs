@@ -23,14 +23,9 @@ use slipway_core::{
 };
 use slipway_nats::provision::TIMERS;
 
-use crate::{apply::OnClaimed, Actor};
+use crate::Actor;
 
 const SYNCS_AT_ONCE: usize = 32;
-
-/// How long after its due time the claim an applied timer left stored is tidied away (its
-/// apply completed again, a no-op, and the claim removed): not at once, so a restart in the
-/// middle of a storm does not redo the changes it just applied.
-const TIDY_AFTER_MS: i64 = 60_000;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -104,18 +99,23 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     // Concurrently: at start-up this is also what loads every stored timer into memory, and
     // the ones that came due while no actor ran wait for it.
     let n = deployments.len();
+    let tidy_before_ms = now_ms() - slipway_core::time::millis(actor.inner.tidy_claims_after);
     futures::stream::iter(deployments)
         .map(|id| {
             let has_schedule = scheduled.contains(&id);
             async move {
                 let inner = &actor.inner;
-                let applied = inner
+                let claimed = inner
                     .timers
                     .check(&id, &inner.transitions, has_schedule)
                     .await?;
-                match applied {
-                    Some(t) if t.fires_at_ms < now_ms() - TIDY_AFTER_MS => {
-                        actor.apply(&id, &t.nonce, OnClaimed::Complete).await?;
+                match claimed {
+                    Some(current)
+                        if current
+                            .claimed()
+                            .is_some_and(|t| t.fires_at_ms <= tidy_before_ms) =>
+                    {
+                        actor.settle_claimed(&id, &current).await?;
                     }
                     _ => {}
                 }

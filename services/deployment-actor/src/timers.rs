@@ -111,22 +111,39 @@ impl Timers {
         Ok(())
     }
 
+    /// The nonce the deployment's backstop schedule fires, if it has one.
+    pub async fn backstop_nonce(&self, deployment_id: &str) -> Result<Option<String>, TimerError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&schedule_subject(deployment_id))
+            .await
+        {
+            Ok(message) => {
+                let fired: Fired = serde_json::from_slice(&message.payload).map_err(js_err)?;
+                Ok(Some(fired.nonce))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
     /// The reconcile's look at one deployment: a pending transition with a schedule, or
     /// neither, only needs its timer held in memory (a schedule of an older nonce fires as a
     /// stale no-op that syncs, and the timer held applies the stored one on time); a
     /// transition without a schedule (its writer died before publishing it, or a failover
     /// lost it) or a schedule without a transition is synced. A claimed transition with a
     /// schedule is left to its apply or, should that have died, to the schedule; one without
-    /// is returned: applied, and its claim left stored (the caller completes and removes it).
+    /// is returned: most likely applied, its claim left stored (for the caller to settle).
     pub async fn check(
         &self,
         deployment_id: &str,
         transitions: &Transitions,
         has_schedule: bool,
-    ) -> Result<Option<Transition>, TimerError> {
+    ) -> Result<Option<Current>, TimerError> {
         let current = transitions.get(deployment_id).await?;
-        if let Some(claimed) = current.claimed() {
-            return Ok((!has_schedule).then(|| claimed.clone()));
+        if current.claimed().is_some() {
+            return Ok((!has_schedule).then_some(current));
         }
         if current.transition.is_some() != has_schedule {
             self.sync(deployment_id, transitions).await?;
@@ -162,7 +179,17 @@ impl Timers {
         deployment_id: &str,
         transitions: &Transitions,
     ) -> Result<(), TimerError> {
-        let mut current: Current = transitions.get(deployment_id).await?;
+        let current = transitions.get(deployment_id).await?;
+        self.sync_from(deployment_id, transitions, current).await
+    }
+
+    /// [`Timers::sync`] from `current`, what the caller has just written (no read first).
+    pub async fn sync_from(
+        &self,
+        deployment_id: &str,
+        transitions: &Transitions,
+        mut current: Current,
+    ) -> Result<(), TimerError> {
         loop {
             let backstop_seq = match &current.transition {
                 Some(t) => Some(self.publish(deployment_id, t).await?),

@@ -203,6 +203,9 @@ async fn apply_due(actor: &Actor, deployment_id: &str, held: Held) {
         Ok(Applied::Stale | Applied::UnderWay) | Err(_) => {}
         Ok(outcome) => {
             tracing::debug!(?outcome, "due change handled");
+            if let Some(d) = slipway_core::fault::pause("actor.before_backstop_cancelled") {
+                tokio::time::sleep(d).await;
+            }
             let inner = &actor.inner;
             if let Err(e) = inner
                 .timers

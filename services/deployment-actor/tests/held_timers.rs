@@ -145,3 +145,152 @@ async fn both_paths_racing_for_every_timer_apply_each_change_once() {
         assert_eq!(env.project_events(project).await.len(), 1, "{dep}");
     }
 }
+
+/// A timer applied from memory leaves its claim stored (a write fewer per timer), shown as
+/// nothing pending; the reconcile of an actor started with `SLIPWAY_ACTOR_TIDY_CLAIMS_AFTER`
+/// past it tidies the claim away without applying the change a second time.
+#[tokio::test]
+async fn the_claim_an_applied_timer_leaves_is_tidied_by_the_reconcile_without_a_second_apply() {
+    let mut env = common::without_actor().await;
+    let first = env.spawn(ACTOR, &backstop("1h"));
+    let (project, dep) = env.seed_deployment().await;
+    let reply = env.schedule(&dep, 100, "standby", "").await;
+    env.wait_transition_done(&dep).await;
+    let claim = stored_transition(&env, &dep)
+        .await
+        .expect("the claim stays");
+    assert!(claim.applying, "{claim:?}");
+    assert_eq!(claim.nonce, reply.nonce);
+    assert!(env.get_state(&dep).await.pending.is_none());
+    env.kill_service(first);
+
+    let tidy = [
+        ("SLIPWAY_ACTOR_BACKSTOP_AFTER", "1h".to_string()),
+        ("SLIPWAY_ACTOR_TIDY_CLAIMS_AFTER", "0s".to_string()),
+    ];
+    let second = env.spawn(ACTOR, &tidy);
+    env.services[second]
+        .wait_for_log("timers reconciled", TIMEOUT)
+        .unwrap();
+    assert_eq!(stored_transition(&env, &dep).await, None, "tidied away");
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
+}
+
+/// A newer schedule written while an apply from memory is finishing (held just before it
+/// cancels its backstop) keeps its backstop: the apply cancels only its own schedule, by
+/// sequence.
+#[tokio::test]
+async fn a_schedule_written_while_a_timer_is_applied_from_memory_keeps_its_backstop() {
+    let mut env = common::without_actor().await;
+    let pause = [
+        ("SLIPWAY_ACTOR_BACKSTOP_AFTER", "1h".to_string()),
+        (
+            "SLIPWAY_FAULT_PAUSE",
+            "actor.before_backstop_cancelled=2s".to_string(),
+        ),
+    ];
+    let actor = env.spawn(ACTOR, &pause);
+    let (_, dep) = env.seed_deployment().await;
+    // Every purge request of the timers stream, and every reply.
+    let mut purges = env
+        .client
+        .subscribe("$JS.API.STREAM.PURGE.SLIPWAY_TIMERS")
+        .await
+        .unwrap();
+    let mut replies = env.client.subscribe("_INBOX.>").await.unwrap();
+    env.client.flush().await.unwrap();
+
+    env.schedule(&dep, 100, "standby", "").await;
+    env.services[actor]
+        .wait_for_log(
+            "fault pause actor.before_backstop_cancelled reached",
+            TIMEOUT,
+        )
+        .unwrap();
+    // Settles the claimed change first, then stores its own and writes its backstop.
+    let newer = env.schedule(&dep, 3_600_000, "archived", "").await;
+    assert_eq!(
+        env.schedule_in_stream(&dep).await.unwrap()["nonce"],
+        newer.nonce.as_str()
+    );
+
+    // The paused apply goes on and cancels its backstop: wait for that purge's reply.
+    let filter = deployment_actor::timers::schedule_subject(&dep);
+    let reply_to = tokio::time::timeout(TIMEOUT, async {
+        while let Some(msg) = purges.next().await {
+            if String::from_utf8_lossy(&msg.payload).contains(&filter) {
+                return msg.reply.expect("a purge is a request");
+            }
+        }
+        panic!("purge subscription closed");
+    })
+    .await
+    .expect("the apply from memory cancels its backstop");
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(msg) = replies.next().await {
+            if msg.subject == reply_to {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the purge is answered");
+
+    let schedule = env.schedule_in_stream(&dep).await;
+    assert_eq!(
+        schedule.as_ref().map(|s| s["nonce"].clone()),
+        Some(newer.nonce.as_str().into()),
+        "the newer schedule's backstop is still there"
+    );
+    let pending = env.get_state(&dep).await.pending.expect("still pending");
+    assert_eq!(pending.nonce, newer.nonce);
+}
+
+/// The transition stored for `dep`, if any (`None` also for a record holding only a token).
+async fn stored_transition(
+    env: &common::Env,
+    dep: &str,
+) -> Option<deployment_actor::transitions::Transition> {
+    let raw = env.transitions.get(dep).await.unwrap()?;
+    let value: serde_json::Value = rmp_serde::from_slice(&raw).unwrap();
+    value.get("nonce")?;
+    Some(rmp_serde::from_slice(&raw).unwrap())
+}
+
+/// A clear after a timer applied from memory settles the claim it left without applying the
+/// change again: no second `desired_state` publish (past the event stream's duplicate window,
+/// it would be a second event).
+#[tokio::test]
+async fn a_clear_after_a_timer_applied_from_memory_publishes_no_second_event() {
+    let mut env = common::without_actor().await;
+    env.spawn(ACTOR, &backstop("1h"));
+    let (project, dep) = env.seed_deployment().await;
+    let mut events = events_of(&env, &dep).await;
+    let reply = env.schedule(&dep, 100, "standby", "").await;
+    applied_at(&mut events).await;
+    env.wait_transition_done(&dep).await;
+
+    assert!(!env.clear(&dep).await, "nothing was pending");
+    assert_eq!(
+        stored_transition(&env, &dep).await,
+        None,
+        "the claim is settled"
+    );
+    // Anything the clear published reached this core subscription before its reply, so
+    // before this marker (even a publish the stream drops as a duplicate).
+    let marker = format!("slipway.events.marker.{dep}.desired_state");
+    env.client
+        .publish(marker.clone(), "marker".into())
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(TIMEOUT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.subject.as_str(),
+        marker,
+        "published again by the clear"
+    );
+    assert_applied_once(&env, &project, &dep, &reply.nonce).await;
+}
