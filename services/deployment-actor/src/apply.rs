@@ -59,8 +59,7 @@ pub enum Afterwards {
     /// Left as claimed: a timer held in memory, whose caller cancels the backstop next, so
     /// nothing applies it again. The claim is the record that the change was applied, and
     /// saves a write on the bucket every timer of a storm writes to; the next schedule or
-    /// clear of the deployment (or the reconcile) completes the apply, a no-op, and removes
-    /// it.
+    /// clear of the deployment, or the reconcile, settles it ([`Actor::settle_claimed`]).
     KeepClaim,
 }
 
@@ -221,13 +220,11 @@ impl Actor {
         Ok(applied)
     }
 
-    /// Settles a transition found claimed (`current`): a claim whose apply is done is only
-    /// removed, so that its event is not sent again (once the event stream's duplicate window
-    /// has passed, it would be a second one); any other is completed (idempotent), which
-    /// removes it. Done means its backstop is gone (an apply from memory cancels it last) and
-    /// the database has its nonce: the one other claim without a backstop, a fired one that
-    /// the consumer is applying, is completed here unless its database write is made, and then
-    /// the consumer finishes it. A conflict is left to the caller, which reads the key again.
+    /// Settles a transition found claimed (`current`). If its apply from memory is done (its
+    /// schedule was replaced by the applied marker, its last step), the claim is only removed:
+    /// completing it again would send its event again, a second one once the event stream's
+    /// duplicate window has passed. Any other claim is completed (idempotent), which removes
+    /// it. A conflict is left to the caller, which reads the key again.
     pub async fn settle_claimed(
         &self,
         deployment_id: &str,
@@ -236,14 +233,8 @@ impl Actor {
         let Some(claimed) = current.claimed() else {
             return Ok(());
         };
-        let done = self.inner.timers.backstop_nonce(deployment_id).await?
-            != Some(claimed.nonce.clone())
-            && match self.inner.store.deployment(deployment_id).await {
-                Ok(d) => d.desired_state_nonce.as_deref() == Some(claimed.nonce.as_str()),
-                Err(StoreError::NotFound(_)) => false,
-                Err(e) => return Err(e.into()),
-            };
-        if done {
+        let marker = self.inner.timers.schedule_of(deployment_id).await?;
+        if marker.is_some_and(|(m, _)| m.applied && m.nonce == claimed.nonce) {
             return self
                 .remove_transition(deployment_id, current.fencing_token, current.revision)
                 .await;

@@ -46,10 +46,10 @@ pub struct Config {
     /// have applied it from memory by then (the one holding it crashed, or applying failed).
     #[arg(long, env = "SLIPWAY_ACTOR_BACKSTOP_AFTER", default_value = "2s", value_parser = slipway_core::config::parse_duration)]
     pub backstop_after: Duration,
-    /// How long after its due time the claim a timer applied from memory left stored is
-    /// tidied away by the reconcile (its apply completed again, a no-op, and the claim
-    /// removed). Not at once, so that a restart in the middle of a storm does not redo what it
-    /// just applied.
+    /// How long after its due time the reconcile settles the claim a timer applied from
+    /// memory left stored (removed; its apply completed first if it was not done). Not at
+    /// once, so that a restart in the middle of a storm does not look again at what it just
+    /// applied.
     #[arg(long, env = "SLIPWAY_ACTOR_TIDY_CLAIMS_AFTER", default_value = "1m", value_parser = slipway_core::config::parse_duration)]
     pub tidy_claims_after: Duration,
     /// How often timers are reconciled with stored transitions (also once at start-up).

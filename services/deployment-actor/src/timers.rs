@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use async_nats::{
-    header::{NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL},
+    header::{
+        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_SCHEDULE, NATS_SCHEDULE_TARGET, NATS_SCHEDULE_TTL,
+    },
     jetstream, HeaderMap,
 };
 use serde::{Deserialize, Serialize};
@@ -29,12 +31,15 @@ pub use slipway_core::subjects::timers::{
     deployment_fired as fired_subject, deployment_schedule as schedule_subject,
 };
 
-/// The body of a schedule, delivered unchanged on the fired subject.
+/// The body of a schedule, delivered unchanged on the fired subject; or, with `applied`, of
+/// the plain message that replaced the schedule once its change was applied from memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
     pub deployment_id: String,
     pub nonce: String,
     pub state: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub applied: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,7 @@ impl Timers {
             deployment_id: deployment_id.to_string(),
             nonce: t.nonce.clone(),
             state: t.state.clone(),
+            applied: false,
         })
         .map_err(js_err)?;
         let ack = self
@@ -99,20 +105,22 @@ impl Timers {
         Ok(ack.sequence)
     }
 
-    /// Removes the deployment's schedule, if any; with `through`, only one stored at or
-    /// before that sequence (a newer schedule stays).
-    async fn cancel(&self, deployment_id: &str, through: Option<u64>) -> Result<(), TimerError> {
-        let purge = self.stream.purge().filter(schedule_subject(deployment_id));
-        match through {
-            Some(seq) => purge.sequence(seq + 1).await,
-            None => purge.await,
-        }
-        .map_err(js_err)?;
+    /// Removes the deployment's schedule (or applied marker), if any.
+    async fn cancel(&self, deployment_id: &str) -> Result<(), TimerError> {
+        self.stream
+            .purge()
+            .filter(schedule_subject(deployment_id))
+            .await
+            .map_err(js_err)?;
         Ok(())
     }
 
-    /// The nonce the deployment's backstop schedule fires, if it has one.
-    pub async fn backstop_nonce(&self, deployment_id: &str) -> Result<Option<String>, TimerError> {
+    /// What the deployment's schedule subject holds (a schedule or an applied marker), with
+    /// its sequence.
+    pub async fn schedule_of(
+        &self,
+        deployment_id: &str,
+    ) -> Result<Option<(Fired, u64)>, TimerError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         match self
             .stream
@@ -121,9 +129,55 @@ impl Timers {
         {
             Ok(message) => {
                 let fired: Fired = serde_json::from_slice(&message.payload).map_err(js_err)?;
-                Ok(Some(fired.nonce))
+                Ok(Some((fired, message.sequence)))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    /// After a timer held in memory was applied: replaces its backstop schedule with a plain
+    /// message saying so (a message without `Nats-Schedule` on a schedule's subject cancels
+    /// it), written only if the subject still holds that schedule (expected last subject
+    /// sequence: `backstop_seq`, or the schedule read now), so a newer schedule always stays.
+    /// One write, like a purge; and the marker tells a settle that the apply is done
+    /// ([`crate::Actor::settle_claimed`]).
+    pub async fn mark_applied(
+        &self,
+        deployment_id: &str,
+        t: &Transition,
+        backstop_seq: Option<u64>,
+    ) -> Result<(), TimerError> {
+        let expected = match backstop_seq {
+            Some(seq) => seq,
+            None => match self.schedule_of(deployment_id).await? {
+                Some((fired, seq)) if fired.nonce == t.nonce && !fired.applied => seq,
+                _ => return Ok(()),
+            },
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+        let body = serde_json::to_vec(&Fired {
+            deployment_id: deployment_id.to_string(),
+            nonce: t.nonce.clone(),
+            state: t.state.clone(),
+            applied: true,
+        })
+        .map_err(js_err)?;
+        let written = async {
+            self.js
+                .publish_with_headers(schedule_subject(deployment_id), headers, body.into())
+                .await?
+                .await
+        }
+        .await;
+        match written {
+            Ok(_) => Ok(()),
+            // A newer schedule (or the same one written again) is there: it stays.
+            Err(e) if slipway_nats::kv::is_conflict(&e) => Ok(()),
             Err(e) => Err(js_err(e)),
         }
     }
@@ -132,9 +186,9 @@ impl Timers {
     /// neither, only needs its timer held in memory (a schedule of an older nonce fires as a
     /// stale no-op that syncs, and the timer held applies the stored one on time); a
     /// transition without a schedule (its writer died before publishing it, or a failover
-    /// lost it) or a schedule without a transition is synced. A claimed transition with a
-    /// schedule is left to its apply or, should that have died, to the schedule; one without
-    /// is returned: most likely applied, its claim left stored (for the caller to settle).
+    /// lost it) or a schedule without a transition is synced. A claimed transition is
+    /// returned for the caller to settle once it is old enough (most likely applied from
+    /// memory, the claim left stored).
     pub async fn check(
         &self,
         deployment_id: &str,
@@ -143,7 +197,7 @@ impl Timers {
     ) -> Result<Option<Current>, TimerError> {
         let current = transitions.get(deployment_id).await?;
         if current.claimed().is_some() {
-            return Ok((!has_schedule).then_some(current));
+            return Ok(Some(current));
         }
         if current.transition.is_some() != has_schedule {
             self.sync(deployment_id, transitions).await?;
@@ -153,23 +207,8 @@ impl Timers {
         Ok(None)
     }
 
-    /// After a timer held in memory was applied: cancels its backstop schedule. With the
-    /// schedule's sequence, only that one goes; without, any goes, and a newer transition
-    /// that came meanwhile (whose schedule the cancel may have taken) is synced.
-    pub async fn cancel_applied(
-        &self,
-        deployment_id: &str,
-        transitions: &Transitions,
-        backstop_seq: Option<u64>,
-    ) -> Result<(), TimerError> {
-        self.cancel(deployment_id, backstop_seq).await?;
-        if backstop_seq.is_none() && transitions.get(deployment_id).await?.pending().is_some() {
-            return self.sync(deployment_id, transitions).await;
-        }
-        Ok(())
-    }
-
-    /// Brings the schedule, and the timer held in memory, in line with the stored transition.
+    /// Brings the schedule, and the timer held in memory, in line with the stored transition
+    /// (a claimed one keeps whatever schedule it has).
     /// Concurrent operations can finish their stream writes in another order than their KV
     /// writes, so after writing, re-read the KV and repeat until what was written is what is
     /// stored: the last stream write is then always checked against the latest transition,
@@ -192,9 +231,12 @@ impl Timers {
     ) -> Result<(), TimerError> {
         loop {
             let backstop_seq = match &current.transition {
+                // Claimed: its apply cancels its own backstop once done, or, should that apply
+                // have died, the backstop completes it. Left alone either way.
+                Some(t) if t.applying => None,
                 Some(t) => Some(self.publish(deployment_id, t).await?),
                 None => {
-                    self.cancel(deployment_id, None).await?;
+                    self.cancel(deployment_id).await?;
                     None
                 }
             };

@@ -184,7 +184,7 @@ pub async fn run(actor: Actor, concurrency: usize) {
 /// wait for the reconcile to tidy its claim.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
 async fn apply_due(actor: &Actor, deployment_id: &str, held: Held) {
-    let Some(nonce) = held.seen.nonce().map(str::to_string) else {
+    let Some(transition) = held.seen.transition.clone() else {
         return;
     };
     let mut outcome = actor.apply_seen(deployment_id, held.seen).await;
@@ -196,7 +196,7 @@ async fn apply_due(actor: &Actor, deployment_id: &str, held: Held) {
         };
         tracing::debug!(error = %e, "cannot apply a due change; retrying");
         tokio::time::sleep(delay).await;
-        outcome = actor.complete_held(deployment_id, &nonce).await;
+        outcome = actor.complete_held(deployment_id, &transition.nonce).await;
     }
     match outcome {
         // Whoever replaced, cleared or claimed the transition has its timers in hand.
@@ -209,10 +209,10 @@ async fn apply_due(actor: &Actor, deployment_id: &str, held: Held) {
             let inner = &actor.inner;
             if let Err(e) = inner
                 .timers
-                .cancel_applied(deployment_id, &inner.transitions, held.backstop_seq)
+                .mark_applied(deployment_id, &transition, held.backstop_seq)
                 .await
             {
-                tracing::warn!(error = %e, "applied; cannot cancel the backstop schedule, which will fire as a no-op");
+                tracing::warn!(error = %e, "applied; cannot cancel the backstop schedule, which will fire and complete it again");
             }
         }
     }

@@ -64,7 +64,7 @@ async fn a_change_is_applied_from_memory_on_time_while_its_backstop_is_an_hour_a
     assert_eq!(event["nonce"], reply.nonce.as_str());
     assert_applied_once(&env, &project, &dep, &reply.nonce).await;
     // Applied: the backstop is cancelled, so it never fires.
-    env.wait_schedule_gone(&dep).await;
+    env.wait_backstop_gone(&dep).await;
 }
 
 #[tokio::test]
@@ -177,8 +177,8 @@ async fn the_claim_an_applied_timer_leaves_is_tidied_by_the_reconcile_without_a_
 }
 
 /// A newer schedule written while an apply from memory is finishing (held just before it
-/// cancels its backstop) keeps its backstop: the apply cancels only its own schedule, by
-/// sequence.
+/// cancels its backstop) keeps its backstop: the apply replaces only its own schedule with
+/// the applied marker (expected last subject sequence).
 #[tokio::test]
 async fn a_schedule_written_while_a_timer_is_applied_from_memory_keeps_its_backstop() {
     let mut env = common::without_actor().await;
@@ -191,10 +191,11 @@ async fn a_schedule_written_while_a_timer_is_applied_from_memory_keeps_its_backs
     ];
     let actor = env.spawn(ACTOR, &pause);
     let (_, dep) = env.seed_deployment().await;
-    // Every purge request of the timers stream, and every reply.
-    let mut purges = env
+    // Every message sent to the deployment's schedule subject (those the stream refuses
+    // too), and every reply.
+    let mut sent = env
         .client
-        .subscribe("$JS.API.STREAM.PURGE.SLIPWAY_TIMERS")
+        .subscribe(deployment_actor::timers::schedule_subject(&dep))
         .await
         .unwrap();
     let mut replies = env.client.subscribe("_INBOX.>").await.unwrap();
@@ -214,15 +215,16 @@ async fn a_schedule_written_while_a_timer_is_applied_from_memory_keeps_its_backs
         newer.nonce.as_str()
     );
 
-    // The paused apply goes on and cancels its backstop: wait for that purge's reply.
-    let filter = deployment_actor::timers::schedule_subject(&dep);
+    // The paused apply goes on and cancels its backstop: wait for the stream's answer to
+    // its applied marker.
     let reply_to = tokio::time::timeout(TIMEOUT, async {
-        while let Some(msg) = purges.next().await {
-            if String::from_utf8_lossy(&msg.payload).contains(&filter) {
-                return msg.reply.expect("a purge is a request");
+        while let Some(msg) = sent.next().await {
+            let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            if body["applied"] == true {
+                return msg.reply.expect("a JetStream publish awaits its ack");
             }
         }
-        panic!("purge subscription closed");
+        panic!("subscription closed");
     })
     .await
     .expect("the apply from memory cancels its backstop");
@@ -234,7 +236,7 @@ async fn a_schedule_written_while_a_timer_is_applied_from_memory_keeps_its_backs
         }
     })
     .await
-    .expect("the purge is answered");
+    .expect("the marker is answered");
 
     let schedule = env.schedule_in_stream(&dep).await;
     assert_eq!(

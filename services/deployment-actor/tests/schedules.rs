@@ -73,7 +73,7 @@ async fn a_change_scheduled_2s_ahead_is_applied_within_a_second_of_its_due_time(
     }
     assert_eq!(env.project_events(&project).await.len(), 1);
     // Applied from memory: its backstop schedule is cancelled.
-    env.wait_schedule_gone(&dep).await;
+    env.wait_backstop_gone(&dep).await;
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn a_deployment_deleted_before_its_due_time_is_a_no_op_and_leaves_no_state
     env.wait_consumer_idle().await;
     assert!(env.project_events(&project).await.is_empty());
     assert!(env.desired_doc("eu", &dep).await.is_none());
-    env.wait_schedule_gone(&dep).await;
+    env.wait_backstop_gone(&dep).await;
     // Nothing pending: no record, or the claim the apply from memory left.
     let stored = env.transitions.get(&dep).await.unwrap();
     let pending = stored.map(|raw| {

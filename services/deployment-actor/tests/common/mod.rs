@@ -72,14 +72,15 @@ pub trait ActorCalls {
     async fn get_state(&self, dep: &str) -> GetStateReply;
     /// The schedule message waiting for `dep`, if any.
     async fn schedule_in_stream(&self, dep: &str) -> Option<serde_json::Value>;
-    /// Waits until `dep` has no schedule message: an apply from memory cancels its backstop
-    /// schedule as its last step.
-    async fn wait_schedule_gone(&self, dep: &str);
+    /// Waits until `dep` has no backstop schedule: none, or the applied marker with which an
+    /// apply from memory replaces it as its last step.
+    async fn wait_backstop_gone(&self, dep: &str);
     async fn desired_doc(&self, region: &str, dep: &str) -> Option<DesiredDeployment>;
     /// Waits until the deployment's transition is done: the key is deleted or holds only a
     /// fencing token (cleared, or applied from a fired schedule), or it holds the claim an
-    /// apply from memory leaves, and that apply's last step, cancelling the backstop schedule,
-    /// is done (or the schedule fired, and the consumer has completed the change).
+    /// apply from memory leaves, and that apply's last step, replacing the backstop schedule
+    /// with the applied marker, is done (or the schedule fired, and the consumer has
+    /// completed the change).
     async fn wait_transition_done(&self, dep: &str);
     /// Waits until the actors' consumer has nothing pending or unacknowledged.
     async fn wait_consumer_idle(&self);
@@ -187,9 +188,13 @@ impl ActorCalls for Env {
             .map(|m| serde_json::from_slice(&m.payload).unwrap())
     }
 
-    async fn wait_schedule_gone(&self, dep: &str) {
+    async fn wait_backstop_gone(&self, dep: &str) {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while self.schedule_in_stream(dep).await.is_some() {
+        while self
+            .schedule_in_stream(dep)
+            .await
+            .is_some_and(|s| s["applied"] != true)
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{dep}: its schedule is still there"
@@ -228,8 +233,8 @@ impl ActorCalls for Env {
         .await
         .unwrap_or_else(|_| panic!("transition of {dep} still pending after {TIMEOUT:?}"));
         if claimed {
-            // Gone once cancelled, or once fired: then the fired-change consumer completes it.
-            self.wait_schedule_gone(dep).await;
+            // Gone once marked applied, or once fired: then the consumer completes it.
+            self.wait_backstop_gone(dep).await;
             self.wait_consumer_idle().await;
         }
     }
