@@ -13,19 +13,18 @@
 //! never had it), so the repair should not wait for the periodic run.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, HashSet},
     time::Duration,
 };
 
 use futures::{StreamExt, TryStreamExt};
-use slipway_core::{
-    subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, time::now_ms, transition_keys,
-};
+use slipway_core::{subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, time::now_ms};
 use slipway_nats::provision::TIMERS;
 
-use crate::Actor;
+use crate::{transitions::Current, Actor};
 
 const SYNCS_AT_ONCE: usize = 32;
+const SETTLES_AT_ONCE: usize = 4;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -77,13 +76,8 @@ pub async fn on_leader_change(actor: Actor, every: Duration) {
 
 /// Returns how many deployments were looked at.
 pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
-    let mut deployments = BTreeSet::new();
-    let keys: Vec<String> = actor.inner.transitions.keys().await?.try_collect().await?;
-    deployments.extend(
-        keys.iter()
-            .filter_map(|k| transition_keys::deployment_of(k))
-            .map(str::to_string),
-    );
+    let mut deployments: BTreeMap<String, Current> =
+        actor.inner.transitions.all().await?.into_iter().collect();
 
     let stream = actor.inner.js.get_stream(TIMERS).await?;
     let info = stream
@@ -94,35 +88,40 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
         .into_iter()
         .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string))
         .collect();
-    deployments.extend(scheduled.iter().cloned());
+    for id in &scheduled {
+        deployments.entry(id.clone()).or_insert_with(Current::none);
+    }
 
     // Concurrently: at start-up this is also what loads every stored timer into memory, and
     // the ones that came due while no actor ran wait for it.
     let n = deployments.len();
     let tidy_before_ms = now_ms() - slipway_core::time::millis(actor.inner.tidy_claims_after);
-    futures::stream::iter(deployments)
-        .map(|id| {
+    let claims: Vec<(String, Current)> = futures::stream::iter(deployments)
+        .map(|(id, current)| {
             let has_schedule = scheduled.contains(&id);
             async move {
                 let inner = &actor.inner;
                 let claimed = inner
                     .timers
-                    .check(&id, &inner.transitions, has_schedule)
+                    .check(&id, current, &inner.transitions, has_schedule)
                     .await?;
-                match claimed {
-                    Some(current)
-                        if current
-                            .claimed()
-                            .is_some_and(|t| t.fires_at_ms <= tidy_before_ms) =>
-                    {
-                        actor.settle_claimed(&id, &current).await?;
-                    }
-                    _ => {}
-                }
-                Ok::<_, async_nats::Error>(())
+                let old = claimed.filter(|current| {
+                    current
+                        .claimed()
+                        .is_some_and(|t| t.fires_at_ms <= tidy_before_ms)
+                });
+                Ok::<_, async_nats::Error>(old.map(|current| (id, current)))
             }
         })
         .buffer_unordered(SYNCS_AT_ONCE)
+        .try_filter_map(|claim| async move { Ok(claim) })
+        .try_collect()
+        .await?;
+    // Then, a few at a time: tidying must not hold up the timers coming due meanwhile (a
+    // restart in the middle of a storm finds thousands of claims).
+    futures::stream::iter(claims)
+        .map(|(id, current)| async move { actor.settle_claimed(&id, &current).await })
+        .buffer_unordered(SETTLES_AT_ONCE)
         .try_collect::<()>()
         .await?;
     Ok(n)

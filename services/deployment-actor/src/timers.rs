@@ -182,7 +182,7 @@ impl Timers {
         }
     }
 
-    /// The reconcile's look at one deployment: a pending transition with a schedule, or
+    /// The reconcile's look at one deployment, as it found it stored (`current`): a pending transition with a schedule, or
     /// neither, only needs its timer held in memory (a schedule of an older nonce fires as a
     /// stale no-op that syncs, and the timer held applies the stored one on time); a
     /// transition without a schedule (its writer died before publishing it, or a failover
@@ -192,10 +192,10 @@ impl Timers {
     pub async fn check(
         &self,
         deployment_id: &str,
+        current: Current,
         transitions: &Transitions,
         has_schedule: bool,
     ) -> Result<Option<Current>, TimerError> {
-        let current = transitions.get(deployment_id).await?;
         if current.claimed().is_some() {
             return Ok(Some(current));
         }

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use slipway_core::transition_keys;
 
@@ -50,6 +51,15 @@ pub struct Current {
 }
 
 impl Current {
+    /// A key never written.
+    pub fn none() -> Self {
+        Self {
+            transition: None,
+            fencing_token: 0,
+            revision: 0,
+        }
+    }
+
     pub fn nonce(&self) -> Option<&str> {
         self.transition.as_ref().map(|t| t.nonce.as_str())
     }
@@ -116,26 +126,39 @@ impl Transitions {
         let entry = slipway_nats::kv::latest(&self.kv, deployment_id)
             .await
             .map_err(TransitionError::Kv)?;
-        Ok(match entry {
-            None => Current {
-                transition: None,
-                fencing_token: 0,
-                revision: 0,
-            },
-            Some(e) if e.operation != kv::Operation::Put => Current {
-                transition: None,
-                fencing_token: 0,
-                revision: e.revision,
-            },
-            Some(e) => {
-                let stored: Stored = decode(deployment_id, &e.value)?;
-                Current {
-                    transition: stored.transition,
-                    fencing_token: stored.fencing_token,
-                    revision: e.revision,
-                }
+        current_of(deployment_id, entry)
+    }
+
+    /// What every deployment has stored, in one pass over the bucket (an ordered consumer
+    /// delivering the last value of each key) instead of a read per key: the reconcile's
+    /// view, which may lag the leader a little (a compare-and-set based on it conflicts, and
+    /// its writer reads again).
+    pub async fn all(&self) -> Result<Vec<(String, Current)>, TransitionError> {
+        let kv_err = |e: async_nats::Error| TransitionError::Kv(e);
+        // Listing the keys first tells an empty bucket (a watch of one would wait for ever).
+        let mut keys = self.kv.keys().await.map_err(|e| kv_err(e.into()))?;
+        if keys.next().await.is_none() {
+            return Ok(vec![]);
+        }
+        let mut watch = self
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| kv_err(e.into()))?;
+        let mut all = vec![];
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| kv_err(e.into()))?;
+            let last = entry.delta == 0;
+            if let Some(deployment_id) = transition_keys::deployment_of(&entry.key) {
+                let deployment_id = deployment_id.to_string();
+                let current = current_of(&deployment_id, Some(entry))?;
+                all.push((deployment_id, current));
             }
-        })
+            if last {
+                break;
+            }
+        }
+        Ok(all)
     }
 
     /// Stores `transition` with `fencing_token` if the key is still at `revision`.
@@ -195,11 +218,6 @@ impl Transitions {
             })
     }
 
-    /// Every key in the bucket (transitions and idempotency records).
-    pub async fn keys(&self) -> Result<kv::Keys, async_nats::Error> {
-        Ok(self.kv.keys().await?)
-    }
-
     /// The transition first scheduled with this idempotency key, if remembered.
     pub async fn remembered(
         &self,
@@ -234,6 +252,26 @@ impl Transitions {
             .map(drop)
             .map_err(TransitionError::Kv)
     }
+}
+
+/// What a key's last entry (`None`: never written) holds.
+fn current_of(deployment_id: &str, entry: Option<kv::Entry>) -> Result<Current, TransitionError> {
+    Ok(match entry {
+        None => Current::none(),
+        Some(e) if e.operation != kv::Operation::Put => Current {
+            transition: None,
+            fencing_token: 0,
+            revision: e.revision,
+        },
+        Some(e) => {
+            let stored: Stored = decode(deployment_id, &e.value)?;
+            Current {
+                transition: stored.transition,
+                fencing_token: stored.fencing_token,
+                revision: e.revision,
+            }
+        }
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, TransitionError> {
