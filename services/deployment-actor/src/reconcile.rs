@@ -12,10 +12,7 @@
 //! `SLIPWAY_TIMERS` changes: a failover is where a schedule could be lost (a new leader that
 //! never had it), so the repair should not wait for the periodic run.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
 use slipway_core::{subjects::timers::DEPLOYMENT_SCHEDULE_PREFIX as SCHEDULE_PREFIX, time::now_ms};
@@ -25,6 +22,8 @@ use crate::{transitions::Current, Actor};
 
 const SYNCS_AT_ONCE: usize = 32;
 const SETTLES_AT_ONCE: usize = 4;
+/// How many stored transitions the reconcile holds at a time.
+const CHUNK: usize = 1_024;
 
 pub async fn run_periodically(actor: Actor, every: Duration) {
     loop {
@@ -76,9 +75,6 @@ pub async fn on_leader_change(actor: Actor, every: Duration) {
 
 /// Returns how many deployments were looked at.
 pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
-    let mut deployments: BTreeMap<String, Current> =
-        actor.inner.transitions.all().await?.into_iter().collect();
-
     let stream = actor.inner.js.get_stream(TIMERS).await?;
     let info = stream
         .info_with_subjects(format!("{SCHEDULE_PREFIX}>"))
@@ -88,15 +84,49 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
         .into_iter()
         .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string))
         .collect();
-    for id in &scheduled {
-        deployments.entry(id.clone()).or_insert_with(Current::none);
-    }
 
-    // Concurrently: at start-up this is also what loads every stored timer into memory, and
-    // the ones that came due while no actor ran wait for it.
-    let n = deployments.len();
+    // Every stored transition a chunk at a time (thousands are not all held at once), then
+    // the deployments with a schedule and no transition.
     let tidy_before_ms = now_ms() - slipway_core::time::millis(actor.inner.tidy_claims_after);
-    let claims: Vec<(String, Current)> = futures::stream::iter(deployments)
+    let mut stored = actor.inner.transitions.all().await?;
+    let mut unstored = scheduled.clone();
+    let mut claims = vec![];
+    let mut n = 0;
+    loop {
+        let chunk = stored.next_chunk(CHUNK).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        n += chunk.len();
+        for (id, _) in &chunk {
+            unstored.remove(id);
+        }
+        claims.extend(check_all(actor, chunk, &scheduled, tidy_before_ms).await?);
+    }
+    n += unstored.len();
+    let unstored = unstored.into_iter().map(|id| (id, Current::none()));
+    claims.extend(check_all(actor, unstored.collect(), &scheduled, tidy_before_ms).await?);
+
+    // Then, a few at a time: tidying must not hold up the timers coming due meanwhile (a
+    // restart in the middle of a storm finds thousands of claims).
+    futures::stream::iter(claims)
+        .map(|(id, current)| async move { actor.settle_claimed(&id, &current).await })
+        .buffer_unordered(SETTLES_AT_ONCE)
+        .try_collect::<()>()
+        .await?;
+    Ok(n)
+}
+
+/// Checks `deployments` concurrently: at start-up this is also what loads every stored timer
+/// into memory, and the ones that came due while no actor ran wait for it. Returns the claims
+/// due before `tidy_before_ms`, to settle.
+async fn check_all(
+    actor: &Actor,
+    deployments: Vec<(String, Current)>,
+    scheduled: &HashSet<String>,
+    tidy_before_ms: i64,
+) -> Result<Vec<(String, Current)>, async_nats::Error> {
+    futures::stream::iter(deployments)
         .map(|(id, current)| {
             let has_schedule = scheduled.contains(&id);
             async move {
@@ -116,13 +146,5 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
         .buffer_unordered(SYNCS_AT_ONCE)
         .try_filter_map(|claim| async move { Ok(claim) })
         .try_collect()
-        .await?;
-    // Then, a few at a time: tidying must not hold up the timers coming due meanwhile (a
-    // restart in the middle of a storm finds thousands of claims).
-    futures::stream::iter(claims)
-        .map(|(id, current)| async move { actor.settle_claimed(&id, &current).await })
-        .buffer_unordered(SETTLES_AT_ONCE)
-        .try_collect::<()>()
-        .await?;
-    Ok(n)
+        .await
 }

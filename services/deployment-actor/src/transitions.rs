@@ -130,35 +130,23 @@ impl Transitions {
     }
 
     /// What every deployment has stored, in one pass over the bucket (an ordered consumer
-    /// delivering the last value of each key) instead of a read per key: the reconcile's
-    /// view, which may lag the leader a little (a compare-and-set based on it conflicts, and
-    /// its writer reads again).
-    pub async fn all(&self) -> Result<Vec<(String, Current)>, TransitionError> {
+    /// delivering the last value of each key) instead of a read per key, taken a chunk at a
+    /// time: the reconcile's view, which may lag the leader a little (a compare-and-set based
+    /// on it conflicts, and its writer reads again).
+    pub async fn all(&self) -> Result<AllStored, TransitionError> {
         let kv_err = |e: async_nats::Error| TransitionError::Kv(e);
         // Listing the keys first tells an empty bucket (a watch of one would wait for ever).
         let mut keys = self.kv.keys().await.map_err(|e| kv_err(e.into()))?;
-        if keys.next().await.is_none() {
-            return Ok(vec![]);
-        }
-        let mut watch = self
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| kv_err(e.into()))?;
-        let mut all = vec![];
-        while let Some(entry) = watch.next().await {
-            let entry = entry.map_err(|e| kv_err(e.into()))?;
-            let last = entry.delta == 0;
-            if let Some(deployment_id) = transition_keys::deployment_of(&entry.key) {
-                let deployment_id = deployment_id.to_string();
-                let current = current_of(&deployment_id, Some(entry))?;
-                all.push((deployment_id, current));
-            }
-            if last {
-                break;
-            }
-        }
-        Ok(all)
+        let watch = match keys.next().await {
+            None => None,
+            Some(_) => Some(
+                self.kv
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|e| kv_err(e.into()))?,
+            ),
+        };
+        Ok(AllStored { watch })
     }
 
     /// Stores `transition` with `fencing_token` if the key is still at `revision`.
@@ -251,6 +239,42 @@ impl Transitions {
             .await
             .map(drop)
             .map_err(TransitionError::Kv)
+    }
+}
+
+/// Every deployment's stored state, from [`Transitions::all`].
+pub struct AllStored {
+    /// `None` once everything was delivered.
+    watch: Option<kv::Watch>,
+}
+
+impl AllStored {
+    /// The next (at most) `n` deployments; empty at the end.
+    pub async fn next_chunk(
+        &mut self,
+        n: usize,
+    ) -> Result<Vec<(String, Current)>, TransitionError> {
+        let mut chunk = Vec::new();
+        while chunk.len() < n {
+            let Some(watch) = self.watch.as_mut() else {
+                break;
+            };
+            let Some(entry) = watch.next().await else {
+                self.watch = None;
+                break;
+            };
+            let entry = entry.map_err(|e| TransitionError::Kv(e.into()))?;
+            // The entry after which nothing was pending is the last of the snapshot.
+            if entry.delta == 0 {
+                self.watch = None;
+            }
+            if let Some(deployment_id) = transition_keys::deployment_of(&entry.key) {
+                let deployment_id = deployment_id.to_string();
+                let current = current_of(&deployment_id, Some(entry))?;
+                chunk.push((deployment_id, current));
+            }
+        }
+        Ok(chunk)
     }
 }
 
