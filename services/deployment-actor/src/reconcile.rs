@@ -88,8 +88,9 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     // Every stored transition a chunk at a time (thousands are not all held at once), then
     // the deployments with a schedule and no transition.
     let tidy_before_ms = now_ms() - slipway_core::time::millis(actor.inner.tidy_claims_after);
+    // What is left of `scheduled` once checked is what has no stored transition.
+    let mut scheduled = scheduled;
     let mut stored = actor.inner.transitions.all().await?;
-    let mut unstored = scheduled.clone();
     let mut claims = vec![];
     let mut n = 0;
     loop {
@@ -98,14 +99,18 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
             break;
         }
         n += chunk.len();
-        for (id, _) in &chunk {
-            unstored.remove(id);
-        }
+        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
         claims.extend(check_all(actor, chunk, &scheduled, tidy_before_ms).await?);
+        for id in &ids {
+            scheduled.remove(id);
+        }
     }
-    n += unstored.len();
-    let unstored = unstored.into_iter().map(|id| (id, Current::none()));
-    claims.extend(check_all(actor, unstored.collect(), &scheduled, tidy_before_ms).await?);
+    n += scheduled.len();
+    let unstored: Vec<_> = scheduled
+        .iter()
+        .map(|id| (id.clone(), Current::none()))
+        .collect();
+    claims.extend(check_all(actor, unstored, &scheduled, tidy_before_ms).await?);
 
     // Then, a few at a time: tidying must not hold up the timers coming due meanwhile (a
     // restart in the middle of a storm finds thousands of claims).
