@@ -93,11 +93,7 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     let mut stored = actor.inner.transitions.all().await?;
     let mut claims = vec![];
     let mut n = 0;
-    loop {
-        let chunk = stored.next_chunk(CHUNK).await?;
-        if chunk.is_empty() {
-            break;
-        }
+    while let Some(chunk) = stored.next_chunk(CHUNK).await? {
         n += chunk.len();
         let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
         claims.extend(check_all(actor, chunk, &scheduled, tidy_before_ms).await?);

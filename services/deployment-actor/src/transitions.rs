@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use slipway_core::transition_keys;
 
@@ -134,19 +133,10 @@ impl Transitions {
     /// time: the reconcile's view, which may lag the leader a little (a compare-and-set based
     /// on it conflicts, and its writer reads again).
     pub async fn all(&self) -> Result<AllStored, TransitionError> {
-        let kv_err = |e: async_nats::Error| TransitionError::Kv(e);
-        // Listing the keys first tells an empty bucket (a watch of one would wait for ever).
-        let mut keys = self.kv.keys().await.map_err(|e| kv_err(e.into()))?;
-        let watch = match keys.next().await {
-            None => None,
-            Some(_) => Some(
-                self.kv
-                    .watch_with_history(">")
-                    .await
-                    .map_err(|e| kv_err(e.into()))?,
-            ),
-        };
-        Ok(AllStored { watch })
+        let snapshot = slipway_nats::kv::Snapshot::of(&self.kv)
+            .await
+            .map_err(TransitionError::Kv)?;
+        Ok(AllStored { snapshot })
     }
 
     /// Stores `transition` with `fencing_token` if the key is still at `revision`.
@@ -244,37 +234,33 @@ impl Transitions {
 
 /// Every deployment's stored state, from [`Transitions::all`].
 pub struct AllStored {
-    /// `None` once everything was delivered.
-    watch: Option<kv::Watch>,
+    snapshot: slipway_nats::kv::Snapshot,
 }
 
 impl AllStored {
-    /// The next (at most) `n` deployments; empty at the end.
+    /// The deployments of the next (at most) `n` keys (a chunk may hold none: idempotency
+    /// records only); `None` at the end.
     pub async fn next_chunk(
         &mut self,
         n: usize,
-    ) -> Result<Vec<(String, Current)>, TransitionError> {
-        let mut chunk = Vec::new();
-        while chunk.len() < n {
-            let Some(watch) = self.watch.as_mut() else {
-                break;
-            };
-            let Some(entry) = watch.next().await else {
-                self.watch = None;
-                break;
-            };
-            let entry = entry.map_err(|e| TransitionError::Kv(e.into()))?;
-            // The entry after which nothing was pending is the last of the snapshot.
-            if entry.delta == 0 {
-                self.watch = None;
-            }
+    ) -> Result<Option<Vec<(String, Current)>>, TransitionError> {
+        let entries = self
+            .snapshot
+            .next_batch(n)
+            .await
+            .map_err(TransitionError::Kv)?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut chunk = Vec::with_capacity(entries.len());
+        for entry in entries {
             if let Some(deployment_id) = transition_keys::deployment_of(&entry.key) {
                 let deployment_id = deployment_id.to_string();
                 let current = current_of(&deployment_id, Some(entry))?;
                 chunk.push((deployment_id, current));
             }
         }
-        Ok(chunk)
+        Ok(Some(chunk))
     }
 }
 

@@ -254,3 +254,75 @@ pub async fn remove_at(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Every key's last entry in a bucket, taken a batch at a time through an ephemeral pull
+/// consumer (the last value per key, nothing acknowledged), so that a bucket of thousands of
+/// keys is neither read one get at a time nor buffered whole in memory.
+pub struct Snapshot {
+    consumer: Option<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>>,
+    prefix: String,
+    bucket: String,
+}
+
+impl Snapshot {
+    pub async fn of(store: &kv::Store) -> Result<Self, async_nats::Error> {
+        use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        let consumer = store
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: format!("{}>", store.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                // Ephemeral: gone soon after its reader is.
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await?;
+        let empty = consumer.cached_info().num_pending == 0;
+        Ok(Self {
+            consumer: (!empty).then_some(consumer),
+            prefix: store.prefix.clone(),
+            bucket: store.name.clone(),
+        })
+    }
+
+    /// The next (at most) `n` entries; empty once every key was delivered.
+    pub async fn next_batch(&mut self, n: usize) -> Result<Vec<kv::Entry>, async_nats::Error> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(vec![]);
+        };
+        use futures::StreamExt;
+        let mut batch = consumer.fetch().max_messages(n).messages().await?;
+        let mut entries = Vec::with_capacity(n);
+        while let Some(message) = batch.next().await {
+            let message = message?;
+            let info = message.info()?;
+            let (revision, pending, created) = (info.stream_sequence, info.pending, info.published);
+            let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            entries.push(kv::Entry {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                operation: message
+                    .headers
+                    .as_ref()
+                    .map_or(kv::Operation::Put, operation),
+                value: message.payload.clone(),
+                revision,
+                created,
+                delta: pending,
+                seen_current: pending == 0,
+            });
+            if pending == 0 {
+                self.consumer = None;
+                break;
+            }
+        }
+        if entries.is_empty() {
+            // Nothing was there to fetch: nothing is pending.
+            self.consumer = None;
+        }
+        Ok(entries)
+    }
+}
