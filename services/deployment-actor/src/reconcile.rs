@@ -80,7 +80,8 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
         .info_with_subjects(format!("{SCHEDULE_PREFIX}>"))
         .await?;
     let subjects: Vec<(String, usize)> = info.try_collect().await?;
-    let scheduled: HashSet<String> = subjects
+    // What is left of `scheduled` once checked is what has no stored transition.
+    let mut scheduled: HashSet<String> = subjects
         .into_iter()
         .filter_map(|(s, _)| s.strip_prefix(SCHEDULE_PREFIX).map(str::to_string))
         .collect();
@@ -88,8 +89,6 @@ pub async fn reconcile(actor: &Actor) -> Result<usize, async_nats::Error> {
     // Every stored transition a chunk at a time (thousands are not all held at once), then
     // the deployments with a schedule and no transition.
     let tidy_before_ms = now_ms() - slipway_core::time::millis(actor.inner.tidy_claims_after);
-    // What is left of `scheduled` once checked is what has no stored transition.
-    let mut scheduled = scheduled;
     let mut stored = actor.inner.transitions.all().await?;
     let mut claims = vec![];
     let mut n = 0;
