@@ -2,14 +2,17 @@
 //! instances (woken first if the deployment is in standby), the request forwarded with
 //! `X-Forwarded-*` headers and the answer returned with `x-slipway-deployment`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Either, Empty, Full};
 use hyper::{
     body::{Body as _, Incoming},
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    http::request::Parts,
+    http::{
+        request::Parts,
+        uri::{PathAndQuery, Scheme},
+    },
     Request, Response, StatusCode, Uri,
 };
 use hyper_util::client::legacy::Client;
@@ -48,16 +51,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// How long a client is told to wait before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The client of one connection, as `X-Forwarded-For` names it.
+pub struct Peer(HeaderValue);
+
+impl Peer {
+    pub fn new(address: SocketAddr) -> Self {
+        // An IP address is always a valid header value.
+        let ip = HeaderValue::try_from(address.ip().to_string());
+        Self(ip.unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+    }
+}
+
 pub async fn handle(
     worker: Arc<Worker>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let Some(host) = host_of(&req) else {
+    let (parts, body) = req.into_parts();
+    let Some(host) = host_of(&parts.headers, &parts.uri) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
     };
     let edge = &worker.shared;
-    let (parts, body) = req.into_parts();
     // A request without a body can be sent again: one that reached no instance (the table
     // still lists instances that are gone) waits for the table to move on and goes again.
     let mut body = (!body.is_end_stream()).then_some(body);
@@ -69,7 +83,7 @@ pub async fn handle(
             Err(res) => return Ok(res),
         };
         let deployment = route.deployment_id.as_str();
-        let upstream = match upstream_request(&parts, body.take(), deployment, &host, peer) {
+        let upstream = match upstream_request(&parts, body.take(), deployment, &host, &peer) {
             Ok(upstream) => upstream,
             Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
         };
@@ -183,15 +197,18 @@ fn upstream_request(
     body: Option<Incoming>,
     deployment: &str,
     host: &str,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Result<Request<UpstreamBody>, String> {
     let path = original
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri = format!("http://{deployment}{path}")
-        .parse::<Uri>()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(deployment)
+        .path_and_query(path)
+        .build()
         .map_err(|e| format!("bad request target: {e}"))?;
     let mut headers = original.headers.clone();
     let original_host = headers
@@ -203,11 +220,13 @@ fn upstream_request(
         headers.insert(header::HOST, original.clone());
         headers.insert(X_FORWARDED_HOST, original);
     }
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(earlier) => {
+            HeaderValue::from_bytes(&[earlier, b", ", peer.0.as_bytes()].concat()).ok()
+        }
+        None => Some(peer.0.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -225,17 +244,22 @@ fn upstream_request(
 
 /// The request's host, lower case, without a port: the `Host` header (HTTP/1.1) or the
 /// authority (HTTP/2).
-pub fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
+pub fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<Cow<'a, str>> {
+    let raw = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
     let host = match raw.rsplit_once(':') {
         Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => raw,
     };
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -286,30 +310,56 @@ fn plain(status: StatusCode, message: &str) -> Response<Body> {
 mod tests {
     use super::*;
 
-    fn request(host: Option<&str>, uri: &str) -> Request<()> {
+    fn host(host: Option<&str>, uri: &str) -> Option<String> {
         let mut b = Request::builder().uri(uri);
         if let Some(host) = host {
             b = b.header(header::HOST, host);
         }
-        b.body(()).unwrap()
+        let req = b.body(()).unwrap();
+        host_of(req.headers(), req.uri()).map(Cow::into_owned)
     }
 
     #[test]
     fn the_host_is_lower_case_without_its_port() {
         assert_eq!(
-            host_of(&request(Some("Shop-Acme.Slipway.localhost:8080"), "/")).as_deref(),
+            host(Some("Shop-Acme.Slipway.localhost:8080"), "/").as_deref(),
             Some("shop-acme.slipway.localhost")
         );
         assert_eq!(
-            host_of(&request(Some("example.com"), "/")).as_deref(),
+            host(Some("example.com"), "/").as_deref(),
             Some("example.com")
         );
         // HTTP/2: the authority.
         assert_eq!(
-            host_of(&request(None, "http://h2.example:80/x")).as_deref(),
+            host(None, "http://h2.example:80/x").as_deref(),
             Some("h2.example")
         );
-        assert_eq!(host_of(&request(None, "/")), None);
+        assert_eq!(host(None, "/"), None);
+    }
+
+    #[test]
+    fn forwarded_headers_name_the_client_after_earlier_proxies() {
+        let peer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 5000)));
+        let mut parts = Request::get("/a?b=1")
+            .header(header::HOST, "Shop.example:8080")
+            .header(X_FORWARDED_FOR, "192.0.2.1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let upstream = upstream_request(&parts, None, "d1", "shop.example", &peer).unwrap();
+        assert_eq!(upstream.uri().to_string(), "http://d1/a?b=1");
+        let headers = upstream.headers();
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1, 10.0.0.7");
+        assert_eq!(headers[X_FORWARDED_HOST], "Shop.example:8080");
+        assert_eq!(headers[header::HOST], "Shop.example:8080");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+
+        parts.headers.remove(X_FORWARDED_FOR);
+        parts.headers.remove(header::HOST);
+        let upstream = upstream_request(&parts, None, "d1", "shop.example", &peer).unwrap();
+        assert_eq!(upstream.headers()[X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(upstream.headers()[header::HOST], "shop.example");
     }
 
     #[test]

@@ -114,8 +114,8 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let edge = edge.clone();
-                    let service = hyper::service::service_fn(move |req| proxy::handle(edge.clone(), peer, req));
+                    let (edge, client) = (edge.clone(), Arc::new(proxy::Peer::new(peer)));
+                    let service = hyper::service::service_fn(move |req| proxy::handle(edge.clone(), client.clone(), req));
                     let conn = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();

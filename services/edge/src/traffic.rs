@@ -14,11 +14,12 @@ use async_nats::jetstream;
 use serde::Serialize;
 use slipway_core::{routes::EdgeHeartbeat, time::now_ms};
 
-/// One deployment's requests in the current window.
+/// One deployment's requests: in the current window, and since the edge started.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    requests: u64,
-    start_ms: i64,
+struct Count {
+    window: u64,
+    window_start_ms: i64,
+    total: u64,
 }
 
 /// What the edge reports (API.md "SLIPWAY_TRAFFIC").
@@ -31,8 +32,8 @@ pub struct TrafficReport<'a> {
 }
 
 pub struct Traffic {
-    windows: Mutex<HashMap<String, Window>>,
-    totals: Mutex<BTreeMap<String, u64>>,
+    /// One map under one lock: a request takes it once.
+    counts: Mutex<HashMap<String, Count>>,
     /// This edge's heartbeat: sent with every report.
     heartbeat: Mutex<EdgeHeartbeat>,
 }
@@ -42,8 +43,7 @@ impl Traffic {
     pub fn new(edge_id: String, every: Duration) -> Self {
         let now = now_ms();
         Self {
-            windows: Mutex::default(),
-            totals: Mutex::default(),
+            counts: Mutex::default(),
             heartbeat: Mutex::new(EdgeHeartbeat {
                 edge_id,
                 up_since_ms: now,
@@ -53,33 +53,60 @@ impl Traffic {
         }
     }
 
-    /// One request for `deployment_id` (no allocation once the deployment has a window).
+    /// One request for `deployment_id` (no allocation once the deployment was counted).
     pub fn count(&self, deployment_id: &str) {
-        {
-            let mut windows = lock(&self.windows);
-            match windows.get_mut(deployment_id) {
-                Some(window) => window.requests += 1,
-                None => {
-                    let window = Window {
-                        requests: 1,
-                        start_ms: now_ms(),
-                    };
-                    windows.insert(deployment_id.to_string(), window);
+        let mut counts = lock(&self.counts);
+        match counts.get_mut(deployment_id) {
+            Some(count) => {
+                if count.window == 0 {
+                    count.window_start_ms = now_ms();
                 }
+                count.window += 1;
+                count.total += 1;
             }
-        }
-        let mut totals = lock(&self.totals);
-        match totals.get_mut(deployment_id) {
-            Some(n) => *n += 1,
             None => {
-                totals.insert(deployment_id.to_string(), 1);
+                let count = Count {
+                    window: 1,
+                    window_start_ms: now_ms(),
+                    total: 1,
+                };
+                counts.insert(deployment_id.to_string(), count);
             }
         }
     }
 
     /// Requests per deployment since the edge started.
     pub fn totals(&self) -> BTreeMap<String, u64> {
-        lock(&self.totals).clone()
+        lock(&self.counts)
+            .iter()
+            .map(|(id, count)| (id.clone(), count.total))
+            .collect()
+    }
+
+    /// The current windows (deployments with requests in them), each reset.
+    fn take_windows(&self) -> Vec<(String, u64, i64)> {
+        lock(&self.counts)
+            .iter_mut()
+            .filter(|(_, count)| count.window > 0)
+            .map(|(id, count)| {
+                let window = (id.clone(), count.window, count.window_start_ms);
+                count.window = 0;
+                window
+            })
+            .collect()
+    }
+
+    /// Puts back a window that could not be reported, merged with what came since.
+    fn keep_window(&self, deployment_id: &str, requests: u64, start_ms: i64) {
+        let mut counts = lock(&self.counts);
+        if let Some(count) = counts.get_mut(deployment_id) {
+            count.window_start_ms = if count.window == 0 {
+                start_ms
+            } else {
+                count.window_start_ms.min(start_ms)
+            };
+            count.window += requests;
+        }
     }
 
     /// Reports every interval, for ever.
@@ -97,26 +124,20 @@ impl Traffic {
     /// Publishes the current windows, then the heartbeat; a window that cannot be published is
     /// kept for the next report, so no request goes uncounted.
     pub async fn report(&self, js: &jetstream::Context) {
-        let windows = std::mem::take(&mut *lock(&self.windows));
+        let windows = self.take_windows();
         let end = now_ms();
         let mut all_sent = true;
-        for (deployment_id, window) in windows {
+        for (deployment_id, requests, start_ms) in windows {
             let report = TrafficReport {
                 deployment_id: &deployment_id,
-                requests: window.requests,
-                window_start_ms: window.start_ms,
+                requests,
+                window_start_ms: start_ms,
                 window_end_ms: end,
             };
             if let Err(e) = publish(js, &report).await {
                 all_sent = false;
                 tracing::warn!(deployment_id, error = %e, "cannot report traffic; keeping it for the next report");
-                let mut windows = lock(&self.windows);
-                let kept = windows.entry(deployment_id.clone()).or_insert(Window {
-                    requests: 0,
-                    start_ms: window.start_ms,
-                });
-                kept.requests += window.requests;
-                kept.start_ms = kept.start_ms.min(window.start_ms);
+                self.keep_window(&deployment_id, requests, start_ms);
             }
         }
         // A heartbeat says every request until now is counted: not after a lost report.
@@ -158,4 +179,54 @@ async fn publish(
 /// addition).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_holds_the_requests_since_the_last_report_and_totals_all() {
+        let traffic = Traffic::new("e1".into(), Duration::from_secs(10));
+        traffic.count("d1");
+        traffic.count("d1");
+        traffic.count("d2");
+        let mut windows = traffic.take_windows();
+        windows.sort();
+        let counts: Vec<_> = windows.iter().map(|(id, n, _)| (id.as_str(), *n)).collect();
+        assert_eq!(counts, [("d1", 2), ("d2", 1)]);
+        // Reported: nothing in the next window until a request comes.
+        assert!(traffic.take_windows().is_empty());
+        traffic.count("d2");
+        let counts: Vec<_> = traffic
+            .take_windows()
+            .into_iter()
+            .map(|(id, n, _)| (id, n))
+            .collect();
+        assert_eq!(counts, [("d2".to_string(), 1)]);
+        assert_eq!(
+            traffic.totals().into_iter().collect::<Vec<_>>(),
+            [("d1".to_string(), 2), ("d2".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn a_window_that_was_not_reported_is_merged_into_the_next() {
+        let traffic = Traffic::new("e1".into(), Duration::from_secs(10));
+        traffic.count("d1");
+        let [(id, requests, start_ms)] = traffic.take_windows().try_into().unwrap();
+        traffic.count("d1");
+        traffic.keep_window(&id, requests, start_ms - 5);
+        let [(_, merged, merged_start)] = traffic.take_windows().try_into().unwrap();
+        assert_eq!(merged, 2);
+        assert_eq!(
+            merged_start,
+            start_ms - 5,
+            "the window starts at the older start"
+        );
+        // Kept with nothing new: the kept window alone.
+        traffic.keep_window(&id, 3, start_ms);
+        let [(_, kept, kept_start)] = traffic.take_windows().try_into().unwrap();
+        assert_eq!((kept, kept_start), (3, start_ms));
+    }
 }
