@@ -6,7 +6,8 @@
 //!    trip, in the same run, on a page-cache and on an fsync nats-server;
 //! 3. request → `ready` and → completed (live) for one production deploy at a time, p50/p99,
 //!    and the orchestration overhead: total minus the `wait_instances` step (which is the
-//!    agent starting the app and seeing it healthy);
+//!    agent starting the app and seeing it healthy), on a page-cache and on an fsync
+//!    nats-server;
 //! 4. throughput with 1, 10 and 100 projects deploying at once, and the RSS of each service
 //!    idle and at the end of that load.
 //!
@@ -37,10 +38,18 @@ async fn main() -> anyhow::Result<()> {
     step_cost(false).await?;
     step_cost(true).await?;
 
+    {
+        let mut plane = Plane::builder().sync_always().services().start().await;
+        plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "5s".into())];
+        plane.spawn_orchestrator(&[]);
+        println!("fsync tier; agent health checks every 100ms; standby delay 5s; SQLite");
+        sequential(&mut plane).await?;
+    }
+
     let mut plane = Plane::without_orchestrator().await;
     plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", "5s".into())];
     plane.spawn_orchestrator(&[]);
-    println!("agent health checks every 100ms; standby delay 5s; SQLite");
+    println!("page cache tier; agent health checks every 100ms; standby delay 5s; SQLite");
     let idle = rss(&plane);
     sequential(&mut plane).await?;
     for projects in [1, 10, 100] {

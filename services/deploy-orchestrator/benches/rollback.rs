@@ -3,6 +3,9 @@
 //! `slipway_routes` watcher (an edge) sees it, p50 / p99, for a warm target (running) and for
 //! a target in standby (woken, healthy, then switched).
 //!
+//! In two durability tiers: `page cache` (nats-server's default) and `fsync` (`sync_interval:
+//! always`: every write on disk before its ack); `SLIPWAY_BENCH_TIERS=fsync` runs one.
+//!
 //! `cargo build --release --workspace && cargo bench -p deploy-orchestrator --bench rollback`
 
 #[path = "../tests/common/mod.rs"]
@@ -19,15 +22,19 @@ const COLD: usize = 10;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
-    println!("agent health checks every 100ms; SQLite");
-    // Warm: superseded deployments stay running (standby delay 1h).
-    let (warm_rollback, warm_promote) = switches("1h", WARM, false).await?;
-    summary("rollback, warm target", warm_rollback);
-    summary("promote, warm target", warm_promote);
-    // Cold: the target has gone to standby (delay 1s) before each switch.
-    let (cold_rollback, cold_promote) = switches("1s", COLD, true).await?;
-    summary("rollback, target in standby", cold_rollback);
-    summary("promote, target in standby", cold_promote);
+    let tiers = std::env::var("SLIPWAY_BENCH_TIERS").unwrap_or_else(|_| "page cache,fsync".into());
+    for tier in tiers.split(',').map(str::trim) {
+        let fsync = tier == "fsync";
+        println!("{tier} tier; agent health checks every 100ms; SQLite");
+        // Warm: superseded deployments stay running (standby delay 1h).
+        let (warm_rollback, warm_promote) = switches(fsync, "1h", WARM, false).await?;
+        summary("rollback, warm target", warm_rollback);
+        summary("promote, warm target", warm_promote);
+        // Cold: the target has gone to standby (delay 1s) before each switch.
+        let (cold_rollback, cold_promote) = switches(fsync, "1s", COLD, true).await?;
+        summary("rollback, target in standby", cold_rollback);
+        summary("promote, target in standby", cold_promote);
+    }
     Ok(())
 }
 
@@ -44,11 +51,16 @@ fn summary(label: &str, ms: Vec<f64>) {
 /// Alternates rollback v2 -> v1 and promote v2, timing each until the watcher sees the live
 /// route on the target.
 async fn switches(
+    fsync: bool,
     standby_delay: &str,
     rounds: usize,
     wait_for_standby: bool,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let mut plane = common::Plane::without_orchestrator().await;
+    let mut builder = common::Plane::builder();
+    if fsync {
+        builder = builder.sync_always();
+    }
+    let mut plane = builder.services().start().await;
     plane.orchestrator_env = vec![("SLIPWAY_STANDBY_DELAY", standby_delay.into())];
     plane.spawn_orchestrator(&[]);
     let project = plane.project().await;
