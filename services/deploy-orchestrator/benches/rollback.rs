@@ -1,7 +1,8 @@
 //! Rollback and promote latency over real processes (release builds, real nats-server,
 //! SQLite, krane-agent running `slipway demo-app`): request -> the live route switched, as a
-//! `slipway_routes` watcher (an edge) sees it, p50 / p99, for a warm target (running) and for
-//! a target in standby (woken, healthy, then switched).
+//! `slipway_routes` watcher (an edge) sees it, and request -> the completed reply (after the
+//! source's standby is scheduled and the project settled), p50 / p99, for a warm target
+//! (running) and for a target in standby (woken, healthy, then switched).
 //!
 //! In two durability tiers: `page cache` (nats-server's default) and `fsync` (`sync_interval:
 //! always`: every write on disk before its ack); `SLIPWAY_BENCH_TIERS=fsync` runs one.
@@ -38,24 +39,34 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(label: &str, ms: Vec<f64>) {
-    let ms = slipway_testkit::Samples::new(ms);
+fn summary(label: &str, times: Times) {
+    let switched = slipway_testkit::Samples::new(times.switched);
+    let completed = slipway_testkit::Samples::new(times.completed);
     println!(
-        "  {label:<30} request -> live route switched: p50 {:>7.1} ms  p99 {:>7.1} ms  (n={})",
-        ms.at(0.5),
-        ms.at(0.99),
-        ms.len()
+        "  {label:<28} request -> live route switched: p50 {:>5.1} ms  p99 {:>5.1} ms;  -> completed: p50 {:>5.1} ms  p99 {:>5.1} ms  (n={})",
+        switched.at(0.5),
+        switched.at(0.99),
+        completed.at(0.5),
+        completed.at(0.99),
+        switched.len()
     );
 }
 
 /// Alternates rollback v2 -> v1 and promote v2, timing each until the watcher sees the live
 /// route on the target.
+/// Milliseconds from each request to the live route switched, and to the completed reply.
+#[derive(Default)]
+struct Times {
+    switched: Vec<f64>,
+    completed: Vec<f64>,
+}
+
 async fn switches(
     fsync: bool,
     standby_delay: &str,
     rounds: usize,
     wait_for_standby: bool,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<(Times, Times)> {
     let mut builder = common::Plane::builder();
     if fsync {
         builder = builder.sync_always();
@@ -67,7 +78,7 @@ async fn switches(
     let v1 = plane.deployed(&project, "production", "v1").await;
     let v2 = plane.deployed(&project, "production", "v2").await;
     let live_fqdn = "shop--acme1.slipway.localhost";
-    let (mut rollbacks, mut promotes) = (vec![], vec![]);
+    let (mut rollbacks, mut promotes) = (Times::default(), Times::default());
     for _ in 0..rounds {
         for (verb, body, target) in [
             (
@@ -82,21 +93,31 @@ async fn switches(
             }
             let mut watch = plane.routes.watch(live_fqdn).await?;
             let t = Instant::now();
-            let reply = plane.ok(&format!("slipway.deploy.v1.{verb}"), body).await;
-            anyhow::ensure!(reply["status"] == "completed", "{verb}: {reply}");
-            loop {
-                let entry = watch.next().await.expect("watch ended")?;
-                let value: Value = serde_json::from_slice(&entry.value)?;
-                if value["deployment_id"] == target.as_str() {
-                    break;
+            // The switch is timed as a watcher of the table (an edge) sees it, while the
+            // request is still waiting for the rest of the workflow (standby of the source,
+            // settling the project); the reply is timed too.
+            let request = async {
+                let reply = plane.ok(&format!("slipway.deploy.v1.{verb}"), body).await;
+                anyhow::ensure!(reply["status"] == "completed", "{verb}: {reply}");
+                Ok(t.elapsed())
+            };
+            let switched = async {
+                loop {
+                    let entry = watch.next().await.expect("watch ended")?;
+                    let value: Value = serde_json::from_slice(&entry.value)?;
+                    if value["deployment_id"] == target.as_str() {
+                        return anyhow::Ok(t.elapsed());
+                    }
                 }
-            }
-            let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if verb == "rollback" {
-                rollbacks.push(ms)
+            };
+            let (completed, switched) = tokio::try_join!(request, switched)?;
+            let times = if verb == "rollback" {
+                &mut rollbacks
             } else {
-                promotes.push(ms)
-            }
+                &mut promotes
+            };
+            times.switched.push(switched.as_secs_f64() * 1000.0);
+            times.completed.push(completed.as_secs_f64() * 1000.0);
         }
     }
     Ok((rollbacks, promotes))
