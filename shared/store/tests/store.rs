@@ -19,6 +19,7 @@ on_both_backends!(
     unique_slugs_conflict,
     apply_desired_state_outcomes,
     concurrent_applies_each_get_their_own_outcome,
+    a_change_that_cannot_be_written_fails_alone,
     applies_and_new_deployments_in_one_environment_do_not_deadlock,
     topology_upsert_is_idempotent,
     routes_are_created_once_and_move_all_or_nothing,
@@ -100,6 +101,44 @@ async fn unique_slugs_conflict(db: &TestDb) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+/// A change that cannot be written (its row does not parse) fails with its own error; the
+/// changes applied beside it (on SQLite, in the same group transaction, which then fails) are
+/// each written once all the same.
+async fn a_change_that_cannot_be_written_fails_alone(db: &TestDb) {
+    let f = fixture(db).await;
+    let ids: Vec<String> = (0..8).map(|i| format!("dep_g{i}")).collect();
+    for id in &ids {
+        deployment(&f, id).await;
+    }
+    sqlx::query("UPDATE deployments SET status = 'no-such-status' WHERE id = 'dep_g3'")
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    // Sent together from one task: on SQLite they all wait for the writer at once, so they
+    // form one group.
+    let applies = ids.iter().map(|id| {
+        f.store
+            .apply_desired_state(id, DesiredState::Standby, "n1", 40)
+    });
+    let outcomes = futures::future::join_all(applies).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match (i, outcome) {
+            (3, Err(StoreError::Corrupt(_))) => {}
+            (3, other) => panic!("the unreadable row: {other:?}"),
+            (_, Ok(ApplyOutcome::Applied { .. })) => {}
+            (i, other) => panic!("{i}: {other:?}"),
+        }
+    }
+    for id in &ids {
+        let topology = f.store.topology(id).await.unwrap();
+        let expected = if id == "dep_g3" { 1 } else { 2 };
+        assert!(
+            topology.iter().all(|t| t.version == expected),
+            "{id}: {topology:?}"
+        );
+    }
 }
 
 /// Changes applied at once (on SQLite they share transactions) each get their own outcome,
