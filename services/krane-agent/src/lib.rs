@@ -151,10 +151,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!(region = %config.region, agent = %holder.name, epoch = lease.epoch(), "active agent of the region");
+    // The supervisors' view of the lease, replaced whenever the lease is taken back.
+    let (tenure, tenure_rx) = watch::channel(lease.tenure());
     let ctx = supervisor::Context {
         region: config.region.clone(),
         state_dir: state_dir.clone(),
         reports: report::Reporter::new(instances, &config.region, lease.epoch()),
+        tenure: tenure_rx,
         check_every: config.check_every,
         crash_loop_after: config.crash_loop_after,
         stable_after: config.stable_after,
@@ -210,13 +213,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // cannot, and take over: carrying on is safe because reports are fenced
                     // (`report`), so this agent's late reports never land over its successor's.
                     match keep_or_exit(&leases, &lease_name, &holder, &mut lease).await {
-                        Ok(()) => ctx.reports.set_epoch(lease.epoch()),
+                        Ok(()) => {
+                            ctx.reports.set_epoch(lease.epoch());
+                            tenure.send_replace(lease.tenure());
+                        }
                         Err(e) => tracing::warn!(region = %config.region, error = %e, "cannot reach the region's lease; carrying on, looking again"),
                     }
                 }
                 continue;
             }
-            _ = &mut reap_orphans, if reap_armed => {
+            _ = &mut reap_orphans, if reap_armed && !lease.is_lost() => {
                 reap_armed = false;
                 let left = orphans.take().unwrap_or_default();
                 if !left.is_empty() {

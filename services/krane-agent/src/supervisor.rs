@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use slipway_core::krane::{Desired, DesiredDeployment, InstanceStatus, ReportedInstance};
+use slipway_nats::lease::Tenure;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -30,6 +31,17 @@ pub struct Context {
     pub docker_host: String,
     /// Where instances' output lines go (`SLIPWAY_LOGS`).
     pub client: async_nats::Client,
+    /// Whether this agent still holds the region's lease (the current acquisition's view).
+    pub tenure: watch::Receiver<Tenure>,
+}
+
+impl Context {
+    /// Whether this agent may start or stop processes: not once its region lease may be
+    /// someone else's (it stalled past the expiry, or cannot renew), since a successor may
+    /// have adopted them. Its lease check then takes the lease back, or exits.
+    fn acts(&self) -> bool {
+        !self.tenure.borrow().is_lost()
+    }
 }
 
 /// One replica: its process (if running), what we report, and its restart bookkeeping.
@@ -172,6 +184,16 @@ pub async fn supervise(
     // Probes made since an instance began starting (None: none is starting).
     let mut starting: Option<u32> = None;
     loop {
+        if !ctx.acts() {
+            tracing::debug!("the region's lease may have lapsed: touching no process");
+            tokio::select! {
+                changed = desired.changed() => if changed.is_err() {
+                    return (deployment_id, desired);
+                },
+                _ = tokio::time::sleep(ctx.check_every) => {}
+            }
+            continue;
+        }
         let doc = desired.borrow_and_update().clone();
         let runs = matches!(&doc, Some(d) if d.desired == Desired::Running);
         match doc.as_ref() {
@@ -220,8 +242,10 @@ pub async fn supervise(
         starting = any_starting.then(|| starting.map_or(0, |n| n + 1));
         tokio::select! {
             changed = desired.changed() => if changed.is_err() {
-                tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
-                stop(&ctx, &mut slots).await;
+                if ctx.acts() {
+                    tracing::info!(instances = slots.len(), "agent stopping: stopping instances");
+                    stop(&ctx, &mut slots).await;
+                }
                 return (deployment_id, desired);
             },
             _ = tokio::time::sleep(next_check(ctx.check_every, starting)) => {}

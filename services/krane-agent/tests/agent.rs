@@ -387,6 +387,55 @@ async fn a_stalled_agent_that_lost_the_region_leaves_it_to_the_new_one() {
     assert_eq!(standby.count_log("desired-state feed error"), 0);
 }
 
+/// A stalled agent that wakes up after its successor took the region over: the successor runs
+/// what was desired meanwhile, once, and the woken agent exits without starting a second
+/// instance of it (which would run on, supervised by nobody). Its supervisors touch no process
+/// once its lease may have lapsed (`Tenure`); here its feed also fails first (a missed
+/// heartbeat), so this scenario holds with or without that guard, which the engine's lease
+/// test shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_agent_that_wakes_up_touches_no_process() {
+    let (mut env, standby, _) = active_and_standby(1).await;
+    env.agent.as_ref().unwrap().stop();
+    tokio::task::block_in_place(|| standby.wait_for_log("serving region", TIMEOUT).unwrap());
+    let marker = "desired-while-stalled";
+    env.desire(
+        "dep_c",
+        demo_app(&format!("--message {marker}")),
+        1,
+        Desired::Running,
+        1,
+    )
+    .await;
+    let c = env
+        .report_where("dep_c", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+    env.agent.as_ref().unwrap().cont();
+    exited(env.agent.as_mut().unwrap()).await;
+    assert_eq!(
+        processes_with_argument(marker),
+        1,
+        "dep_c runs once, under the active agent"
+    );
+    assert_eq!(
+        get(&c.instances[0].address, "/").await.as_deref(),
+        Some(marker)
+    );
+}
+
+/// Live processes with `argument` among their arguments.
+fn processes_with_argument(argument: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|line| line.split(|b| *b == 0).any(|a| a == argument.as_bytes()))
+        })
+        .count()
+}
+
 /// The fence on reports. The active agent stalls past its lease; its standby takes over,
 /// adopts the instance and reports it. The instance is killed while the old agent is still
 /// stopped: its parent, it alone sees the exit once continued, and it writes that at once, as

@@ -1,8 +1,8 @@
 //! Leases in KV `slipway_leases`: a named lock held by one holder at a time, renewed in the
 //! background while held, and taken over once its holder stops renewing (it died) and the
 //! expiry has passed. Every write is a compare-and-set on the key's revision, so two
-//! contenders never both win; a holder that loses its lease (it stalled past the expiry and
-//! someone took over) sees `is_lost` and must stop.
+//! contenders never both win; a holder that may have lost its lease (its expiry passed
+//! without a renewal, so someone may take over any moment) sees `is_lost` and must stop.
 //!
 //! Every acquisition has an epoch: the KV revision it was written at. Revisions only grow, so
 //! a later acquisition always has a larger epoch; writes made under the lease carry it as a
@@ -22,7 +22,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -76,8 +76,35 @@ pub struct Lease {
     continuous: bool,
     kv: kv::Store,
     revision: Arc<AtomicU64>,
-    lost: Arc<AtomicBool>,
+    tenure: Tenure,
     renewer: JoinHandle<()>,
+}
+
+/// Whether a held lease is still its holder's, for tasks that act under it besides the one
+/// holding it (a region agent's supervisors): cloned from [`Lease::tenure`], kept up to date
+/// by the lease's renewer.
+#[derive(Debug, Clone)]
+pub struct Tenure {
+    /// Another holder took the lease, or a renewal failed past the expiry.
+    lost: Arc<AtomicBool>,
+    /// The expiry of the last holding written (the holder's clock, ms since the epoch).
+    expires_at_ms: Arc<AtomicI64>,
+}
+
+impl Tenure {
+    fn new(expires_at_ms: i64) -> Self {
+        Self {
+            lost: Arc::new(AtomicBool::new(false)),
+            expires_at_ms: Arc::new(AtomicI64::new(expires_at_ms)),
+        }
+    }
+
+    /// Whether the lease may be someone else's: taken over, or past its expiry without a
+    /// renewal — then another holder may take it any moment, so work under it must stop even
+    /// before the renewer has noticed (the renewer itself may be stalled, or waiting on NATS).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst) || now_ms() >= self.expires_at_ms.load(Ordering::SeqCst)
+    }
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
@@ -146,7 +173,8 @@ impl Leases {
                 Some(e) => match serde_json::from_slice::<Holding>(&e.value) {
                     Ok(h) if h.holder == holder.name && h.run == holder.run && ambiguous => {
                         // Our own write that timed out landed after all.
-                        return Ok(Some(self.held(key, holder, e.revision, false)));
+                        let held = (e.revision, h.expires_at_ms);
+                        return Ok(Some(self.held(key, holder, held, false)));
                     }
                     Ok(h) if h.holder != holder.name && h.expires_at_ms > now => {
                         (e.revision, Some(h.expires_at_ms), false)
@@ -181,13 +209,11 @@ impl Leases {
             }
             // Revision 0 expects no message at all for the key: a create that a lagging
             // replica cannot mislead.
-            match self
-                .kv
-                .update(key.as_str(), self.holding(holder)?, revision)
-                .await
-            {
+            let (value, expires_at_ms) = self.holding(holder)?;
+            match self.kv.update(key.as_str(), value, revision).await {
                 Ok(revision) => {
-                    return Ok(Some(self.held(key, holder, revision, ours && !ambiguous)))
+                    let held = (revision, expires_at_ms);
+                    return Ok(Some(self.held(key, holder, held, ours && !ambiguous)));
                 }
                 Err(e) if crate::kv::is_conflict(&e) => {} // lost a race
                 Err(e) => {
@@ -198,26 +224,32 @@ impl Leases {
         }
     }
 
-    fn holding(&self, holder: &Holder) -> Result<bytes::Bytes, LeaseError> {
+    /// The holding to write for `holder`, and its expiry.
+    fn holding(&self, holder: &Holder) -> Result<(bytes::Bytes, i64), LeaseError> {
         let h = Holding {
             holder: holder.name.clone(),
             run: holder.run,
             expires_at_ms: now_ms() + ttl_ms(self.ttl),
         };
-        serde_json::to_vec(&h)
-            .map(Into::into)
-            .map_err(LeaseError::Encode)
+        let value = serde_json::to_vec(&h).map_err(LeaseError::Encode)?;
+        Ok((value.into(), h.expires_at_ms))
     }
 
-    fn held(&self, key: String, holder: &Holder, epoch: u64, continuous: bool) -> Lease {
+    fn held(
+        &self,
+        key: String,
+        holder: &Holder,
+        (epoch, expires_at_ms): (u64, i64),
+        continuous: bool,
+    ) -> Lease {
         let revision = Arc::new(AtomicU64::new(epoch));
-        let lost = Arc::new(AtomicBool::new(false));
+        let tenure = Tenure::new(expires_at_ms);
         let renewer = tokio::spawn(renew(
             self.clone(),
             key.clone(),
             holder.clone(),
             revision.clone(),
-            lost.clone(),
+            tenure.clone(),
         ));
         Lease {
             name: key,
@@ -225,7 +257,7 @@ impl Leases {
             continuous,
             kv: self.kv.clone(),
             revision,
-            lost,
+            tenure,
             renewer,
         }
     }
@@ -255,16 +287,15 @@ async fn renew(
     key: String,
     holder: Holder,
     revision: Arc<AtomicU64>,
-    lost: Arc<AtomicBool>,
+    tenure: Tenure,
 ) {
     let every = leases.ttl / 3;
-    let mut expires_at = now_ms() + ttl_ms(leases.ttl);
+    let lost = &tenure.lost;
     loop {
         tokio::time::sleep(every).await;
-        let Ok(value) = leases.holding(&holder) else {
+        let Ok((value, next_expiry)) = leases.holding(&holder) else {
             continue;
         };
-        let next_expiry = now_ms() + ttl_ms(leases.ttl);
         match leases
             .kv
             .update(key.as_str(), value, revision.load(Ordering::SeqCst))
@@ -272,7 +303,7 @@ async fn renew(
         {
             Ok(r) => {
                 revision.store(r, Ordering::SeqCst);
-                expires_at = next_expiry;
+                tenure.expires_at_ms.store(next_expiry, Ordering::SeqCst);
             }
             Err(e) if crate::kv::is_conflict(&e) => {
                 // An earlier renewal that timed out may have landed: then the holding there
@@ -285,7 +316,7 @@ async fn renew(
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-            Err(e) if now_ms() >= expires_at => {
+            Err(e) if now_ms() >= tenure.expires_at_ms.load(Ordering::SeqCst) => {
                 tracing::warn!(lease = %key, error = %e, "could not renew the lease before it expired");
                 lost.store(true, Ordering::SeqCst);
                 return;
@@ -320,16 +351,23 @@ impl Lease {
         self.continuous
     }
 
-    /// Whether another holder took the lease over: work under it must stop.
+    /// Whether the lease may be someone else's ([`Tenure::is_lost`]): work under it must stop.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.tenure.is_lost()
+    }
+
+    /// A view of whether the lease is still held, for other tasks acting under it.
+    pub fn tenure(&self) -> Tenure {
+        self.tenure.clone()
     }
 
     /// Frees the lease now (unless it was lost meanwhile).
     pub async fn release(self) {
         self.renewer.abort();
         let revision = self.revision.load(Ordering::SeqCst);
-        if !self.is_lost() {
+        // Past its expiry but not taken over, it is still deleted (compare-and-set): whoever
+        // waits for it need not wait out the expiry.
+        if !self.tenure.lost.load(Ordering::SeqCst) {
             if let Err(e) = self
                 .kv
                 .delete_expect_revision(self.name.as_str(), Some(revision))

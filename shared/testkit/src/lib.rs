@@ -14,7 +14,7 @@ pub mod streams;
 
 pub use database::TestDb;
 pub use invariants::Invariants;
-pub use plane::{Plane, PlaneBuilder};
+pub use plane::{Nats, Plane, PlaneBuilder};
 pub use podman::Podman;
 pub use reply::{decode_reply, ErrorReply};
 pub use slipway_local::{nats_server, ports, process, NatsCluster, NatsServer, ServiceProcess};

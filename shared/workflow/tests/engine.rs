@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use backon::ExponentialBuilder;
 use futures::StreamExt;
 use slipway_nats::provision;
-use slipway_testkit::Plane;
+use slipway_testkit::{Nats, Plane};
 use slipway_workflow::{
     Context, Engine, EngineConfig, Failure, Holder, LeaseError, Leases, Status, StepError,
     Workflow, WorkflowError,
@@ -317,6 +317,37 @@ async fn a_lease_excludes_and_expires_when_its_holder_dies() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A lease whose renewals cannot land is lost from its expiry on — another holder may take it
+/// from then — not only once its renewer gives up: here the nats-server is stalled (SIGSTOP),
+/// so the renewer's write hangs well past the expiry, as it would for a holder that was
+/// itself stalled and woke up after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_lost_at_its_expiry_when_its_renewals_cannot_land() {
+    let env = env().await;
+    let kv = env.js.get_key_value(provision::LEASES).await.unwrap();
+    let ttl = Duration::from_millis(1500);
+    let leases = Leases::new(kv, ttl);
+    let lease = leases
+        .acquire("project.p2", &holder("holder-s", 1))
+        .await
+        .unwrap();
+    let Nats::Server(server) = &env._plane.nats else {
+        unreachable!("the engine tests run one nats-server")
+    };
+    server.stop();
+    let stalled = Instant::now();
+    // Its last renewal landed before the stall: it expires within a TTL of it.
+    let deadline = stalled + ttl + Duration::from_millis(300);
+    while !lease.is_lost() {
+        if Instant::now() > deadline {
+            server.cont();
+            panic!("still held {:?} after NATS stalled", stalled.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.cont();
 }
 
 fn holder(name: &str, run: u32) -> Holder {
