@@ -252,6 +252,38 @@ async fn a_promote_that_died_after_its_commit_and_was_overtaken_leaves_nothing_b
     assert_settled(&plane, &project, &v1, &[&v2, &v3]).await;
 }
 
+/// A promote of the live deployment of a rolled-back project (it confirms the rollback: the
+/// pin goes) died right after its commit, before journaling it; a second rollback, to v2,
+/// pinned the project again before the promote was resumed. Resumed, the promote does not
+/// confirm again, nor promote v1 (which is no longer live): either would undo the later
+/// rollback. Its commit is recorded, like every other commit point.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_that_died_after_confirming_a_rollback_does_not_undo_a_later_one() {
+    let point = "promote.confirm_rollback.before_journal";
+    let (mut plane, project, v1, v2, faulty) = two_deployed_then_faulty(point).await;
+    let to_v1 = json!({"source_deployment_id": v2, "target_deployment_id": v1, "wait_ms": 0});
+    let first = plane.workflow("slipway.deploy.v1.rollback", to_v1).await;
+    assert_eq!(first.status.as_str(), "completed", "{:?}", first.error);
+    let confirm = json!({"target_deployment_id": v1, "wait_ms": 0});
+    let promote = plane.ok("slipway.deploy.v1.promote", confirm).await;
+    crashed_at(&mut plane, faulty, point);
+    assert!(
+        !plane.get_project(&project).await["project"]["is_rolled_back"]
+            .as_bool()
+            .unwrap()
+    );
+
+    let to_v2 = json!({"source_deployment_id": v1, "target_deployment_id": v2, "wait_ms": 0});
+    let second = plane.workflow("slipway.deploy.v1.rollback", to_v2).await;
+    assert_eq!(second.status.as_str(), "completed", "{:?}", second.error);
+    let promote = plane
+        .workflow_done(promote["workflow_id"].as_str().unwrap())
+        .await;
+    assert_eq!(promote.status.as_str(), "completed", "{:?}", promote.error);
+    assert!(promote.runs >= 2, "resumed after the second rollback");
+    assert_pinned(&plane, &project, &v2, &v2, &v1).await;
+}
+
 /// Reproduction 2: an orchestrator stalled (SIGSTOP) inside its commit step, past the lease
 /// TTL and the ack wait. Another orchestrator resumes the deploy (a new lease epoch) and a
 /// later deploy v4 goes live; the stalled one, continued, is refused by the store (its

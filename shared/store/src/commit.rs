@@ -154,14 +154,14 @@ impl Store {
         Ok(())
     }
 
-    /// Whether commit `commit_id` was applied: a resumed workflow whose run died right after
-    /// its commit does not validate again what its own commit changed.
-    pub async fn commit_applied(&self, commit_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM applied_commits WHERE commit_id = $1")
-            .bind(commit_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+    /// What commit `commit_id` did to the live pointer, if it was applied: a resumed workflow
+    /// whose run died right after its commit does not validate again what its own commit
+    /// changed.
+    pub async fn commit_applied(&self, commit_id: &str) -> Result<Option<LiveChange>, StoreError> {
+        let mut tx = self.begin().await?;
+        let first = applied(&mut tx, commit_id).await?;
+        tx.commit().await?;
+        Ok(first.map(|a| a.live))
     }
 
     /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
@@ -233,21 +233,43 @@ impl Store {
         Ok(())
     }
 
-    /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback).
+    /// Clears `is_rolled_back` (promote of the live deployment confirms a rollback): a commit
+    /// point like [`Store::assign_routes`], applied once per `commit_id` (recorded as leaving
+    /// the live pointer), so a repeat after a later rollback pinned the project again does not
+    /// unpin it.
     pub async fn confirm_rollback(
         &self,
         project_id: &str,
         fencing_token: u64,
+        commit_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let project = self.lock_project(&mut tx, project_id).await?;
         fence_in(&mut tx, &project, project_id, fencing_token).await?;
+        if applied(&mut tx, commit_id).await?.is_some() {
+            tx.commit().await?;
+            return Ok(());
+        }
         sqlx::query("UPDATE projects SET is_rolled_back = 0, updated_at_ms = $2 WHERE id = $1")
             .bind(project_id)
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+        let live: Option<String> = project.try_get("live_deployment_id")?;
+        if let (false, Some(live)) = (commit_id.is_empty(), live) {
+            sqlx::query(
+                "INSERT INTO applied_commits (commit_id, project_id, deployment_id, live, previous_live_deployment_id, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $3, $5)",
+            )
+            .bind(commit_id)
+            .bind(project_id)
+            .bind(live)
+            .bind(LiveChange::Leave.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -153,8 +153,8 @@ async fn a_repeated_commit_reports_what_it_first_replaced(db: &TestDb) {
         Some("dep_3"),
         "not taken back"
     );
-    assert!(s.commit_applied("wf_a").await.unwrap());
-    assert!(!s.commit_applied("wf_z").await.unwrap());
+    assert!(s.commit_applied("wf_a").await.unwrap().is_some());
+    assert!(s.commit_applied("wf_z").await.unwrap().is_none());
     // Another commit of dep_2 (a later promote) is not that one: dep_3 it replaced long ago
     // was handled by then.
     commit_as(&f, "wf_c", "dep_1", &[], 0, LiveChange::Take)
@@ -341,7 +341,10 @@ async fn writes_with_an_older_fencing_token_are_refused(db: &TestDb) {
                 .await
                 .map(|_| ()),
         ),
-        ("confirm", s.confirm_rollback(&f.project_id, 10, 5).await),
+        (
+            "confirm",
+            s.confirm_rollback(&f.project_id, 10, "", 5).await,
+        ),
         ("fence", s.fence(&f.project_id, 11).await),
     ] {
         match result {
@@ -464,14 +467,34 @@ async fn promote_swaps_unpins_and_is_idempotent(db: &TestDb) {
     );
     // Confirming a rollback only clears the pin.
     commit(&f, "dep_1", &[], 0, LiveChange::Pin).await.unwrap();
-    s.confirm_rollback(&f.project_id, 0, 5).await.unwrap();
+    s.confirm_rollback(&f.project_id, 0, "", 5).await.unwrap();
     let p = s.project(&f.project_id).await.unwrap();
     assert_eq!(
         (p.live_deployment_id.as_deref(), p.is_rolled_back),
         (Some("dep_1"), false)
     );
+    // A workflow's confirmation is applied once: repeated after a later rollback pinned the
+    // project again, it leaves the pin.
+    commit(&f, "dep_2", &[], 0, LiveChange::Pin).await.unwrap();
+    s.confirm_rollback(&f.project_id, 0, "wf_confirm", 6)
+        .await
+        .unwrap();
+    assert!(!s.project(&f.project_id).await.unwrap().is_rolled_back);
+    commit(&f, "dep_1", &[], 0, LiveChange::Pin).await.unwrap();
+    s.confirm_rollback(&f.project_id, 0, "wf_confirm", 7)
+        .await
+        .unwrap();
+    let p = s.project(&f.project_id).await.unwrap();
+    assert_eq!(
+        (p.live_deployment_id.as_deref(), p.is_rolled_back),
+        (Some("dep_1"), true)
+    );
+    assert_eq!(
+        s.commit_applied("wf_confirm").await.unwrap(),
+        Some(LiveChange::Leave)
+    );
     assert!(matches!(
-        s.confirm_rollback("proj_nope", 0, 6).await,
+        s.confirm_rollback("proj_nope", 0, "", 6).await,
         Err(StoreError::NotFound(_))
     ));
 }

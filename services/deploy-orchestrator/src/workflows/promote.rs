@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use slipway_core::{ids, time::now_ms, ApiError};
-use slipway_store::Store;
+use slipway_store::{LiveChange, Store};
 use slipway_workflow::{
     Context, EventScope, Failure, StepError, StepResultExt, Workflow, WorkflowError,
 };
@@ -49,10 +49,12 @@ impl Workflow for Promote {
         let wf = ctx.workflow_id().to_string();
         let plan: PromotePlan = ctx
             .step("validate", || async {
-                // Not validated again once its own commit went through: the target is live
-                // because of it.
-                if o.store.commit_applied(&wf).await.step_err()? {
-                    return Ok(PromotePlan::Repeat);
+                // Not validated again once its own commit went through: the target is live, or
+                // the rollback confirmed (the commit that leaves the live pointer), because of it.
+                match o.store.commit_applied(&wf).await.step_err()? {
+                    Some(LiveChange::Leave) => return Ok(PromotePlan::ConfirmRollback),
+                    Some(_) => return Ok(PromotePlan::Repeat),
+                    None => {}
                 }
                 check(&o.store, target)
                     .await
@@ -65,7 +67,7 @@ impl Workflow for Promote {
             PromotePlan::ConfirmRollback => {
                 ctx.commit("confirm_rollback", || async {
                     o.store
-                        .confirm_rollback(project_id, token, now_ms())
+                        .confirm_rollback(project_id, token, &wf, now_ms())
                         .await
                         .step_err()
                 })

@@ -58,7 +58,7 @@ impl Workflow for Rollback {
         let wf = ctx.workflow_id().to_string();
         let plan: RollbackPlan = ctx
             .step("validate", || async {
-                if o.store.commit_applied(&wf).await.step_err()? {
+                if o.store.commit_applied(&wf).await.step_err()?.is_some() {
                     return Ok(RollbackPlan {
                         project_id: input.project_id.clone(),
                         route_ids: Vec::new(),
