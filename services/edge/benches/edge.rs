@@ -6,7 +6,9 @@
 //!   app), when installed (`scripts/install-bench-tools.sh`),
 //!
 //! at 1, 16 and 64 concurrent keep-alive connections, each sending one request after another
-//! for a few seconds; then the edge's RSS with 10,000 routes loaded.
+//! for a few seconds, with the CPU time the proxy spent per request (user + system, from
+//! `/proc`: steadier than requests/s on a busy machine, where the load generator and the app
+//! share the cores); then the edge's RSS with 10,000 routes loaded.
 //!
 //! `cargo build --release --workspace && cargo bench -p edge --bench edge`
 //! (after scripts/install-nats-server.sh and scripts/install-bench-tools.sh);
@@ -52,20 +54,23 @@ async fn main() -> anyhow::Result<()> {
     let nginx = Nginx::start(app_addr)?;
 
     println!("GET / of `slipway demo-app` ({RUN_FOR:?} per row, keep-alive connections, this machine: 2 cores, everything on it)");
-    println!("target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms");
+    println!(
+        "target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms   proxy CPU µs/req"
+    );
     // SLIPWAY_BENCH_CONNS=16 runs one row (for repeated runs).
     let rows: Vec<usize> = std::env::var("SLIPWAY_BENCH_CONNS")
         .ok()
         .and_then(|v| v.split(',').map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 64]);
     for conns in rows {
-        let direct = load(app_addr, conns).await?;
+        let direct = load(app_addr, conns, None).await?;
         direct.print("direct", conns, None);
-        load(edge_addr, conns)
+        let edge_pid = plane.edge.as_ref().map(|e| e.pid());
+        load(edge_addr, conns, edge_pid)
             .await?
             .print("edge", conns, Some(&direct));
         if let Some(nginx) = &nginx {
-            load(nginx.addr, conns)
+            load(nginx.addr, conns, Some(nginx.process.pid()))
                 .await?
                 .print("nginx", conns, Some(&direct));
         }
@@ -127,6 +132,8 @@ struct Run {
     requests: usize,
     elapsed: Duration,
     latencies_ms: Samples,
+    /// CPU time the proxy spent, where there is one.
+    proxy_cpu: Option<Duration>,
 }
 
 impl Run {
@@ -144,16 +151,21 @@ impl Run {
             ),
             None => String::new(),
         };
+        let cpu = match self.proxy_cpu {
+            Some(cpu) => format!("{:.1}", cpu.as_secs_f64() * 1e6 / self.requests as f64),
+            None => String::new(),
+        };
         println!(
-            "{target:<10} {conns:>5} {:>8.0} {p50:>9.3} {p99:>8.3}   {added}",
+            "{target:<10} {conns:>5} {:>8.0} {p50:>9.3} {p99:>8.3}   {added:<18}   {cpu}",
             self.per_second()
         );
     }
 }
 
 /// `conns` keep-alive connections to `addr`, each sending `GET /` (Host: the bench host) one
-/// after another for [`RUN_FOR`].
-async fn load(addr: SocketAddr, conns: usize) -> anyhow::Result<Run> {
+/// after another for [`RUN_FOR`]; with the CPU time of `proxy` (a pid) meanwhile.
+async fn load(addr: SocketAddr, conns: usize, proxy: Option<u32>) -> anyhow::Result<Run> {
+    let cpu_before = proxy.map(cpu_time);
     let started = Instant::now();
     let until = started + RUN_FOR;
     let tasks: Vec<_> = (0..conns)
@@ -163,11 +175,41 @@ async fn load(addr: SocketAddr, conns: usize) -> anyhow::Result<Run> {
     for task in tasks {
         latencies.extend(task.await??);
     }
+    let elapsed = started.elapsed();
+    let proxy_cpu = proxy
+        .zip(cpu_before)
+        .map(|(pid, before)| cpu_time(pid).saturating_sub(before));
     Ok(Run {
         requests: latencies.len(),
-        elapsed: started.elapsed(),
+        elapsed,
         latencies_ms: Samples::new(latencies),
+        proxy_cpu,
     })
+}
+
+/// User + system CPU time of process `pid` and of its child processes (nginx's workers), as
+/// `/proc/<pid>/stat` counts it (in clock ticks, 100 per second on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    const TICKS_PER_SECOND: u64 = 100;
+    // Fields after the command's closing parenthesis: state, ppid, …; utime and stime are
+    // fields 14 and 15 of the line, 12th and 13th of these.
+    let stat = |path: PathBuf| -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, ticks))
+    };
+    let own = stat(PathBuf::from(format!("/proc/{pid}/stat"))).map_or(0, |(_, t)| t);
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| stat(entry.path().join("stat")))
+        .filter(|(ppid, _)| *ppid == pid)
+        .map(|(_, ticks)| ticks)
+        .sum();
+    Duration::from_millis((own + children) * 1000 / TICKS_PER_SECOND)
 }
 
 async fn connection(addr: SocketAddr, until: Instant) -> anyhow::Result<Vec<f64>> {
@@ -189,7 +231,8 @@ async fn connection(addr: SocketAddr, until: Instant) -> anyhow::Result<Vec<f64>
     Ok(latencies)
 }
 
-/// nginx as the same reverse proxy: keep-alive HTTP/1.1 to the app, one worker per core.
+/// nginx as the same reverse proxy: keep-alive HTTP/1.1 to the app, one worker per core, the
+/// same forwarded headers and response header as the edge.
 struct Nginx {
     process: ServiceProcess,
     addr: SocketAddr,
@@ -229,6 +272,9 @@ impl Nginx {
                    proxy_set_header Connection \"\";\n\
                    proxy_set_header Host $host;\n\
                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Forwarded-Host $host;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n\
+                   add_header x-slipway-deployment dep_bench;\n\
                  }}\n\
                }}\n\
              }}\n",
