@@ -201,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         js: js.clone(),
         idle_window: config.idle_window,
         archive_after: config.archive_after,
+        workflow_retention: config.workflow_retention,
         clock,
     };
     let mut engine_config = EngineConfig::new("deploy-orchestrator");

@@ -131,11 +131,14 @@ async fn history_leaves_a_bounded_trace() {
             marker.headers
         );
     }
-    // Finished workflows' records go after their retention (1 s here).
+    // Finished workflows' records go after their retention (1 s here), and with them what
+    // their commits did (the sweep above came after the retention).
     until("no finished workflow's record", || async {
         keys(&plane.workflows).await == 0
     })
     .await;
+    assert_eq!(rows(&plane, "applied_commits").await, 0);
+    assert_eq!(rows(&plane, "live_commits").await, 0);
     plane
         .invariants()
         .assert(std::slice::from_ref(&project))

@@ -164,6 +164,21 @@ impl Store {
         Ok(first.map(|a| a.live))
     }
 
+    /// Removes what commits made before `before_ms` did (tables `applied_commits` and
+    /// `live_commits`): read only while their workflow may run again, which it does not once
+    /// its record is gone. Returns how many rows went.
+    pub async fn purge_commits(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut removed = 0;
+        for table in ["applied_commits", "live_commits"] {
+            let sql = format!("DELETE FROM {table} WHERE created_at_ms < $1");
+            let done = sqlx::query(&sql).bind(before_ms).execute(&mut *tx).await?;
+            removed += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Every deployment commit `commit_id` replaced as the live one, in any of its runs.
     pub async fn replaced_by_commit(&self, commit_id: &str) -> Result<Vec<String>, StoreError> {
         replaced_by(&self.pool, commit_id).await

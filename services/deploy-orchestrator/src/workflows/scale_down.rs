@@ -72,6 +72,8 @@ pub struct ScaleDown {
     pub(crate) idle_window: Duration,
     /// How long a deployment stays in standby before it is archived.
     pub(crate) archive_after: Duration,
+    /// How long a finished workflow's record is kept: its commit's rows go after as long.
+    pub(crate) workflow_retention: Duration,
     pub(crate) clock: SharedClock,
 }
 
@@ -130,6 +132,20 @@ impl Workflow for ScaleDown {
             .await?;
         if purged > 0 {
             tracing::info!(purged, "idempotency keys past their window removed");
+        }
+        // What commits did is read only while their workflow may still run them again: not
+        // once its record has gone.
+        let forgotten: u64 = ctx
+            .step("purge_commits", || async {
+                let before = o.clock.now_ms() - millis(o.workflow_retention);
+                o.store.purge_commits(before).await.step_err()
+            })
+            .await?;
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "records of commits older than the workflow retention removed"
+            );
         }
         Ok(Swept {
             scaled_down: idle,
