@@ -308,8 +308,9 @@ async fn renew(
             Err(e) if crate::kv::is_conflict(&e) => {
                 // An earlier renewal that timed out may have landed: then the holding there
                 // is still ours.
-                if let Some(r) = own_revision(&leases.kv, &key, &holder).await {
+                if let Some((r, expires_at_ms)) = own_holding(&leases.kv, &key, &holder).await {
                     revision.store(r, Ordering::SeqCst);
+                    tenure.expires_at_ms.store(expires_at_ms, Ordering::SeqCst);
                     continue;
                 }
                 tracing::warn!(lease = %key, "lease taken over by another holder");
@@ -326,12 +327,12 @@ async fn renew(
     }
 }
 
-/// The revision of `key` if the leader has this holder's holding there.
-async fn own_revision(kv: &kv::Store, key: &str, holder: &Holder) -> Option<u64> {
+/// The revision and expiry of `key` if the leader has this holder's holding there.
+async fn own_holding(kv: &kv::Store, key: &str, holder: &Holder) -> Option<(u64, i64)> {
     let entry = crate::kv::latest(kv, key).await.ok()??;
     let h: Holding = serde_json::from_slice(&entry.value).ok()?;
     (entry.operation == kv::Operation::Put && h.holder == holder.name && h.run == holder.run)
-        .then_some(entry.revision)
+        .then_some((entry.revision, h.expires_at_ms))
 }
 
 impl Lease {
