@@ -158,9 +158,8 @@ impl Store {
     /// whose run died right after its commit does not validate again what its own commit
     /// changed.
     pub async fn commit_applied(&self, commit_id: &str) -> Result<Option<LiveChange>, StoreError> {
-        let mut tx = self.begin().await?;
-        let first = applied(&mut tx, commit_id).await?;
-        tx.commit().await?;
+        // A read: from the pool, not under SQLite's one writer.
+        let first = applied(&self.pool, commit_id).await?;
         Ok(first.map(|a| a.live))
     }
 
@@ -262,7 +261,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let project = self.lock_project(&mut tx, project_id).await?;
         fence_in(&mut tx, &project, project_id, fencing_token).await?;
-        if applied(&mut tx, commit_id).await?.is_some() {
+        if applied(&mut *tx, commit_id).await?.is_some() {
             tx.commit().await?;
             return Ok(());
         }
@@ -300,7 +299,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let project = self.lock_project(&mut tx, a.project_id).await?;
         fence_in(&mut tx, &project, a.project_id, a.fencing_token).await?;
-        if let Some(first) = applied(&mut tx, a.commit_id).await? {
+        if let Some(first) = applied(&mut *tx, a.commit_id).await? {
             let assigned = repeat(&mut tx, &project, a, first).await?;
             tx.commit().await?;
             return Ok(assigned);
@@ -571,10 +570,10 @@ struct Applied {
 
 /// The first application of commit `commit_id`, if it was applied ("": an operator's call,
 /// never recorded).
-async fn applied(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    commit_id: &str,
-) -> Result<Option<Applied>, StoreError> {
+async fn applied<'e, E>(executor: E, commit_id: &str) -> Result<Option<Applied>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     if commit_id.is_empty() {
         return Ok(None);
     }
@@ -582,7 +581,7 @@ async fn applied(
         "SELECT deployment_id, live, previous_live_deployment_id FROM applied_commits WHERE commit_id = $1",
     )
     .bind(commit_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(executor)
     .await?;
     let Some(row) = row else {
         return Ok(None);
