@@ -215,13 +215,28 @@ async fn timers_due_across_a_timers_leader_kill_apply_exactly_once() {
         "slipway.events.proj_1.*.desired_state",
     )
     .await;
+    let counts: Vec<(&String, usize)> = due
+        .keys()
+        .map(|dep| {
+            let n = events
+                .iter()
+                .filter(|e| e["deployment_id"] == dep.as_str())
+                .count();
+            (dep, n)
+        })
+        .filter(|(_, n)| *n != 1)
+        .collect();
+    assert!(
+        counts.is_empty(),
+        "{} events read; deployments without exactly one: {counts:?}",
+        events.len()
+    );
     let mut lateness = Vec::new();
     for (dep, reply) in &due {
         let mine: Vec<&serde_json::Value> = events
             .iter()
             .filter(|e| e["deployment_id"] == dep.as_str())
             .collect();
-        assert_eq!(mine.len(), 1, "{dep}: {mine:?}");
         assert_eq!(mine[0]["nonce"], reply.nonce.as_str());
         assert_eq!(
             store.deployment(dep).await.unwrap().desired_state,
