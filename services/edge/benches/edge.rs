@@ -8,7 +8,8 @@
 //! at 1, 16 and 64 concurrent keep-alive connections, each sending one request after another
 //! for a few seconds, with the CPU time the proxy spent per request (user + system, from
 //! `/proc`: steadier than requests/s on a busy machine, where the load generator and the app
-//! share the cores); then the edge's RSS with 10,000 routes loaded.
+//! share the cores) and how often its threads were switched out per request; then the edge's
+//! RSS with 10,000 routes loaded.
 //!
 //! `cargo build --release --workspace && cargo bench -p edge --bench edge`
 //! (after scripts/install-nats-server.sh and scripts/install-bench-tools.sh);
@@ -55,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("GET / of `slipway demo-app` ({RUN_FOR:?} per row, keep-alive connections, this machine: 2 cores, everything on it)");
     println!(
-        "target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms   proxy CPU µs/req"
+        "target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms   proxy CPU µs/req   switches/req"
     );
     // SLIPWAY_BENCH_CONNS=16 runs one row (for repeated runs).
     let rows: Vec<usize> = std::env::var("SLIPWAY_BENCH_CONNS")
@@ -132,8 +133,9 @@ struct Run {
     requests: usize,
     elapsed: Duration,
     latencies_ms: Samples,
-    /// CPU time the proxy spent, where there is one.
-    proxy_cpu: Option<Duration>,
+    /// CPU time the proxy spent, and how often its threads were switched out (voluntarily:
+    /// they waited; or not), where there is one.
+    proxy_cpu: Option<(Duration, u64)>,
 }
 
 impl Run {
@@ -152,7 +154,11 @@ impl Run {
             None => String::new(),
         };
         let cpu = match self.proxy_cpu {
-            Some(cpu) => format!("{:.1}", cpu.as_secs_f64() * 1e6 / self.requests as f64),
+            Some((cpu, switches)) => format!(
+                "{:>6.1}   {:>6.2}",
+                cpu.as_secs_f64() * 1e6 / self.requests as f64,
+                switches as f64 / self.requests as f64
+            ),
             None => String::new(),
         };
         println!(
@@ -165,7 +171,7 @@ impl Run {
 /// `conns` keep-alive connections to `addr`, each sending `GET /` (Host: the bench host) one
 /// after another for [`RUN_FOR`]; with the CPU time of `proxy` (a pid) meanwhile.
 async fn load(addr: SocketAddr, conns: usize, proxy: Option<u32>) -> anyhow::Result<Run> {
-    let cpu_before = proxy.map(cpu_time);
+    let cpu_before = proxy.map(|pid| (cpu_time(pid), context_switches(pid)));
     let started = Instant::now();
     let until = started + RUN_FOR;
     let tasks: Vec<_> = (0..conns)
@@ -176,9 +182,12 @@ async fn load(addr: SocketAddr, conns: usize, proxy: Option<u32>) -> anyhow::Res
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    let proxy_cpu = proxy
-        .zip(cpu_before)
-        .map(|(pid, before)| cpu_time(pid).saturating_sub(before));
+    let proxy_cpu = proxy.zip(cpu_before).map(|(pid, (cpu, switches))| {
+        (
+            cpu_time(pid).saturating_sub(cpu),
+            context_switches(pid).saturating_sub(switches),
+        )
+    });
     Ok(Run {
         requests: latencies.len(),
         elapsed,
@@ -193,23 +202,59 @@ fn cpu_time(pid: u32) -> Duration {
     const TICKS_PER_SECOND: u64 = 100;
     // Fields after the command's closing parenthesis: state, ppid, …; utime and stime are
     // fields 14 and 15 of the line, 12th and 13th of these.
-    let stat = |path: PathBuf| -> Option<(u32, u64)> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-        let ppid = fields.get(1)?.parse().ok()?;
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some((ppid, ticks))
+    let ticks = |pid: u32| -> u64 {
+        let ticks = || -> Option<u64> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        };
+        ticks().unwrap_or(0)
     };
-    let own = stat(PathBuf::from(format!("/proc/{pid}/stat"))).map_or(0, |(_, t)| t);
-    let children: u64 = std::fs::read_dir("/proc")
+    let all = ticks(pid) + children_of(pid).into_iter().map(ticks).sum::<u64>();
+    Duration::from_millis(all * 1000 / TICKS_PER_SECOND)
+}
+
+/// Context switches of every thread of process `pid` and of its child processes, as
+/// `/proc/<pid>/task/<tid>/status` counts them (voluntary and not).
+fn context_switches(pid: u32) -> u64 {
+    let of_process = |pid: u32| -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let children: u64 = children_of(pid).into_iter().map(of_process).sum();
+    of_process(pid) + children
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| stat(entry.path().join("stat")))
-        .filter(|(ppid, _)| *ppid == pid)
-        .map(|(_, ticks)| ticks)
-        .sum();
-    Duration::from_millis((own + children) * 1000 / TICKS_PER_SECOND)
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = text
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 async fn connection(addr: SocketAddr, until: Instant) -> anyhow::Result<Vec<f64>> {
