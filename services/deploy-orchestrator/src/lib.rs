@@ -6,12 +6,13 @@ mod api;
 mod clients;
 mod workflows;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
 use slipway_core::{
     config::{parse_duration, CommonConfig, DatabaseConfig},
+    registry_auth::AuthFile,
     time::SystemClock,
 };
 use slipway_nats::provision::{
@@ -105,6 +106,10 @@ pub struct Config {
     /// from, `registry.example.com/slipway`; their engines pull what they do not have).
     #[arg(long, env = "SLIPWAY_BUILD_PUSH")]
     pub build_push: bool,
+    /// Registry credentials for builds (base images) and pushes: a Docker `config.json` (what
+    /// `docker login` or `podman login --authfile` writes), read at every build.
+    #[arg(long, env = "SLIPWAY_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
     /// How long a build (fetch included) may take before the deployment fails.
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub build_timeout: Duration,
@@ -124,6 +129,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         !config.regions.is_empty() && config.regions.iter().all(|r| !r.trim().is_empty()),
         "SLIPWAY_REGIONS must name at least one region"
     );
+    let registry_auth = config.registry_auth.as_ref().map(AuthFile::new);
+    if let Some(auth) = &registry_auth {
+        let registries = auth.check().context("SLIPWAY_REGISTRY_AUTH")?;
+        tracing::info!(path = %auth.path().display(), registries, "registry credentials for builds");
+    }
     let client = slipway_nats::connect(&config.common.nats, "deploy-orchestrator").await?;
     let js = jetstream::new(client.clone());
     let c = &config.common;
@@ -159,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 &config.build_image_prefix,
                 config.build_timeout,
                 config.build_push,
+                registry_auth,
             )
             .with_context(|| format!("SLIPWAY_BUILDER_DOCKER_HOST {host}"))?,
         ),

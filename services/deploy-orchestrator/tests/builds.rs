@@ -256,12 +256,16 @@ async fn an_orchestrator_killed_mid_build_resumes_and_deploys_one_image() {
 }
 
 /// With a registry configured, a built image is pushed, and an agent whose engine does not
-/// have it (its own image storage: another host, as far as images go) pulls and runs it.
+/// have it (its own image storage: another host, as far as images go) pulls and runs it. The
+/// registry wants a login, which both have from `SLIPWAY_REGISTRY_AUTH` alone (the engines
+/// have none of their own; without it, the push is refused: "unauthorized").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = Registry::start_with_login() else {
         return;
     };
+    let credentials = tempfile::tempdir().unwrap();
+    let auth_file = registry.auth_file(credentials.path());
     let options = Options {
         own_storage: false,
         insecure_registry: Some(registry.address.clone()),
@@ -285,6 +289,7 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
         .orchestrator_env("SLIPWAY_BUILDER_DOCKER_HOST", builder.host())
         .orchestrator_env("SLIPWAY_BUILD_IMAGE_PREFIX", prefix.clone())
         .orchestrator_env("SLIPWAY_BUILD_PUSH", "true")
+        .service_env("SLIPWAY_REGISTRY_AUTH", auth_file.display().to_string())
         .services()
         .orchestrators(1)
         .start()
@@ -362,4 +367,35 @@ async fn slipway_deploy_shows_the_build_and_a_build_past_its_timeout_fails() {
     assert!(!out.status.success());
     assert!(stderr.contains("the build took longer than 4s"), "{stderr}");
     plane.invariants().assert(&[project]).await;
+}
+
+/// An orchestrator or a region agent given registry credentials it cannot use does not start,
+/// and says which file and why, rather than failing its first push or pull much later.
+#[test]
+fn services_with_unusable_registry_credentials_do_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("config.json");
+    std::fs::write(&garbage, "auths: none").unwrap();
+    let absent = dir.path().join("absent.json");
+    for service in ["deploy-orchestrator", "krane-agent"] {
+        for (file, why) in [
+            (&absent, "cannot read the registry credentials"),
+            (&garbage, "the registry credentials"),
+        ] {
+            let out = Command::new(slipway_testkit::plane::bin(service))
+                .env("SLIPWAY_REGISTRY_AUTH", file)
+                // Never reached: the file is checked first.
+                .env("SLIPWAY_NATS_URL", "nats://127.0.0.1:1")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{service} started: {stderr}");
+            let said = format!("SLIPWAY_REGISTRY_AUTH: {why}");
+            assert!(stderr.contains(&said), "{service}: {stderr}");
+            assert!(
+                stderr.contains(&file.display().to_string()),
+                "{service}: {stderr}"
+            );
+        }
+    }
 }

@@ -25,6 +25,7 @@ use slipway_core::krane::labels::{
     REGION as LABEL_REGION, SCOPE as LABEL_SCOPE,
 };
 use slipway_core::krane::Limits;
+use slipway_core::registry_auth::{AuthFile, Credentials};
 
 /// Why a container could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub struct Engine {
     host: String,
     region: String,
     scope: String,
+    /// Credentials for the registries images are pulled from.
+    registry_auth: Option<AuthFile>,
 }
 
 /// What a new container runs.
@@ -65,7 +68,12 @@ pub struct Spec<'a> {
 impl Engine {
     /// Connects to the engine at `host` (`unix://…`, `tcp://…`, `http://…`) and checks that it
     /// answers. Its containers are those of `region` and `scope`.
-    pub async fn connect(host: &str, region: &str, scope: &str) -> Result<Self, DockerError> {
+    pub async fn connect(
+        host: &str,
+        region: &str,
+        scope: &str,
+        registry_auth: Option<AuthFile>,
+    ) -> Result<Self, DockerError> {
         let docker = Docker::connect_with_host(host)?.negotiate_version().await?;
         docker.ping().await?;
         Ok(Self {
@@ -73,6 +81,7 @@ impl Engine {
             host: host.to_string(),
             region: region.to_string(),
             scope: scope.to_string(),
+            registry_auth,
         })
     }
 
@@ -90,11 +99,19 @@ impl Engine {
             }) => {}
             Err(e) => return Err(StartError::Engine(e)),
         }
-        tracing::info!(%image, "pulling image");
+        // The file is read now: credentials rotated since start-up apply.
+        let credentials = match &self.registry_auth {
+            Some(auth) => auth
+                .for_image(image)
+                .map_err(|e| StartError::Unrunnable(format!("image {image:?}: {e}")))?,
+            None => None,
+        };
+        tracing::info!(%image, with_credentials = credentials.is_some(), "pulling image");
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut pull = self.docker.create_image(Some(options), None, None);
+        let credentials = credentials.map(docker_credentials);
+        let mut pull = self.docker.create_image(Some(options), None, credentials);
         while let Some(progress) = pull.next().await {
             match progress {
                 Ok(_) => {}
@@ -359,6 +376,16 @@ fn refused(image: &str, e: DockerError) -> StartError {
 }
 
 /// The engine's own words, without bollard's wrapping.
+/// What the engine's API takes with a pull.
+fn docker_credentials(c: Credentials) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(c.username),
+        password: Some(c.password),
+        serveraddress: Some(c.registry),
+        ..Default::default()
+    }
+}
+
 fn engine_message(e: &DockerError) -> String {
     match e {
         DockerError::DockerResponseServerError { message, .. } => message.clone(),

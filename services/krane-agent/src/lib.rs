@@ -30,7 +30,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
-use slipway_core::{config::CommonConfig, krane::DesiredDeployment};
+use slipway_core::{config::CommonConfig, krane::DesiredDeployment, registry_auth::AuthFile};
 use slipway_nats::{
     lease::{Holder, Leases},
     provision::{INSTANCES, LEASES},
@@ -79,6 +79,10 @@ pub struct Config {
     /// else `unix:///var/run/docker.sock`. Podman serves it too (`podman system service`).
     #[arg(long, env = "SLIPWAY_AGENT_DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Registry credentials for pulls: a Docker `config.json` (what `docker login` or
+    /// `podman login --authfile` writes), read at every pull.
+    #[arg(long, env = "SLIPWAY_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
     /// How long the region's active agent may go silent before a standby agent takes over.
     #[arg(long, env = "SLIPWAY_AGENT_LEASE_TTL", default_value = "5s", value_parser = slipway_core::config::parse_duration)]
     pub lease_ttl: Duration,
@@ -94,6 +98,11 @@ impl slipway_core::service::ServiceConfig for Config {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let registry_auth = config.registry_auth.as_ref().map(AuthFile::new);
+    if let Some(auth) = &registry_auth {
+        let registries = auth.check().context("SLIPWAY_REGISTRY_AUTH")?;
+        tracing::info!(path = %auth.path().display(), registries, "registry credentials for pulls");
+    }
     let state_dir = config.state_dir.join(&config.region);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -109,7 +118,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .or_else(|| std::env::var("DOCKER_HOST").ok())
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
     let scope = scope(&state_dir)?;
-    let engine = match container::Engine::connect(&docker_host, &config.region, &scope).await {
+    let engine = container::Engine::connect(&docker_host, &config.region, &scope, registry_auth);
+    let engine = match engine.await {
         Ok(engine) => {
             tracing::info!(%docker_host, "container engine answers: images run as containers");
             Some(engine)

@@ -8,6 +8,7 @@ pub mod events;
 pub mod fault;
 pub mod ids;
 pub mod krane;
+pub mod registry_auth;
 pub mod routes;
 pub mod seeded;
 pub mod service;

@@ -100,6 +100,7 @@ pub struct PlaneBuilder {
     edge: bool,
     orchestrators: usize,
     env: Vec<(&'static str, String)>,
+    service_env: Vec<(&'static str, String)>,
     docker_host: Option<String>,
     sync_always: bool,
 }
@@ -169,6 +170,12 @@ impl PlaneBuilder {
         self.service(ROUTING).service(ACTOR).agent()
     }
 
+    /// Extra environment for every service (and orchestrator) the plane starts.
+    pub fn service_env(mut self, var: &'static str, value: impl Into<String>) -> Self {
+        self.service_env.push((var, value.into()));
+        self
+    }
+
     /// Extra environment for the orchestrators (they start last, after the others).
     pub fn orchestrator_env(mut self, var: &'static str, value: impl Into<String>) -> Self {
         self.env.push((var, value.into()));
@@ -209,6 +216,7 @@ impl PlaneBuilder {
                 .push(("SLIPWAY_BUILDER_DOCKER_HOST", host.clone()));
             plane.docker_host = host;
         }
+        plane.service_env = self.service_env;
         plane.orchestrator_env.extend(self.env);
         for name in self.services {
             plane.spawn(name, &[]);
@@ -324,6 +332,8 @@ pub struct Plane {
     pub edge_address: Option<std::net::SocketAddr>,
     /// Extra environment for every orchestrator started from now on.
     pub orchestrator_env: Vec<(&'static str, String)>,
+    /// Extra environment for every service started from now on (orchestrators too).
+    pub service_env: Vec<(&'static str, String)>,
     /// How long a request waits for its reply before it is sent again: short while a
     /// stopped (SIGSTOP) orchestrator is in the queue group and may take it.
     pub request_timeout: Duration,
@@ -347,6 +357,7 @@ impl Plane {
             edge: false,
             orchestrators: 0,
             env: vec![],
+            service_env: vec![],
             docker_host: None,
             sync_always: false,
         }
@@ -427,6 +438,7 @@ impl Plane {
             edge: None,
             edge_address: None,
             orchestrator_env: vec![],
+            service_env: vec![],
             request_timeout: Duration::from_secs(10),
             secured,
             seq: 0,
@@ -448,7 +460,7 @@ impl Plane {
     /// What every service gets: this plane's NATS and database, short timers.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let bin_dir = bin_dir();
-        vec![
+        let mut env = vec![
             ("SLIPWAY_NATS_URL", self.nats.url()),
             ("SLIPWAY_JS_REPLICAS", self.nats.replicas().to_string()),
             ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
@@ -484,7 +496,9 @@ impl Plane {
                         .into()
                 }),
             ),
-        ]
+        ];
+        env.extend(self.service_env.iter().cloned());
+        env
     }
 
     /// The invariant checker over this plane's database and NATS.

@@ -232,12 +232,42 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub address: String,
+    /// Whether it wants [`REGISTRY_USER`] and [`REGISTRY_PASSWORD`].
+    login: bool,
 }
+
+/// Who a registry started with [`Registry::start_with_login`] lets in.
+pub const REGISTRY_USER: &str = "slipway";
+pub const REGISTRY_PASSWORD: &str = "slipway-test-password";
+/// `REGISTRY_USER:REGISTRY_PASSWORD` in base64, as HTTP basic authentication and Docker's
+/// `config.json` carry it.
+const REGISTRY_BASIC: &str = "c2xpcHdheTpzbGlwd2F5LXRlc3QtcGFzc3dvcmQ=";
+/// The registry's htpasswd line (bcrypt, the only form it takes; cost 4, made once).
+const REGISTRY_HTPASSWD: &str =
+    "slipway:$2a$04$JybYAp1chCytzOCuQdHYeucOVdD4djRenA5SOYQKsSBCg7c7AFyom";
 
 impl Registry {
     /// Starts one and waits until it answers; `None` (or a failure under `CI=true`) where
     /// `docker-registry` is not installed.
     pub fn start() -> Option<Registry> {
+        Self::start_as(false)
+    }
+
+    /// [`Registry::start`], letting in only [`REGISTRY_USER`] with [`REGISTRY_PASSWORD`]
+    /// (HTTP basic authentication).
+    pub fn start_with_login() -> Option<Registry> {
+        Self::start_as(true)
+    }
+
+    /// A Docker `config.json` in `dir` holding this registry's login.
+    pub fn auth_file(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("config.json");
+        let json = serde_json::json!({"auths": {&self.address: {"auth": REGISTRY_BASIC}}});
+        std::fs::write(&path, json.to_string()).expect("writing the registry credentials");
+        path
+    }
+
+    fn start_as(login: bool) -> Option<Registry> {
         if Command::new("docker-registry")
             .arg("--version")
             .stdout(Stdio::null())
@@ -254,14 +284,19 @@ impl Registry {
         let port = crate::ports::free_port().expect("a free port");
         let address = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("writing the registry's config");
+        let mut yaml = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        if login {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n")).expect("htpasswd");
+            yaml += &format!(
+                "auth:\n  htpasswd:\n    realm: slipway\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        std::fs::write(&config, yaml).expect("writing the registry's config");
         let log = std::fs::File::create(dir.path().join("log")).expect("registry log");
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -274,6 +309,7 @@ impl Registry {
             _dir: dir,
             child,
             address,
+            login,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&registry.address).is_err() {
@@ -289,7 +325,12 @@ impl Registry {
         let Ok(mut s) = std::net::TcpStream::connect(&self.address) else {
             return vec![];
         };
-        let request = format!("GET /v2/{name}/tags/list HTTP/1.0\r\nHost: r\r\n\r\n");
+        let authorization = match self.login {
+            true => format!("Authorization: Basic {REGISTRY_BASIC}\r\n"),
+            false => String::new(),
+        };
+        let request =
+            format!("GET /v2/{name}/tags/list HTTP/1.0\r\nHost: r\r\n{authorization}\r\n");
         if s.write_all(request.as_bytes()).is_err() {
             return vec![];
         }

@@ -10,17 +10,19 @@
 //! image the first build made, and a deployment never runs two images.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use bollard::{
+    auth::DockerCredentials,
     errors::Error as DockerError,
     query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder},
     Docker,
 };
 use futures::StreamExt;
+use slipway_core::registry_auth::{AuthFile, AuthFileError, Credentials};
 use slipway_store::GitSource;
 use tokio::process::Command;
 
@@ -41,6 +43,8 @@ pub enum BuildError {
     TimedOut(Duration),
     #[error("cannot push {tag}: {detail}")]
     Push { tag: String, detail: String },
+    #[error(transparent)]
+    Credentials(#[from] AuthFileError),
     #[error("cannot reach the build engine")]
     Engine(#[source] DockerError),
     #[error("cannot run git")]
@@ -67,6 +71,8 @@ pub struct Builder {
     push: bool,
     /// Where fetches happen (a directory per build, removed after it).
     work_dir: PathBuf,
+    /// Credentials for the registries pushed to and pulled from (base images).
+    registry_auth: Option<AuthFile>,
 }
 
 impl Builder {
@@ -77,6 +83,7 @@ impl Builder {
         prefix: &str,
         timeout: Duration,
         push: bool,
+        registry_auth: Option<AuthFile>,
     ) -> Result<Self, DockerError> {
         Ok(Self {
             docker: Docker::connect_with_host(host)?,
@@ -84,6 +91,7 @@ impl Builder {
             timeout,
             push,
             work_dir: std::env::temp_dir(),
+            registry_auth,
         })
     }
 
@@ -111,17 +119,28 @@ impl Builder {
             return Ok(tag);
         }
         let work = self.work_dir.join(format!("slipway-build-{deployment_id}"));
+        // Read now: credentials rotated since start-up apply.
+        let credentials: HashMap<String, DockerCredentials> = match &self.registry_auth {
+            Some(auth) => auth
+                .all()?
+                .into_iter()
+                .map(|c| (c.registry.clone(), docker_credentials(c)))
+                .collect(),
+            None => HashMap::new(),
+        };
         let built = tokio::time::timeout(self.timeout, async {
             let context = fetch_context(&work, source).await?;
             progress(&format!(
                 "fetched {} at {}",
                 source.repository, source.commit_sha
             ));
+            let dockerfile = &source.dockerfile_path;
             build(
                 &docker,
                 &tag,
-                &source.dockerfile_path,
+                dockerfile,
                 context,
+                credentials,
                 &mut progress,
             )
             .await
@@ -145,7 +164,11 @@ impl Builder {
         }
         let (name, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
         let options = PushImageOptionsBuilder::default().tag(version).build();
-        let mut pushing = docker.push_image(name, Some(options), None);
+        let credentials = match &self.registry_auth {
+            Some(auth) => auth.for_image(tag)?.map(docker_credentials),
+            None => None,
+        };
+        let mut pushing = docker.push_image(name, Some(options), credentials);
         while let Some(item) = pushing.next().await {
             match item {
                 Ok(info) => {
@@ -266,11 +289,22 @@ async fn git(work: &Path, args: &[&str]) -> Result<Result<(), String>, BuildErro
     }
 }
 
+/// What the engine's API takes with a push or a build.
+fn docker_credentials(c: Credentials) -> DockerCredentials {
+    DockerCredentials {
+        username: Some(c.username),
+        password: Some(c.password),
+        serveraddress: Some(c.registry),
+        ..Default::default()
+    }
+}
+
 async fn build(
     docker: &Docker,
     tag: &str,
     dockerfile: &str,
     context: Vec<u8>,
+    credentials: HashMap<String, DockerCredentials>,
     progress: &mut impl FnMut(&str),
 ) -> Result<(), BuildError> {
     let dockerfile = if dockerfile.is_empty() {
@@ -284,7 +318,9 @@ async fn build(
         .rm(true)
         .forcerm(true)
         .build();
-    let mut output = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let credentials = (!credentials.is_empty()).then_some(credentials);
+    let context = Some(bollard::body_full(context.into()));
+    let mut output = docker.build_image(options, credentials, context);
     let mut last: VecDeque<String> = VecDeque::new();
     let mut keep = |line: &str, last: &mut VecDeque<String>| {
         for line in line.lines().filter(|l| !l.trim().is_empty()) {
