@@ -137,7 +137,7 @@ pub fn recorded(state_dir: &Path) -> BTreeMap<String, Recorded> {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Recorded>(&bytes).ok());
         match record {
-            Some(record) if signal_group(pgid, "0") => {
+            Some(record) if group_runs(pgid) => {
                 alive.insert(instance_id, Recorded { pgid, ..record });
             }
             Some(_) => Instance::adopted(state_dir, &instance_id, pgid).forget(),
@@ -169,7 +169,7 @@ impl Instance {
                 .ok()
                 .flatten()
                 .map(|status| format!("exited with {status}")),
-            None => (!signal_group(self.pgid, "0")).then(|| "exited".to_string()),
+            None => (!group_runs(self.pgid)).then(|| "exited".to_string()),
         }
     }
 
@@ -182,7 +182,7 @@ impl Instance {
                 if let Some(child) = self.child.as_mut() {
                     let _ = child.wait().await;
                 }
-                while signal_group(self.pgid, "0") {
+                while group_runs(self.pgid) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             };
@@ -213,7 +213,7 @@ impl Instance {
     }
 }
 
-use slipway_local::process_groups::{kill_group, record, signal_group};
+use slipway_local::process_groups::{group_runs, kill_group, record, signal_group};
 
 #[cfg(test)]
 mod tests {

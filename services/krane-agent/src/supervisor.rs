@@ -186,9 +186,13 @@ pub async fn supervise(
     let mut reported: Option<(Vec<ReportedInstance>, i64)> = None;
     // Probes made since an instance began starting (None: none is starting).
     let mut starting: Option<u32> = None;
+    // Said once when the lease lapses, and once when it is held again.
+    let mut holding = true;
     loop {
         if !ctx.acts() {
-            tracing::debug!("the region's lease may have lapsed: touching no process");
+            if std::mem::replace(&mut holding, false) {
+                tracing::warn!("the region's lease may have lapsed: touching no process until it is held again");
+            }
             tokio::select! {
                 changed = desired.changed() => if changed.is_err() {
                     return (deployment_id, desired);
@@ -196,6 +200,9 @@ pub async fn supervise(
                 _ = tokio::time::sleep(ctx.check_every) => {}
             }
             continue;
+        }
+        if !std::mem::replace(&mut holding, true) {
+            tracing::info!("the region's lease is held again: supervising");
         }
         let doc = desired.borrow_and_update().clone();
         let runs = matches!(&doc, Some(d) if d.desired == Desired::Running);

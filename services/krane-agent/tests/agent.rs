@@ -17,7 +17,7 @@ use futures::StreamExt;
 use slipway_core::krane::{instances_key, Desired, InstanceStatus, InstancesReport};
 use slipway_testkit::{
     plane::{bin, Plane as Env, AGENT},
-    ServiceProcess,
+    Partition, ServiceProcess,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -421,6 +421,74 @@ async fn a_stalled_agent_that_wakes_up_touches_no_process() {
         get(&c.instances[0].address, "/").await.as_deref(),
         Some(marker)
     );
+}
+
+/// A partitioned agent (its NATS link cut, the agent itself running on) whose successor took
+/// the region over and adopted its instance. The instance dies: its parent, the partitioned
+/// agent, touches no process any more (its lease may be someone else's), so the dead process
+/// stays a zombie, which still counts as a member of its process group. The successor sees it
+/// exited all the same, restarts it, and once the link is healed the old agent leaves; the
+/// instance runs once. Before, the successor took the zombie for a live instance that does
+/// not answer yet, and never restarted it (the test failed: still pending after 30 s).
+///
+/// It also shows no second copy from the old agent, but that holds without the lease guard
+/// too: across the cut, the old agent's supervisor waits on its report of the exit (a NATS
+/// write) before it would restart anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_of_a_partitioned_agent_that_dies_is_restarted_by_its_successor() {
+    let env = Env::builder().start().await;
+    let nats = env.nats.addrs()[0].clone();
+    let server = format!("{}:{}", nats.host(), nats.port()).parse().unwrap();
+    let partition = Partition::start(server).await.unwrap();
+    let mut agent_env = env.env_for("krane-agent-local");
+    agent_env.push(("SLIPWAY_NATS_URL", format!("nats://{}", partition.address)));
+    let active = ServiceProcess::spawn("agent-a", bin(AGENT), &[], &agent_env).unwrap();
+    active.wait_ready(AGENT, TIMEOUT).unwrap();
+    tokio::task::block_in_place(|| active.wait_for_log("serving region", TIMEOUT).unwrap());
+    let standby = standby_agent(&env);
+    // Unique: a failed run may leave its instances behind.
+    let marker = format!("partitioned-{}", std::process::id());
+    let marker = marker.as_str();
+    env.desire(
+        "dep_a",
+        demo_app(&format!("--message {marker}")),
+        1,
+        Desired::Running,
+        1,
+    )
+    .await;
+    let first = env
+        .report_where("dep_a", |r| all(r, 1, InstanceStatus::Running))
+        .await;
+
+    partition.cut();
+    tokio::task::block_in_place(|| standby.wait_for_log("serving region", TIMEOUT).unwrap());
+    let adopted = env
+        .report_where("dep_a", |r| {
+            r.epoch > first.epoch && all(r, 1, InstanceStatus::Running)
+        })
+        .await;
+    env.kill_instance(&adopted.instances[0].id);
+    let restarted = env
+        .report_where("dep_a", |r| {
+            r.epoch == adopted.epoch
+                && all(r, 1, InstanceStatus::Running)
+                && r.instances[0].address != first.instances[0].address
+        })
+        .await;
+    partition.heal();
+    let mut active = active;
+    exited(&mut active).await;
+    assert_eq!(
+        processes_with_argument(marker),
+        1,
+        "dep_a runs once, under the successor"
+    );
+    assert_eq!(
+        get(&restarted.instances[0].address, "/").await.as_deref(),
+        Some(marker)
+    );
+    drop(standby);
 }
 
 /// Live processes with `argument` among their arguments.

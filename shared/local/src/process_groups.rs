@@ -27,6 +27,28 @@ pub fn signal_group(pgid: i32, signal: &str) -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// Whether group `pgid` has a process that has not exited. A process that exited and was not
+/// reaped (a zombie: its parent is stopped, or cut off and not tending it) still counts as a
+/// member for `kill -0`, but runs nothing.
+pub fn group_runs(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return signal_group(pgid, "0");
+    };
+    entries.flatten().any(|entry| {
+        // `<pid> (<command>) <state> <ppid> <pgrp> …`; the command may hold spaces.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = fields.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
+}
+
 /// Every process group recorded in `dir`: (name, group id).
 pub fn recorded(dir: &Path) -> Vec<(String, i32)> {
     let Ok(entries) = std::fs::read_dir(dir) else {

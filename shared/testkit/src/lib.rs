@@ -5,6 +5,7 @@
 
 pub mod database;
 pub mod invariants;
+pub mod partition;
 pub mod plane;
 pub mod podman;
 pub mod reply;
@@ -14,6 +15,7 @@ pub mod streams;
 
 pub use database::TestDb;
 pub use invariants::Invariants;
+pub use partition::Partition;
 pub use plane::{Nats, Plane, PlaneBuilder};
 pub use podman::Podman;
 pub use reply::{decode_reply, ErrorReply};
