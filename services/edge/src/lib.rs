@@ -4,15 +4,15 @@
 //! request; reports traffic per deployment on `slipway.traffic.<deployment_id>`; and is the
 //! NATS micro service `slipway-edge` (its stats count requests per deployment).
 //!
-//! Built on hyper 1 and hyper-util (HTTP/1.1 and h2c to clients on one port, a pooled HTTP/1.1
-//! client to instances): the HTTP stack the workspace already builds, rather than a proxy
+//! Built on hyper 1 and hyper-util (HTTP/1.1 and h2c to clients on one port, HTTP/1.1
+//! connections to instances pooled per worker): the HTTP stack the workspace already builds, rather than a proxy
 //! framework of its own runtime and a few hundred more crates.
 
-mod connector;
 mod proxy;
 mod server;
 mod table;
 mod traffic;
+mod upstream;
 mod wake;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

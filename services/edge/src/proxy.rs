@@ -9,27 +9,25 @@ use http_body_util::{combinators::BoxBody, BodyExt, Either, Empty, Full};
 use hyper::{
     body::{Body as _, Incoming},
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    http::{
-        request::Parts,
-        uri::{PathAndQuery, Scheme},
-    },
+    http::{request::Parts, uri::PathAndQuery},
     Request, Response, StatusCode, Uri,
 };
-use hyper_util::client::legacy::Client;
 use slipway_core::{routes::RouteEntry, state::DesiredState};
 use tokio::time::Instant;
 
-use crate::{connector::InstanceConnector, Shared};
+use crate::{
+    upstream::{UpstreamBody, Upstreams},
+    Shared,
+};
 
-/// What one HTTP worker's requests use: the shared state, and the worker's own client.
+/// What one HTTP worker's requests use: the shared state, and the worker's own connections
+/// to instances.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub client: Client<InstanceConnector, UpstreamBody>,
+    pub upstreams: Arc<Upstreams>,
 }
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-/// What goes to an instance: the client's body, or nothing (a request that can be sent again).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 pub const DEPLOYMENT_HEADER: &str = "x-slipway-deployment";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -74,47 +72,63 @@ pub async fn handle(
     let edge = &worker.shared;
     // A request without a body can be sent again: one that reached no instance (the table
     // still lists instances that are gone) waits for the table to move on and goes again.
-    let mut body = (!body.is_end_stream()).then_some(body);
-    let replayable = body.is_none();
+    let replayable = body.is_end_stream();
     let deadline = Instant::now() + edge.wake_timeout;
-    loop {
+    let (route, connection) = loop {
         let route = match route_with_instances(edge, &host, deadline).await {
             Ok(route) => route,
             Err(res) => return Ok(res),
         };
-        let deployment = route.deployment_id.as_str();
-        let upstream = match upstream_request(&parts, body.take(), deployment, &host, &peer) {
-            Ok(upstream) => upstream,
-            Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &e)),
-        };
-        let res = match worker.client.request(upstream).await {
-            Ok(res) => {
-                let (mut parts, body) = res.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(e) if e.is_connect() => {
+        match worker.upstreams.connect(&route).await {
+            Ok(connection) => break (route, connection),
+            Err(e) => {
+                let deployment = route.deployment_id.as_str();
                 if replayable && table_moved_on(edge, &host, &route, deadline).await {
                     tracing::debug!(%deployment, error = %e, "no instance accepted; routing the request again");
                     continue;
                 }
                 // Nothing of the request was sent: the client may safely try again.
                 tracing::warn!(%deployment, error = %e, "no instance accepts connections");
-                unavailable(&format!(
+                let res = unavailable(&format!(
                     "no instance of deployment {deployment} accepts connections"
-                ))
+                ));
+                edge.traffic.count(deployment);
+                return Ok(with_deployment(res, deployment));
             }
-            Err(e) => {
-                tracing::warn!(%deployment, error = %e, "upstream request failed");
-                plain(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("deployment {deployment} did not answer"),
-                )
-            }
-        };
-        edge.traffic.count(deployment);
-        return Ok(with_deployment(res, deployment));
-    }
+        }
+    };
+    let fallback_host = match parts.headers.contains_key(header::HOST) {
+        true => None,
+        false => HeaderValue::from_str(&host).ok(),
+    };
+    let deployment = route.deployment_id.as_str();
+    let body = match replayable {
+        true => Either::Right(Empty::new()),
+        false => Either::Left(body),
+    };
+    let upstream = upstream_request(parts, body, fallback_host, &peer);
+    let res = match connection.send(upstream).await {
+        Ok(res) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) if e.is_connect() => {
+            tracing::warn!(%deployment, error = %e, "no instance accepts connections");
+            unavailable(&format!(
+                "no instance of deployment {deployment} accepts connections"
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(%deployment, error = %e, "upstream request failed");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("deployment {deployment} did not answer"),
+            )
+        }
+    };
+    edge.traffic.count(deployment);
+    Ok(with_deployment(res, deployment))
 }
 
 /// The route of `host` with running instances, or the answer when there is none: 404 for an
@@ -190,35 +204,26 @@ async fn table_moved_on(edge: &Shared, host: &str, tried: &RouteEntry, deadline:
         .is_some()
 }
 
-/// The request as the instance gets it: the URI names the deployment (the connector picks the
-/// instance), hop-by-hop headers go, `X-Forwarded-*` come.
+/// The request as the instance gets it: in origin form, hop-by-hop headers gone,
+/// `X-Forwarded-*` added; `Host` as the client sent it (`fallback_host` when it sent none: the
+/// authority of an HTTP/2 request).
 fn upstream_request(
-    original: &Parts,
-    body: Option<Incoming>,
-    deployment: &str,
-    host: &str,
+    original: Parts,
+    body: UpstreamBody,
+    fallback_host: Option<HeaderValue>,
     peer: &Peer,
-) -> Result<Request<UpstreamBody>, String> {
+) -> Request<UpstreamBody> {
     let path = original
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(deployment)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| format!("bad request target: {e}"))?;
-    let mut headers = original.headers.clone();
-    let original_host = headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| HeaderValue::from_str(host).ok());
+    let mut headers = original.headers;
+    let host = headers.get(header::HOST).cloned().or(fallback_host);
     strip_hop_by_hop(&mut headers);
-    if let Some(original) = original_host {
-        headers.insert(header::HOST, original.clone());
-        headers.insert(X_FORWARDED_HOST, original);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, host);
     }
     let forwarded_for = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(earlier) => {
@@ -230,16 +235,12 @@ fn upstream_request(
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    let body = match body {
-        Some(body) => Either::Left(body),
-        None => Either::Right(Empty::new()),
-    };
     let mut request = Request::new(body);
-    *request.method_mut() = original.method.clone();
-    *request.uri_mut() = uri;
+    *request.method_mut() = original.method;
+    *request.uri_mut() = Uri::from(path);
     *request.version_mut() = hyper::Version::HTTP_11;
     *request.headers_mut() = headers;
-    Ok(request)
+    request
 }
 
 /// The request's host, lower case, without a port: the `Host` header (HTTP/1.1) or the
@@ -337,27 +338,35 @@ mod tests {
         assert_eq!(host(None, "/"), None);
     }
 
+    fn nothing() -> UpstreamBody {
+        Either::Right(Empty::new())
+    }
+
     #[test]
     fn forwarded_headers_name_the_client_after_earlier_proxies() {
         let peer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 5000)));
-        let mut parts = Request::get("/a?b=1")
-            .header(header::HOST, "Shop.example:8080")
-            .header(X_FORWARDED_FOR, "192.0.2.1")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let upstream = upstream_request(&parts, None, "d1", "shop.example", &peer).unwrap();
-        assert_eq!(upstream.uri().to_string(), "http://d1/a?b=1");
+        let parts = || {
+            Request::get("http://shop.example/a?b=1")
+                .header(header::HOST, "Shop.example:8080")
+                .header(X_FORWARDED_FOR, "192.0.2.1")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let upstream = upstream_request(parts(), nothing(), None, &peer);
+        assert_eq!(upstream.uri().to_string(), "/a?b=1");
         let headers = upstream.headers();
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1, 10.0.0.7");
         assert_eq!(headers[X_FORWARDED_HOST], "Shop.example:8080");
         assert_eq!(headers[header::HOST], "Shop.example:8080");
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
 
-        parts.headers.remove(X_FORWARDED_FOR);
-        parts.headers.remove(header::HOST);
-        let upstream = upstream_request(&parts, None, "d1", "shop.example", &peer).unwrap();
+        let mut without = parts();
+        without.headers.remove(X_FORWARDED_FOR);
+        without.headers.remove(header::HOST);
+        let fallback = HeaderValue::from_static("shop.example");
+        let upstream = upstream_request(without, nothing(), Some(fallback), &peer);
         assert_eq!(upstream.headers()[X_FORWARDED_FOR], "10.0.0.7");
         assert_eq!(upstream.headers()[header::HOST], "shop.example");
     }

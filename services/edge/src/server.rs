@@ -8,13 +8,16 @@ use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
 
 use anyhow::Context;
 use hyper_util::{
-    client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{connector::InstanceConnector, proxy, Shared};
+use crate::{
+    proxy,
+    upstream::{Upstreams, IDLE_TIMEOUT},
+    Shared,
+};
 
 /// How long requests in flight get to finish once the edge is told to stop.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -98,10 +101,16 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
                 return;
             }
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(InstanceConnector::new(shared.table.clone()));
-        let edge = Arc::new(proxy::Worker { shared, client });
+        let upstreams = Upstreams::new(shared.table.clone());
+        let sweeping = upstreams.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
+            loop {
+                every.tick().await;
+                sweeping.sweep();
+            }
+        });
+        let edge = Arc::new(proxy::Worker { shared, upstreams });
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {

@@ -158,3 +158,151 @@ async fn a_request_that_reaches_no_instance_waits_for_the_table_to_move_on() {
     assert_eq!(retry_after.unwrap(), "5");
     assert!(body.contains("accepts connections"), "{body}");
 }
+
+/// An instance written by hand, to see the edge's connections: it counts the connections it
+/// accepts and answers `GET /keep` on a kept-alive connection, `GET /close` with
+/// `Connection: close`, and `GET /big` with a 64 MiB body it writes until the reader goes
+/// away (then it says so on `cut`).
+struct CountingInstance {
+    address: String,
+    accepted: tokio::sync::watch::Receiver<usize>,
+    cut: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl CountingInstance {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (count, accepted) = tokio::sync::watch::channel(0);
+        let (cut_tx, cut) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.send_modify(|n| *n += 1);
+                let cut_tx = cut_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or_default();
+                        match path {
+                            "/keep" => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nkeep";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                            "/close" => {
+                                let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nclose";
+                                let _ = stream.write_all(answer).await;
+                                return;
+                            }
+                            _ => {
+                                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 67108864\r\n\r\n";
+                                let mut written = stream.write_all(head).await;
+                                let chunk = vec![b'x'; 64 * 1024];
+                                for _ in 0..1024 {
+                                    if written.is_err() {
+                                        break;
+                                    }
+                                    written = stream.write_all(&chunk).await;
+                                }
+                                if written.is_err() {
+                                    let _ = cut_tx.send(());
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            accepted,
+            cut,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        *self.accepted.borrow()
+    }
+}
+
+/// One client connection to the edge (so one HTTP worker): `GET path` with `Host: host`.
+struct EdgeClient(conn::http1::SendRequest<Empty<Bytes>>);
+
+impl EdgeClient {
+    async fn connect(edge: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+        let (http1, connection) = conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        Self(http1)
+    }
+
+    async fn get(&mut self, host: &str, path: &str) -> Response<hyper::body::Incoming> {
+        self.0.ready().await.unwrap();
+        let request = Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        self.0.send_request(request).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_to_instances_are_reused_unless_closed_or_cut_short() {
+    let mut plane = Plane::builder().start().await;
+    let mut instance = CountingInstance::start().await;
+    let address = instance.address.clone();
+    put(&plane, &entry("pool.example", "dep_pool", &[address])).await;
+    plane.start_edge();
+    let mut client = EdgeClient::connect(plane.edge_address.unwrap()).await;
+
+    // One after another on one client connection: one connection to the instance.
+    for _ in 0..20 {
+        let response = client.get("pool.example", "/keep").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(text(response).await, "keep");
+    }
+    assert_eq!(
+        instance.accepted(),
+        1,
+        "the edge did not reuse its connection"
+    );
+
+    // The instance closes its connection after answering: the next request gets a new one.
+    let response = client.get("pool.example", "/close").await;
+    assert_eq!(text(response).await, "close");
+    let response = client.get("pool.example", "/keep").await;
+    assert_eq!(
+        (response.status().as_u16(), text(response).await.as_str()),
+        (200, "keep")
+    );
+    assert_eq!(instance.accepted(), 2);
+
+    // A client that goes away mid-answer: the edge closes that connection to the instance
+    // (half an answer still on it) rather than pooling it, and the next request is served.
+    let mut leaving = EdgeClient::connect(plane.edge_address.unwrap()).await;
+    let response = leaving.get("pool.example", "/big").await;
+    assert_eq!(response.status(), 200);
+    drop((response, leaving));
+    tokio::time::timeout(Duration::from_secs(10), instance.cut.recv())
+        .await
+        .expect("the edge kept reading from the instance after its client left");
+    let response = client.get("pool.example", "/keep").await;
+    assert_eq!(
+        (response.status().as_u16(), text(response).await.as_str()),
+        (200, "keep")
+    );
+}

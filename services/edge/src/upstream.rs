@@ -1,0 +1,279 @@
+//! Connections to a deployment's instances, pooled per HTTP worker. A request takes an idle
+//! connection of its deployment, or opens one to the deployment's running instances in turn
+//! (round robin), trying the next when an instance does not accept — so a request that could
+//! not connect is retried on another instance before anything of it was sent. A connection
+//! goes back to the pool once its response has been read to the end; one whose response was
+//! cut short is closed.
+//!
+//! Built on hyper's connection-level client rather than hyper-util's pooled one, which spawns
+//! a task per request to return its connection; here nothing is spawned per request (one
+//! task per connection drives it), and the pool of a worker is only ever touched by that
+//! worker's thread.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+    Request, Response,
+};
+use hyper_util::rt::TokioIo;
+use slipway_core::routes::RouteEntry;
+use tokio::net::TcpStream;
+
+use crate::table::Table;
+
+/// What goes to an instance: the client's body, or nothing.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// How long one instance may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle connection may take to be ready for its next request.
+const FINISHING: Duration = Duration::from_millis(100);
+/// How long a connection stays open unused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing of the request was sent: it may be tried again.
+    #[error("deployment {0} has no running instance")]
+    NoInstance(String),
+    /// Nothing of the request was sent: it may be tried again.
+    #[error("no instance of deployment {deployment} accepts a connection (last: {last})")]
+    Refused { deployment: String, last: String },
+    /// The request went out (or some of it) and no complete answer came back.
+    #[error("the request failed: {0}")]
+    Failed(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// No connection was made, so no byte of the request went out.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, Self::Failed(_))
+    }
+}
+
+/// One HTTP worker's connections to instances, idle ones by deployment.
+pub struct Upstreams {
+    table: Arc<Table>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    next: AtomicUsize,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl Upstreams {
+    pub fn new(table: Arc<Table>) -> Arc<Self> {
+        Arc::new(Self {
+            table,
+            idle: Mutex::default(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A connection to one of `route`'s deployment's instances: an idle one, or a new one.
+    pub async fn connect(
+        self: &Arc<Self>,
+        route: &Arc<RouteEntry>,
+    ) -> Result<Connection, UpstreamError> {
+        let (sender, reused) = match self.take_idle(&route.deployment_id).await {
+            Some(sender) => (sender, true),
+            None => (self.open(&route.deployment_id).await?, false),
+        };
+        Ok(Connection {
+            sender,
+            reused,
+            upstreams: self.clone(),
+            route: route.clone(),
+        })
+    }
+
+    /// The most recently used idle connection of the deployment that is still open.
+    async fn take_idle(&self, deployment_id: &str) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let mut sender = {
+                let mut idle = self.lock();
+                let list = idle.get_mut(deployment_id)?;
+                let sender = list.pop()?.sender;
+                if list.is_empty() {
+                    idle.remove(deployment_id);
+                }
+                sender
+            };
+            // Ready at once unless the connection is still finishing its last exchange (a
+            // request body still being sent after an early answer, say): not waited for long.
+            if let Ok(Ok(())) = tokio::time::timeout(FINISHING, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// A new connection to one of the deployment's running instances.
+    async fn open(&self, deployment_id: &str) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let instances = self.table.instances_of(deployment_id);
+        if instances.is_empty() {
+            return Err(UpstreamError::NoInstance(deployment_id.to_string()));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..instances.len() {
+            let address = &instances[(start + i) % instances.len()];
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address.as_str())).await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    match http1::handshake(TokioIo::new(stream)).await {
+                        Ok((sender, connection)) => {
+                            let (deployment, address) =
+                                (deployment_id.to_string(), address.clone());
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    tracing::debug!(deployment, address, error = %e, "connection to an instance ended with an error");
+                                }
+                            });
+                            return Ok(sender);
+                        }
+                        Err(e) => last = format!("{address}: {e}"),
+                    }
+                }
+                Ok(Err(e)) => last = format!("{address}: {e}"),
+                Err(_) => last = format!("{address}: no answer within {CONNECT_TIMEOUT:?}"),
+            }
+            tracing::debug!(deployment_id, %last, "instance refused a connection; trying the next");
+        }
+        Err(UpstreamError::Refused {
+            deployment: deployment_id.to_string(),
+            last,
+        })
+    }
+
+    fn give_back(&self, deployment_id: &str, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        let mut pool = self.lock();
+        match pool.get_mut(deployment_id) {
+            Some(list) => list.push(idle),
+            None => {
+                pool.insert(deployment_id.to_string(), vec![idle]);
+            }
+        }
+    }
+
+    /// Closes connections unused for [`IDLE_TIMEOUT`], and those the instance closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, list| {
+            list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
+        // Nothing panics while holding it; a poisoned pool is still a valid pool.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection to an instance, taken for one request.
+pub struct Connection {
+    sender: SendRequest<UpstreamBody>,
+    reused: bool,
+    upstreams: Arc<Upstreams>,
+    route: Arc<RouteEntry>,
+}
+
+impl Connection {
+    /// Sends `request`. Should an idle connection turn out closed by the instance before the
+    /// request went out, it goes on another connection.
+    pub async fn send(
+        mut self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Pooled>, UpstreamError> {
+        loop {
+            match self.sender.try_send_request(request).await {
+                Ok(response) => {
+                    let returns = Some((self.sender, self.upstreams, self.route));
+                    return Ok(response.map(|body| Pooled { body, returns }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if self.reused => {
+                        request = unsent;
+                        self = self.upstreams.connect(&self.route).await?;
+                    }
+                    _ => return Err(UpstreamError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A response body from an instance; its connection goes back to the pool once the body has
+/// been read to the end, and is closed if it is dropped before.
+pub struct Pooled {
+    body: Incoming,
+    returns: Option<(SendRequest<UpstreamBody>, Arc<Upstreams>, Arc<RouteEntry>)>,
+}
+
+impl Pooled {
+    fn release(&mut self) {
+        if let Some((sender, upstreams, route)) = self.returns.take() {
+            upstreams.give_back(&route.deployment_id, sender);
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            // The connection is in an unknown state: it closes when dropped.
+            Poll::Ready(Some(Err(_))) => self.returns = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // A body with nothing to read (a 204, a HEAD's answer) ends without being polled.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
