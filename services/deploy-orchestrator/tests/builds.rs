@@ -256,9 +256,10 @@ async fn an_orchestrator_killed_mid_build_resumes_and_deploys_one_image() {
 }
 
 /// With a registry configured, a built image is pushed, and an agent whose engine does not
-/// have it (its own image storage: another host, as far as images go) pulls and runs it. The
-/// registry wants a login, which both have from `SLIPWAY_REGISTRY_AUTH` alone (the engines
-/// have none of their own; without it, the push is refused: "unauthorized").
+/// have it (its own image storage: another host, as far as images go) pulls and runs it; a
+/// later build starts from that image, pulled from the registry. The registry wants a login,
+/// which both have from `SLIPWAY_REGISTRY_AUTH` alone (the engines have none of their own;
+/// without it, the push is refused: "unauthorized").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
     let Some(registry) = Registry::start_with_login() else {
@@ -314,6 +315,21 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
     // The agent's engine has it only because it pulled it.
     let pulled = runner.images(&format!("{prefix}/{project}"));
     assert_eq!(pulled.len(), 1, "{pulled:?}");
+
+    // A build whose base image is that one, in the registry only: the builder's engine pulls
+    // it with the credentials the build request carries (it has no login of its own).
+    let base = format!("{prefix}/{project}:{dep}");
+    builder.run(&["rmi", "-f", &base]);
+    let app = repo.path().join("app");
+    std::fs::write(app.join("www/index.html"), "built on a private base\n").unwrap();
+    std::fs::write(app.join("Dockerfile"), format!("FROM {base}\nCOPY www /www\n")).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "on a private base"]);
+    let sha = git(repo.path(), &["rev-parse", "HEAD"]);
+    let (dep, wf) = deploy_source(&plane, &project, repo.path(), &sha).await;
+    let record = plane.workflow_done(&wf).await;
+    assert_eq!(record.status.as_str(), "completed", "{:?}", record.error);
+    let d = plane.deployment(&dep).await;
+    assert_eq!(served(&d).await, "built on a private base\n");
     plane.invariants().assert(&[project]).await;
 }
 
