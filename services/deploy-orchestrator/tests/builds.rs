@@ -322,7 +322,11 @@ async fn a_built_image_is_pushed_and_an_agent_on_another_engine_pulls_it() {
     builder.run(&["rmi", "-f", &base]);
     let app = repo.path().join("app");
     std::fs::write(app.join("www/index.html"), "built on a private base\n").unwrap();
-    std::fs::write(app.join("Dockerfile"), format!("FROM {base}\nCOPY www /www\n")).unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!("FROM {base}\nCOPY www /www\n"),
+    )
+    .unwrap();
     git(repo.path(), &["commit", "-q", "-am", "on a private base"]);
     let sha = git(repo.path(), &["rev-parse", "HEAD"]);
     let (dep, wf) = deploy_source(&plane, &project, repo.path(), &sha).await;

@@ -230,6 +230,44 @@ async fn an_image_that_cannot_be_pulled_fails_at_once_with_the_engine_s_reason()
     assert!(containers(&podman, &env, "dep_missing").is_empty());
 }
 
+/// Credentials a user gave (`SLIPWAY_REGISTRY_AUTH`) that hold no password for the image's
+/// registry, only a credential helper's entry (not supported): the deployment fails saying
+/// so, rather than the image being pulled anonymously.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_whose_registry_has_only_a_credential_helper_fails_saying_so() {
+    let Some(podman) = Podman::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        r#"{"auths": {"registry.invalid:5000": {}}, "credHelpers": {"registry.invalid:5000": "ecr-login"}}"#,
+    )
+    .unwrap();
+    let env = Env::builder()
+        .docker_host(podman.host())
+        .service_env("SLIPWAY_REGISTRY_AUTH", auth.display().to_string())
+        .agent()
+        .start()
+        .await;
+    let private = "registry.invalid:5000/acme/shop:1".to_string();
+    env.desire("dep_helper", private.clone(), 1, Desired::Running, 1)
+        .await;
+    let report = env
+        .report_where("dep_helper", |r| {
+            all(r, 1, InstanceStatus::Failed) && r.instances[0].unrunnable
+        })
+        .await;
+    let message = report.instances[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&private)
+            && message.contains("no user name and password for registry.invalid:5000")
+            && message.contains("credential helpers"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_keeps_exiting_is_restarted_and_reported_crash_looping() {
     let Some(podman) = Podman::start() else {
