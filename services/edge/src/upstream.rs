@@ -41,6 +41,9 @@ pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an idle connection may take to be ready for its next request.
 const FINISHING: Duration = Duration::from_millis(100);
+/// How long a connection may have been idle before the instance could be closing it as a
+/// request goes out (an app's keep-alive timeout: commonly 2 to 5 s, some much shorter).
+const MAY_BE_CLOSING: Duration = Duration::from_millis(250);
 /// How long a connection stays open unused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -90,34 +93,55 @@ impl Upstreams {
         self: &Arc<Self>,
         route: &Arc<RouteEntry>,
     ) -> Result<Connection, UpstreamError> {
-        let (sender, reused) = match self.take_idle(&route.deployment_id).await {
-            Some(sender) => (sender, true),
-            None => (self.open(&route.deployment_id).await?, false),
-        };
-        Ok(Connection {
-            sender,
-            reused,
-            upstreams: self.clone(),
-            route: route.clone(),
-        })
+        match self.take_idle(&route.deployment_id).await {
+            Some((sender, idle_for)) => Ok(self.connection(sender, Some(idle_for), route)),
+            None => self.connect_new(route).await,
+        }
     }
 
-    /// The most recently used idle connection of the deployment that is still open.
-    async fn take_idle(&self, deployment_id: &str) -> Option<SendRequest<UpstreamBody>> {
+    /// A new connection to one of `route`'s deployment's instances.
+    async fn connect_new(
+        self: &Arc<Self>,
+        route: &Arc<RouteEntry>,
+    ) -> Result<Connection, UpstreamError> {
+        let sender = self.open(&route.deployment_id).await?;
+        Ok(self.connection(sender, None, route))
+    }
+
+    fn connection(
+        self: &Arc<Self>,
+        sender: SendRequest<UpstreamBody>,
+        idle_for: Option<Duration>,
+        route: &Arc<RouteEntry>,
+    ) -> Connection {
+        Connection {
+            sender,
+            idle_for,
+            upstreams: self.clone(),
+            route: route.clone(),
+        }
+    }
+
+    /// The most recently used idle connection of the deployment that is still open, and for
+    /// how long it was idle.
+    async fn take_idle(
+        &self,
+        deployment_id: &str,
+    ) -> Option<(SendRequest<UpstreamBody>, Duration)> {
         loop {
-            let mut sender = {
+            let Idle { mut sender, since } = {
                 let mut idle = self.lock();
                 let list = idle.get_mut(deployment_id)?;
-                let sender = list.pop()?.sender;
+                let taken = list.pop()?;
                 if list.is_empty() {
                     idle.remove(deployment_id);
                 }
-                sender
+                taken
             };
             // Ready at once unless the connection is still finishing its last exchange (a
             // request body still being sent after an early answer, say): not waited for long.
             if let Ok(Ok(())) = tokio::time::timeout(FINISHING, sender.ready()).await {
-                return Some(sender);
+                return Some((sender, since.elapsed()));
             }
         }
     }
@@ -196,34 +220,66 @@ impl Upstreams {
 /// A connection to an instance, taken for one request.
 pub struct Connection {
     sender: SendRequest<UpstreamBody>,
-    reused: bool,
+    /// How long it had been idle (`None`: new).
+    idle_for: Option<Duration>,
     upstreams: Arc<Upstreams>,
     route: Arc<RouteEntry>,
 }
 
 impl Connection {
     /// Sends `request`. Should an idle connection turn out closed by the instance before the
-    /// request went out, it goes on another connection.
+    /// request went out, it goes on another connection. Should the instance close one that
+    /// had been idle a while as the request went out (its keep-alive timeout ran out just
+    /// then), a request that may be sent twice (idempotent, without a body) is sent again on a
+    /// new connection, as nginx does; any other fails.
     pub async fn send(
         mut self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Pooled>, UpstreamError> {
+        let mut again = self
+            .idle_for
+            .is_some_and(|idle| idle >= MAY_BE_CLOSING)
+            .then(|| repeatable(&request))
+            .flatten();
         loop {
             match self.sender.try_send_request(request).await {
                 Ok(response) => {
                     let returns = Some((self.sender, self.upstreams, self.route));
                     return Ok(response.map(|body| Pooled { body, returns }));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if self.reused => {
+                Err(mut e) => {
+                    if let Some(unsent) = e.take_message().filter(|_| self.idle_for.is_some()) {
                         request = unsent;
                         self = self.upstreams.connect(&self.route).await?;
+                        continue;
                     }
-                    _ => return Err(UpstreamError::Failed(e.into_error())),
-                },
+                    let error = e.into_error();
+                    match again.take() {
+                        Some(copy) if error.is_incomplete_message() => {
+                            let deployment = &self.route.deployment_id;
+                            tracing::debug!(%deployment, "an idle connection closed as the request went out; sending it again");
+                            request = copy;
+                            self = self.upstreams.connect_new(&self.route).await?;
+                        }
+                        _ => return Err(UpstreamError::Failed(error)),
+                    }
+                }
             }
         }
     }
+}
+
+/// A copy of `request` if it may be sent twice: an idempotent method and no body.
+fn repeatable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    if !request.method().is_idempotent() || matches!(request.body(), Either::Left(_)) {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 /// A response body from an instance; its connection goes back to the pool once the body has

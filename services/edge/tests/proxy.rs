@@ -160,13 +160,15 @@ async fn a_request_that_reaches_no_instance_waits_for_the_table_to_move_on() {
 }
 
 /// An instance written by hand, to see the edge's connections: it counts the connections it
-/// accepts and answers `GET /keep` on a kept-alive connection, `GET /close` with
-/// `Connection: close`, and `GET /big` with a 64 MiB body it writes until the reader goes
-/// away (then it says so on `cut`).
+/// accepts and answers `/keep` on a kept-alive connection, `/close` with `Connection: close`,
+/// `/big` with a 64 MiB body it writes until the reader goes away (then it says so on `cut`);
+/// after `/arm` it closes the connection on the next request instead of answering it (its
+/// keep-alive timeout running out just as that request came), counting those in `dropped`.
 struct CountingInstance {
     address: String,
     accepted: tokio::sync::watch::Receiver<usize>,
     cut: tokio::sync::mpsc::UnboundedReceiver<()>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CountingInstance {
@@ -176,13 +178,16 @@ impl CountingInstance {
         let address = listener.local_addr().unwrap().to_string();
         let (count, accepted) = tokio::sync::watch::channel(0);
         let (cut_tx, cut) = tokio::sync::mpsc::unbounded_channel();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dropping = dropped.clone();
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 count.send_modify(|n| *n += 1);
-                let cut_tx = cut_tx.clone();
+                let (cut_tx, dropping) = (cut_tx.clone(), dropping.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut armed = false;
                     loop {
                         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                             let mut chunk = [0u8; 4096];
@@ -195,7 +200,18 @@ impl CountingInstance {
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
                         let path = head.split(' ').nth(1).unwrap_or_default();
+                        if armed {
+                            dropping.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
                         match path {
+                            "/arm" => {
+                                armed = true;
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\narmed";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
                             "/keep" => {
                                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nkeep";
                                 if stream.write_all(answer).await.is_err() {
@@ -231,6 +247,7 @@ impl CountingInstance {
             address,
             accepted,
             cut,
+            dropped,
         }
     }
 
@@ -251,8 +268,19 @@ impl EdgeClient {
     }
 
     async fn get(&mut self, host: &str, path: &str) -> Response<hyper::body::Incoming> {
+        self.send(hyper::Method::GET, host, path).await
+    }
+
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        host: &str,
+        path: &str,
+    ) -> Response<hyper::body::Incoming> {
         self.0.ready().await.unwrap();
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, host)
             .body(Empty::<Bytes>::new())
             .unwrap();
@@ -305,4 +333,43 @@ async fn connections_to_instances_are_reused_unless_closed_or_cut_short() {
         (response.status().as_u16(), text(response).await.as_str()),
         (200, "keep")
     );
+}
+
+/// An app's keep-alive timeout that runs out just as the edge reuses the connection: the
+/// instance closes it on the request instead of answering. A GET (idempotent, no body) is sent
+/// again on a new connection and answered; a POST is not repeated: 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_on_a_connection_the_instance_closes_is_repeated_only_if_idempotent() {
+    let mut plane = Plane::builder().start().await;
+    let instance = CountingInstance::start().await;
+    let address = instance.address.clone();
+    put(&plane, &entry("closing.example", "dep_closing", &[address])).await;
+    plane.start_edge();
+    let mut client = EdgeClient::connect(plane.edge_address.unwrap()).await;
+    let dropped = || instance.dropped.load(std::sync::atomic::Ordering::SeqCst);
+
+    assert_eq!(
+        text(client.get("closing.example", "/arm").await).await,
+        "armed"
+    );
+    // Idle long enough for an instance's keep-alive timeout to be running out (the scenario,
+    // not a wait for something to happen).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = client.get("closing.example", "/keep").await;
+    assert_eq!(
+        (response.status().as_u16(), text(response).await.as_str()),
+        (200, "keep")
+    );
+    assert_eq!((dropped(), instance.accepted()), (1, 2));
+
+    assert_eq!(
+        text(client.get("closing.example", "/arm").await).await,
+        "armed"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = client
+        .send(hyper::Method::POST, "closing.example", "/keep")
+        .await;
+    assert_eq!(response.status(), 502, "{}", text(response).await);
+    assert_eq!(dropped(), 2, "the POST did not reach the closing connection");
 }
