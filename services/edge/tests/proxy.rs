@@ -371,5 +371,9 @@ async fn a_request_on_a_connection_the_instance_closes_is_repeated_only_if_idemp
         .send(hyper::Method::POST, "closing.example", "/keep")
         .await;
     assert_eq!(response.status(), 502, "{}", text(response).await);
-    assert_eq!(dropped(), 2, "the POST did not reach the closing connection");
+    assert_eq!(
+        dropped(),
+        2,
+        "the POST did not reach the closing connection"
+    );
 }
