@@ -13,7 +13,10 @@
 //!
 //! `cargo build --release --workspace && cargo bench -p edge --bench edge`
 //! (after scripts/install-nats-server.sh and scripts/install-bench-tools.sh);
-//! `SLIPWAY_BENCH_CONNS=16` for one row, `SLIPWAY_EDGE_WORKERS=n` for the edge's HTTP threads.
+//! `SLIPWAY_BENCH_CONNS=16` for one row, `SLIPWAY_EDGE_WORKERS=n` for the edge's HTTP threads;
+//! `SLIPWAY_BENCH_PIN=1` puts the load generator and the app on CPU 0 and the proxy (one HTTP
+//! worker, one nginx worker) on CPU 1 (`taskset`), so that the added latency is the proxy's
+//! own work rather than the scheduler's handing of 2 cores to three busy processes.
 
 use std::{
     net::SocketAddr,
@@ -31,10 +34,29 @@ use slipway_testkit::{plane::bin, ports::free_port, Plane, Samples, ServiceProce
 const HOST: &str = "bench.slipway.localhost";
 const RUN_FOR: Duration = Duration::from_secs(4);
 const ROUTES: usize = 10_000;
+/// With `SLIPWAY_BENCH_PIN=1`: where the load generator and the app run, and the proxy.
+const LOAD_CPU: u32 = 0;
+const PROXY_CPU: u32 = 1;
+
+/// Pins every thread of process `pid` to `cpu`.
+fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| anyhow::anyhow!("taskset (util-linux): {e}"))?;
+    anyhow::ensure!(status.success(), "taskset could not pin {pid} to CPU {cpu}");
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     std::env::set_var("SLIPWAY_TEST_LOG", "warn,slipway::ready=info");
+    let pinned = std::env::var("SLIPWAY_BENCH_PIN").is_ok_and(|v| v == "1");
+    if pinned {
+        // Every thread of this process; what it starts from now on inherits CPU 0.
+        pin(std::process::id(), LOAD_CPU)?;
+    }
     let app_port = free_port()?;
     let app = ServiceProcess::spawn(
         "app",
@@ -50,11 +72,28 @@ async fn main() -> anyhow::Result<()> {
         .routes
         .put(HOST, serde_json::to_vec(&entry(HOST, app_addr))?.into())
         .await?;
-    plane.start_edge();
+    match pinned {
+        true => plane.start_edge_with(&[("SLIPWAY_EDGE_WORKERS", "1")]),
+        false => plane.start_edge(),
+    }
     let edge_addr = plane.edge_address.expect("the edge's address");
-    let nginx = Nginx::start(app_addr)?;
+    let nginx = Nginx::start(app_addr, pinned)?;
+    if pinned {
+        if let Some(edge) = &plane.edge {
+            pin(edge.pid(), PROXY_CPU)?;
+        }
+        if let Some(nginx) = &nginx {
+            pin(nginx.process.pid(), PROXY_CPU)?;
+            for worker in nginx.workers()? {
+                pin(worker, PROXY_CPU)?;
+            }
+        }
+    }
 
     println!("GET / of `slipway demo-app` ({RUN_FOR:?} per row, keep-alive connections, this machine: 2 cores, everything on it)");
+    if pinned {
+        println!("pinned: load generator and app on CPU {LOAD_CPU}, the proxy (one worker) on CPU {PROXY_CPU}");
+    }
     println!(
         "target     conns   req/s     p50 ms   p99 ms   added p50 / p99 ms   proxy CPU µs/req   switches/req"
     );
@@ -285,7 +324,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(app: SocketAddr) -> anyhow::Result<Option<Nginx>> {
+    fn start(app: SocketAddr, one_worker: bool) -> anyhow::Result<Option<Nginx>> {
         let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .map(PathBuf::from)
@@ -296,7 +335,7 @@ impl Nginx {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let config = format!(
-            "worker_processes auto;\n\
+            "worker_processes {workers};\n\
              error_log stderr warn;\n\
              pid {dir}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
@@ -323,7 +362,8 @@ impl Nginx {
                  }}\n\
                }}\n\
              }}\n",
-            dir = dir.path().display()
+            dir = dir.path().display(),
+            workers = if one_worker { "1" } else { "auto" },
         );
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, config)?;
@@ -341,6 +381,19 @@ impl Nginx {
             addr,
             _dir: dir,
         }))
+    }
+
+    /// Its worker processes, once it has started them.
+    fn workers(&self) -> anyhow::Result<Vec<u32>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let workers = children_of(self.process.pid());
+            if !workers.is_empty() {
+                return Ok(workers);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "nginx started no worker");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
