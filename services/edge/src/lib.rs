@@ -46,6 +46,10 @@ pub struct Config {
     /// How long a request for a deployment in standby is held while it wakes.
     #[arg(long, env = "SLIPWAY_EDGE_WAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub wake_timeout: Duration,
+    /// How long an instance may take to start answering a request that reached it (the
+    /// response's head; a body may stream for longer): past it, 504.
+    #[arg(long, env = "SLIPWAY_EDGE_ANSWER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub answer_timeout: Duration,
     /// How often request counts are reported on `slipway.traffic.<deployment_id>`.
     #[arg(long, env = "SLIPWAY_EDGE_TRAFFIC_EVERY", default_value = "10s", value_parser = parse_duration)]
     pub traffic_every: Duration,
@@ -66,6 +70,7 @@ pub(crate) struct Shared {
     traffic: Arc<Traffic>,
     waker: Arc<Waker>,
     wake_timeout: Duration,
+    answer_timeout: Duration,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -91,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         traffic: traffic.clone(),
         waker: Waker::new(nats.clone(), config.wake_timeout),
         wake_timeout: config.wake_timeout,
+        answer_timeout: config.answer_timeout,
     });
     let workers = config
         .workers

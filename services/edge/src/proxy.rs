@@ -16,7 +16,7 @@ use slipway_core::{routes::RouteEntry, state::DesiredState};
 use tokio::time::Instant;
 
 use crate::{
-    upstream::{UpstreamBody, Upstreams},
+    upstream::{Upload, UpstreamBody, UpstreamError, Upstreams},
     Shared,
 };
 
@@ -104,14 +104,24 @@ pub async fn handle(
     let deployment = route.deployment_id.as_str();
     let body = match replayable {
         true => Either::Right(Empty::new()),
-        false => Either::Left(body),
+        false => Either::Left(Upload::new(body)),
     };
     let upstream = upstream_request(parts, body, fallback_host, &peer);
-    let res = match connection.send(upstream).await {
+    let res = match connection.send(upstream, edge.answer_timeout).await {
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
+        }
+        Err(e @ UpstreamError::Unanswered(_)) => {
+            tracing::warn!(%deployment, error = %e, "upstream request timed out");
+            plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "deployment {deployment} did not answer within {:?}",
+                    edge.answer_timeout
+                ),
+            )
         }
         Err(e) if e.is_connect() => {
             tracing::warn!(%deployment, error = %e, "no instance accepts connections");

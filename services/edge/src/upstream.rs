@@ -30,12 +30,12 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use slipway_core::routes::RouteEntry;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::table::Table;
 
 /// What goes to an instance: the client's body, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
 
 /// How long one instance may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -58,12 +58,15 @@ pub enum UpstreamError {
     /// The request went out (or some of it) and no complete answer came back.
     #[error("the request failed: {0}")]
     Failed(#[source] hyper::Error),
+    /// The request went out and no answer began within the time allowed.
+    #[error("no answer within {0:?}")]
+    Unanswered(Duration),
 }
 
 impl UpstreamError {
     /// No connection was made, so no byte of the request went out.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, Self::Failed(_))
+        matches!(self, Self::NoInstance(_) | Self::Refused { .. })
     }
 }
 
@@ -227,12 +230,38 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Sends `request`, and fails with [`UpstreamError::Unanswered`] if no answer began within
+    /// `answer_timeout` of the request having gone out whole (an upload takes as long as the
+    /// client takes).
+    pub async fn send(
+        self,
+        mut request: Request<UpstreamBody>,
+        answer_timeout: Duration,
+    ) -> Result<Response<Pooled>, UpstreamError> {
+        let uploaded = match request.body_mut() {
+            Either::Left(upload) => upload.uploaded.take(),
+            Either::Right(_) => None,
+        };
+        let answered = self.exchange(request);
+        let deadline = async {
+            if let Some(uploaded) = uploaded {
+                // Sent whole, or ended otherwise (then the exchange fails anyway).
+                let _ = uploaded.await;
+            }
+            tokio::time::sleep(answer_timeout).await;
+        };
+        tokio::select! {
+            answered = answered => answered,
+            () = deadline => Err(UpstreamError::Unanswered(answer_timeout)),
+        }
+    }
+
     /// Sends `request`. Should an idle connection turn out closed by the instance before the
     /// request went out, it goes on another connection. Should the instance close one that
     /// had been idle a while as the request went out (its keep-alive timeout ran out just
     /// then), a request that may be sent twice (idempotent, without a body) is sent again on a
     /// new connection, as nginx does; any other fails.
-    pub async fn send(
+    async fn exchange(
         mut self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Pooled>, UpstreamError> {
@@ -266,6 +295,55 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// A client's request body on its way to an instance, telling when all of it has gone out.
+pub struct Upload {
+    body: Incoming,
+    /// Told when the body has ended (dropped, when it went away first).
+    done: Option<oneshot::Sender<()>>,
+    /// What `done` tells, until [`Connection::send`] takes it.
+    uploaded: Option<oneshot::Receiver<()>>,
+}
+
+impl Upload {
+    pub fn new(body: Incoming) -> Self {
+        let (done, uploaded) = oneshot::channel();
+        Self {
+            body,
+            done: Some(done),
+            uploaded: Some(uploaded),
+        }
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            _ => false,
+        };
+        if let Some(done) = self.done.take_if(|_| ended) {
+            let _ = done.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -163,7 +163,9 @@ async fn a_request_that_reaches_no_instance_waits_for_the_table_to_move_on() {
 /// accepts and answers `/keep` on a kept-alive connection, `/close` with `Connection: close`,
 /// `/big` with a 64 MiB body it writes until the reader goes away (then it says so on `cut`);
 /// after `/arm` it closes the connection on the next request instead of answering it (its
-/// keep-alive timeout running out just as that request came), counting those in `dropped`.
+/// keep-alive timeout running out just as that request came), counting those in `dropped`;
+/// `/hang` is never answered; `/upload` is answered with the length of the body once all of
+/// it has come.
 struct CountingInstance {
     address: String,
     accepted: tokio::sync::watch::Receiver<usize>,
@@ -205,6 +207,38 @@ impl CountingInstance {
                             return;
                         }
                         match path {
+                            "/hang" => loop {
+                                let mut chunk = [0u8; 4096];
+                                if let Ok(0) | Err(_) = stream.read(&mut chunk).await {
+                                    return;
+                                }
+                            },
+                            "/upload" => {
+                                let length: usize = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        let (name, value) = l.split_once(':')?;
+                                        name.eq_ignore_ascii_case("content-length")
+                                            .then(|| value.trim().parse().ok())?
+                                    })
+                                    .unwrap_or(0);
+                                while buf.len() < length {
+                                    let mut chunk = [0u8; 4096];
+                                    match stream.read(&mut chunk).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                    }
+                                }
+                                buf.drain(..length);
+                                let body = format!("got {length}");
+                                let answer = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                if stream.write_all(answer.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
                             "/arm" => {
                                 armed = true;
                                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\narmed";
@@ -375,5 +409,59 @@ async fn a_request_on_a_connection_the_instance_closes_is_repeated_only_if_idemp
         dropped(),
         2,
         "the POST did not reach the closing connection"
+    );
+}
+
+/// An instance that takes a request and never answers: 504 once `SLIPWAY_EDGE_ANSWER_TIMEOUT`
+/// has passed since the request went out whole. An upload that takes longer than that, and
+/// is answered once it has come, is not cut short: the clock starts when it has all gone out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_does_not_answer_in_time_is_504_but_a_long_upload_is_not() {
+    let mut plane = Plane::builder().start().await;
+    let instance = CountingInstance::start().await;
+    let address = instance.address.clone();
+    put(&plane, &entry("slow.example", "dep_slow", &[address])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_ANSWER_TIMEOUT", "1s")]);
+    let edge = plane.edge_address.unwrap();
+    let mut client = EdgeClient::connect(edge).await;
+
+    let response = client.get("slow.example", "/hang").await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()["x-slipway-deployment"], "dep_slow");
+    let body = text(response).await;
+    assert!(body.contains("did not answer within 1s"), "{body}");
+
+    // Ten bytes, the second half 1.5 s after the first: longer than the answer timeout.
+    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut uploader, connection) = conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let halves = futures::stream::unfold(0, |sent| async move {
+        match sent {
+            0 => Some((
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                    b"01234",
+                ))),
+                1,
+            )),
+            1 => {
+                // The client's pace: part of the scenario, not a wait for something.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Some((
+                    Ok(hyper::body::Frame::data(Bytes::from_static(b"56789"))),
+                    2,
+                ))
+            }
+            _ => None,
+        }
+    });
+    let request = Request::post("/upload")
+        .header(hyper::header::HOST, "slow.example")
+        .header(hyper::header::CONTENT_LENGTH, "10")
+        .body(http_body_util::StreamBody::new(halves))
+        .unwrap();
+    let response = uploader.send_request(request).await.unwrap();
+    assert_eq!(
+        (response.status().as_u16(), text(response).await.as_str()),
+        (200, "got 10")
     );
 }
