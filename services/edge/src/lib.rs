@@ -50,6 +50,11 @@ pub struct Config {
     /// response's head; a body may stream for longer): past it, 504.
     #[arg(long, env = "SLIPWAY_EDGE_ANSWER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub answer_timeout: Duration,
+    /// How long a client may take to send a request's head, and a kept-alive connection may
+    /// wait for its next request: then the connection is closed (slow or idle clients do not
+    /// hold connections for ever).
+    #[arg(long, env = "SLIPWAY_EDGE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
     /// How often request counts are reported on `slipway.traffic.<deployment_id>`.
     #[arg(long, env = "SLIPWAY_EDGE_TRAFFIC_EVERY", default_value = "10s", value_parser = parse_duration)]
     pub traffic_every: Duration,
@@ -71,6 +76,7 @@ pub(crate) struct Shared {
     waker: Arc<Waker>,
     wake_timeout: Duration,
     answer_timeout: Duration,
+    header_timeout: Duration,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -97,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         waker: Waker::new(nats.clone(), config.wake_timeout),
         wake_timeout: config.wake_timeout,
         answer_timeout: config.answer_timeout,
+        header_timeout: config.header_timeout,
     });
     let workers = config
         .workers

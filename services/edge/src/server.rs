@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
 
 use anyhow::Context;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -110,6 +110,10 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
                 sweeping.sweep();
             }
         });
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.header_timeout);
         let edge = Arc::new(proxy::Worker { shared, upstreams });
         let graceful = GracefulShutdown::new();
         loop {
@@ -125,9 +129,7 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
                     let _ = stream.set_nodelay(true);
                     let (edge, client) = (edge.clone(), Arc::new(proxy::Peer::new(peer)));
                     let service = hyper::service::service_fn(move |req| proxy::handle(edge.clone(), client.clone(), req));
-                    let conn = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
+                    let conn = http.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

@@ -465,3 +465,49 @@ async fn an_instance_that_does_not_answer_in_time_is_504_but_a_long_upload_is_no
         (200, "got 10")
     );
 }
+
+/// A client that sends half a request head and stops (a slowloris), and one that keeps its
+/// connection open after an answer and sends nothing more: the edge closes both once
+/// `SLIPWAY_EDGE_HEADER_TIMEOUT` has passed, rather than holding them for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plane = Plane::builder().start().await;
+    let instance = CountingInstance::start().await;
+    let address = instance.address.clone();
+    put(&plane, &entry("idle.example", "dep_idle", &[address])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_HEADER_TIMEOUT", "1s")]);
+    let edge = plane.edge_address.unwrap();
+    // What the client reads until the edge closes the connection (at most 10 s).
+    let until_closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut read = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut chunk = [0u8; 1024];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the edge kept the connection open");
+        String::from_utf8_lossy(&read).into_owned()
+    };
+
+    let mut slow = tokio::net::TcpStream::connect(edge).await.unwrap();
+    slow.write_all(b"GET /keep HTTP/1.1\r\nHost: idle.exa")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(edge).await.unwrap();
+    idle.write_all(b"GET /keep HTTP/1.1\r\nHost: idle.example\r\n\r\n")
+        .await
+        .unwrap();
+    let (slow, idle) = tokio::join!(until_closed(slow), until_closed(idle));
+    assert!(!slow.contains("keep"), "{slow}");
+    // The idle one was answered first, and kept open until the timeout.
+    assert!(
+        idle.starts_with("HTTP/1.1 200") && idle.ends_with("keep"),
+        "{idle}"
+    );
+}
