@@ -52,7 +52,8 @@ pub struct Config {
     pub answer_timeout: Duration,
     /// How long a client may take to send a request's head, and a kept-alive connection may
     /// wait for its next request: then the connection is closed (slow or idle clients do not
-    /// hold connections for ever).
+    /// hold connections for ever). `0s` turns it off (behind a load balancer that already
+    /// guards against slow clients).
     #[arg(long, env = "SLIPWAY_EDGE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// How often request counts are reported on `slipway.traffic.<deployment_id>`.
