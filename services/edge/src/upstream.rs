@@ -239,7 +239,7 @@ impl Connection {
         answer_timeout: Duration,
     ) -> Result<Response<Pooled>, UpstreamError> {
         let uploaded = match request.body_mut() {
-            Either::Left(upload) => upload.uploaded.take(),
+            Either::Left(upload) => upload.watcher.uploaded.take(),
             Either::Right(_) => None,
         };
         let answered = self.exchange(request);
@@ -273,8 +273,8 @@ impl Connection {
         loop {
             match self.sender.try_send_request(request).await {
                 Ok(response) => {
-                    let returns = Some((self.sender, self.upstreams, self.route));
-                    return Ok(response.map(|body| Pooled { body, returns }));
+                    let watcher = Returns(Some((self.sender, self.upstreams, self.route)));
+                    return Ok(response.map(|body| Pooled { body, watcher }));
                 }
                 Err(mut e) => {
                     if let Some(unsent) = e.take_message().filter(|_| self.idle_for.is_some()) {
@@ -298,55 +298,6 @@ impl Connection {
     }
 }
 
-/// A client's request body on its way to an instance, telling when all of it has gone out.
-pub struct Upload {
-    body: Incoming,
-    /// Told when the body has ended (dropped, when it went away first).
-    done: Option<oneshot::Sender<()>>,
-    /// What `done` tells, until [`Connection::send`] takes it.
-    uploaded: Option<oneshot::Receiver<()>>,
-}
-
-impl Upload {
-    pub fn new(body: Incoming) -> Self {
-        let (done, uploaded) = oneshot::channel();
-        Self {
-            body,
-            done: Some(done),
-            uploaded: Some(uploaded),
-        }
-    }
-}
-
-impl Body for Upload {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
-            _ => false,
-        };
-        if let Some(done) = self.done.take_if(|_| ended) {
-            let _ = done.send(());
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// A copy of `request` if it may be sent twice: an idempotent method and no body.
 fn repeatable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     if !request.method().is_idempotent() || matches!(request.body(), Either::Left(_)) {
@@ -360,22 +311,20 @@ fn repeatable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> 
     Some(copy)
 }
 
-/// A response body from an instance; its connection goes back to the pool once the body has
-/// been read to the end, and is closed if it is dropped before.
-pub struct Pooled {
+/// A body on its way to or from an instance, and what is done once it has been read to its end
+/// ([`AtEnd`]).
+pub struct Watched<W: AtEnd> {
     body: Incoming,
-    returns: Option<(SendRequest<UpstreamBody>, Arc<Upstreams>, Arc<RouteEntry>)>,
+    watcher: W,
 }
 
-impl Pooled {
-    fn release(&mut self) {
-        if let Some((sender, upstreams, route)) = self.returns.take() {
-            upstreams.give_back(&route.deployment_id, sender);
-        }
-    }
+/// What a [`Watched`] body does once it has been read to its end, or has failed.
+pub trait AtEnd {
+    fn ended(&mut self);
+    fn failed(&mut self);
 }
 
-impl Body for Pooled {
+impl<W: AtEnd + Unpin> Body for Watched<W> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -385,10 +334,9 @@ impl Body for Pooled {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            // The connection is in an unknown state: it closes when dropped.
-            Poll::Ready(Some(Err(_))) => self.returns = None,
+            Poll::Ready(None) => self.watcher.ended(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.watcher.ended(),
+            Poll::Ready(Some(Err(_))) => self.watcher.failed(),
             _ => {}
         }
         polled
@@ -403,11 +351,62 @@ impl Body for Pooled {
     }
 }
 
-impl Drop for Pooled {
+impl<W: AtEnd> Drop for Watched<W> {
     fn drop(&mut self) {
         // A body with nothing to read (a 204, a HEAD's answer) ends without being polled.
         if self.body.is_end_stream() {
-            self.release();
+            self.watcher.ended();
         }
+    }
+}
+
+/// A client's request body on its way to an instance, telling when all of it has gone out.
+pub type Upload = Watched<Uploaded>;
+
+pub struct Uploaded {
+    /// Told when the body has ended (dropped, when it went away first).
+    done: Option<oneshot::Sender<()>>,
+    /// What `done` tells, until [`Connection::send`] takes it.
+    uploaded: Option<oneshot::Receiver<()>>,
+}
+
+impl Upload {
+    pub fn new(body: Incoming) -> Self {
+        let (done, uploaded) = oneshot::channel();
+        let watcher = Uploaded {
+            done: Some(done),
+            uploaded: Some(uploaded),
+        };
+        Self { body, watcher }
+    }
+}
+
+impl AtEnd for Uploaded {
+    fn ended(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn failed(&mut self) {}
+}
+
+/// A response body from an instance; its connection goes back to the pool once the body has
+/// been read to the end, and is closed if it is dropped before.
+pub type Pooled = Watched<Returns>;
+
+/// The connection a response came on, until it goes back to the pool.
+pub struct Returns(Option<(SendRequest<UpstreamBody>, Arc<Upstreams>, Arc<RouteEntry>)>);
+
+impl AtEnd for Returns {
+    fn ended(&mut self) {
+        if let Some((sender, upstreams, route)) = self.0.take() {
+            upstreams.give_back(&route.deployment_id, sender);
+        }
+    }
+
+    fn failed(&mut self) {
+        // The connection is in an unknown state: it closes when dropped.
+        self.0 = None;
     }
 }

@@ -290,6 +290,21 @@ impl CountingInstance {
     }
 }
 
+/// A plane with one route, `host` to a [`CountingInstance`] of `deployment`, and an edge
+/// started with `env`.
+async fn edge_before_counting(
+    host: &str,
+    deployment: &str,
+    env: &[(&'static str, &str)],
+) -> (Plane, CountingInstance) {
+    let mut plane = Plane::builder().start().await;
+    let instance = CountingInstance::start().await;
+    let address = instance.address.clone();
+    put(&plane, &entry(host, deployment, &[address])).await;
+    plane.start_edge_with(env);
+    (plane, instance)
+}
+
 /// One client connection to the edge (so one HTTP worker): `GET path` with `Host: host`.
 struct EdgeClient(conn::http1::SendRequest<Empty<Bytes>>);
 
@@ -324,11 +339,7 @@ impl EdgeClient {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_to_instances_are_reused_unless_closed_or_cut_short() {
-    let mut plane = Plane::builder().start().await;
-    let mut instance = CountingInstance::start().await;
-    let address = instance.address.clone();
-    put(&plane, &entry("pool.example", "dep_pool", &[address])).await;
-    plane.start_edge();
+    let (plane, mut instance) = edge_before_counting("pool.example", "dep_pool", &[]).await;
     let mut client = EdgeClient::connect(plane.edge_address.unwrap()).await;
 
     // One after another on one client connection: one connection to the instance.
@@ -374,11 +385,7 @@ async fn connections_to_instances_are_reused_unless_closed_or_cut_short() {
 /// again on a new connection and answered; a POST is not repeated: 502.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_on_a_connection_the_instance_closes_is_repeated_only_if_idempotent() {
-    let mut plane = Plane::builder().start().await;
-    let instance = CountingInstance::start().await;
-    let address = instance.address.clone();
-    put(&plane, &entry("closing.example", "dep_closing", &[address])).await;
-    plane.start_edge();
+    let (plane, instance) = edge_before_counting("closing.example", "dep_closing", &[]).await;
     let mut client = EdgeClient::connect(plane.edge_address.unwrap()).await;
     let dropped = || instance.dropped.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -417,11 +424,12 @@ async fn a_request_on_a_connection_the_instance_closes_is_repeated_only_if_idemp
 /// is answered once it has come, is not cut short: the clock starts when it has all gone out.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_does_not_answer_in_time_is_504_but_a_long_upload_is_not() {
-    let mut plane = Plane::builder().start().await;
-    let instance = CountingInstance::start().await;
-    let address = instance.address.clone();
-    put(&plane, &entry("slow.example", "dep_slow", &[address])).await;
-    plane.start_edge_with(&[("SLIPWAY_EDGE_ANSWER_TIMEOUT", "1s")]);
+    let (plane, _instance) = edge_before_counting(
+        "slow.example",
+        "dep_slow",
+        &[("SLIPWAY_EDGE_ANSWER_TIMEOUT", "1s")],
+    )
+    .await;
     let edge = plane.edge_address.unwrap();
     let mut client = EdgeClient::connect(edge).await;
 
@@ -472,11 +480,12 @@ async fn an_instance_that_does_not_answer_in_time_is_504_but_a_long_upload_is_no
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut plane = Plane::builder().start().await;
-    let instance = CountingInstance::start().await;
-    let address = instance.address.clone();
-    put(&plane, &entry("idle.example", "dep_idle", &[address])).await;
-    plane.start_edge_with(&[("SLIPWAY_EDGE_HEADER_TIMEOUT", "1s")]);
+    let (plane, _instance) = edge_before_counting(
+        "idle.example",
+        "dep_idle",
+        &[("SLIPWAY_EDGE_HEADER_TIMEOUT", "1s")],
+    )
+    .await;
     let edge = plane.edge_address.unwrap();
     // What the client reads until the edge closes the connection (at most 10 s).
     let until_closed = |mut stream: tokio::net::TcpStream| async move {
