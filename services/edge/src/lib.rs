@@ -5,8 +5,8 @@
 //! NATS micro service `slipway-edge` (its stats count requests per deployment).
 //!
 //! Built on hyper 1 and hyper-util (HTTP/1.1 and h2c to clients on one port, HTTP/1.1
-//! connections to instances pooled per worker): the HTTP stack the workspace already builds, rather than a proxy
-//! framework of its own runtime and a few hundred more crates.
+//! connections to instances pooled per worker): the HTTP stack the workspace already builds,
+//! rather than a proxy framework of its own runtime and a few hundred more crates.
 
 mod proxy;
 mod server;

@@ -87,13 +87,8 @@ pub async fn handle(
                     tracing::debug!(%deployment, error = %e, "no instance accepted; routing the request again");
                     continue;
                 }
-                // Nothing of the request was sent: the client may safely try again.
                 tracing::warn!(%deployment, error = %e, "no instance accepts connections");
-                let res = unavailable(&format!(
-                    "no instance of deployment {deployment} accepts connections"
-                ));
-                edge.traffic.count(deployment);
-                return Ok(with_deployment(res, deployment));
+                return Ok(counted(edge, refused(deployment), deployment));
             }
         }
     };
@@ -125,9 +120,7 @@ pub async fn handle(
         }
         Err(e) if e.is_connect() => {
             tracing::warn!(%deployment, error = %e, "no instance accepts connections");
-            unavailable(&format!(
-                "no instance of deployment {deployment} accepts connections"
-            ))
+            refused(deployment)
         }
         Err(e) => {
             tracing::warn!(%deployment, error = %e, "upstream request failed");
@@ -137,8 +130,21 @@ pub async fn handle(
             )
         }
     };
+    Ok(counted(edge, res, deployment))
+}
+
+/// An answer of `deployment`'s: counted as its traffic, and saying whose it is.
+fn counted(edge: &Shared, res: Response<Body>, deployment: &str) -> Response<Body> {
     edge.traffic.count(deployment);
-    Ok(with_deployment(res, deployment))
+    with_deployment(res, deployment)
+}
+
+/// 503: no instance accepted a connection, so nothing of the request was sent and the client
+/// may safely try again.
+fn refused(deployment: &str) -> Response<Body> {
+    unavailable(&format!(
+        "no instance of deployment {deployment} accepts connections"
+    ))
 }
 
 /// The route of `host` with running instances, or the answer when there is none: 404 for an

@@ -13,11 +13,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{
-    proxy,
-    upstream::{Upstreams, IDLE_TIMEOUT},
-    Shared,
-};
+use crate::{proxy, upstream::Upstreams, Shared};
 
 /// How long requests in flight get to finish once the edge is told to stop.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -102,14 +98,7 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
             }
         };
         let upstreams = Upstreams::new(shared.table.clone());
-        let sweeping = upstreams.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
-            loop {
-                every.tick().await;
-                sweeping.sweep();
-            }
-        });
+        tokio::spawn(upstreams.clone().sweep_for_ever());
         let mut http = auto::Builder::new(TokioExecutor::new());
         // 0 turns it off: hyper then arms no timer per request (~5 % of the edge's CPU).
         if !shared.header_timeout.is_zero() {

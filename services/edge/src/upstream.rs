@@ -45,7 +45,7 @@ const FINISHING: Duration = Duration::from_millis(100);
 /// request goes out (an app's keep-alive timeout: commonly 2 to 5 s, some much shorter).
 const MAY_BE_CLOSING: Duration = Duration::from_millis(250);
 /// How long a connection stays open unused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -205,8 +205,17 @@ impl Upstreams {
         }
     }
 
+    /// Sweeps the pool every half [`IDLE_TIMEOUT`], for as long as the worker runs.
+    pub async fn sweep_for_ever(self: Arc<Self>) {
+        let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
+        loop {
+            every.tick().await;
+            self.sweep();
+        }
+    }
+
     /// Closes connections unused for [`IDLE_TIMEOUT`], and those the instance closed.
-    pub fn sweep(&self) {
+    fn sweep(&self) {
         let now = Instant::now();
         self.lock().retain(|_, list| {
             list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
