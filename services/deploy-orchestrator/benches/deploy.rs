@@ -6,8 +6,8 @@
 //!    trip, in the same run, on a page-cache and on an fsync nats-server;
 //! 3. request → `ready` and → completed (live) for one production deploy at a time, p50/p99,
 //!    and the orchestration overhead: total minus the `wait_instances` step (which is the
-//!    agent starting the app and seeing it healthy), on a page-cache and on an fsync
-//!    nats-server;
+//!    agent starting the app and seeing it healthy), and where the time goes (each step's
+//!    start and end, p50, from the journal), on a page-cache and on an fsync nats-server;
 //! 4. throughput with 1, 10 and 100 projects deploying at once, and the RSS of each service
 //!    idle and at the end of that load.
 //!
@@ -211,6 +211,7 @@ async fn sequential(plane: &mut Plane) -> anyhow::Result<()> {
     let project = plane.project().await;
     let mut ready_sub = ready_subscription(plane, &project).await?;
     let (mut to_ready, mut to_done, mut overhead, mut waits) = (vec![], vec![], vec![], vec![]);
+    let mut timeline = Timeline::default();
     for i in 0..SEQUENTIAL {
         let t = Instant::now();
         let (_, wf) = plane.deploy(&project, "production", &format!("v{i}")).await;
@@ -219,6 +220,7 @@ async fn sequential(plane: &mut Plane) -> anyhow::Result<()> {
         let record = plane.workflow_done(&wf).await;
         let total = t.elapsed().as_secs_f64() * 1000.0;
         to_done.push(total);
+        timeline.add(&record);
         let wait = record
             .steps
             .iter()
@@ -233,7 +235,49 @@ async fn sequential(plane: &mut Plane) -> anyhow::Result<()> {
     summary("request -> workflow completed", to_done);
     summary("  of which wait_instances", waits);
     summary("  orchestration overhead (rest)", overhead);
+    timeline.print();
     Ok(())
+}
+
+/// Where a deploy's time goes: each step's start and end, in ms after its workflow record
+/// was created (ms resolution: the journal's timestamps).
+#[derive(Default)]
+struct Timeline(Vec<(String, Vec<f64>, Vec<f64>)>);
+
+impl Timeline {
+    fn add(&mut self, record: &slipway_workflow::WorkflowRecord) {
+        for step in &record.steps {
+            // By name: a deploy with no deployment to supersede has no `schedule_standby`.
+            let i = match self.0.iter().position(|(name, ..)| *name == step.name) {
+                Some(i) => i,
+                None => {
+                    self.0.push((step.name.clone(), vec![], vec![]));
+                    self.0.len() - 1
+                }
+            };
+            let (_, starts, ends) = &mut self.0[i];
+            starts.push((step.started_at_ms - record.created_at_ms) as f64);
+            ends.push((step.finished_at_ms - record.created_at_ms) as f64);
+        }
+    }
+
+    fn print(self) {
+        println!("  steps, p50 ms after the workflow record was created (start-end):");
+        let mut steps: Vec<(f64, String)> = self
+            .0
+            .into_iter()
+            .map(|(name, starts, ends)| {
+                let start = slipway_testkit::Samples::new(starts).at(0.5);
+                let end = slipway_testkit::Samples::new(ends).at(0.5);
+                (start, format!("{name} {start:.0}-{end:.0}"))
+            })
+            .collect();
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let steps: Vec<String> = steps.into_iter().map(|(_, step)| step).collect();
+        for line in steps.chunks(5) {
+            println!("    {}", line.join(", "));
+        }
+    }
 }
 
 async fn throughput(plane: &mut Plane, projects: usize) -> anyhow::Result<()> {
