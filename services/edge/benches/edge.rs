@@ -8,8 +8,10 @@
 //! at 1, 16 and 64 concurrent keep-alive connections, each sending one request after another
 //! for a few seconds, with the CPU time the proxy spent per request (user + system, from
 //! `/proc`: steadier than requests/s on a busy machine, where the load generator and the app
-//! share the cores) and how often its threads were switched out per request; then the edge's
-//! RSS with 10,000 routes loaded.
+//! share the cores) and how often its threads were switched out per request; then the same
+//! at a fixed rate (`SLIPWAY_BENCH_RATE`, default 10,000 requests/s in all, open loop), where
+//! the added latency is the proxy's own work rather than queueing behind a saturated proxy;
+//! then the edge's RSS with 10,000 routes loaded.
 //!
 //! `cargo build --release --workspace && cargo bench -p edge --bench edge`
 //! (after scripts/install-nats-server.sh and scripts/install-bench-tools.sh);
@@ -102,18 +104,25 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.split(',').map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 64]);
-    for conns in rows {
-        let direct = load(app_addr, conns, None).await?;
-        direct.print("direct", conns, None);
-        let edge_pid = plane.edge.as_ref().map(|e| e.pid());
-        load(edge_addr, conns, edge_pid)
-            .await?
-            .print("edge", conns, Some(&direct));
-        if let Some(nginx) = &nginx {
-            load(nginx.addr, conns, Some(nginx.process.pid()))
-                .await?
-                .print("nginx", conns, Some(&direct));
-        }
+    let edge_pid = plane.edge.as_ref().map(|e| e.pid());
+    let mut targets = vec![("direct", app_addr, None), ("edge", edge_addr, edge_pid)];
+    if let Some(nginx) = &nginx {
+        targets.push(("nginx", nginx.addr, Some(nginx.process.pid())));
+    }
+    for &conns in &rows {
+        compare(&targets, conns, None).await?;
+    }
+    // The rows above saturate the proxy (each connection sends its next request as soon as
+    // the answer is in), so their added latency is mostly queueing: at 16 connections
+    // 16 ÷ requests/s. At a fixed rate well below what either proxy can do, the added
+    // latency is the proxy's own work.
+    let rate: f64 = std::env::var("SLIPWAY_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000.0);
+    println!("at a fixed {rate:.0} requests/s in all (open loop; requests leave on tokio's 1 ms timer ticks):");
+    for &conns in &rows {
+        compare(&targets, conns, Some(rate)).await?;
     }
     if nginx.is_none() {
         println!("(nginx is not installed: scripts/install-bench-tools.sh installs it)");
@@ -207,14 +216,42 @@ impl Run {
     }
 }
 
-/// `conns` keep-alive connections to `addr`, each sending `GET /` (Host: the bench host) one
-/// after another for [`RUN_FOR`]; with the CPU time of `proxy` (a pid) meanwhile.
-async fn load(addr: SocketAddr, conns: usize, proxy: Option<u32>) -> anyhow::Result<Run> {
+/// One row per target (the first: the app directly, which the others are compared with).
+async fn compare(
+    targets: &[(&str, SocketAddr, Option<u32>)],
+    conns: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let mut direct = None;
+    for &(target, addr, pid) in targets {
+        let run = load(addr, conns, pid, rate).await?;
+        run.print(target, conns, direct.as_ref());
+        direct.get_or_insert(run);
+    }
+    Ok(())
+}
+
+/// `conns` keep-alive connections to `addr`, each sending `GET /` (Host: the bench host) for
+/// [`RUN_FOR`]: one after another, or at `rate` requests/s in all (spread evenly over the
+/// connections and in time); with the CPU time of `proxy` (a pid) meanwhile.
+async fn load(
+    addr: SocketAddr,
+    conns: usize,
+    proxy: Option<u32>,
+    rate: Option<f64>,
+) -> anyhow::Result<Run> {
     let cpu_before = proxy.map(|pid| (cpu_time(pid), context_switches(pid)));
     let started = Instant::now();
     let until = started + RUN_FOR;
+    let every = rate.map(|rate| Duration::from_secs_f64(conns as f64 / rate));
     let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(connection(addr, until)))
+        .map(|n| {
+            let pace = every.map(|every| Pace {
+                first: started + every * n as u32 / conns as u32,
+                every,
+            });
+            tokio::spawn(connection(addr, until, pace))
+        })
         .collect();
     let mut latencies = Vec::new();
     for task in tasks {
@@ -296,13 +333,29 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-async fn connection(addr: SocketAddr, until: Instant) -> anyhow::Result<Vec<f64>> {
+/// When a connection sends at a fixed rate: its first request, then one `every`.
+struct Pace {
+    first: Instant,
+    every: Duration,
+}
+
+async fn connection(
+    addr: SocketAddr,
+    until: Instant,
+    pace: Option<Pace>,
+) -> anyhow::Result<Vec<f64>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut latencies = Vec::new();
+    let mut next = pace.as_ref().map(|p| p.first);
     while Instant::now() < until {
+        if let (Some(at), Some(pace)) = (next.as_mut(), &pace) {
+            tokio::time::sleep_until((*at).into()).await;
+            // A connection that fell behind sends at once rather than in a burst.
+            *at = (*at + pace.every).max(Instant::now());
+        }
         let request = Request::get("/")
             .header(hyper::header::HOST, HOST)
             .body(Empty::<Bytes>::new())?;
