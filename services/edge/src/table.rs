@@ -87,7 +87,7 @@ impl Table {
         self.routes.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, entry: RouteEntry) {
+    pub(crate) fn put(&self, entry: RouteEntry) {
         {
             let mut routes = self.write();
             let newer = routes

@@ -419,3 +419,81 @@ impl AtEnd for Returns {
         self.0 = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, net::SocketAddr};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use slipway_core::domains::Sticky;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An instance answering `ok` to every request; how many connections it accepted.
+    async fn instance() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let ok = service_fn(|_| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), ok);
+                tokio::spawn(served);
+            }
+        });
+        (address, accepted)
+    }
+
+    fn route_to(address: SocketAddr) -> RouteEntry {
+        RouteEntry {
+            route_id: "flr_1".into(),
+            fqdn: "shop.example".into(),
+            project_id: "proj_1".into(),
+            environment_id: "env_1".into(),
+            deployment_id: "dep_1".into(),
+            sticky: Sticky::Live,
+            instances: vec![address.to_string()],
+            instances_revision: 1,
+            desired_state: None,
+            sentinel_config: None,
+            version: 1,
+        }
+    }
+
+    /// The race no test over processes makes happen on cue: the instance closes an idle
+    /// connection after the pool handed it out and before the request went out.
+    #[tokio::test]
+    async fn a_request_an_idle_connection_could_not_take_goes_on_a_new_one() {
+        let (address, accepted) = instance().await;
+        let table = Table::new();
+        table.put(route_to(address));
+        let route = table.get("shop.example").unwrap();
+        let upstreams = Upstreams::new(table);
+
+        // Its driving task gone, the connection hands the request back unsent.
+        let stream = TcpStream::connect(address).await.unwrap();
+        let (closed, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        drop(connection);
+        let taken = upstreams.connection(closed, Some(Duration::from_secs(1)), &route);
+
+        let request = Request::get("/")
+            .header(hyper::header::HOST, "shop.example")
+            .body(Either::Right(Empty::new()))
+            .unwrap();
+        let response = taken.send(request, Duration::from_secs(5)).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "sent on a new connection"
+        );
+    }
+}
