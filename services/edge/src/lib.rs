@@ -12,6 +12,7 @@ mod proxy;
 mod server;
 mod table;
 mod traffic;
+mod upgrade;
 mod upstream;
 mod wake;
 

@@ -16,7 +16,8 @@ use slipway_core::{routes::RouteEntry, state::DesiredState};
 use tokio::time::Instant;
 
 use crate::{
-    upstream::{Upload, UpstreamBody, UpstreamError, Upstreams},
+    upgrade,
+    upstream::{Pooled, Upload, UpstreamBody, UpstreamError, Upstreams},
     Shared,
 };
 
@@ -65,10 +66,12 @@ pub async fn handle(
     peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Some(host) = host_of(&parts.headers, &parts.uri) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
     };
+    let host = host.into_owned();
+    let upgrade = upgrade::Requested::take(&mut parts);
     let edge = &worker.shared;
     // A request without a body can be sent again: one that reached no instance (the table
     // still lists instances that are gone) waits for the table to move on and goes again.
@@ -79,7 +82,12 @@ pub async fn handle(
             Ok(route) => route,
             Err(res) => return Ok(res),
         };
-        match worker.upstreams.connect(&route).await {
+        // An upgraded connection is the upgrade's for good: it takes a new one.
+        let connected = match upgrade {
+            Some(_) => worker.upstreams.connect_new(&route).await,
+            None => worker.upstreams.connect(&route).await,
+        };
+        match connected {
             Ok(connection) => break (route, connection),
             Err(e) => {
                 let deployment = route.deployment_id.as_str();
@@ -101,13 +109,17 @@ pub async fn handle(
         true => Either::Right(Empty::new()),
         false => Either::Left(Upload::new(body)),
     };
-    let upstream = upstream_request(parts, body, fallback_host, &peer);
+    let mut upstream = upstream_request(parts, body, fallback_host, &peer);
+    if let Some(upgrade) = &upgrade {
+        upgrade.ask(&mut upstream);
+    }
     let res = match connection.send(upstream, edge.answer_timeout).await {
-        Ok(res) => {
-            let (mut parts, body) = res.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
+        Ok(res) => match upgrade {
+            Some(upgrade) => upgrade
+                .join(res, deployment)
+                .unwrap_or_else(|res| forwarded(*res)),
+            None => forwarded(res),
+        },
         Err(e @ UpstreamError::Unanswered(_)) => {
             tracing::warn!(%deployment, error = %e, "upstream request timed out");
             plain(
@@ -131,6 +143,13 @@ pub async fn handle(
         }
     };
     Ok(counted(edge, res, deployment))
+}
+
+/// An instance's answer as the client gets it: hop-by-hop headers gone.
+fn forwarded(res: Response<Pooled>) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
 }
 
 /// An answer of `deployment`'s: counted as its traffic, and saying whose it is.
@@ -279,7 +298,7 @@ pub fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<Cow<'a, str>>
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

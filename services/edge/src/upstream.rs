@@ -103,7 +103,7 @@ impl Upstreams {
     }
 
     /// A new connection to one of `route`'s deployment's instances.
-    async fn connect_new(
+    pub async fn connect_new(
         self: &Arc<Self>,
         route: &Arc<RouteEntry>,
     ) -> Result<Connection, UpstreamError> {
@@ -168,7 +168,8 @@ impl Upstreams {
                             let (deployment, address) =
                                 (deployment_id.to_string(), address.clone());
                             tokio::spawn(async move {
-                                if let Err(e) = connection.await {
+                                // With upgrades: a 101 hands the connection to the response.
+                                if let Err(e) = connection.with_upgrades().await {
                                     tracing::debug!(deployment, address, error = %e, "connection to an instance ended with an error");
                                 }
                             });
@@ -403,6 +404,13 @@ impl AtEnd for Uploaded {
 /// A response body from an instance; its connection goes back to the pool once the body has
 /// been read to the end, and is closed if it is dropped before.
 pub type Pooled = Watched<Returns>;
+
+impl Pooled {
+    /// The connection was taken over (upgraded to another protocol): it never goes back.
+    pub fn taken_over(&mut self) {
+        self.watcher.0 = None;
+    }
+}
 
 /// The connection a response came on, until it goes back to the pool.
 pub struct Returns(Option<(SendRequest<UpstreamBody>, Arc<Upstreams>, Arc<RouteEntry>)>);

@@ -520,3 +520,120 @@ async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
         "{idle}"
     );
 }
+
+/// An instance that switches a request with `Upgrade: echo` to echoing every byte back, and
+/// answers any other request `200 plain` (keeping the connection); the request heads it got.
+async fn echo_instance() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (heads_tx, heads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads_tx = heads_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end + 4);
+                    let _ = heads_tx.send(head.clone());
+                    if !head.contains("\r\nupgrade: echo") {
+                        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain";
+                        if stream.write_all(plain).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let switched =
+                        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+                    if stream.write_all(switched).await.is_err() {
+                        return;
+                    }
+                    let (mut from, mut to) = stream.split();
+                    let _ = to.write_all(&buf).await;
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    return;
+                }
+            });
+        }
+    });
+    (address, heads)
+}
+
+/// What comes on `stream` up to the end of a response head.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_joins_the_client_and_the_instance_until_either_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plane = Plane::builder().start().await;
+    let (instance, mut heads) = echo_instance().await;
+    put(&plane, &entry("ws.example", "dep_ws", &[instance])).await;
+    plane.start_edge();
+    let edge = plane.edge_address.unwrap();
+
+    let mut client = tokio::net::TcpStream::connect(edge).await.unwrap();
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-slipway-deployment: dep_ws\r\n"),
+        "{head}"
+    );
+    let asked = heads.recv().await.unwrap();
+    assert!(asked.contains("\r\nconnection: upgrade"), "{asked}");
+    assert!(asked.contains("\r\nx-forwarded-for: 127.0.0.1"), "{asked}");
+
+    // Bytes go both ways, as often as the protocol likes.
+    for message in [&b"ping\n"[..], b"a longer second message\n"] {
+        client.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+    // The client closes its side: the instance's ends too, and so does the client's read.
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+
+    // An instance that does not switch answers as usual, and the connection stays HTTP.
+    let mut client = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let refused =
+        b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n";
+    let plain = b"GET / HTTP/1.1\r\nHost: ws.example\r\n\r\n";
+    for request in [&refused[..], plain] {
+        client.write_all(request).await.unwrap();
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let mut body = [0u8; 5];
+        client.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"plain");
+    }
+    let _ = heads.recv().await.unwrap();
+    let plain_head = heads.recv().await.unwrap();
+    assert!(!plain_head.contains("\r\nupgrade:"), "{plain_head}");
+}
