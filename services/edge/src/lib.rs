@@ -16,10 +16,15 @@ mod upgrade;
 mod upstream;
 mod wake;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use async_nats::jetstream;
+use ipnet::IpNet;
 use slipway_core::config::{parse_duration, CommonConfig};
 use slipway_nats::{provision::ROUTES, Micro};
 use slipway_proto::v1::{EdgeStatsReply, EdgeStatsRequest};
@@ -63,6 +68,19 @@ pub struct Config {
     /// HTTP worker threads, each with its own listener (default: one per core).
     #[arg(long, env = "SLIPWAY_EDGE_WORKERS")]
     pub workers: Option<usize>,
+    /// Load balancers in front of the edge (addresses or CIDR ranges, comma-separated) whose
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on: a TLS-terminating one says
+    /// `https`. From any other client they are replaced (a client could claim anything).
+    #[arg(long, env = "SLIPWAY_EDGE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address range (`10.0.0.0/8`), or one address (`10.0.0.1`).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an address nor a CIDR range"))
 }
 
 impl slipway_core::service::ServiceConfig for Config {
@@ -79,6 +97,7 @@ pub(crate) struct Shared {
     wake_timeout: Duration,
     answer_timeout: Duration,
     header_timeout: Duration,
+    trusted_proxies: Vec<IpNet>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -106,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wake_timeout: config.wake_timeout,
         answer_timeout: config.answer_timeout,
         header_timeout: config.header_timeout,
+        trusted_proxies: config.trusted_proxies,
     });
     let workers = config
         .workers
@@ -157,4 +177,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(service);
     nats.drain().await.ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        assert_eq!(
+            parse_network(" 10.0.0.0/8"),
+            Ok("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(parse_network("::1"), Ok("::1/128".parse().unwrap()));
+        assert_eq!(
+            parse_network("192.0.2.7"),
+            Ok("192.0.2.7/32".parse().unwrap())
+        );
+        assert!(parse_network("lb.internal").is_err());
+    }
 }

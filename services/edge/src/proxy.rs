@@ -12,6 +12,7 @@ use hyper::{
     http::{request::Parts, uri::PathAndQuery},
     Request, Response, StatusCode, Uri,
 };
+use ipnet::IpNet;
 use slipway_core::{routes::RouteEntry, state::DesiredState};
 use tokio::time::Instant;
 
@@ -50,14 +51,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// How long a client is told to wait before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// The client of one connection, as `X-Forwarded-For` names it.
-pub struct Peer(HeaderValue);
+/// The client of one connection: its address as `X-Forwarded-For` names it, and whether it
+/// is a trusted proxy (whose `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on).
+pub struct Peer {
+    address: HeaderValue,
+    trusted: bool,
+}
 
 impl Peer {
-    pub fn new(address: SocketAddr) -> Self {
+    pub fn new(address: SocketAddr, trusted_proxies: &[IpNet]) -> Self {
+        let ip = address.ip().to_canonical();
+        let trusted = trusted_proxies.iter().any(|net| net.contains(&ip));
         // An IP address is always a valid header value.
-        let ip = HeaderValue::try_from(address.ip().to_string());
-        Self(ip.unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+        let address = HeaderValue::try_from(ip.to_string());
+        let address = address.unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { address, trusted }
     }
 }
 
@@ -256,20 +264,26 @@ fn upstream_request(
     let mut headers = original.headers;
     let host = headers.get(header::HOST).cloned().or(fallback_host);
     strip_hop_by_hop(&mut headers);
+    // What a trusted proxy says of the original request stands; anyone else's is replaced.
+    let keep = |headers: &HeaderMap, name| peer.trusted && headers.contains_key(name);
     if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
-        headers.insert(X_FORWARDED_HOST, host);
+        if !keep(&headers, X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        headers.insert(header::HOST, host);
     }
     let forwarded_for = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(earlier) => {
-            HeaderValue::from_bytes(&[earlier, b", ", peer.0.as_bytes()].concat()).ok()
+            HeaderValue::from_bytes(&[earlier, b", ", peer.address.as_bytes()].concat()).ok()
         }
-        None => Some(peer.0.clone()),
+        None => Some(peer.address.clone()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if !keep(&headers, X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     let mut request = Request::new(body);
     *request.method_mut() = original.method;
     *request.uri_mut() = Uri::from(path);
@@ -379,7 +393,7 @@ mod tests {
 
     #[test]
     fn forwarded_headers_name_the_client_after_earlier_proxies() {
-        let peer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 5000)));
+        let peer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 5000)), &[]);
         let parts = || {
             Request::get("http://shop.example/a?b=1")
                 .header(header::HOST, "Shop.example:8080")
@@ -404,6 +418,39 @@ mod tests {
         let upstream = upstream_request(without, nothing(), Some(fallback), &peer);
         assert_eq!(upstream.headers()[X_FORWARDED_FOR], "10.0.0.7");
         assert_eq!(upstream.headers()[header::HOST], "shop.example");
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_how_the_original_request_came() {
+        let behind_tls = || {
+            Request::get("/")
+                .header(header::HOST, "shop.example")
+                .header(X_FORWARDED_PROTO, "https")
+                .header(X_FORWARDED_HOST, "shop.example.com")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let balancer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 5000)), &trusted);
+        let upstream = upstream_request(behind_tls(), nothing(), None, &balancer);
+        assert_eq!(upstream.headers()[X_FORWARDED_PROTO], "https");
+        assert_eq!(upstream.headers()[X_FORWARDED_HOST], "shop.example.com");
+        assert_eq!(upstream.headers()[X_FORWARDED_FOR], "10.0.0.7");
+
+        let anyone = Peer::new(SocketAddr::from(([192, 0, 2, 1], 5000)), &trusted);
+        let upstream = upstream_request(behind_tls(), nothing(), None, &anyone);
+        assert_eq!(upstream.headers()[X_FORWARDED_PROTO], "http");
+        assert_eq!(upstream.headers()[X_FORWARDED_HOST], "shop.example");
+
+        // A trusted proxy that says nothing: the edge's own view.
+        let mut plain = behind_tls();
+        plain.headers.remove(X_FORWARDED_PROTO);
+        plain.headers.remove(X_FORWARDED_HOST);
+        let upstream = upstream_request(plain, nothing(), None, &balancer);
+        assert_eq!(upstream.headers()[X_FORWARDED_PROTO], "http");
+        assert_eq!(upstream.headers()[X_FORWARDED_HOST], "shop.example");
     }
 
     #[test]

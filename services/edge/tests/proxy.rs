@@ -637,3 +637,62 @@ async fn an_upgrade_joins_the_client_and_the_instance_until_either_closes() {
     let plain_head = heads.recv().await.unwrap();
     assert!(!plain_head.contains("\r\nupgrade:"), "{plain_head}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_trusted_proxies_say_how_the_original_request_came() {
+    use tokio::io::AsyncWriteExt;
+    let mut plane = Plane::builder().start().await;
+    let (instance, mut heads) = echo_instance().await;
+    put(&plane, &entry("lb.example", "dep_lb", &[instance])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_TRUSTED_PROXIES", "192.0.2.0/24, 127.0.0.1")]);
+    let edge = plane.edge_address.unwrap();
+
+    // The same request from the trusted balancer (127.0.0.1) and from anyone else (127.0.0.2).
+    let request = b"GET / HTTP/1.1\r\nHost: lb.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example.com\r\n\r\n";
+    let mut seen = Vec::new();
+    for from in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        let mut client = socket.connect(edge).await.unwrap();
+        client.write_all(request).await.unwrap();
+        assert!(read_head(&mut client).await.starts_with("http/1.1 200"));
+        seen.push(heads.recv().await.unwrap());
+    }
+    assert!(
+        seen[0].contains("\r\nx-forwarded-proto: https"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[0].contains("\r\nx-forwarded-host: shop.example.com"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("\r\nx-forwarded-proto: http\r\n"),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[1].contains("\r\nx-forwarded-host: lb.example"),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[1].contains("\r\nx-forwarded-for: 127.0.0.2"),
+        "{}",
+        seen[1]
+    );
+
+    // A value that names no address is refused before the edge starts.
+    let refused = std::process::Command::new(bin("edge"))
+        .env("SLIPWAY_EDGE_TRUSTED_PROXIES", "lb.internal")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("\"lb.internal\" is neither an address nor a CIDR range"),
+        "{said}"
+    );
+}
