@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream;
+use async_nats::{header::NATS_MESSAGE_ID, jetstream, HeaderMap};
 use serde::Serialize;
 use slipway_core::{routes::EdgeHeartbeat, time::now_ms};
 
@@ -34,8 +34,34 @@ pub struct TrafficReport<'a> {
 pub struct Traffic {
     /// One map under one lock: a request takes it once.
     counts: Mutex<HashMap<String, Count>>,
+    /// Reports not yet stored, oldest first: each is sent again as it was, with the same
+    /// message id, so that one that reached the stream after all (its acknowledgement lost,
+    /// or sent by the client only once it reconnected) is stored once, not counted twice.
+    unsent: Mutex<Vec<Unsent>>,
     /// This edge's heartbeat: sent with every report.
     heartbeat: Mutex<EdgeHeartbeat>,
+}
+
+/// A window's report, until the stream has stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unsent {
+    deployment_id: String,
+    requests: u64,
+    window_start_ms: i64,
+    window_end_ms: i64,
+}
+
+impl Unsent {
+    /// Names the report, for the stream's duplicate detection.
+    fn message_id(&self, edge_id: &str) -> String {
+        let Self {
+            deployment_id,
+            window_start_ms,
+            window_end_ms,
+            ..
+        } = self;
+        format!("traffic:{edge_id}:{deployment_id}:{window_start_ms}:{window_end_ms}")
+    }
 }
 
 impl Traffic {
@@ -44,6 +70,7 @@ impl Traffic {
         let now = now_ms();
         Self {
             counts: Mutex::default(),
+            unsent: Mutex::default(),
             heartbeat: Mutex::new(EdgeHeartbeat {
                 edge_id,
                 up_since_ms: now,
@@ -96,19 +123,6 @@ impl Traffic {
             .collect()
     }
 
-    /// Puts back a window that could not be reported, merged with what came since.
-    fn keep_window(&self, deployment_id: &str, requests: u64, start_ms: i64) {
-        let mut counts = lock(&self.counts);
-        if let Some(count) = counts.get_mut(deployment_id) {
-            count.window_start_ms = if count.window == 0 {
-                start_ms
-            } else {
-                count.window_start_ms.min(start_ms)
-            };
-            count.window += requests;
-        }
-    }
-
     /// Reports every interval, for ever.
     pub async fn report_every(&self, js: jetstream::Context) {
         let every = Duration::from_millis(lock(&self.heartbeat).every_ms.max(1) as u64);
@@ -121,26 +135,50 @@ impl Traffic {
         }
     }
 
-    /// Publishes the current windows, then the heartbeat; a window that cannot be published is
-    /// kept for the next report, so no request goes uncounted.
+    /// Publishes the reports not yet stored, then the current windows, then the heartbeat. A
+    /// report that cannot be published is sent again next time, as it was — and so are the
+    /// later ones of its deployment, so that the stream's last report of a deployment (what
+    /// the idle spin-down reads) is always its newest.
     pub async fn report(&self, js: &jetstream::Context) {
-        let windows = self.take_windows();
         let end = now_ms();
-        let mut all_sent = true;
-        for (deployment_id, requests, start_ms) in windows {
-            let report = TrafficReport {
-                deployment_id: &deployment_id,
+        let windows = self
+            .take_windows()
+            .into_iter()
+            .map(|(deployment_id, requests, start)| Unsent {
+                deployment_id,
                 requests,
-                window_start_ms: start_ms,
+                window_start_ms: start,
                 window_end_ms: end,
-            };
-            if let Err(e) = publish(js, &report).await {
-                all_sent = false;
-                tracing::warn!(deployment_id, error = %e, "cannot report traffic; keeping it for the next report");
-                self.keep_window(&deployment_id, requests, start_ms);
+            });
+        let due: Vec<Unsent> = std::mem::take(&mut *lock(&self.unsent))
+            .into_iter()
+            .chain(windows)
+            .collect();
+        let edge_id = lock(&self.heartbeat).edge_id.clone();
+        let mut failed: Vec<Unsent> = Vec::new();
+        for report in due {
+            let behind = failed
+                .iter()
+                .any(|f| f.deployment_id == report.deployment_id);
+            if !behind {
+                match publish(js, &edge_id, &report).await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        let deployment_id = &report.deployment_id;
+                        tracing::warn!(deployment_id, error = %e, "cannot report traffic; sending it again with the next report");
+                    }
+                }
             }
+            failed.push(report);
         }
-        // A heartbeat says every request until now is counted: not after a lost report.
+        let all_sent = failed.is_empty();
+        if !all_sent {
+            // Before anything a concurrent report (the last one, at shutdown) left there.
+            let mut unsent = lock(&self.unsent);
+            failed.append(&mut unsent);
+            *unsent = failed;
+        }
+        // A heartbeat says every request until now is counted: not while a report is unsent.
         if !all_sent {
             return;
         }
@@ -161,17 +199,24 @@ impl Traffic {
     }
 }
 
+/// Publishes `report` of edge `edge_id` and waits until the stream has stored it.
 async fn publish(
     js: &jetstream::Context,
-    report: &TrafficReport<'_>,
+    edge_id: &str,
+    report: &Unsent,
 ) -> Result<(), async_nats::Error> {
-    let payload = serde_json::to_vec(report)?;
-    js.publish(
-        slipway_core::subjects::traffic(report.deployment_id),
-        payload.into(),
-    )
-    .await?
-    .await?;
+    let payload = serde_json::to_vec(&TrafficReport {
+        deployment_id: &report.deployment_id,
+        requests: report.requests,
+        window_start_ms: report.window_start_ms,
+        window_end_ms: report.window_end_ms,
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, report.message_id(edge_id).as_str());
+    let subject = slipway_core::subjects::traffic(&report.deployment_id);
+    js.publish_with_headers(subject, headers, payload.into())
+        .await?
+        .await?;
     Ok(())
 }
 
@@ -211,22 +256,21 @@ mod tests {
     }
 
     #[test]
-    fn a_window_that_was_not_reported_is_merged_into_the_next() {
-        let traffic = Traffic::new("e1".into(), Duration::from_secs(10));
-        traffic.count("d1");
-        let [(id, requests, start_ms)] = traffic.take_windows().try_into().unwrap();
-        traffic.count("d1");
-        traffic.keep_window(&id, requests, start_ms - 5);
-        let [(_, merged, merged_start)] = traffic.take_windows().try_into().unwrap();
-        assert_eq!(merged, 2);
-        assert_eq!(
-            merged_start,
-            start_ms - 5,
-            "the window starts at the older start"
-        );
-        // Kept with nothing new: the kept window alone.
-        traffic.keep_window(&id, 3, start_ms);
-        let [(_, kept, kept_start)] = traffic.take_windows().try_into().unwrap();
-        assert_eq!((kept, kept_start), (3, start_ms));
+    fn a_report_is_named_by_its_edge_deployment_and_window() {
+        let report = Unsent {
+            deployment_id: "d1".into(),
+            requests: 3,
+            window_start_ms: 100,
+            window_end_ms: 200,
+        };
+        assert_eq!(report.message_id("e1"), "traffic:e1:d1:100:200");
+        // The same window sent again is the same message; the next window is another.
+        let next = Unsent {
+            window_start_ms: 250,
+            window_end_ms: 300,
+            ..report.clone()
+        };
+        assert_ne!(report.message_id("e1"), next.message_id("e1"));
+        assert_ne!(report.message_id("e1"), report.message_id("e2"));
     }
 }

@@ -696,3 +696,99 @@ async fn only_trusted_proxies_say_how_the_original_request_came() {
         "{said}"
     );
 }
+
+/// The edge rides out a nats-server crash: it serves from the table it holds while the server
+/// is down, reports the requests it served meanwhile once the server is back (once: none goes
+/// uncounted, none is stored twice), and follows the table again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_edge_serves_through_a_nats_crash_and_follows_the_table_after_it() {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use futures::StreamExt;
+    let mut plane = Plane::builder().start().await;
+    let (_before, before) = demo_app("before");
+    let (_after, after) = demo_app("after");
+    put(&plane, &entry("crash.example", "dep_before", &[before])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_TRAFFIC_EVERY", "1s")]);
+    let served = async |plane: &Plane| {
+        let (status, deployment, _) = plane.through_edge("crash.example", "/").await;
+        assert_eq!(status, 200);
+        deployment
+    };
+    // The reports the stream stores from now on: (stream sequence, requests, window start,
+    // window end).
+    let stored = async |plane: &Plane| {
+        let stream = plane.js.get_stream("SLIPWAY_TRAFFIC").await.unwrap();
+        let config = OrderedConfig {
+            filter_subject: "slipway.traffic.dep_before".into(),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        };
+        let consumer = stream.create_consumer(config).await.unwrap();
+        consumer.messages().await.unwrap().map(|message| {
+            let message = message.unwrap();
+            let sequence = message.info().unwrap().stream_sequence;
+            let report: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            let field = |name: &str| report[name].as_i64().unwrap();
+            (
+                sequence,
+                field("requests"),
+                field("window_start_ms"),
+                field("window_end_ms"),
+            )
+        })
+    };
+    let mut reports = stored(&plane).await;
+    assert_eq!(served(&plane).await, "dep_before");
+    assert_eq!(reports.next().await.unwrap().1, 1);
+
+    let slipway_testkit::Nats::Server(server) = &mut plane.nats else {
+        unreachable!("one nats-server")
+    };
+    server.kill();
+    for _ in 0..5 {
+        assert_eq!(
+            served(&plane).await,
+            "dep_before",
+            "served while NATS is down"
+        );
+    }
+    // A report falls due while the server is down; the edge then stalls until the server
+    // is back and this test reads the stream again.
+    let edge = plane.edge.as_ref().unwrap();
+    edge.wait_for_log("cannot report traffic", Duration::from_secs(30))
+        .unwrap();
+    edge.stop();
+    plane.restart_nats().await;
+    let mut reports = stored(&plane).await;
+    let mut stream = plane.js.get_stream("SLIPWAY_TRAFFIC").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    plane.edge.as_ref().unwrap().cont();
+    // The next message the stream stores: the edge may have sent the report before the crash
+    // (its acknowledgement lost) and again since; stored twice, the second would replace the
+    // first (one message per deployment) under the next sequence.
+    let (sequence, requests, _, outage_end) = reports.next().await.unwrap();
+    assert_eq!(requests, 5, "the requests served while NATS was down");
+    assert_eq!(sequence, last + 1, "the report was stored more than once");
+
+    let mut moved = entry("crash.example", "dep_after", &[after]);
+    moved.version = 2;
+    put(&plane, &moved).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while served(&plane).await != "dep_after" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never saw the route move"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Requests served from the old table after the restart are reported in their turn;
+    // the outage's are not reported again.
+    while let Ok(Some((_, requests, start, _))) =
+        tokio::time::timeout(Duration::from_secs(3), reports.next()).await
+    {
+        assert!(
+            requests > 0 && start >= outage_end,
+            "stored again: {requests} from {start}"
+        );
+    }
+}
