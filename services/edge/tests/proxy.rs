@@ -3,7 +3,9 @@
 //! instance takes it), a deployment that runs nothing is 503 with `Retry-After`, and HTTP/2
 //! without TLS (h2c, prior knowledge) is served like HTTP/1.1. A request none of whose
 //! instances accepts a connection waits for the table to move on (the agent's report of the
-//! new address, the route's standby) rather than failing: 503 only when it never does.
+//! new address, the route's standby) rather than failing: 503 only when it never does. Also:
+//! connections to instances pooled, timeouts, HTTP/1.1 upgrades, trusted load balancers'
+//! forwarded headers, and a nats-server crash ridden out.
 
 use std::{net::SocketAddr, time::Duration};
 
