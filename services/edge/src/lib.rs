@@ -73,6 +73,10 @@ pub struct Config {
     /// `https`. From any other client they are replaced (a client could claim anything).
     #[arg(long, env = "SLIPWAY_EDGE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Logs a line per request (target `slipway::access`): method, host, path, status,
+    /// deployment, client and the time to the answer's head.
+    #[arg(long, env = "SLIPWAY_EDGE_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub access_log: bool,
 }
 
 /// An address range (`10.0.0.0/8`), or one address (`10.0.0.1`).
@@ -98,6 +102,7 @@ pub(crate) struct Shared {
     answer_timeout: Duration,
     header_timeout: Duration,
     trusted_proxies: Vec<IpNet>,
+    access_log: bool,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -126,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         answer_timeout: config.answer_timeout,
         header_timeout: config.header_timeout,
         trusted_proxies: config.trusted_proxies,
+        access_log: config.access_log,
     });
     let workers = config
         .workers

@@ -69,9 +69,50 @@ impl Peer {
     }
 }
 
+/// The log target of the access log (`SLIPWAY_EDGE_ACCESS_LOG`).
+pub const ACCESS_TARGET: &str = "slipway::access";
+
+/// Answers `req`; with the access log on, logs a line once the answer's head is ready.
 pub async fn handle(
     worker: Arc<Worker>,
     peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if !worker.shared.access_log {
+        return proxied(worker, &peer, req).await;
+    }
+    let started = Instant::now();
+    let method = req.method().clone();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let host = host.or(req.uri().authority().map(|a| a.as_str()));
+    let host = host.unwrap_or("-").to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let res = proxied(worker, &peer, req).await?;
+    let deployment = res.headers().get(DEPLOYMENT_HEADER);
+    tracing::info!(
+        target: ACCESS_TARGET,
+        method = %method,
+        host = %host,
+        path = %path,
+        status = res.status().as_u16(),
+        deployment = %deployment.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        client = %peer.address.to_str().unwrap_or("-"),
+        ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+        "request"
+    );
+    Ok(res)
+}
+
+async fn proxied(
+    worker: Arc<Worker>,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
@@ -117,7 +158,7 @@ pub async fn handle(
         true => Either::Right(Empty::new()),
         false => Either::Left(Upload::new(body)),
     };
-    let mut upstream = upstream_request(parts, body, fallback_host, &peer);
+    let mut upstream = upstream_request(parts, body, fallback_host, peer);
     if let Some(upgrade) = &upgrade {
         upgrade.ask(&mut upstream);
     }

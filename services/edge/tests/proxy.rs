@@ -794,3 +794,22 @@ async fn the_edge_serves_through_a_nats_crash_and_follows_the_table_after_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_has_a_line_per_request() {
+    let mut plane = Plane::builder().start().await;
+    let (_app, app) = demo_app("logged");
+    put(&plane, &entry("log.example", "dep_log", &[app])).await;
+    plane.start_edge_with(&[("SLIPWAY_EDGE_ACCESS_LOG", "true")]);
+    let (status, _, _) = plane.through_edge("log.example", "/?x=1").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = plane.through_edge("nowhere.example", "/").await;
+    assert_eq!(status, 404);
+    let edge = plane.edge.as_ref().unwrap();
+    for line in [
+        "slipway::access: request method=GET host=log.example path=/?x=1 status=200 deployment=dep_log client=127.0.0.1 ms=",
+        "slipway::access: request method=GET host=nowhere.example path=/ status=404 deployment=- client=127.0.0.1 ms=",
+    ] {
+        edge.wait_for_log(line, Duration::from_secs(10)).unwrap();
+    }
+}
