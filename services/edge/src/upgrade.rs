@@ -34,6 +34,11 @@ impl Requested {
             return None;
         }
         let protocol = parts.headers.get(header::UPGRADE)?.clone();
+        // HTTP/2 is the edge's to speak (h2c with prior knowledge), not something to hand
+        // one connection's worth of to an instance: such a request is served as HTTP/1.1.
+        if protocol.as_bytes().eq_ignore_ascii_case(b"h2c") {
+            return None;
+        }
         let client = parts.extensions.remove::<OnUpgrade>()?;
         Some(Self { protocol, client })
     }
@@ -137,6 +142,8 @@ mod tests {
         ))
         .is_none());
         assert!(Requested::take(&mut parts(Version::HTTP_11, "upgrade", None)).is_none());
+        let h2c = &mut parts(Version::HTTP_11, "Upgrade, HTTP2-Settings", Some("h2c"));
+        assert!(Requested::take(h2c).is_none());
         assert!(
             Requested::take(&mut parts(Version::HTTP_10, "upgrade", Some("websocket"))).is_none()
         );
