@@ -116,11 +116,10 @@ async fn proxied(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
+    let upgrade = upgrade::Requested::take(&mut parts);
     let Some(host) = host_of(&parts.headers, &parts.uri) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "no Host header"));
     };
-    let host = host.into_owned();
-    let upgrade = upgrade::Requested::take(&mut parts);
     let edge = &worker.shared;
     // A request without a body can be sent again: one that reached no instance (the table
     // still lists instances that are gone) waits for the table to move on and goes again.

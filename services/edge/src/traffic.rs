@@ -49,6 +49,26 @@ struct Unsent {
     requests: u64,
     window_start_ms: i64,
     window_end_ms: i64,
+    /// Published at least once: it may be stored, so it is only ever sent again as it is.
+    tried: bool,
+}
+
+/// Holds `report` back behind `held`'s reports: merged into the last one of its deployment
+/// if neither was ever published (nothing of either can be stored), so that a long outage
+/// holds at most two reports per deployment.
+fn hold_back(held: &mut Vec<Unsent>, report: Unsent) {
+    let last = held
+        .iter_mut()
+        .rev()
+        .find(|h| h.deployment_id == report.deployment_id);
+    match last {
+        Some(last) if !last.tried && !report.tried => {
+            last.requests += report.requests;
+            last.window_start_ms = last.window_start_ms.min(report.window_start_ms);
+            last.window_end_ms = last.window_end_ms.max(report.window_end_ms);
+        }
+        _ => held.push(report),
+    }
 }
 
 impl Unsent {
@@ -149,6 +169,7 @@ impl Traffic {
                 requests,
                 window_start_ms: start,
                 window_end_ms: end,
+                tried: false,
             });
         let due: Vec<Unsent> = std::mem::take(&mut *lock(&self.unsent))
             .into_iter()
@@ -156,11 +177,12 @@ impl Traffic {
             .collect();
         let edge_id = lock(&self.heartbeat).edge_id.clone();
         let mut failed: Vec<Unsent> = Vec::new();
-        for report in due {
+        for mut report in due {
             let behind = failed
                 .iter()
                 .any(|f| f.deployment_id == report.deployment_id);
             if !behind {
+                report.tried = true;
                 match publish(js, &edge_id, &report).await {
                     Ok(()) => continue,
                     Err(e) => {
@@ -169,7 +191,7 @@ impl Traffic {
                     }
                 }
             }
-            failed.push(report);
+            hold_back(&mut failed, report);
         }
         let all_sent = failed.is_empty();
         if !all_sent {
@@ -255,14 +277,38 @@ mod tests {
         );
     }
 
+    fn window(deployment_id: &str, requests: u64, start: i64, end: i64, tried: bool) -> Unsent {
+        Unsent {
+            deployment_id: deployment_id.into(),
+            requests,
+            window_start_ms: start,
+            window_end_ms: end,
+            tried,
+        }
+    }
+
+    #[test]
+    fn reports_held_back_are_merged_only_if_never_published() {
+        let mut held = Vec::new();
+        hold_back(&mut held, window("d1", 1, 0, 10, true));
+        hold_back(&mut held, window("d2", 2, 0, 10, false));
+        hold_back(&mut held, window("d1", 3, 10, 20, false));
+        hold_back(&mut held, window("d1", 4, 20, 30, false));
+        hold_back(&mut held, window("d2", 5, 10, 20, false));
+        assert_eq!(
+            held,
+            [
+                // Published once: it may be stored, so it stays as it was.
+                window("d1", 1, 0, 10, true),
+                window("d2", 7, 0, 20, false),
+                window("d1", 7, 10, 30, false),
+            ]
+        );
+    }
+
     #[test]
     fn a_report_is_named_by_its_edge_deployment_and_window() {
-        let report = Unsent {
-            deployment_id: "d1".into(),
-            requests: 3,
-            window_start_ms: 100,
-            window_end_ms: 200,
-        };
+        let report = window("d1", 3, 100, 200, false);
         assert_eq!(report.message_id("e1"), "traffic:e1:d1:100:200");
         // The same window sent again is the same message; the next window is another.
         let next = Unsent {
