@@ -119,7 +119,8 @@ fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watc
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let (edge, client) = (edge.clone(), Arc::new(proxy::Peer::new(peer, &edge.shared.trusted_proxies)));
+                    let client = Arc::new(proxy::Peer::new(peer, &edge.shared.trusted_proxies));
+                    let edge = edge.clone();
                     let service = hyper::service::service_fn(move |req| proxy::handle(edge.clone(), client.clone(), req));
                     let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);

@@ -175,12 +175,18 @@ async fn watch_once(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use slipway_core::domains::Sticky;
 
     use super::*;
 
-    fn entry(fqdn: &str, deployment: &str, instances: &[&str], revision: i64) -> RouteEntry {
+    /// A route entry as the route table holds it (for the edge's unit tests).
+    pub(crate) fn entry(
+        fqdn: &str,
+        deployment: &str,
+        instances: &[&str],
+        revision: i64,
+    ) -> RouteEntry {
         RouteEntry {
             route_id: format!("flr_{fqdn}"),
             fqdn: fqdn.into(),

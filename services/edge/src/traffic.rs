@@ -193,15 +193,12 @@ impl Traffic {
             }
             hold_back(&mut failed, report);
         }
-        let all_sent = failed.is_empty();
-        if !all_sent {
+        if !failed.is_empty() {
             // Before anything a concurrent report (the last one, at shutdown) left there.
             let mut unsent = lock(&self.unsent);
             failed.append(&mut unsent);
             *unsent = failed;
-        }
-        // A heartbeat says every request until now is counted: not while a report is unsent.
-        if !all_sent {
+            // A heartbeat says every request until now is counted: not while one is unsent.
             return;
         }
         let heartbeat = {

@@ -434,7 +434,6 @@ mod tests {
 
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
-    use slipway_core::domains::Sticky;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -459,29 +458,19 @@ mod tests {
         (address, accepted)
     }
 
-    fn route_to(address: SocketAddr) -> RouteEntry {
-        RouteEntry {
-            route_id: "flr_1".into(),
-            fqdn: "shop.example".into(),
-            project_id: "proj_1".into(),
-            environment_id: "env_1".into(),
-            deployment_id: "dep_1".into(),
-            sticky: Sticky::Live,
-            instances: vec![address.to_string()],
-            instances_revision: 1,
-            desired_state: None,
-            sentinel_config: None,
-            version: 1,
-        }
-    }
-
     /// The race no test over processes makes happen on cue: the instance closes an idle
     /// connection after the pool handed it out and before the request went out.
     #[tokio::test]
     async fn a_request_an_idle_connection_could_not_take_goes_on_a_new_one() {
         let (address, accepted) = instance().await;
         let table = Table::new();
-        table.put(route_to(address));
+        let address = address.to_string();
+        table.put(crate::table::tests::entry(
+            "shop.example",
+            "dep_1",
+            &[&address],
+            1,
+        ));
         let route = table.get("shop.example").unwrap();
         let upstreams = Upstreams::new(table);
 
