@@ -319,10 +319,13 @@ impl Engine {
         .await
     }
 
+    /// The workflow's record as the stream leader has it; a leader election on a cluster is
+    /// ridden out (a wait's reads came back "timed out" while the records' leader was away).
     pub async fn get(&self, workflow_id: &str) -> Result<Option<WorkflowRecord>, EngineError> {
-        Ok(worker::read(&self.shared.records, workflow_id)
-            .await?
-            .map(|(record, _)| record))
+        let key = record::key(workflow_id);
+        let records = &self.shared.records;
+        let entry = riding_out_failover(|| slipway_nats::kv::latest(records, &key)).await?;
+        Ok(worker::decode(entry)?.map(|(record, _)| record))
     }
 
     /// The record once the workflow has finished, or as it is when `timeout` has passed.

@@ -21,10 +21,17 @@ pub(crate) async fn read(
     records: &kv::Store,
     workflow_id: &str,
 ) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
-    match slipway_nats::kv::latest(records, &record::key(workflow_id))
+    let entry = slipway_nats::kv::latest(records, &record::key(workflow_id))
         .await
-        .map_err(EngineError::nats)?
-    {
+        .map_err(EngineError::nats)?;
+    decode(entry)
+}
+
+/// A record and its revision, from its key's latest entry (None: no record, or deleted).
+pub(crate) fn decode(
+    entry: Option<kv::Entry>,
+) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
+    match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
             Ok(Some((rmp_serde::from_slice(&entry.value)?, entry.revision)))
         }

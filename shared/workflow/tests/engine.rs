@@ -565,3 +565,30 @@ async fn a_finished_workflow_has_every_step_event_stored_in_step_order() {
         assert_eq!(steps, ["first", "flaky"], "{events:?}");
     }
 }
+
+/// A record is read across a nats-server that does not answer for longer than a JetStream
+/// request's timeout (to a client, a leader election on a cluster looks the same): the read
+/// is tried again until the server answers, rather than failing the caller's `get` or `wait`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_rides_out_a_server_that_does_not_answer_for_a_while() {
+    let env = env().await;
+    run(&env, "wf_stalled", input(0)).await;
+    let client = async_nats::connect(env._plane.nats.url()).await.unwrap();
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_millis(300));
+    let reader = Engine::builder(js, EngineConfig::new("deploy-orchestrator"))
+        .build()
+        .await
+        .unwrap();
+
+    let Nats::Server(server) = &env._plane.nats else {
+        unreachable!("one nats-server")
+    };
+    server.stop();
+    let read = tokio::spawn(async move { reader.get("wf_stalled").await });
+    // The stall: three request timeouts long.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    server.cont();
+    let record = read.await.unwrap().unwrap().expect("the record");
+    assert_eq!(record.status, Status::Completed);
+}
