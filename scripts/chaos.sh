@@ -14,6 +14,8 @@ first=${1:-100}
 runs=${2:-20}
 ops=${3:-20}
 seeds=$(seq -s, "$first" $((first + runs - 1)))
+# The test starts every service's binary: `cargo test -p` alone builds none of them.
+cargo build --locked --workspace --bins
 SLIPWAY_CHAOS_SEEDS=$seeds SLIPWAY_CHAOS_PG_SEEDS=$seeds SLIPWAY_CHAOS_OPS=$ops \
   cargo test --locked -p deploy-orchestrator --test chaos -- --nocapture --test-threads 1 2>&1 |
   tee "${CARGO_TARGET_DIR:-target}/chaos.log" |

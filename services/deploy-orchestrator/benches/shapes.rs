@@ -9,14 +9,19 @@
 //! 3. 10,000 timers due in a 5 s window, scheduled from 64 clients: lateness (the
 //!    `desired_state` event seen − due) p50 / p99 / max, lost, applied twice; then again with
 //!    the actor SIGKILLed in the middle of the window and restarted a second later;
-//! 4. RSS of the nats-server and the actor, idle and after the storms.
+//! 4. RSS of the nats-server and the actor, idle and after the storms;
+//! 5. what the shapes stand on: acknowledged publishes/s of 200-byte messages from 64
+//!    publishers, to one stream and spread over four (the storm's timers each write to four:
+//!    the claim, the desired document, the event, the backstop's marker), and from that the
+//!    least time the storm's writes can take on this machine — its floor.
 //!
 //! Tiers: `fsync` (nats-server `sync_interval: always`: every write on disk before its ack)
 //! and `page cache` (nats-server's default).
 //!
 //! `cargo build --release --workspace && cargo bench -p deploy-orchestrator --bench shapes`
 //! (after scripts/install-nats-server.sh). `SLIPWAY_BENCH_TIERS=fsync` runs one tier,
-//! `SLIPWAY_BENCH_SHAPES=workflows,pairs,timers` some of the shapes (RSS is always measured).
+//! `SLIPWAY_BENCH_SHAPES=workflows,pairs,timers,storage` some of the shapes (RSS is always
+//! measured).
 
 use std::{
     collections::HashMap,
@@ -42,6 +47,7 @@ const WINDOW_MS: i64 = 5_000;
 const SEQUENTIAL_RUNS: usize = 40;
 const RUN_FOR: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const STORAGE_FOR: Duration = Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -146,6 +152,20 @@ async fn run_tier(fsync: bool) -> anyhow::Result<Vec<(String, String)>> {
         ));
     }
 
+    if runs("storage") {
+        let one = publishes_per_s(&plane.js, 1).await?;
+        let four = publishes_per_s(&plane.js, 4).await?;
+        rows.push((
+            "acked publishes/s, 64 publishers: 1 stream / 4 streams".into(),
+            format!("{one:.0} / {four:.0}"),
+        ));
+        let floor = (TIMERS * WRITES_PER_TIMER) as f64 / four;
+        rows.push((
+            format!("timers' floor: {TIMERS} × {WRITES_PER_TIMER} writes at 4 streams' rate"),
+            format!("{floor:.1} s (window {:.0} s)", WINDOW_MS as f64 / 1e3),
+        ));
+    }
+
     let loaded = rss(&plane);
     for ((name, before), (_, after)) in idle.iter().zip(&loaded) {
         rows.push((
@@ -161,6 +181,54 @@ fn runs(shape: &str) -> bool {
     std::env::var("SLIPWAY_BENCH_SHAPES")
         .map(|shapes| shapes.split(',').any(|s| s.trim() == shape))
         .unwrap_or(true)
+}
+
+/// The stored writes of one timer applied from memory, each to a stream of its own: its claim
+/// (`slipway_transitions`), the desired document (`slipway_desired`), the `desired_state`
+/// event and the backstop's applied marker (`SLIPWAY_TIMERS`).
+const WRITES_PER_TIMER: usize = 4;
+
+/// Shape 5: acknowledged publishes/s of 200-byte messages from 64 publishers spread over
+/// `streams` new streams of their own, for [`STORAGE_FOR`]; the streams are deleted after.
+async fn publishes_per_s(js: &async_nats::jetstream::Context, streams: usize) -> anyhow::Result<f64> {
+    use async_nats::jetstream::stream;
+    let names: Vec<String> = (0..streams).map(|i| format!("BENCH_STORAGE_{i}")).collect();
+    for name in &names {
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("bench.storage.{name}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|publisher| {
+            let js = js.clone();
+            let subject = format!("bench.storage.{}.{publisher}", names[publisher % streams]);
+            tokio::spawn(async move {
+                let mut done = 0usize;
+                while start.elapsed() < STORAGE_FOR {
+                    js.publish(subject.clone(), vec![b'x'; 200].into())
+                        .await?
+                        .await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    for name in &names {
+        js.delete_stream(name).await?;
+    }
+    println!("{streams} stream(s), 64 publishers: {rate:.0} acked publishes/s");
+    Ok(rate)
 }
 
 fn mib(kib: u64) -> f64 {
