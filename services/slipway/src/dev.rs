@@ -2,7 +2,13 @@
 //! `<dir>/nats`, SQLite at `<dir>/slipway.db`, every service, one krane-agent, and a demo
 //! workspace / project whose demo app is deployed through the orchestrator, as a user would.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+mod record;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
@@ -13,6 +19,9 @@ use slipway_proto::v1::{
     CreateDeploymentReply, CreateDeploymentRequest, Deployment, ListRoutesReply, ListRoutesRequest,
 };
 use slipway_store::{Store, StoreError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use self::record::RunRecord;
 
 use crate::{api::Api, commands::get_deployment, deploy::FollowedEvent};
 
@@ -45,22 +54,102 @@ const SERVICES: &[&str] = &[
     "edge",
 ];
 const DEMO_PROJECT: &str = "proj_demo";
+/// How long a service may take to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 pub async fn run(args: DevArgs) -> Result<()> {
+    // Listened for before anything starts: a stop asked for while starting stops what
+    // started so far, instead of leaving it running without its parent.
+    let mut stop_asked = StopSignals::listen()?;
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
+    let mut plane = Plane {
+        record: RunRecord::claim(&dir)?,
+        nats: None,
+        services: Vec::new(),
+    };
+    let started = tokio::select! {
+        started = start(&args, &dir, &mut plane) => Some(started),
+        () = stop_asked.recv() => None,
+    };
+    match started {
+        Some(Ok(())) => stop_asked.recv().await,
+        Some(Err(e)) => {
+            plane.stop();
+            return Err(e);
+        }
+        None => {}
+    }
+    eprintln!("stopping");
+    plane.stop();
+    Ok(())
+}
+
+/// What a run has started.
+struct Plane {
+    record: RunRecord,
+    nats: Option<NatsServer>,
+    /// In start order.
+    services: Vec<ServiceProcess>,
+}
+
+impl Plane {
+    /// SIGTERM, newest first: the agent stops the demo apps before it goes; then the
+    /// nats-server.
+    fn stop(mut self) {
+        for process in self.services.iter_mut().rev() {
+            process.terminate(Duration::from_secs(10));
+        }
+        drop(self.nats.take());
+        self.record.release();
+    }
+}
+
+/// Ctrl-C, SIGTERM (`kill`, a supervisor) and SIGHUP (its terminal closed): each stops the
+/// control plane, rather than ending `slipway dev` alone and leaving its services running.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
+/// Starts everything, recording each process as it starts, deploys the demo app and prints
+/// how to use the plane.
+async fn start(args: &DevArgs, dir: &Path, plane: &mut Plane) -> Result<()> {
     let nats = match args.nats_port {
         Some(port) => NatsServer::start_in_on(dir.join("nats"), port).await,
         None => NatsServer::start_in(dir.join("nats")).await,
     }
     .context("starting nats-server")?;
+    if let Some(pid) = nats.pid() {
+        plane.record.add("nats-server", pid)?;
+    }
+    let nats_url = plane.nats.insert(nats).url();
     let database_url = args
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("slipway.db").display()));
     let store = Store::open(&database_url).await?;
     seed(&store).await?;
-    let secrets_key = secrets_key(&dir)?;
+    let secrets_key = secrets_key(dir)?;
 
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -75,7 +164,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let edge_port = slipway_local::ports::free_port().context("no free port for the edge")?;
     let env = [
         ("SLIPWAY_EDGE_LISTEN", format!("127.0.0.1:{edge_port}")),
-        ("SLIPWAY_NATS_URL", nats.url()),
+        ("SLIPWAY_NATS_URL", nats_url.clone()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
         ("SLIPWAY_SECRETS_KEY", secrets_key),
         ("SLIPWAY_STANDBY_DELAY", args.standby_delay.clone()),
@@ -91,7 +180,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ),
         ("PATH", path),
     ];
-    let mut running: Vec<ServiceProcess> = Vec::new();
     for name in SERVICES {
         let bin = bin_dir.join(name);
         anyhow::ensure!(
@@ -100,19 +188,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
             bin.display()
         );
         let process = ServiceProcess::spawn(name, &bin, &[], &env)?;
-        let started =
-            tokio::task::block_in_place(|| process.wait_ready(name, Duration::from_secs(60)));
+        plane.record.add(name, process.pid())?;
+        let started = tokio::task::block_in_place(|| process.wait_ready(name, READY_WITHIN));
+        plane.services.push(process);
         started.with_context(|| format!("{name} did not start"))?;
-        running.push(process);
     }
 
-    let demo = match deploy_demo(&nats.url()).await {
-        Ok(demo) => demo,
-        Err(e) => {
-            stop(&mut running);
-            return Err(e.context("deploying the demo app"));
-        }
-    };
+    let demo = deploy_demo(&nats_url)
+        .await
+        .context("deploying the demo app")?;
     let demo_address = demo
         .instances
         .first()
@@ -122,7 +206,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     println!();
     println!("Slipway dev control plane is up.");
-    println!("  NATS      {}", nats.url());
+    println!("  NATS      {nats_url}");
     println!("  database  {database_url}");
     println!("  services  {}", SERVICES.join(", "));
     println!("  demo app  http://{demo_address}/  (deployment {demo_id}, run by krane-agent)");
@@ -132,7 +216,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  edge      http://127.0.0.1:{edge_port}/  (serves every route by its Host)");
     println!();
     println!("Try it (curl resolves *.localhost to this machine):");
-    match live_domain(&nats.url()).await {
+    match live_domain(&nats_url).await {
         Ok(live) => println!("  curl http://{live}:{edge_port}/"),
         Err(e) => println!("  (cannot tell the live domain: {e:#})"),
     }
@@ -142,7 +226,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "Deploy a new version, with this CLI ({}):",
         slipway.display()
     );
-    println!("  export SLIPWAY_NATS_URL={}", nats.url());
+    println!("  export SLIPWAY_NATS_URL={nats_url}");
     println!("  export PATH=\"{}:$PATH\"", bin_dir.display());
     println!(
         "  slipway deploy --project {DEMO_PROJECT} --image 'exec:slipway demo-app --message v2'"
@@ -155,7 +239,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  slipway timers");
     println!();
     println!("Or with the nats CLI (optional: https://github.com/nats-io/natscli):");
-    println!("  export NATS_URL={}", nats.url());
+    println!("  export NATS_URL={nats_url}");
     println!(
         "  nats req slipway.deploy.v1.create_deployment '{{\"project_id\":\"{DEMO_PROJECT}\",\"environment_slug\":\"production\",\"docker_image\":\"exec:slipway demo-app --message v2\"}}'"
     );
@@ -174,20 +258,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  nats kv watch slipway_routes");
     println!("  nats sub 'slipway.events.>'");
     println!();
-    println!("Ctrl-C stops everything; data stays in {}.", dir.display());
-
-    tokio::signal::ctrl_c().await?;
-    eprintln!("stopping");
-    stop(&mut running);
-    drop(nats);
+    println!(
+        "Ctrl-C (or SIGTERM) stops everything; data stays in {}.",
+        dir.display()
+    );
     Ok(())
-}
-
-/// SIGTERM, newest first: the agent stops the demo apps before it goes.
-fn stop(running: &mut [ServiceProcess]) {
-    for process in running.iter_mut().rev() {
-        process.terminate(Duration::from_secs(10));
-    }
 }
 
 /// Deploys the demo app through the orchestrator (idempotent across runs within a day)

@@ -27,7 +27,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a whole control plane on this machine: its own nats-server on a free port,
-    /// SQLite, every service, and demo records to try it with. Ctrl-C stops it all.
+    /// SQLite, every service, and demo records to try it with. Ctrl-C (or SIGTERM) stops it
+    /// all.
     Dev(dev::DevArgs),
     /// A small HTTP app to deploy: `/`, `/healthz`, `/openapi.yaml` on 127.0.0.1:$PORT.
     DemoApp(demo_app::DemoAppArgs),

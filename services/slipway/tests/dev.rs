@@ -2,7 +2,8 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    path::Path,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -22,19 +23,203 @@ async fn slipway_dev_runs_on_postgresql() {
     );
 }
 
-/// Runs `slipway dev` with `extra` arguments, checks that it answers, stops it; its banner.
-async fn dev_answers(extra: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let port = slipway_testkit::ports::free_port().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+/// `slipway dev` on `dir` with `extra` arguments, its logs dropped.
+fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["dev", "--nats-port", &port.to_string(), "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .args(extra)
         .env_remove("SLIPWAY_DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .unwrap()
+}
+
+/// Reads `slipway dev`'s banner up to its last line; the whole text.
+async fn banner(child: &mut Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let read = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("Ctrl-C") {
+                break;
+            }
+        }
+        text
+    });
+    let text = tokio::task::spawn_blocking(move || read.join().unwrap())
+        .await
         .unwrap();
+    assert!(
+        text.contains("Ctrl-C"),
+        "slipway dev did not come up:\n{text}"
+    );
+    text
+}
+
+/// The processes a run recorded in `<dir>/dev.pids` (its own first), as (pid, name).
+fn recorded(dir: &Path) -> Vec<(u32, String)> {
+    let text = std::fs::read_to_string(dir.join("dev.pids")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(pid, name)| (pid.parse().unwrap(), name.to_string()))
+        .collect()
+}
+
+/// Whether process `pid` runs (exists, and is no zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits (up to 20 s) until none of `pids` runs; those still running.
+async fn gone(pids: &[u32]) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if running.is_empty() || std::time::Instant::now() > deadline {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A supervisor's stop (SIGTERM), not only Ctrl-C, stops every process `slipway dev` started.
+/// It used to end `slipway dev` alone: its nats-server and services ran on, and the next run
+/// started a second nats-server on the same store.
+#[tokio::test]
+async fn sigterm_stops_everything_slipway_dev_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = slipway_testkit::ports::free_port().unwrap();
+    let mut dev = spawn_dev(dir.path(), port, &[]);
+    banner(&mut dev).await;
+    let started = recorded(dir.path());
+    let names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "slipway",
+            "nats-server",
+            "deployment-actor",
+            "routing",
+            "krane-agent",
+            "deploy-orchestrator",
+            "edge"
+        ]
+    );
+    signal(&dev, "-TERM");
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "slipway dev exited with {status}");
+    let pids: Vec<u32> = started.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        gone(&pids).await,
+        Vec::<u32>::new(),
+        "still running after SIGTERM"
+    );
+    assert!(
+        !dir.path().join("dev.pids").exists(),
+        "the record is removed"
+    );
+}
+
+/// A run on a directory another run still uses is refused (one nats-server store, one
+/// database); a run on a directory whose run was SIGKILLed first stops what that one left.
+#[tokio::test]
+async fn a_run_refuses_a_live_run_s_directory_and_clears_a_killed_one_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn_dev(
+        dir.path(),
+        slipway_testkit::ports::free_port().unwrap(),
+        &[],
+    );
+    banner(&mut first).await;
+    let left: Vec<u32> = recorded(dir.path())
+        .iter()
+        .skip(1)
+        .map(|(p, _)| *p)
+        .collect();
+
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .env_remove("SLIPWAY_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match refused.try_wait().unwrap() {
+            Some(status) => break status,
+            None if std::time::Instant::now() > deadline => {
+                signal(&refused, "-TERM");
+                panic!("a second `slipway dev` on the same directory started");
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    refused
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "another `slipway dev` (pid {}) runs on",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        left.iter().all(|p| alive(*p)),
+        "the refused run touched the first one's processes"
+    );
+
+    // SIGKILL: slipway dev gets no chance to stop anything.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        left.iter().all(|p| alive(*p)),
+        "left running by a killed run"
+    );
+    let mut second = spawn_dev(
+        dir.path(),
+        slipway_testkit::ports::free_port().unwrap(),
+        &[],
+    );
+    let text = banner(&mut second).await;
+    assert_eq!(
+        gone(&left).await,
+        Vec::<u32>::new(),
+        "the killed run's processes"
+    );
+    assert!(text.contains("Slipway dev control plane is up."), "{text}");
+    signal(&second, "-INT");
+    assert!(second.wait().unwrap().success());
+}
+
+/// Runs `slipway dev` with `extra` arguments, checks that it answers, stops it; its banner.
+async fn dev_answers(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = slipway_testkit::ports::free_port().unwrap();
+    let mut child = spawn_dev(dir.path(), port, extra);
     let stdout = child.stdout.take().unwrap();
     // Read the banner on a thread; the URL line comes before "Ctrl-C".
     let banner = std::thread::spawn(move || {
