@@ -56,6 +56,8 @@ const SERVICES: &[&str] = &[
 const DEMO_PROJECT: &str = "proj_demo";
 /// How long a service may take to say it is ready.
 const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How often the run looks for a service that exited.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DevArgs) -> Result<()> {
     // Listened for before anything starts: a stop asked for while starting stops what
@@ -67,13 +69,20 @@ pub async fn run(args: DevArgs) -> Result<()> {
         record: RunRecord::claim(&dir)?,
         nats: None,
         services: Vec::new(),
+        bin_dir: PathBuf::new(),
+        env: Vec::new(),
     };
     let started = tokio::select! {
         started = start(&args, &dir, &mut plane) => Some(started),
         () = stop_asked.recv() => None,
     };
     match started {
-        Some(Ok(())) => stop_asked.recv().await,
+        Some(Ok(())) => loop {
+            tokio::select! {
+                () = stop_asked.recv() => break,
+                () = tokio::time::sleep(WATCH_EVERY) => plane.restart_exited(),
+            }
+        },
         Some(Err(e)) => {
             plane.stop();
             return Err(e);
@@ -85,19 +94,55 @@ pub async fn run(args: DevArgs) -> Result<()> {
     Ok(())
 }
 
-/// What a run has started.
+/// What a run has started, and how it starts a service.
 struct Plane {
     record: RunRecord,
     nats: Option<NatsServer>,
     /// In start order.
-    services: Vec<ServiceProcess>,
+    services: Vec<(&'static str, ServiceProcess)>,
+    bin_dir: PathBuf,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Plane {
+    /// Starts service `name`, records it, and waits until it says it is ready.
+    fn start_service(&mut self, name: &'static str) -> Result<()> {
+        let bin = self.bin_dir.join(name);
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build --workspace` first",
+            bin.display()
+        );
+        let process = ServiceProcess::spawn(name, &bin, &[], &self.env)?;
+        self.record.add(name, process.pid())?;
+        let started = tokio::task::block_in_place(|| process.wait_ready(name, READY_WITHIN));
+        match self.services.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, exited)) => *exited = process,
+            None => self.services.push((name, process)),
+        }
+        started.with_context(|| format!("{name} did not start"))
+    }
+
+    /// Starts again every service that exited (a crash, a `kill -9`), as a supervisor would:
+    /// what it was doing resumes from what it stored.
+    fn restart_exited(&mut self) {
+        let exited: Vec<&'static str> = self
+            .services
+            .iter_mut()
+            .filter_map(|(name, process)| (!process.is_running()).then_some(*name))
+            .collect();
+        for name in exited {
+            eprintln!("{name} exited; starting it again");
+            if let Err(e) = self.start_service(name) {
+                eprintln!("{e:#}; trying again in {WATCH_EVERY:?}");
+            }
+        }
+    }
+
     /// SIGTERM, newest first: the agent stops the demo apps before it goes; then the
     /// nats-server.
     fn stop(mut self) {
-        for process in self.services.iter_mut().rev() {
+        for (_, process) in self.services.iter_mut().rev() {
             process.terminate(Duration::from_secs(10));
         }
         drop(self.nats.take());
@@ -162,7 +207,7 @@ async fn start(args: &DevArgs, dir: &Path, plane: &mut Plane) -> Result<()> {
         std::env::var("PATH").unwrap_or_default()
     );
     let edge_port = slipway_local::ports::free_port().context("no free port for the edge")?;
-    let env = [
+    plane.env = vec![
         ("SLIPWAY_EDGE_LISTEN", format!("127.0.0.1:{edge_port}")),
         ("SLIPWAY_NATS_URL", nats_url.clone()),
         ("SLIPWAY_DATABASE_URL", database_url.clone()),
@@ -180,18 +225,9 @@ async fn start(args: &DevArgs, dir: &Path, plane: &mut Plane) -> Result<()> {
         ),
         ("PATH", path),
     ];
+    plane.bin_dir = bin_dir.clone();
     for name in SERVICES {
-        let bin = bin_dir.join(name);
-        anyhow::ensure!(
-            bin.exists(),
-            "{} is missing: run `cargo build --workspace` first",
-            bin.display()
-        );
-        let process = ServiceProcess::spawn(name, &bin, &[], &env)?;
-        plane.record.add(name, process.pid())?;
-        let started = tokio::task::block_in_place(|| process.wait_ready(name, READY_WITHIN));
-        plane.services.push(process);
-        started.with_context(|| format!("{name} did not start"))?;
+        plane.start_service(name)?;
     }
 
     let demo = deploy_demo(&nats_url)

@@ -135,6 +135,62 @@ async fn sigterm_stops_everything_slipway_dev_started() {
     );
 }
 
+/// A service that dies under `slipway dev` (here SIGKILLed, as in a crash) is started again,
+/// and the plane answers through it.
+#[tokio::test]
+async fn a_service_that_dies_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = slipway_testkit::ports::free_port().unwrap();
+    let mut dev = spawn_dev(dir.path(), port, &[]);
+    banner(&mut dev).await;
+    let routing = |recorded: &[(u32, String)]| -> Vec<u32> {
+        recorded
+            .iter()
+            .filter(|(_, n)| n == "routing")
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    let first = routing(&recorded(dir.path()));
+    assert_eq!(first.len(), 1);
+    let killed = Command::new("kill")
+        .args(["-KILL", &first[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        let now = routing(&recorded(dir.path()));
+        if let Some(again) = now.get(1).filter(|p| alive(**p)) {
+            break *again;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "routing not started again: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(again, first[0]);
+    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    // Answered once the new process is ready.
+    let reply = loop {
+        match client
+            .request("slipway.routing.v1.list_routes.proj_demo", "{}".into())
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(!listed["routes"].as_array().unwrap().is_empty(), "{listed}");
+    signal(&dev, "-TERM");
+    assert!(dev.wait().unwrap().success());
+    assert_eq!(gone(&[again]).await, Vec::<u32>::new());
+}
+
 /// A run on a directory another run still uses is refused (one nats-server store, one
 /// database); a run on a directory whose run was SIGKILLed first stops what that one left.
 #[tokio::test]
