@@ -23,9 +23,35 @@ async fn slipway_dev_runs_on_postgresql() {
     );
 }
 
+/// A `slipway dev` process, stopped (SIGTERM: all it started goes too) should a test fail
+/// before it stops it.
+struct Dev(Child);
+
+impl std::ops::Deref for Dev {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Dev {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            signal(&self.0, "-TERM");
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `slipway dev` on `dir` with `extra` arguments, its logs dropped.
-fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
+fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Dev {
+    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["dev", "--nats-port", &port.to_string(), "--dir"])
         .arg(dir)
         .args(extra)
@@ -33,7 +59,8 @@ fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Dev(child)
 }
 
 /// Reads `slipway dev`'s banner up to its last line; the whole text.
