@@ -152,28 +152,50 @@ impl Plane {
 
 /// Ctrl-C, SIGTERM (`kill`, a supervisor) and SIGHUP (its terminal closed): each stops the
 /// control plane, rather than ending `slipway dev` alone and leaving its services running.
+/// SIGHUP only where it is not ignored: under `nohup` a closed terminal stops nothing.
 struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
-    hangup: Signal,
+    hangup: Option<Signal>,
 }
 
 impl StopSignals {
     fn listen() -> Result<Self> {
+        let hangup = match hangup_ignored() {
+            true => None,
+            false => Some(signal(SignalKind::hangup())?),
+        };
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
+            hangup,
         })
     }
 
     async fn recv(&mut self) {
+        let hangup = async {
+            match &mut self.hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
-            _ = self.hangup.recv() => {}
+            _ = hangup => {}
         }
     }
+}
+
+/// Whether this process ignores SIGHUP (`nohup`), from the ignored-signals mask in
+/// `/proc/self/status` (SIGHUP is signal 1, its lowest bit).
+fn hangup_ignored() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
 }
 
 /// Starts everything, recording each process as it starts, deploys the demo app and prints

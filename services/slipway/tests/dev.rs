@@ -124,42 +124,81 @@ async fn gone(pids: &[u32]) -> Vec<u32> {
     }
 }
 
-/// A supervisor's stop (SIGTERM), not only Ctrl-C, stops every process `slipway dev` started.
-/// It used to end `slipway dev` alone: its nats-server and services ran on, and the next run
-/// started a second nats-server on the same store.
+/// A supervisor's stop (SIGTERM) and a closed terminal (SIGHUP), not only Ctrl-C, stop every
+/// process `slipway dev` started. They used to end `slipway dev` alone: its nats-server and
+/// services ran on, and the next run started a second nats-server on the same store.
 #[tokio::test]
-async fn sigterm_stops_everything_slipway_dev_started() {
+async fn sigterm_and_sighup_stop_everything_slipway_dev_started() {
+    for stop in ["-TERM", "-HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = slipway_testkit::ports::free_port().unwrap();
+        let mut dev = spawn_dev(dir.path(), port, &[]);
+        banner(&mut dev).await;
+        let started = recorded(dir.path());
+        let names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "slipway",
+                "nats-server",
+                "deployment-actor",
+                "routing",
+                "krane-agent",
+                "deploy-orchestrator",
+                "edge"
+            ]
+        );
+        signal(&dev, stop);
+        let status = dev.wait().unwrap();
+        assert!(
+            status.success(),
+            "slipway dev exited with {status} on {stop}"
+        );
+        let pids: Vec<u32> = started.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            gone(&pids).await,
+            Vec::<u32>::new(),
+            "still running after {stop}"
+        );
+        assert!(
+            !dir.path().join("dev.pids").exists(),
+            "the record is removed"
+        );
+    }
+}
+
+/// Under `nohup` (SIGHUP ignored) a closed terminal stops nothing.
+#[tokio::test]
+async fn under_nohup_sighup_stops_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = slipway_testkit::ports::free_port().unwrap();
-    let mut dev = spawn_dev(dir.path(), port, &[]);
+    let child = Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_slipway"))
+        .args(["dev", "--nats-port", &port.to_string(), "--dir"])
+        .arg(dir.path())
+        .env_remove("SLIPWAY_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dev = Dev(child);
     banner(&mut dev).await;
-    let started = recorded(dir.path());
-    let names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "slipway",
-            "nats-server",
-            "deployment-actor",
-            "routing",
-            "krane-agent",
-            "deploy-orchestrator",
-            "edge"
-        ]
-    );
-    signal(&dev, "-TERM");
-    let status = dev.wait().unwrap();
-    assert!(status.success(), "slipway dev exited with {status}");
-    let pids: Vec<u32> = started.iter().map(|(p, _)| *p).collect();
-    assert_eq!(
-        gone(&pids).await,
-        Vec::<u32>::new(),
-        "still running after SIGTERM"
-    );
+    signal(&dev, "-HUP");
+    // Nothing to wait for but time: it must still run a while later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !dir.path().join("dev.pids").exists(),
-        "the record is removed"
+        dev.try_wait().unwrap().is_none(),
+        "slipway dev stopped on SIGHUP under nohup"
     );
+    let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let answered = client
+        .request("slipway.routing.v1.list_routes.proj_demo", "{}".into())
+        .await;
+    assert!(answered.is_ok(), "{answered:?}");
+    signal(&dev, "-TERM");
+    assert!(dev.wait().unwrap().success());
 }
 
 /// A service that dies under `slipway dev` (here SIGKILLed, as in a crash) is started again,
