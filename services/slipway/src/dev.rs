@@ -113,7 +113,7 @@ impl Plane {
             "{} is missing: run `cargo build --workspace` first",
             bin.display()
         );
-        let process = ServiceProcess::spawn(name, &bin, &[], &self.env)?;
+        let process = ServiceProcess::spawn_supervised(name, &bin, &[], &self.env)?;
         self.record.add(name, process.pid())?;
         let started = tokio::task::block_in_place(|| process.wait_ready(name, READY_WITHIN));
         match self.services.iter_mut().find(|(n, _)| *n == name) {

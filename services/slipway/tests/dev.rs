@@ -167,6 +167,55 @@ async fn sigterm_and_sighup_stop_everything_slipway_dev_started() {
     }
 }
 
+/// A terminal's Ctrl-C or hang-up signals its whole foreground process group: only `slipway
+/// dev` gets it (its processes run in groups of their own), and it stops them in order — the
+/// agent stops the demo app before it goes. The services used to get the hang-up too and die
+/// of it at once, the agent without stopping the demo app, which ran on.
+#[tokio::test]
+async fn a_closed_terminal_stops_the_plane_in_order() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = slipway_testkit::ports::free_port().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["dev", "--nats-port", &port.to_string(), "--dir"])
+        .arg(dir.path())
+        .env_remove("SLIPWAY_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut dev = Dev(child);
+    let text = banner(&mut dev).await;
+    let demo = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("demo app"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|url| {
+            url.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .expect("the demo app's address");
+    assert!(
+        std::net::TcpStream::connect(&demo).is_ok(),
+        "the demo app answers"
+    );
+    let started: Vec<u32> = recorded(dir.path()).iter().map(|(p, _)| *p).collect();
+    // The terminal's hang-up: to the whole group, as the kernel sends it.
+    let sent = Command::new("kill")
+        .args(["-HUP", "--", &format!("-{}", dev.id())])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(dev.wait().unwrap().success());
+    assert_eq!(gone(&started).await, Vec::<u32>::new());
+    assert!(
+        std::net::TcpStream::connect(&demo).is_err(),
+        "the demo app at {demo} still runs"
+    );
+}
+
 /// Under `nohup` (SIGHUP ignored) a closed terminal stops nothing.
 #[tokio::test]
 async fn under_nohup_sighup_stops_nothing() {

@@ -1,6 +1,7 @@
 //! nats-server processes (≥ 2.14, installed by `scripts/install-nats-server.sh`).
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -226,7 +227,14 @@ impl NatsServer {
     /// Starts the process without waiting for it (a cluster starts every node first).
     fn launch(&mut self) -> Result<()> {
         let bin = nats_server_bin()?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Store::Dir(_) = self.store {
+            // A kept store's server belongs to a long-lived owner (`slipway dev`) that stops it
+            // last: in a process group of its own, a terminal's Ctrl-C or hang-up reaches only
+            // the owner.
+            command.process_group(0);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

@@ -3,7 +3,8 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Condvar, Mutex},
     time::Duration,
@@ -25,9 +26,27 @@ impl ServiceProcess {
         args: &[&str],
         env: &[(&str, String)],
     ) -> Result<Self> {
-        let mut cmd = Command::new(bin.as_ref());
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let mut command = Command::new(bin.as_ref());
+        command.args(args);
+        Self::spawn_command(name, command, env)
+    }
+
+    /// [`spawn`](Self::spawn) in a process group of its own, for a supervisor that stops its
+    /// processes in its own order: a terminal's Ctrl-C or hang-up reaches only the supervisor.
+    pub fn spawn_supervised(
+        name: &str,
+        bin: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self> {
+        let mut command = Command::new(bin.as_ref());
+        command.args(args).process_group(0);
+        Self::spawn_command(name, command, env)
+    }
+
+    fn spawn_command(name: &str, mut cmd: Command, env: &[(&str, String)]) -> Result<Self> {
+        let bin = PathBuf::from(cmd.get_program());
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("SLIPWAY_LOG_FORMAT", "text")
@@ -37,7 +56,7 @@ impl ServiceProcess {
         }
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.as_ref().display()))?;
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let stderr = child.stderr.take().context("no stderr")?;
         let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = log.clone();
