@@ -15,7 +15,14 @@ use anyhow::{bail, Context, Result};
 pub struct ServiceProcess {
     child: Child,
     name: String,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+/// A process's stderr lines so far, and whether it has closed (the process exited).
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    closed: bool,
 }
 
 impl ServiceProcess {
@@ -58,18 +65,23 @@ impl ServiceProcess {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let stderr = child.stderr.take().context("no stderr")?;
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
         let sink = log.clone();
         let prefix = name.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{prefix}] {line}");
-                let (lines, cv) = &*sink;
-                if let Ok(mut lines) = lines.lock() {
-                    lines.push(line);
+                let (log, cv) = &*sink;
+                if let Ok(mut log) = log.lock() {
+                    log.lines.push(line);
                 }
                 cv.notify_all();
             }
+            let (log, cv) = &*sink;
+            if let Ok(mut log) = log.lock() {
+                log.closed = true;
+            }
+            cv.notify_all();
         });
         Ok(Self {
             child,
@@ -79,16 +91,23 @@ impl ServiceProcess {
     }
 
     /// Waits until a log line contains `needle` (blocking; call from `spawn_blocking` or
-    /// before the runtime is busy).
+    /// before the runtime is busy); fails at once should the process exit first.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
-        let (lines, cv) = &*self.log;
+        let (log, cv) = &*self.log;
         let deadline = std::time::Instant::now() + timeout;
-        let mut guard = lines
+        let mut guard = log
             .lock()
             .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
         loop {
-            if guard.iter().any(|l| l.contains(needle)) {
+            if guard.lines.iter().any(|l| l.contains(needle)) {
                 return Ok(());
+            }
+            if guard.closed {
+                let last = guard.lines.last().map(String::as_str).unwrap_or_default();
+                bail!(
+                    "{} exited before logging {needle:?} (its last line: {last})",
+                    self.name
+                );
             }
             let now = std::time::Instant::now();
             if now >= deadline {
@@ -114,7 +133,7 @@ impl ServiceProcess {
         self.log
             .0
             .lock()
-            .map(|l| l.iter().filter(|l| l.contains(needle)).count())
+            .map(|log| log.lines.iter().filter(|l| l.contains(needle)).count())
             .unwrap_or(0)
     }
 
@@ -185,4 +204,31 @@ pub fn signal(pid: u32, signal: &str) {
         .args([signal, &pid.to_string()])
         .stderr(Stdio::null())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that exits without the awaited line fails the wait at once, with its last
+    /// line, rather than at the timeout.
+    #[test]
+    fn a_wait_for_a_line_ends_when_the_process_exits() {
+        let args = ["-c", "echo 'cannot start: port taken' >&2; exit 1"];
+        let process = ServiceProcess::spawn("sh", "sh", &args, &[]).unwrap();
+        let started = std::time::Instant::now();
+        let waited = process.wait_for_log("ready", Duration::from_secs(60));
+        let error = waited.unwrap_err().to_string();
+        assert!(error.contains("exited before logging"), "{error}");
+        assert!(error.contains("cannot start: port taken"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited for the timeout"
+        );
+        let process = ServiceProcess::spawn("sh", "sh", &["-c", "echo ready >&2; sleep 5"], &[]);
+        let process = process.unwrap();
+        process
+            .wait_for_log("ready", Duration::from_secs(60))
+            .unwrap();
+    }
 }
