@@ -226,16 +226,24 @@ async fn publishes_per_s(
             })
         })
         .collect();
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let rate = per_second(start, tasks).await?;
     for name in &names {
         js.delete_stream(name).await?;
     }
     println!("{streams} stream(s), 64 publishers: {rate:.0} acked publishes/s");
     Ok(rate)
+}
+
+/// Completions per second since `start` of `tasks`, each returning how many it completed.
+async fn per_second(
+    start: Instant,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+) -> anyhow::Result<f64> {
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
 fn mib(kib: u64) -> f64 {
@@ -380,11 +388,7 @@ async fn throughput(
             })
         })
         .collect();
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let rate = per_second(start, tasks).await?;
     println!("{in_flight:>3} in flight: {rate:.1} workflows/s");
     Ok(rate)
 }
@@ -422,11 +426,7 @@ async fn pairs(plane: &Plane, deployments: &[String]) -> anyhow::Result<f64> {
             anyhow::Ok(done)
         }));
     }
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let rate = per_second(start, tasks).await?;
     println!(
         "{:>2} clients: {rate:.0} schedule + clear pairs/s",
         deployments.len()
