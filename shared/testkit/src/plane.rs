@@ -1035,6 +1035,11 @@ impl Drop for Plane {
         if let Some(mut agent) = self.agent.take() {
             agent.kill();
         }
+        // Standby agents too, before the sweep: one that has taken over would otherwise
+        // start instances again after it (field drops come after this body).
+        for agent in &mut self.standby_agents {
+            agent.kill();
+        }
         let state = self.agent_state.path().join("local");
         slipway_local::process_groups::kill_recorded(&state);
         // And no container it started (on a podman service: testkit::Podman).
