@@ -31,6 +31,10 @@ pub struct DatabaseConfig {
         default_value = "sqlite://slipway.db"
     )]
     pub database_url: String,
+    /// Connections this process opens to PostgreSQL at most: the sum over every process
+    /// must stay below the server's `max_connections` (PostgreSQL's default: 100).
+    #[arg(long, env = "SLIPWAY_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
     /// Key that secret environment variables are sealed under at rest: 64 hex digits
     /// (`openssl rand -hex 32`). The same on every orchestrator and actor; without it,
     /// secrets can be neither set nor run.

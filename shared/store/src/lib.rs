@@ -71,11 +71,19 @@ fn sqlite_options(max: u32) -> AnyPoolOptions {
         })
 }
 
+/// Connections a process opens to PostgreSQL at most, unless configured.
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
     /// Connects to `sqlite://path` (the file is created if missing) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, POSTGRES_MAX_CONNECTIONS).await
+    }
+
+    /// [`connect`](Self::connect) with at most `postgres_max` connections to PostgreSQL.
+    pub async fn connect_with(url: &str, postgres_max: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if url.starts_with("sqlite:") {
             let url = if url.contains('?') {
@@ -93,7 +101,7 @@ impl Store {
             Backend::Sqlite => sqlite_options(8),
             Backend::Postgres => AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(30))
-                .max_connections(16),
+                .max_connections(postgres_max.max(1)),
         };
         let pool = options.connect(&url).await.map_err(StoreError::Connect)?;
         let writer = match backend {
@@ -127,9 +135,10 @@ impl Store {
     pub async fn open_configured(
         config: &slipway_core::config::DatabaseConfig,
     ) -> Result<Self, StoreError> {
-        Ok(Self::open(&config.database_url)
-            .await?
-            .with_secrets_key(config.secrets_key.as_deref())?)
+        let store = Self::connect_with(&config.database_url, config.database_max_connections);
+        let store = store.await?;
+        store.migrate().await?;
+        Ok(store.with_secrets_key(config.secrets_key.as_deref())?)
     }
 
     /// The key secret variables are sealed under (`SLIPWAY_SECRETS_KEY`, 64 hex digits).

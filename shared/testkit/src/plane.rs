@@ -465,6 +465,9 @@ impl Plane {
             ("SLIPWAY_JS_REPLICAS", self.nats.replicas().to_string()),
             ("SLIPWAY_DATABASE_URL", self.db.url.clone()),
             ("SLIPWAY_SECRETS_KEY", TEST_SECRETS_KEY.into()),
+            // A cluster test runs seven processes on one PostgreSQL (max_connections 100):
+            // at 16 each they took every slot, and the test's own checks got none.
+            ("SLIPWAY_DATABASE_MAX_CONNECTIONS", "8".into()),
             ("SLIPWAY_STANDBY_DELAY", STANDBY_DELAY.into()),
             ("SLIPWAY_READY_TIMEOUT", "20s".into()),
             ("SLIPWAY_FAILED_GRACE", "5s".into()),
